@@ -1,0 +1,4 @@
+//! Pieces shared by every Halyard role.
+
+pub mod fsutil;
+pub mod logging;

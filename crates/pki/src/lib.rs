@@ -1,0 +1,401 @@
+//! Halyard's PKI: a certificate authority that signs host and client certificates, and
+//! the rustls configurations for mutual TLS (the host agent requires a client
+//! certificate signed by the configured CA, as VDSM does).
+//!
+//! Keys are ECDSA P-256. Files are PEM; keys are written 0600 and crash-safe.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    SerialNumber,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use time::{Duration, OffsetDateTime};
+
+/// PKI errors.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("reading {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no certificate found in {0}")]
+    NoCertificate(PathBuf),
+    #[error("no private key found in {0}")]
+    NoKey(PathBuf),
+    #[error("invalid PEM in {path}: {detail}")]
+    Pem { path: PathBuf, detail: String },
+    #[error("certificate generation failed")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("TLS configuration failed")]
+    Tls(#[from] rustls::Error),
+    #[error("client certificate verifier: {0}")]
+    Verifier(String),
+    #[error("invalid server name {0:?}")]
+    ServerName(String),
+}
+
+pub type Result<T> = std::result::Result<T, PkiError>;
+
+/// What a certificate may be used for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    /// A TLS server (and client, as VDSM's host certificate is both).
+    Server,
+    /// A TLS client only.
+    Client,
+}
+
+/// A certificate and its private key, PEM encoded.
+#[derive(Clone)]
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl Issued {
+    /// Writes `<dir>/<name>.pem` (0644) and `<dir>/<name>.key` (0600).
+    pub fn save(&self, dir: &Path, name: &str) -> Result<(PathBuf, PathBuf)> {
+        let cert = dir.join(format!("{name}.pem"));
+        let key = dir.join(format!("{name}.key"));
+        write(&key, self.key_pem.as_bytes(), 0o600)?;
+        write(&cert, self.cert_pem.as_bytes(), 0o644)?;
+        Ok((cert, key))
+    }
+}
+
+/// A certificate authority.
+pub struct Ca {
+    cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Ca {
+    /// Makes a new self-signed CA valid for `days`.
+    pub fn generate(common_name: &str, days: i64) -> Result<Ca> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, common_name);
+        dn.push(DnType::OrganizationName, "Halyard");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::hours(1);
+        params.not_after = now + Duration::days(days);
+        params.serial_number = Some(random_serial()?);
+        let cert = params.self_signed(&key)?;
+        let cert_pem = cert.pem();
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)?;
+        Ok(Ca { cert_pem, issuer })
+    }
+
+    /// Loads a CA from its certificate and key files.
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Ca> {
+        let cert_pem = read_string(cert_path)?;
+        let key_pem = read_string(key_path)?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| PkiError::Pem {
+            path: key_path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| PkiError::Pem {
+            path: cert_path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        Ok(Ca { cert_pem, issuer })
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// Writes `<dir>/ca.pem` and `<dir>/ca.key`.
+    pub fn save(&self, dir: &Path) -> Result<(PathBuf, PathBuf)> {
+        Issued {
+            cert_pem: self.cert_pem.clone(),
+            key_pem: self.issuer.key().serialize_pem(),
+        }
+        .save(dir, "ca")
+    }
+
+    /// Issues a certificate with a fresh key. `names` become subject alternative names
+    /// (IP addresses where they parse as such); the first is also the common name.
+    pub fn issue(&self, names: &[String], usage: Usage, days: i64) -> Result<Issued> {
+        let key = KeyPair::generate()?;
+        let params = leaf_params(names, usage, days)?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Signs a certificate signing request (the host-registration flow), keeping the
+    /// requester's key; the names come from the caller, not from the request.
+    pub fn sign_csr(&self, csr_pem: &str, names: &[String], usage: Usage, days: i64) -> Result<String> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| PkiError::Pem {
+            path: PathBuf::from("<csr>"),
+            detail: e.to_string(),
+        })?;
+        let params = leaf_params(names, usage, days)?;
+        let cert = params.signed_by(&csr.public_key, &self.issuer)?;
+        Ok(cert.pem())
+    }
+}
+
+fn leaf_params(names: &[String], usage: Usage, days: i64) -> Result<CertificateParams> {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(
+        DnType::CommonName,
+        names.first().cloned().unwrap_or_else(|| "halyard".into()),
+    );
+    dn.push(DnType::OrganizationName, "Halyard");
+    params.distinguished_name = dn;
+    for n in names {
+        let san = match n.parse::<std::net::IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(n.clone().try_into()?),
+        };
+        params.subject_alt_names.push(san);
+    }
+    params.is_ca = IsCa::NoCa;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = match usage {
+        Usage::Server => vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+        Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+    };
+    params.use_authority_key_identifier_extension = true;
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + Duration::days(days);
+    params.serial_number = Some(random_serial()?);
+    Ok(params)
+}
+
+fn random_serial() -> Result<SerialNumber> {
+    // A fresh key pair's public key is a good enough source of 16 random bytes without
+    // adding a RNG dependency.
+    let k = KeyPair::generate()?;
+    let raw = k.public_key_raw();
+    let mut bytes: Vec<u8> = raw.iter().rev().take(16).copied().collect();
+    bytes[0] &= 0x7f; // positive
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+fn read_string(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| PkiError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn write(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    halyard_common::fsutil::write_atomic(path, data, mode).map_err(|source| PkiError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Paths of the PEM files of one TLS identity plus the CA that peers must be signed by.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let data = std::fs::read(path).map_err(|source| PkiError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&data)
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| PkiError::Pem {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(PkiError::NoCertificate(path.to_path_buf()));
+    }
+    Ok(certs)
+}
+
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
+    let data = std::fs::read(path).map_err(|source| PkiError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    PrivateKeyDer::from_pem_slice(&data).map_err(|_| PkiError::NoKey(path.to_path_buf()))
+}
+
+fn roots(ca: &Path) -> Result<rustls::RootCertStore> {
+    let mut store = rustls::RootCertStore::empty();
+    for c in load_certs(ca)? {
+        store.add(c)?;
+    }
+    Ok(store)
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A server configuration that requires a client certificate signed by `files.ca`.
+pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>> {
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&files.ca)?), provider())
+            .build()
+            .map_err(|e| PkiError::Verifier(e.to_string()))?;
+    let cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(load_certs(&files.cert)?, load_key(&files.key)?)?;
+    Ok(Arc::new(cfg))
+}
+
+/// A client configuration presenting `files.cert` and trusting only `files.ca`.
+pub fn client_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>> {
+    let cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots(&files.ca)?)
+        .with_client_auth_cert(load_certs(&files.cert)?, load_key(&files.key)?)?;
+    Ok(Arc::new(cfg))
+}
+
+/// A client configuration without a client certificate (for tests of refusal, and for
+/// the Manager's public HTTPS endpoints).
+pub fn client_config_anonymous(ca: &Path) -> Result<Arc<rustls::ClientConfig>> {
+    let cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots(ca)?)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
+/// Parses a host name or address for TLS server-name verification.
+pub fn server_name(host: &str) -> Result<ServerName<'static>> {
+    ServerName::try_from(host.to_string()).map_err(|_| PkiError::ServerName(host.to_string()))
+}
+
+/// The default names a host certificate carries: the host name, localhost and the
+/// loopback addresses, plus `extra`.
+pub fn default_host_names(extra: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = extra.to_vec();
+    if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let h = h.trim().to_string();
+        if !h.is_empty() {
+            names.push(h);
+        }
+    }
+    for n in ["localhost", "127.0.0.1", "::1"] {
+        names.push(n.to_string());
+    }
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
+    names
+}
+
+/// Creates a development PKI in `dir`: `ca.{pem,key}`, `hostd.{pem,key}` (server) and
+/// `client.{pem,key}` (client). Existing files are kept unless `force`.
+pub fn init_dev_pki(dir: &Path, host_names: &[String], force: bool) -> Result<DevPki> {
+    std::fs::create_dir_all(dir).map_err(|source| PkiError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let ca_cert = dir.join("ca.pem");
+    let ca_key = dir.join("ca.key");
+    let ca = if ca_cert.exists() && ca_key.exists() && !force {
+        Ca::load(&ca_cert, &ca_key)?
+    } else {
+        let ca = Ca::generate("Halyard development CA", 3650)?;
+        ca.save(dir)?;
+        ca
+    };
+    let host = dir.join("hostd.pem");
+    if force || !host.exists() {
+        ca.issue(host_names, Usage::Server, 825)?.save(dir, "hostd")?;
+    }
+    let client = dir.join("client.pem");
+    if force || !client.exists() {
+        ca.issue(&["halyard-client".to_string()], Usage::Client, 825)?
+            .save(dir, "client")?;
+    }
+    Ok(DevPki {
+        hostd: TlsFiles {
+            cert: dir.join("hostd.pem"),
+            key: dir.join("hostd.key"),
+            ca: ca_cert.clone(),
+        },
+        client: TlsFiles {
+            cert: dir.join("client.pem"),
+            key: dir.join("client.key"),
+            ca: ca_cert,
+        },
+    })
+}
+
+/// The files [`init_dev_pki`] made.
+#[derive(Debug, Clone)]
+pub struct DevPki {
+    pub hostd: TlsFiles,
+    pub client: TlsFiles,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_pki_builds_tls_configs() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = init_dev_pki(d.path(), &default_host_names(&[]), false).expect("pki");
+        server_config(&p.hostd).expect("server config");
+        client_config(&p.client).expect("client config");
+        // Loading again keeps the CA.
+        let before = std::fs::read(d.path().join("ca.pem")).expect("read");
+        init_dev_pki(d.path(), &default_host_names(&[]), false).expect("again");
+        assert_eq!(before, std::fs::read(d.path().join("ca.pem")).expect("read"));
+    }
+
+    #[test]
+    fn csr_signing() {
+        let ca = Ca::generate("t", 1).expect("ca");
+        let key = KeyPair::generate().expect("key");
+        let csr = CertificateParams::new(vec!["h1".to_string()])
+            .expect("params")
+            .serialize_request(&key)
+            .expect("csr")
+            .pem()
+            .expect("pem");
+        let pem = ca
+            .sign_csr(&csr, &["h1".into()], Usage::Server, 1)
+            .expect("signed");
+        assert!(pem.contains("BEGIN CERTIFICATE"));
+        assert!(ca.sign_csr("garbage", &["h1".into()], Usage::Server, 1).is_err());
+    }
+}
