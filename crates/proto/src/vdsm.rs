@@ -1,1 +1,647 @@
+//! VDSM's protocol on top of STOMP + JSON-RPC: destinations, error codes, VM statuses,
+//! events, and one typed request/response pair per verb (see [`verbs`]).
+//!
+//! Facts follow oVirt/vdsm (`lib/vdsm/api/vdsm-api.yml`, `lib/vdsm/rpc/Bridge.py`,
+//! `lib/vdsm/common/exception.py`, `lib/yajsonrpc/stompserver.py`): a verb without a
+//! return value answers `true`; numbers in stats are strings where VDSM sends strings.
 
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+
+use crate::jsonrpc::RpcError;
+
+/// STOMP destinations.
+pub mod dest {
+    pub const REQUESTS: &str = "jms.topic.vdsm_requests";
+    pub const IRS_REQUESTS: &str = "jms.topic.vdsm_irs_requests";
+    pub const RESPONSES: &str = "jms.topic.vdsm_responses";
+    pub const EVENTS: &str = "jms.queue.events";
+
+    /// True if a SEND to `d` is a JSON-RPC request (`<queue>` or `<queue>.<anything>`).
+    pub fn is_request_queue(d: &str) -> bool {
+        [REQUESTS, IRS_REQUESTS].iter().any(|q| {
+            d == *q
+                || d.strip_prefix(q)
+                    .is_some_and(|rest| rest.starts_with('.'))
+        })
+    }
+}
+
+/// The STOMP header carrying the engine's flow id.
+pub const CORRELATION_HEADER: &str = "ovirtCorrelationId";
+
+/// VDSM's own error codes (`lib/vdsm/common/exception.py`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorCode {
+    pub code: i64,
+    pub message: &'static str,
+}
+
+impl ErrorCode {
+    /// The JSON-RPC error, with VDSM's "message: {context}" form when context is given.
+    pub fn rpc(self, context: Option<&str>) -> RpcError {
+        let message = match context {
+            Some(c) => format!("{}: {c}", self.message),
+            None => self.message.to_string(),
+        };
+        RpcError::new(self.code, message)
+    }
+}
+
+pub mod errors {
+    use super::ErrorCode;
+    macro_rules! codes {
+        ($($name:ident = $code:expr, $msg:expr;)*) => {
+            $(pub const $name: ErrorCode = ErrorCode { code: $code, message: $msg };)*
+        };
+    }
+    codes! {
+        NO_VM = 1, "Virtual machine does not exist";
+        EXIST = 4, "Virtual machine already exists";
+        DOWN = 6, "Virtual machine is down";
+        CREATE_ERR = 9, "Error creating the requested VM";
+        MISS_PARAM = 11, "Missing required parameter";
+        UNEXPECTED = 16, "Unexpected exception";
+        NONRESP = 19, "Guest agent non-responsive";
+        DESTROY_ERR = 42, "Virtual machine destroy error";
+        NOT_IMPLEMENTED = 44, "Not implemented";
+        RESET_FAILED = 90, "Failed to reset VM.";
+        INVALID_PARAMETER = 91, "Invalid parameter";
+        RECOVERY = 99, "Recovering from crash or Initializing";
+        GENERAL = 100, "General Exception";
+    }
+
+    /// noVM with VDSM's context form.
+    pub fn no_vm(vm_id: &str) -> crate::jsonrpc::RpcError {
+        NO_VM.rpc(Some(&format!("{{'vmId': '{vm_id}'}}")))
+    }
+}
+
+/// VM statuses as VDSM spells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum VmStatus {
+    WaitForLaunch,
+    #[serde(rename = "Powering up")]
+    PoweringUp,
+    Up,
+    Paused,
+    #[serde(rename = "Powering down")]
+    PoweringDown,
+    RebootInProgress,
+    #[serde(rename = "Migration Source")]
+    MigrationSource,
+    #[serde(rename = "Migration Destination")]
+    MigrationDestination,
+    #[serde(rename = "Saving State")]
+    SavingState,
+    #[serde(rename = "Restoring state")]
+    RestoringState,
+    Down,
+}
+
+impl VmStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmStatus::WaitForLaunch => "WaitForLaunch",
+            VmStatus::PoweringUp => "Powering up",
+            VmStatus::Up => "Up",
+            VmStatus::Paused => "Paused",
+            VmStatus::PoweringDown => "Powering down",
+            VmStatus::RebootInProgress => "RebootInProgress",
+            VmStatus::MigrationSource => "Migration Source",
+            VmStatus::MigrationDestination => "Migration Destination",
+            VmStatus::SavingState => "Saving State",
+            VmStatus::RestoringState => "Restoring state",
+            VmStatus::Down => "Down",
+        }
+    }
+
+    /// A VM in this state has a running QEMU process.
+    pub fn is_running(self) -> bool {
+        !matches!(self, VmStatus::Down | VmStatus::WaitForLaunch)
+    }
+}
+
+impl std::fmt::Display for VmStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a VM went down (`lib/vdsm/virt/vmexitreason.py`).
+pub mod exit_reason {
+    pub const SUCCESS: i64 = 0;
+    pub const GENERIC_ERROR: i64 = 1;
+    pub const LOST_QEMU_CONNECTION: i64 = 2;
+    pub const LIBVIRT_START_FAILED: i64 = 3;
+    pub const ADMIN_SHUTDOWN: i64 = 6;
+    pub const USER_SHUTDOWN: i64 = 7;
+    pub const DESTROYED_ON_STARTUP: i64 = 10;
+    pub const HOST_SHUTDOWN: i64 = 11;
+
+    pub fn message(r: i64) -> &'static str {
+        match r {
+            SUCCESS => "VM exited normally",
+            GENERIC_ERROR => "VM failed",
+            LOST_QEMU_CONNECTION => "Lost connection with qemu process",
+            LIBVIRT_START_FAILED => "Failed to start VM",
+            ADMIN_SHUTDOWN => "Admin shut down from the engine",
+            USER_SHUTDOWN => "User shut down from within the guest",
+            DESTROYED_ON_STARTUP => "VM destroyed during the startup",
+            HOST_SHUTDOWN => "VM has been terminated on the host",
+            _ => "VM exited",
+        }
+    }
+}
+
+/// Event method names.
+pub mod events {
+    pub fn vm_status(vm_id: &str) -> String {
+        format!("|virt|VM_status|{vm_id}")
+    }
+    pub fn job_status(job_id: &str) -> String {
+        format!("|jobs|status|{job_id}")
+    }
+    pub const HOST_CONN: &str = "|net|host_conn|no_id";
+}
+
+/// Accepts an integer given as a JSON number or as a numeric string (the engine sends
+/// some integers as strings).
+pub fn int_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let v: Option<Value> = Option::deserialize(d)?;
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom("expected an integer")),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(Value::String(s)) => s
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("expected an integer, got {s:?}"))),
+        Some(other) => Err(serde::de::Error::custom(format!(
+            "expected an integer, got {other}"
+        ))),
+    }
+}
+
+/// A VDSM verb: its method name, the order of its positional params, and the typed
+/// params and result.
+pub trait Verb {
+    const METHOD: &'static str;
+    const PARAMS: &'static [&'static str];
+    type Params: Serialize + for<'de> Deserialize<'de>;
+    type Result: Serialize + for<'de> Deserialize<'de>;
+}
+
+/// Params of verbs that take only a VM id.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VmIdParams {
+    #[serde(rename = "vmID")]
+    pub vm_id: String,
+}
+
+/// Params of verbs without params.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct NoParams {}
+
+/// The short VM entry of getVMList / VM.create.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VmListEntry {
+    #[serde(rename = "vmId")]
+    pub vm_id: String,
+    pub status: VmStatus,
+    #[serde(rename = "statusTime")]
+    pub status_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xml: Option<String>,
+}
+
+/// `vmParams` of VM.create: the engine's libvirt domain XML plus free-form keys.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct VmParams {
+    #[serde(default, rename = "vmId", skip_serializing_if = "Option::is_none")]
+    pub vm_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xml: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CreateParams {
+    #[serde(rename = "vmID", default, skip_serializing_if = "Option::is_none")]
+    pub vm_id: Option<String>,
+    #[serde(rename = "vmParams")]
+    pub vm_params: VmParams,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DestroyParams {
+    #[serde(rename = "vmID")]
+    pub vm_id: String,
+    #[serde(
+        rename = "gracefulAttempts",
+        default,
+        deserialize_with = "int_or_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub graceful_attempts: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ShutdownParams {
+    #[serde(rename = "vmID")]
+    pub vm_id: String,
+    /// Seconds the guest is given before the next method is tried.
+    #[serde(default, deserialize_with = "int_or_string", skip_serializing_if = "Option::is_none")]
+    pub delay: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub reboot: bool,
+    /// Seconds to wait for the whole shutdown.
+    #[serde(default, deserialize_with = "int_or_string", skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<i64>,
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct GetVmListParams {
+    #[serde(rename = "fullStatus", default)]
+    pub full_status: bool,
+    #[serde(rename = "vmList", default)]
+    pub vm_list: Vec<String>,
+    #[serde(rename = "onlyUUID", default)]
+    pub only_uuid: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct GetVmFullListParams {
+    #[serde(rename = "vmList", default)]
+    pub vm_list: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct GetJobsParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_type: Option<String>,
+    #[serde(default)]
+    pub job_ids: Vec<String>,
+}
+
+/// One host job (Host.getJobs, `|jobs|status|` events).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Job {
+    pub id: String,
+    pub status: String,
+    pub description: String,
+    pub job_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<RpcError>,
+}
+
+/// Result of VM.pause and VM.cont.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct RunningStateChange {
+    #[serde(rename = "vmList", default)]
+    pub vm_list: Map<String, Value>,
+}
+
+/// One VM's stats as VDSM reports them. Numbers VDSM sends as strings are strings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct VmStats {
+    pub vm_id: String,
+    pub status: Option<VmStatus>,
+    pub status_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kvm_enable: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acpi_enable: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elapsed_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitor_response: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_offset: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_sys: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_usage: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpu_count: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_usage: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_stats: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon_info: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<BTreeMap<String, Map<String, Value>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disks: Option<BTreeMap<String, Map<String, Value>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_info: Option<Vec<Map<String, Value>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_fqdn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_i_ps: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_ifaces: Option<Vec<Map<String, Value>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disks_usage: Option<Vec<Map<String, Value>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_os_info: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_timezone: Option<Map<String, Value>>,
+    #[serde(rename = "guestCPUCount", default, skip_serializing_if = "Option::is_none")]
+    pub guest_cpu_count: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_reason: Option<i64>,
+    /// Keys this struct does not name are kept.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// Host.getStats' `info`. Numbers VDSM sends as strings are strings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct HostStats {
+    pub cpu_user: String,
+    pub cpu_sys: String,
+    pub cpu_idle: String,
+    pub cpu_load: String,
+    pub cpu_user_vdsmd: String,
+    pub cpu_sys_vdsmd: String,
+    /// Percent of memory used.
+    pub mem_used: String,
+    /// MiB.
+    pub mem_free: u64,
+    /// MiB.
+    pub mem_shared: u64,
+    /// MiB.
+    pub swap_total: u64,
+    /// MiB.
+    pub swap_free: u64,
+    pub vm_count: u64,
+    pub vm_active: u64,
+    pub vm_migrating: u64,
+    pub incoming_vm_migrations: u64,
+    pub outgoing_vm_migrations: u64,
+    pub network: BTreeMap<String, HostNicStats>,
+    pub disk_stats: BTreeMap<String, DiskFree>,
+    pub storage_domains: BTreeMap<String, Value>,
+    pub elapsed_time: String,
+    pub boot_time: String,
+    pub date_time: String,
+    pub rx_dropped: String,
+    pub tx_dropped: String,
+    pub net_config_dirty: String,
+    #[serde(default)]
+    pub cpu_statistics: BTreeMap<String, Value>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// Per-NIC traffic of Host.getStats.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct HostNicStats {
+    pub name: String,
+    pub rx: String,
+    pub tx: String,
+    pub rx_dropped: String,
+    pub tx_dropped: String,
+    pub rx_errors: String,
+    pub tx_errors: String,
+    pub speed: String,
+    pub state: String,
+    pub duplex: String,
+    pub sample_time: f64,
+}
+
+/// Free space of one path (Host.getStats `diskStats`), MiB as a string.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct DiskFree {
+    pub free: String,
+}
+
+/// Host.getCapabilities' `info`: the keys the engine reads, plus any others.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Capabilities {
+    #[serde(rename = "kvmEnabled")]
+    pub kvm_enabled: String,
+    #[serde(rename = "cpuCores")]
+    pub cpu_cores: String,
+    #[serde(rename = "cpuThreads")]
+    pub cpu_threads: String,
+    #[serde(rename = "cpuSockets")]
+    pub cpu_sockets: String,
+    #[serde(rename = "onlineCpus")]
+    pub online_cpus: String,
+    #[serde(rename = "cpuSpeed")]
+    pub cpu_speed: String,
+    #[serde(rename = "cpuModel")]
+    pub cpu_model: String,
+    #[serde(rename = "cpuFlags")]
+    pub cpu_flags: String,
+    #[serde(rename = "memSize")]
+    pub mem_size: String,
+    #[serde(rename = "reservedMem")]
+    pub reserved_mem: String,
+    #[serde(rename = "guestOverhead")]
+    pub guest_overhead: String,
+    pub uuid: String,
+    pub software_version: String,
+    pub software_revision: String,
+    pub version_name: String,
+    #[serde(rename = "supportedENGINEs")]
+    pub supported_engines: Vec<String>,
+    #[serde(rename = "clusterLevels")]
+    pub cluster_levels: Vec<String>,
+    #[serde(rename = "emulatedMachines")]
+    pub emulated_machines: Vec<String>,
+    #[serde(rename = "vmTypes")]
+    pub vm_types: Vec<String>,
+    #[serde(rename = "HBAInventory")]
+    pub hba_inventory: BTreeMap<String, Vec<Value>>,
+    #[serde(rename = "ISCSIInitiatorName")]
+    pub iscsi_initiator_name: String,
+    #[serde(rename = "rngSources")]
+    pub rng_sources: Vec<String>,
+    #[serde(rename = "numaNodes")]
+    pub numa_nodes: BTreeMap<String, Value>,
+    #[serde(rename = "operatingSystem")]
+    pub operating_system: BTreeMap<String, String>,
+    pub packages2: BTreeMap<String, PackageVersion>,
+    pub nics: BTreeMap<String, Value>,
+    pub bridges: BTreeMap<String, Value>,
+    pub networks: BTreeMap<String, Value>,
+    pub vlans: BTreeMap<String, Value>,
+    pub bondings: BTreeMap<String, Value>,
+    pub hooks: BTreeMap<String, Value>,
+    pub domain_versions: Vec<u32>,
+    #[serde(rename = "netConfigDirty")]
+    pub net_config_dirty: String,
+    /// The domain type this host runs guests as (`kvm` or, on hosts without usable KVM,
+    /// `qemu`); a Halyard addition.
+    #[serde(rename = "halyardDomainType", default)]
+    pub domain_type: String,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct PackageVersion {
+    pub version: String,
+    pub release: String,
+}
+
+/// One typed verb per VDSM method.
+pub mod verbs {
+    use super::*;
+
+    macro_rules! verb {
+        ($name:ident, $method:expr, [$($p:expr),*], $params:ty, $result:ty) => {
+            #[doc = concat!("`", $method, "`")]
+            pub struct $name;
+            impl Verb for $name {
+                const METHOD: &'static str = $method;
+                const PARAMS: &'static [&'static str] = &[$($p),*];
+                type Params = $params;
+                type Result = $result;
+            }
+        };
+    }
+
+    verb!(HostPing2, "Host.ping2", [], NoParams, bool);
+    verb!(HostGetCapabilities, "Host.getCapabilities", [], NoParams, Capabilities);
+    verb!(HostGetStats, "Host.getStats", [], NoParams, HostStats);
+    verb!(HostGetAllVmStats, "Host.getAllVmStats", [], NoParams, Vec<VmStats>);
+    verb!(
+        HostGetVmList,
+        "Host.getVMList",
+        ["fullStatus", "vmList", "onlyUUID"],
+        GetVmListParams,
+        Vec<VmListEntry>
+    );
+    verb!(
+        HostGetVmFullList,
+        "Host.getVMFullList",
+        ["vmList"],
+        GetVmFullListParams,
+        Vec<VmListEntry>
+    );
+    verb!(
+        HostGetJobs,
+        "Host.getJobs",
+        ["job_type", "job_ids"],
+        GetJobsParams,
+        BTreeMap<String, Job>
+    );
+    verb!(VmCreate, "VM.create", ["vmID", "vmParams"], CreateParams, VmListEntry);
+    verb!(VmDestroy, "VM.destroy", ["vmID", "gracefulAttempts"], DestroyParams, bool);
+    verb!(
+        VmShutdown,
+        "VM.shutdown",
+        ["vmID", "delay", "message", "reboot", "timeout", "force"],
+        ShutdownParams,
+        bool
+    );
+    verb!(VmReset, "VM.reset", ["vmID"], VmIdParams, bool);
+    verb!(VmPause, "VM.pause", ["vmID"], VmIdParams, RunningStateChange);
+    verb!(VmCont, "VM.cont", ["vmID"], VmIdParams, RunningStateChange);
+    verb!(VmGetStats, "VM.getStats", ["vmID"], VmIdParams, Vec<VmStats>);
+}
+
+/// Checks that `s` is a UUID in canonical 8-4-4-4-12 hex form.
+pub fn is_uuid(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.len() != 36 {
+        return false;
+    }
+    b.iter().enumerate().all(|(i, c)| match i {
+        8 | 13 | 18 | 23 => *c == b'-',
+        _ => c.is_ascii_hexdigit(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jsonrpc::Params;
+    use serde_json::json;
+
+    #[test]
+    fn request_queues() {
+        assert!(dest::is_request_queue("jms.topic.vdsm_requests"));
+        assert!(dest::is_request_queue("jms.topic.vdsm_requests.x"));
+        assert!(!dest::is_request_queue("jms.topic.vdsm_requestsx"));
+        assert!(!dest::is_request_queue("jms.queue.events"));
+    }
+
+    #[test]
+    fn statuses_serialise_as_vdsm() {
+        assert_eq!(json!(VmStatus::PoweringUp), json!("Powering up"));
+        let s: VmStatus = serde_json::from_value(json!("Migration Source")).expect("parses");
+        assert_eq!(s, VmStatus::MigrationSource);
+    }
+
+    #[test]
+    fn shutdown_accepts_string_ints() {
+        let p = Params::Named(
+            json!({"vmID": "x", "delay": "30", "message": "bye", "reboot": true})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        );
+        let s: ShutdownParams = p
+            .bind(verbs::VmShutdown::PARAMS)
+            .expect("binds");
+        assert_eq!(s.delay, Some(30));
+        assert!(s.reboot);
+        let bad = Params::Named(
+            json!({"vmID": "x", "delay": "soon"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        );
+        assert!(bad.bind::<ShutdownParams>(verbs::VmShutdown::PARAMS).is_err());
+    }
+
+    #[test]
+    fn uuid_check() {
+        assert!(is_uuid("8d2e5c8a-3f0e-4b8c-9a1b-0123456789ab"));
+        assert!(!is_uuid("../../etc/passwd"));
+        assert!(!is_uuid("8d2e5c8a-3f0e-4b8c-9a1b-0123456789a"));
+    }
+
+    #[test]
+    fn no_vm_message() {
+        let e = errors::no_vm("abc");
+        assert_eq!(e.code, 1);
+        assert_eq!(e.message, "Virtual machine does not exist: {'vmId': 'abc'}");
+    }
+}

@@ -1,0 +1,795 @@
+//! The host agent's core: VMs, their lifecycle through libvirt, events to subscribers,
+//! the samplers, and recovery after a restart.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use halyard_proto::jsonrpc::{Notification, RpcError};
+use halyard_proto::vdsm::{
+    errors, events, exit_reason, Capabilities, CreateParams, DestroyParams, HostStats,
+    ShutdownParams, VmListEntry, VmStats, VmStatus,
+};
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, mpsc};
+use tracing::{debug, error, info, warn, Instrument};
+
+use crate::clock;
+use crate::config::Config;
+use crate::domxml::{self, HalyardMeta, Prepare};
+use crate::libvirt::{self, lifecycle, DomState, DomainEvent, Libvirt, VirtError};
+use crate::monitor::host::{HostSampler, VmCounts};
+use crate::vm::{Exit, VmEntry, VmSample};
+
+/// Runs a blocking (libvirt) call on the blocking pool, in the caller's tracing span.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, RpcError> {
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || {
+        let _g = span.enter();
+        f()
+    })
+    .await
+    .map_err(RpcError::internal)
+}
+
+fn virt_err(code: halyard_proto::vdsm::ErrorCode, e: &VirtError) -> RpcError {
+    code.rpc(Some(&e.message))
+}
+
+/// The agent.
+pub struct Agent {
+    pub cfg: Config,
+    pub virt: Arc<Libvirt>,
+    vms: Mutex<HashMap<String, VmEntry>>,
+    events: broadcast::Sender<Arc<Notification>>,
+    ready: AtomicBool,
+    host_stats: Mutex<Option<HostStats>>,
+    host_sampler: Mutex<HostSampler>,
+    caps: Mutex<Option<Capabilities>>,
+}
+
+impl Agent {
+    pub fn new(cfg: Config, virt: Arc<Libvirt>) -> Arc<Agent> {
+        let (events, _) = broadcast::channel(4096);
+        let sampler = HostSampler::new(cfg.disk_stats_paths.clone());
+        Arc::new(Agent {
+            cfg,
+            virt,
+            vms: Mutex::new(HashMap::new()),
+            events,
+            ready: AtomicBool::new(false),
+            host_stats: Mutex::new(None),
+            host_sampler: Mutex::new(sampler),
+            caps: Mutex::new(None),
+        })
+    }
+
+    fn vms(&self) -> MutexGuard<'_, HashMap<String, VmEntry>> {
+        // A panic while holding the lock must not take the agent down with it.
+        self.vms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Events for STOMP subscribers of `jms.queue.events`.
+    pub fn subscribe_events(&self) -> broadcast::Receiver<Arc<Notification>> {
+        self.events.subscribe()
+    }
+
+    fn emit(&self, method: String, mut params: serde_json::Map<String, Value>) {
+        if !self.is_ready() {
+            debug!(%method, "not ready yet, dropping event");
+            return;
+        }
+        params.insert("notify_time".into(), json!(clock::event_time()));
+        let _ = self.events.send(Arc::new(Notification {
+            method,
+            params: Value::Object(params),
+        }));
+    }
+
+    /// `|virt|VM_status|<id>` with the VM's full stats or only its status.
+    fn emit_vm_status(&self, vm: &VmEntry, full: bool) {
+        let body = if full || vm.status == VmStatus::Down {
+            serde_json::to_value(vm.stats()).unwrap_or(Value::Null)
+        } else {
+            json!({"status": vm.status})
+        };
+        let mut params = serde_json::Map::new();
+        params.insert(vm.id.clone(), body);
+        info!(vm_id = %vm.id, status = %vm.status, "VM status event");
+        self.emit(events::vm_status(&vm.id), params);
+    }
+
+    fn update<R>(&self, id: &str, f: impl FnOnce(&mut VmEntry) -> R) -> Option<R> {
+        let mut vms = self.vms();
+        vms.get_mut(id).map(f)
+    }
+
+    // ----- startup -------------------------------------------------------------------
+
+    /// Adopts the running domains this agent started (they carry its metadata); stops
+    /// none of them. Until it finishes, every verb answers "recovering" (99).
+    pub async fn recover(self: &Arc<Self>) -> Result<usize, RpcError> {
+        let virt = self.virt.clone();
+        let found = blocking(move || -> Result<Vec<(String, DomState, Option<u32>)>, VirtError> {
+            let mut out = Vec::new();
+            for d in virt.list_active()? {
+                let xml = match d.xml_desc(0) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        warn!(error = %e, "cannot read a domain's XML during recovery");
+                        continue;
+                    }
+                };
+                let state = libvirt::dom_state(&d);
+                let name = d.name().unwrap_or_default();
+                out.push((xml, state, libvirt::qemu_pid(&name)));
+            }
+            Ok(out)
+        })
+        .await?
+        .map_err(|e| virt_err(errors::RECOVERY, &e))?;
+        let mut adopted = 0;
+        {
+            let mut vms = self.vms();
+            for (xml, state, pid) in found {
+                let info = match domxml::parse(&xml) {
+                    Ok(i) => i,
+                    Err(e) => {
+                        warn!(error = %e, "skipping a domain with unreadable XML");
+                        continue;
+                    }
+                };
+                let Some(meta) = info.halyard.clone() else {
+                    debug!(name = %info.name, "not ours, leaving it alone");
+                    continue;
+                };
+                let mut e = VmEntry::new(info, xml, meta.start_time);
+                e.pid = pid;
+                e.guest_agent_up = true;
+                e.set_status(match state {
+                    DomState::Paused => VmStatus::Paused,
+                    _ => VmStatus::Up,
+                });
+                info!(vm_id = %e.id, name = %e.name, status = %e.status, "recovered VM");
+                vms.insert(e.id.clone(), e);
+                adopted += 1;
+            }
+        }
+        self.ready.store(true, Ordering::Release);
+        Ok(adopted)
+    }
+
+    /// Starts the event processor and the samplers.
+    pub fn spawn_background(self: &Arc<Self>, mut rx: mpsc::UnboundedReceiver<DomainEvent>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                me.on_domain_event(ev);
+            }
+        });
+        let me = self.clone();
+        tokio::spawn(async move {
+            let every = Duration::from_secs(me.cfg.monitoring.vm_stats_interval_secs);
+            let mut t = tokio::time::interval(every);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                t.tick().await;
+                me.sample_vms().await;
+            }
+        });
+        let me = self.clone();
+        tokio::spawn(async move {
+            // A first sample after one second, then on the configured interval.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let every = Duration::from_secs(me.cfg.monitoring.host_stats_interval_secs);
+            let mut t = tokio::time::interval(every);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                t.tick().await;
+                me.sample_host().await;
+            }
+        });
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                t.tick().await;
+                me.powering_up_timeouts();
+            }
+        });
+    }
+
+    fn powering_up_timeouts(&self) {
+        let limit = self.cfg.monitoring.powering_up_timeout_secs as f64;
+        let now = clock::monotonic_secs();
+        let mut changed = Vec::new();
+        {
+            let mut vms = self.vms();
+            for e in vms.values_mut() {
+                if e.status == VmStatus::PoweringUp && now - e.start_mono >= limit {
+                    e.set_status(VmStatus::Up);
+                    changed.push(e.clone());
+                }
+            }
+        }
+        for e in changed {
+            self.emit_vm_status(&e, true);
+        }
+    }
+
+    async fn sample_vms(&self) {
+        let virt = self.virt.clone();
+        let stats = match blocking(move || virt.bulk_stats()).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                warn!(error = %e, "bulk stats failed");
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, "bulk stats task failed");
+                return;
+            }
+        };
+        let now = clock::monotonic_secs();
+        let mut vms = self.vms();
+        for raw in stats {
+            if let Some(e) = vms.get_mut(&raw.uuid) {
+                let s = VmSample::new(raw, now, e.sample.as_ref());
+                e.sample = Some(s);
+            }
+        }
+    }
+
+    async fn sample_host(self: &Arc<Self>) {
+        let me = self.clone();
+        let counts = self.vm_counts();
+        let r = blocking(move || {
+            let mut s = me.host_sampler.lock().unwrap_or_else(|p| p.into_inner());
+            s.sample(counts)
+        })
+        .await;
+        if let Ok(stats) = r {
+            *self.host_stats.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats);
+        }
+    }
+
+    fn vm_counts(&self) -> VmCounts {
+        let vms = self.vms();
+        VmCounts {
+            total: vms.len() as u64,
+            active: vms.values().filter(|v| v.status.is_running()).count() as u64,
+            migrating: vms
+                .values()
+                .filter(|v| v.status == VmStatus::MigrationSource)
+                .count() as u64,
+        }
+    }
+
+    // ----- libvirt events --------------------------------------------------------------
+
+    fn on_domain_event(&self, ev: DomainEvent) {
+        debug!(?ev, "libvirt event");
+        match ev {
+            DomainEvent::Lifecycle {
+                uuid,
+                event,
+                detail,
+            } => self.on_lifecycle(&uuid, event, detail),
+            DomainEvent::Reboot { uuid } => {
+                let limit = self.cfg.monitoring.powering_up_timeout_secs;
+                let e = self.update(&uuid, |e| {
+                    e.guest_agent_up = false;
+                    e.start_mono = clock::monotonic_secs();
+                    let target = if limit == 0 {
+                        VmStatus::Up
+                    } else {
+                        VmStatus::PoweringUp
+                    };
+                    e.set_status(target).then(|| e.clone())
+                });
+                if let Some(Some(e)) = e {
+                    self.emit_vm_status(&e, true);
+                }
+            }
+            DomainEvent::Agent { uuid, connected } => {
+                let e = self.update(&uuid, |e| {
+                    e.guest_agent_up = connected;
+                    if connected && e.status == VmStatus::PoweringUp {
+                        e.set_status(VmStatus::Up);
+                        return Some(e.clone());
+                    }
+                    None
+                });
+                if let Some(Some(e)) = e {
+                    self.emit_vm_status(&e, true);
+                }
+            }
+            DomainEvent::ConnectionClosed { reason } => {
+                // VDSM's answer too: without libvirt the agent cannot manage VMs; exit so
+                // the supervisor restarts it, and recovery adopts the running VMs.
+                error!(reason, "the libvirt connection was closed; exiting");
+                std::process::exit(2);
+            }
+        }
+    }
+
+    fn on_lifecycle(&self, uuid: &str, event: i32, detail: i32) {
+        let limit = self.cfg.monitoring.powering_up_timeout_secs as f64;
+        let changed = self.update(uuid, |e| {
+            let before = e.status;
+            match event {
+                lifecycle::STARTED => {
+                    if e.status == VmStatus::WaitForLaunch {
+                        e.set_status(VmStatus::PoweringUp);
+                    }
+                }
+                lifecycle::SUSPENDED => {
+                    if e.status.is_running() {
+                        e.set_status(VmStatus::Paused);
+                    }
+                }
+                lifecycle::RESUMED => {
+                    if e.status.is_running() && e.status != VmStatus::PoweringDown {
+                        let up = e.guest_agent_up
+                            || clock::monotonic_secs() - e.start_mono >= limit;
+                        e.set_status(if up { VmStatus::Up } else { VmStatus::PoweringUp });
+                    }
+                }
+                lifecycle::STOPPED => {
+                    let exit = if e.admin_stop {
+                        Exit::new(0, exit_reason::ADMIN_SHUTDOWN, None)
+                    } else {
+                        match detail {
+                            lifecycle::STOPPED_SHUTDOWN => {
+                                Exit::new(0, exit_reason::USER_SHUTDOWN, None)
+                            }
+                            lifecycle::STOPPED_DESTROYED => Exit::new(
+                                1,
+                                exit_reason::GENERIC_ERROR,
+                                Some("VM was destroyed outside the host agent".into()),
+                            ),
+                            lifecycle::STOPPED_MIGRATED => {
+                                Exit::new(0, 4, Some("Migration succeeded".into()))
+                            }
+                            lifecycle::STOPPED_SAVED => {
+                                Exit::new(0, 5, Some("SaveState succeeded".into()))
+                            }
+                            _ => Exit::new(
+                                1,
+                                exit_reason::LOST_QEMU_CONNECTION,
+                                Some(format!("QEMU process ended (libvirt detail {detail})")),
+                            ),
+                        }
+                    };
+                    if e.status != VmStatus::Down {
+                        e.set_down(exit);
+                    }
+                }
+                _ => {}
+            }
+            (e.status != before).then(|| e.clone())
+        });
+        if let Some(Some(e)) = changed {
+            let full = matches!(e.status, VmStatus::Up | VmStatus::PoweringUp);
+            self.emit_vm_status(&e, full);
+        }
+    }
+
+    // ----- verbs -------------------------------------------------------------------------
+
+    fn entry(&self, id: &str) -> Result<VmEntry, RpcError> {
+        self.vms()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| errors::no_vm(id))
+    }
+
+    pub fn vm_list(&self, filter: &[String], with_xml: bool) -> Vec<VmListEntry> {
+        let vms = self.vms();
+        let mut out: Vec<VmListEntry> = vms
+            .values()
+            .filter(|v| filter.is_empty() || filter.iter().any(|f| f == &v.id))
+            .map(|v| v.list_entry(with_xml))
+            .collect();
+        out.sort_by(|a, b| a.vm_id.cmp(&b.vm_id));
+        out
+    }
+
+    pub fn vm_stats(&self, id: &str) -> Result<VmStats, RpcError> {
+        Ok(self.entry(id)?.stats())
+    }
+
+    pub fn all_vm_stats(&self) -> Vec<VmStats> {
+        let vms = self.vms();
+        let mut out: Vec<VmStats> = vms.values().map(VmEntry::stats).collect();
+        out.sort_by(|a, b| a.vm_id.cmp(&b.vm_id));
+        out
+    }
+
+    pub async fn host_stats(self: &Arc<Self>) -> HostStats {
+        let cached = self
+            .host_stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut s = match cached {
+            Some(s) => s,
+            None => {
+                self.sample_host().await;
+                self.host_stats
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+                    .unwrap_or_default()
+            }
+        };
+        let c = self.vm_counts();
+        s.vm_count = c.total;
+        s.vm_active = c.active;
+        s.vm_migrating = c.migrating;
+        s
+    }
+
+    pub async fn capabilities(self: &Arc<Self>) -> Result<Capabilities, RpcError> {
+        if let Some(c) = self.caps.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Ok(c);
+        }
+        let me = self.clone();
+        let caps = blocking(move || crate::caps::collect(&me.virt, &me.cfg)).await??;
+        *self.caps.lock().unwrap_or_else(|p| p.into_inner()) = Some(caps.clone());
+        Ok(caps)
+    }
+
+    pub async fn vm_create(self: &Arc<Self>, p: CreateParams) -> Result<VmListEntry, RpcError> {
+        let xml = p
+            .vm_params
+            .xml
+            .clone()
+            .ok_or_else(|| errors::MISS_PARAM.rpc(Some("{'name': 'xml'}")))?;
+        let info = domxml::parse(&xml)
+            .map_err(|e| errors::INVALID_PARAMETER.rpc(Some(&e.to_string())))?;
+        for given in [&p.vm_id, &p.vm_params.vm_id].into_iter().flatten() {
+            if !given.eq_ignore_ascii_case(&info.uuid) {
+                return Err(errors::INVALID_PARAMETER.rpc(Some(&format!(
+                    "vmID {given} does not match the domain's uuid {}",
+                    info.uuid
+                ))));
+            }
+        }
+        let start_wall = clock::wall_secs();
+        let prepared = domxml::prepare(
+            &xml,
+            &Prepare {
+                domain_type: &self.cfg.libvirt.domain_type,
+                meta: HalyardMeta {
+                    start_time: start_wall,
+                },
+            },
+        )
+        .map_err(|e| errors::INVALID_PARAMETER.rpc(Some(&e.to_string())))?;
+        let entry = {
+            let mut vms = self.vms();
+            if vms.contains_key(&info.uuid) {
+                return Err(errors::EXIST.rpc(None));
+            }
+            let e = VmEntry::new(info.clone(), xml, start_wall);
+            vms.insert(e.id.clone(), e.clone());
+            e
+        };
+        info!(vm_id = %entry.id, name = %entry.name, "creating VM");
+        let me = self.clone();
+        let id = entry.id.clone();
+        let paused = info.launch_paused;
+        tokio::spawn(
+            async move {
+                let virt = me.virt.clone();
+                let r = blocking(move || -> Result<(String, Option<u32>), VirtError> {
+                    let d = virt.create(&prepared, paused)?;
+                    let live = d.xml_desc(0).unwrap_or(prepared);
+                    let pid = libvirt::qemu_pid(&d.name().unwrap_or_default());
+                    Ok((live, pid))
+                })
+                .await
+                .unwrap_or_else(|e| Err(VirtError::new(e.message)));
+                let limit = me.cfg.monitoring.powering_up_timeout_secs;
+                let e = me.update(&id, |e| {
+                    match r {
+                        Ok((live, pid)) => {
+                            if let Ok(li) = domxml::parse(&live) {
+                                e.info = li;
+                            }
+                            e.xml = live;
+                            e.pid = pid;
+                            e.start_mono = clock::monotonic_secs();
+                            let s = if paused {
+                                VmStatus::Paused
+                            } else if limit == 0 || e.guest_agent_up {
+                                VmStatus::Up
+                            } else {
+                                VmStatus::PoweringUp
+                            };
+                            // The STARTED event may have set it already; report anyway.
+                            e.set_status(s);
+                            info!(vm_id = %e.id, pid = ?pid, "VM started");
+                        }
+                        Err(err) => {
+                            error!(vm_id = %e.id, error = %err, "VM failed to start");
+                            e.set_down(Exit::new(
+                                1,
+                                exit_reason::LIBVIRT_START_FAILED,
+                                Some(err.message),
+                            ));
+                        }
+                    }
+                    e.clone()
+                });
+                if let Some(e) = e {
+                    me.emit_vm_status(&e, true);
+                }
+            }
+            .in_current_span(),
+        );
+        let mut le = entry.list_entry(true);
+        le.status = VmStatus::WaitForLaunch;
+        Ok(le)
+    }
+
+    pub async fn vm_destroy(self: &Arc<Self>, p: DestroyParams) -> Result<bool, RpcError> {
+        let was = self
+            .update(&p.vm_id, |e| {
+                e.admin_stop = true;
+                e.shutdown_gen += 1;
+                e.status
+            })
+            .ok_or_else(|| errors::no_vm(&p.vm_id))?;
+        if was != VmStatus::Down {
+            let virt = self.virt.clone();
+            let id = p.vm_id.clone();
+            let graceful = p.graceful_attempts.unwrap_or(1) > 0;
+            let r = blocking(move || -> Result<(), VirtError> {
+                let d = match virt.lookup(&id) {
+                    Ok(d) => d,
+                    Err(e) if e.is_no_domain() => return Ok(()),
+                    Err(e) => return Err(e),
+                };
+                if graceful
+                    && d.destroy_flags(virt_sys::VIR_DOMAIN_DESTROY_GRACEFUL)
+                        .is_ok()
+                {
+                    return Ok(());
+                }
+                match d.destroy() {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        let e = VirtError::from(e);
+                        // Already gone is what we wanted.
+                        if e.is_no_domain() || e.is_operation_invalid() {
+                            Ok(())
+                        } else {
+                            Err(e)
+                        }
+                    }
+                }
+            })
+            .await?;
+            if let Err(e) = r {
+                self.update(&p.vm_id, |e| e.admin_stop = false);
+                return Err(virt_err(errors::DESTROY_ERR, &e));
+            }
+        }
+        let removed = self.vms().remove(&p.vm_id);
+        if let Some(mut e) = removed {
+            info!(vm_id = %e.id, "VM destroyed");
+            if e.status != VmStatus::Down {
+                e.set_down(Exit::new(0, exit_reason::ADMIN_SHUTDOWN, None));
+                self.emit_vm_status(&e, false);
+            }
+        }
+        Ok(true)
+    }
+
+    pub async fn vm_shutdown(self: &Arc<Self>, p: ShutdownParams) -> Result<bool, RpcError> {
+        let target = if p.reboot {
+            VmStatus::RebootInProgress
+        } else {
+            VmStatus::PoweringDown
+        };
+        let (before, gen, e) = self
+            .update(&p.vm_id, |e| {
+                if e.status == VmStatus::Down {
+                    return Err(errors::DOWN.rpc(None));
+                }
+                let before = e.status;
+                e.shutdown_gen += 1;
+                if !p.reboot {
+                    e.admin_stop = true;
+                }
+                e.set_status(target);
+                Ok((before, e.shutdown_gen, e.clone()))
+            })
+            .ok_or_else(|| errors::no_vm(&p.vm_id))??;
+        self.emit_vm_status(&e, false);
+        info!(vm_id = %p.vm_id, reboot = p.reboot, message = ?p.message, "shutting down VM");
+
+        // First attempt now, so that a VM that can do neither is reported at once.
+        let first = self.shutdown_attempt(&p.vm_id, p.reboot, true).await?;
+        let first = match first {
+            Ok(()) => Ok(()),
+            Err(_) => self.shutdown_attempt(&p.vm_id, p.reboot, false).await?,
+        };
+        if let Err(err) = first {
+            let e = self.update(&p.vm_id, |e| {
+                e.admin_stop = false;
+                e.set_status(before);
+                e.clone()
+            });
+            if let Some(e) = e {
+                self.emit_vm_status(&e, false);
+            }
+            return Err(errors::UNEXPECTED.rpc(Some(&format!(
+                "neither the guest agent nor ACPI could shut the VM down: {}",
+                err.message
+            ))));
+        }
+        let me = self.clone();
+        let total = p
+            .timeout
+            .filter(|t| *t > 0)
+            .map(|t| t as u64)
+            .unwrap_or(self.cfg.vm.shutdown_timeout_secs);
+        let retry = p
+            .delay
+            .filter(|d| *d > 0)
+            .map(|d| d as u64)
+            .unwrap_or(self.cfg.vm.shutdown_retry_secs)
+            .min(total.max(1));
+        let id = p.vm_id.clone();
+        let force = p.force;
+        let reboot = p.reboot;
+        tokio::spawn(
+            async move {
+                let deadline = clock::monotonic_secs() + total as f64;
+                let mut next_retry = clock::monotonic_secs() + retry as f64;
+                loop {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let state = me.vms().get(&id).map(|e| (e.status, e.shutdown_gen));
+                    match state {
+                        None => return,
+                        Some((_, g)) if g != gen => return,
+                        Some((s, _)) if s != target => return, // done (Down, or rebooted)
+                        _ => {}
+                    }
+                    let now = clock::monotonic_secs();
+                    if now >= deadline {
+                        break;
+                    }
+                    if now >= next_retry {
+                        // The first ACPI press after boot can be lost; press again.
+                        debug!(vm_id = %id, "shutdown retry through ACPI");
+                        let _ = me.shutdown_attempt(&id, reboot, false).await;
+                        next_retry = now + retry as f64;
+                    }
+                }
+                if force && !reboot {
+                    warn!(vm_id = %id, "shutdown timed out; forcing it off");
+                    let _ = me
+                        .vm_destroy(DestroyParams {
+                            vm_id: id,
+                            graceful_attempts: Some(0),
+                        })
+                        .await;
+                    return;
+                }
+                warn!(vm_id = %id, "shutdown timed out; the VM keeps running");
+                let e = me.update(&id, |e| {
+                    if e.shutdown_gen == gen && e.status == target {
+                        e.admin_stop = false;
+                        e.set_status(VmStatus::Up);
+                        Some(e.clone())
+                    } else {
+                        None
+                    }
+                });
+                if let Some(Some(e)) = e {
+                    me.emit_vm_status(&e, false);
+                }
+            }
+            .in_current_span(),
+        );
+        Ok(true)
+    }
+
+    /// One shutdown or reboot request through the guest agent or ACPI.
+    async fn shutdown_attempt(
+        &self,
+        id: &str,
+        reboot: bool,
+        agent: bool,
+    ) -> Result<Result<(), VirtError>, RpcError> {
+        let virt = self.virt.clone();
+        let id = id.to_string();
+        blocking(move || -> Result<(), VirtError> {
+            let d = virt.lookup(&id)?;
+            if reboot {
+                let flags = if agent {
+                    virt_sys::VIR_DOMAIN_REBOOT_GUEST_AGENT
+                } else {
+                    virt_sys::VIR_DOMAIN_REBOOT_ACPI_POWER_BTN
+                };
+                d.reboot(flags)?;
+            } else {
+                let flags = if agent {
+                    virt_sys::VIR_DOMAIN_SHUTDOWN_GUEST_AGENT
+                } else {
+                    virt_sys::VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN
+                };
+                d.shutdown_flags(flags)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn domain_call(
+        &self,
+        id: &str,
+        f: impl FnOnce(&virt::domain::Domain) -> Result<(), virt::error::Error> + Send + 'static,
+    ) -> Result<(), RpcError> {
+        let e = self.entry(id)?;
+        if e.status == VmStatus::Down {
+            return Err(errors::DOWN.rpc(None));
+        }
+        let virt = self.virt.clone();
+        let id = id.to_string();
+        blocking(move || -> Result<(), VirtError> {
+            let d = virt.lookup(&id)?;
+            f(&d).map_err(VirtError::from)
+        })
+        .await?
+        .map_err(|e| virt_err(errors::UNEXPECTED, &e))
+    }
+
+    pub async fn vm_reset(&self, id: &str) -> Result<bool, RpcError> {
+        self.domain_call(id, |d| d.reset().map(|_| ()))
+            .await
+            .map_err(|e| {
+                if e.code == errors::UNEXPECTED.code {
+                    errors::RESET_FAILED.rpc(Some(&e.message))
+                } else {
+                    e
+                }
+            })?;
+        info!(vm_id = %id, "VM reset");
+        Ok(true)
+    }
+
+    pub async fn vm_pause(&self, id: &str) -> Result<(), RpcError> {
+        self.domain_call(id, |d| d.suspend().map(|_| ())).await?;
+        let e = self.update(id, |e| e.set_status(VmStatus::Paused).then(|| e.clone()));
+        if let Some(Some(e)) = e {
+            self.emit_vm_status(&e, false);
+        }
+        Ok(())
+    }
+
+    pub async fn vm_cont(&self, id: &str) -> Result<(), RpcError> {
+        self.domain_call(id, |d| d.resume().map(|_| ())).await?;
+        let limit = self.cfg.monitoring.powering_up_timeout_secs as f64;
+        let e = self.update(id, |e| {
+            let up = e.guest_agent_up || clock::monotonic_secs() - e.start_mono >= limit;
+            e.set_status(if up { VmStatus::Up } else { VmStatus::PoweringUp })
+                .then(|| e.clone())
+        });
+        if let Some(Some(e)) = e {
+            self.emit_vm_status(&e, false);
+        }
+        Ok(())
+    }
+}

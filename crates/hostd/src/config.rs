@@ -1,0 +1,245 @@
+//! The host agent's configuration file (TOML). Every key has a default; see
+//! `docs/hostd.md` for the annotated file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: Listen,
+    pub tls: Tls,
+    pub libvirt: Libvirt,
+    pub monitoring: Monitoring,
+    pub limits: Limits,
+    pub vm: VmPolicy,
+    /// Where the agent keeps its state (the bound address is written to
+    /// `<state_dir>/listen.addr` once listening).
+    pub state_dir: PathBuf,
+    /// Paths whose free space Host.getStats reports in `diskStats`.
+    pub disk_stats_paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Listen {
+    /// Address to bind; `::` listens on IPv6 and IPv4.
+    pub address: String,
+    /// TCP port; 0 picks a free one (tests).
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Client certificates must be signed by this CA.
+    pub ca: PathBuf,
+    /// Seconds a client has to finish the TLS handshake.
+    pub handshake_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Libvirt {
+    pub uri: String,
+    /// `kvm` in production; `qemu` (TCG) where KVM cannot run guests.
+    pub domain_type: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Monitoring {
+    /// Seconds between VM samples (libvirt's bulk stats call).
+    pub vm_stats_interval_secs: u64,
+    /// Seconds between host samples (/proc and sysfs).
+    pub host_stats_interval_secs: u64,
+    /// Seconds after start after which a VM whose guest agent never answered is
+    /// reported Up anyway (VDSM: 60).
+    pub powering_up_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest STOMP frame body accepted; bigger frames are refused unread.
+    pub max_frame_bytes: usize,
+    /// Concurrent client connections.
+    pub max_connections: usize,
+    /// Requests one connection may have in flight.
+    pub max_inflight_per_connection: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VmPolicy {
+    /// Default seconds VM.shutdown waits before retrying or giving up.
+    pub shutdown_timeout_secs: u64,
+    /// Seconds between shutdown attempts (agent, then ACPI).
+    pub shutdown_retry_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: Listen::default(),
+            tls: Tls::default(),
+            libvirt: Libvirt::default(),
+            monitoring: Monitoring::default(),
+            limits: Limits::default(),
+            vm: VmPolicy::default(),
+            state_dir: PathBuf::from("/var/lib/halyard/hostd"),
+            disk_stats_paths: vec![
+                PathBuf::from("/var/log"),
+                PathBuf::from("/var/lib/halyard"),
+                PathBuf::from("/tmp"),
+            ],
+        }
+    }
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            address: "::".into(),
+            port: 54321,
+        }
+    }
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        let d = Path::new("/etc/halyard/pki");
+        Tls {
+            cert: d.join("hostd.pem"),
+            key: d.join("hostd.key"),
+            ca: d.join("ca.pem"),
+            handshake_timeout_secs: 10,
+        }
+    }
+}
+
+impl Default for Libvirt {
+    fn default() -> Self {
+        Libvirt {
+            uri: "qemu:///system".into(),
+            domain_type: "kvm".into(),
+        }
+    }
+}
+
+impl Default for Monitoring {
+    fn default() -> Self {
+        Monitoring {
+            vm_stats_interval_secs: 15,
+            host_stats_interval_secs: 15,
+            powering_up_timeout_secs: 60,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: 8 * 1024 * 1024,
+            max_connections: 256,
+            max_inflight_per_connection: 64,
+        }
+    }
+}
+
+impl Default for VmPolicy {
+    fn default() -> Self {
+        VmPolicy {
+            shutdown_timeout_secs: 120,
+            shutdown_retry_secs: 15,
+        }
+    }
+}
+
+/// Config errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid value: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let c: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !matches!(self.libvirt.domain_type.as_str(), "kvm" | "qemu") {
+            return Err(ConfigError::Invalid(format!(
+                "libvirt.domain_type must be kvm or qemu, not {:?}",
+                self.libvirt.domain_type
+            )));
+        }
+        if self.monitoring.vm_stats_interval_secs == 0 || self.monitoring.host_stats_interval_secs == 0
+        {
+            return Err(ConfigError::Invalid("stats intervals must be > 0".into()));
+        }
+        if self.limits.max_frame_bytes < 1024 {
+            return Err(ConfigError::Invalid("limits.max_frame_bytes must be >= 1024".into()));
+        }
+        self.listen_addr()?;
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        let ip: std::net::IpAddr = self
+            .listen
+            .address
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .map_err(|_| {
+                ConfigError::Invalid(format!("listen.address {:?}", self.listen.address))
+            })?;
+        Ok(SocketAddr::new(ip, self.listen.port))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_round_trip() {
+        let c = Config::default();
+        c.validate().expect("valid");
+        let text = toml::to_string(&c).expect("serialises");
+        let back: Config = toml::from_str(&text).expect("parses");
+        assert_eq!(back.listen.port, 54321);
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_bad_values() {
+        assert!(toml::from_str::<Config>("bogus = 1").is_err());
+        let c: Config = toml::from_str("[libvirt]\ndomain_type = \"xen\"").expect("parses");
+        assert!(c.validate().is_err());
+    }
+}

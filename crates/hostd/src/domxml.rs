@@ -1,0 +1,578 @@
+//! The libvirt domain XML the engine sends in VM.create: what the agent reads from it
+//! (id, name, oVirt metadata) and how it adapts it before starting the domain (the
+//! configured domain type, the agent's own metadata for recovery).
+//!
+//! The XML comes from the network: parsing never panics, DTDs are refused (no entity
+//! expansion), and sizes are bounded by the STOMP frame limit.
+
+use quick_xml::events::{BytesEnd, BytesStart, BytesText, Event};
+use quick_xml::name::ResolveResult;
+use quick_xml::reader::{NsReader, Reader};
+use quick_xml::writer::Writer;
+
+/// oVirt's VM metadata namespace.
+pub const OVIRT_VM_NS: &str = "http://ovirt.org/vm/1.0";
+/// The host agent's own metadata namespace.
+pub const HALYARD_NS: &str = "https://halyard.dev/xmlns/hostd/1.0";
+const HALYARD_PREFIX: &str = "halyard";
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DomXmlError {
+    #[error("invalid domain XML: {0}")]
+    Syntax(String),
+    #[error("domain XML has no <{0}>")]
+    Missing(&'static str),
+    #[error("domain XML: {0}")]
+    Invalid(String),
+}
+
+impl From<std::io::Error> for DomXmlError {
+    fn from(e: std::io::Error) -> Self {
+        DomXmlError::Syntax(e.to_string())
+    }
+}
+
+impl From<quick_xml::Error> for DomXmlError {
+    fn from(e: quick_xml::Error) -> Self {
+        DomXmlError::Syntax(e.to_string())
+    }
+}
+
+/// What the agent needs to know about a domain.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DomainInfo {
+    pub uuid: String,
+    pub name: String,
+    pub domain_type: String,
+    /// The engine's `<ovirt-vm:vm>` metadata is present.
+    pub has_ovirt_metadata: bool,
+    /// `<ovirt-vm:launchPaused>true</...>`.
+    pub launch_paused: bool,
+    /// The agent's own metadata (present on domains this agent started).
+    pub halyard: Option<HalyardMeta>,
+    /// `<vcpu>` count.
+    pub vcpus: Option<u32>,
+    /// `<memory>` in KiB.
+    pub memory_kib: Option<u64>,
+    pub nics: Vec<NicInfo>,
+    pub disks: Vec<DiskInfo>,
+    /// The serial console's `<log file=...>`.
+    pub serial_log: Option<String>,
+}
+
+/// A `<devices><interface>`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NicInfo {
+    pub mac: String,
+    /// The host-side tap device (live XML only).
+    pub target: Option<String>,
+    pub model: Option<String>,
+}
+
+/// A `<devices><disk>`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DiskInfo {
+    pub device: String,
+    pub target: String,
+    pub source: Option<String>,
+}
+
+fn attr(e: &BytesStart<'_>, name: &str) -> Option<String> {
+    e.try_get_attribute(name)
+        .ok()
+        .flatten()
+        .and_then(|a| a.unescape_value().ok().map(|v| v.into_owned()))
+}
+
+/// What the agent stores in the domain to adopt it after a restart.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HalyardMeta {
+    /// Wall-clock start, seconds since the epoch.
+    pub start_time: f64,
+}
+
+fn text_of(e: &BytesText<'_>) -> String {
+    e.decode().map(|c| c.into_owned()).unwrap_or_default()
+}
+
+fn resolve_ref(name: &[u8]) -> String {
+    match name {
+        b"amp" => "&".into(),
+        b"lt" => "<".into(),
+        b"gt" => ">".into(),
+        b"quot" => "\"".into(),
+        b"apos" => "'".into(),
+        _ => {
+            let s = String::from_utf8_lossy(name);
+            let code = if let Some(h) = s.strip_prefix("#x") {
+                u32::from_str_radix(h, 16).ok()
+            } else if let Some(d) = s.strip_prefix('#') {
+                d.parse().ok()
+            } else {
+                None
+            };
+            code.and_then(char::from_u32)
+                .map(String::from)
+                .unwrap_or_default()
+        }
+    }
+}
+
+fn unit_to_kib(value: u64, unit: &str) -> Option<u64> {
+    let mul: u64 = match unit {
+        "b" | "bytes" => return Some(value / 1024),
+        "KB" => return Some(value * 1000 / 1024),
+        "k" | "KiB" | "" => 1,
+        "MB" => return Some(value * 1_000_000 / 1024),
+        "M" | "MiB" => 1024,
+        "GB" => return Some(value * 1_000_000_000 / 1024),
+        "G" | "GiB" => 1024 * 1024,
+        "T" | "TiB" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    value.checked_mul(mul)
+}
+
+/// Parses the parts of a domain XML the agent uses.
+pub fn parse(xml: &str) -> Result<DomainInfo, DomXmlError> {
+    let mut r = NsReader::from_str(xml);
+    let mut info = DomainInfo::default();
+    // Stack of (namespace, local name) of open elements.
+    let mut path: Vec<(Option<String>, String)> = Vec::new();
+    let mut text = String::new();
+    let mut memory_unit = String::new();
+    let mut seen_root = false;
+    let mut halyard_start: Option<f64> = None;
+    let mut halyard_seen = false;
+    loop {
+        let (ns, ev) = r.read_resolved_event()?;
+        let ns = match ns {
+            ResolveResult::Bound(n) => Some(String::from_utf8_lossy(n.as_ref()).into_owned()),
+            _ => None,
+        };
+        match ev {
+            Event::DocType(_) => {
+                return Err(DomXmlError::Invalid("DOCTYPE is not allowed".into()));
+            }
+            Event::Start(e) | Event::Empty(e)
+                if path.is_empty() && seen_root =>
+            {
+                let _ = e;
+                return Err(DomXmlError::Invalid("more than one root element".into()));
+            }
+            ref ev @ (Event::Start(ref e) | Event::Empty(ref e)) => {
+                let local = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
+                if path.is_empty() {
+                    if local != "domain" {
+                        return Err(DomXmlError::Invalid(format!(
+                            "root element is <{local}>, not <domain>"
+                        )));
+                    }
+                    seen_root = true;
+                    if let Ok(Some(a)) = e.try_get_attribute("type") {
+                        info.domain_type = a.unescape_value().map(|v| v.into_owned()).unwrap_or_default();
+                    }
+                }
+                if path.len() == 2 && path[1].1 == "devices" {
+                    match local.as_str() {
+                        "interface" => info.nics.push(NicInfo::default()),
+                        "disk" => info.disks.push(DiskInfo {
+                            device: attr(e, "device").unwrap_or_else(|| "disk".into()),
+                            ..DiskInfo::default()
+                        }),
+                        _ => {}
+                    }
+                }
+                if path.len() == 3 && path[1].1 == "devices" {
+                    match (path[2].1.as_str(), local.as_str()) {
+                        ("interface", "mac") => {
+                            if let Some(n) = info.nics.last_mut() {
+                                n.mac = attr(e, "address").unwrap_or_default().to_ascii_lowercase();
+                            }
+                        }
+                        ("interface", "target") => {
+                            if let Some(n) = info.nics.last_mut() {
+                                n.target = attr(e, "dev");
+                            }
+                        }
+                        ("interface", "model") => {
+                            if let Some(n) = info.nics.last_mut() {
+                                n.model = attr(e, "type");
+                            }
+                        }
+                        ("disk", "target") => {
+                            if let Some(d) = info.disks.last_mut() {
+                                d.target = attr(e, "dev").unwrap_or_default();
+                            }
+                        }
+                        ("disk", "source") => {
+                            if let Some(d) = info.disks.last_mut() {
+                                d.source = attr(e, "file")
+                                    .or_else(|| attr(e, "dev"))
+                                    .or_else(|| attr(e, "name"));
+                            }
+                        }
+                        ("serial", "log") if info.serial_log.is_none() => {
+                            info.serial_log = attr(e, "file");
+                        }
+                        _ => {}
+                    }
+                }
+                if path.len() == 1 && local == "memory" {
+                    memory_unit = e
+                        .try_get_attribute("unit")
+                        .ok()
+                        .flatten()
+                        .and_then(|a| a.unescape_value().ok().map(|v| v.into_owned()))
+                        .unwrap_or_default();
+                }
+                if path.len() == 2
+                    && path[1].1 == "metadata"
+                    && ns.as_deref() == Some(OVIRT_VM_NS)
+                    && local == "vm"
+                {
+                    info.has_ovirt_metadata = true;
+                }
+                if path.len() == 2
+                    && path[1].1 == "metadata"
+                    && ns.as_deref() == Some(HALYARD_NS)
+                    && local == "vm"
+                {
+                    halyard_seen = true;
+                }
+                text.clear();
+                if matches!(ev, Event::Start(_)) {
+                    path.push((ns, local));
+                    if path.len() > 64 {
+                        return Err(DomXmlError::Invalid("nesting too deep".into()));
+                    }
+                }
+            }
+            Event::Text(t) => text.push_str(&text_of(&t)),
+            Event::CData(c) => text.push_str(&String::from_utf8_lossy(&c)),
+            Event::GeneralRef(g) => text.push_str(&resolve_ref(&g)),
+            Event::End(_) => {
+                let Some((ens, local)) = path.pop() else {
+                    return Err(DomXmlError::Syntax("unbalanced end tag".into()));
+                };
+                let t = text.trim();
+                match (path.len(), local.as_str()) {
+                    (1, "uuid") => info.uuid = t.to_string(),
+                    (1, "name") => info.name = t.to_string(),
+                    (1, "vcpu") => info.vcpus = t.parse().ok(),
+                    (1, "memory") => {
+                        info.memory_kib = t
+                            .parse::<u64>()
+                            .ok()
+                            .and_then(|v| unit_to_kib(v, &memory_unit))
+                    }
+                    (3, "launchPaused") if ens.as_deref() == Some(OVIRT_VM_NS) => {
+                        info.launch_paused = t.eq_ignore_ascii_case("true")
+                    }
+                    (3, "startTime") if ens.as_deref() == Some(HALYARD_NS) => {
+                        halyard_start = t.parse().ok()
+                    }
+                    _ => {}
+                }
+                text.clear();
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    if !path.is_empty() {
+        return Err(DomXmlError::Syntax("unclosed elements".into()));
+    }
+    if !seen_root {
+        return Err(DomXmlError::Missing("domain"));
+    }
+    if info.uuid.is_empty() {
+        return Err(DomXmlError::Missing("uuid"));
+    }
+    info.uuid = info.uuid.to_ascii_lowercase();
+    if !halyard_proto::vdsm::is_uuid(&info.uuid) {
+        return Err(DomXmlError::Invalid(format!("<uuid> {:?} is not a UUID", info.uuid)));
+    }
+    if info.name.is_empty() {
+        return Err(DomXmlError::Missing("name"));
+    }
+    if halyard_seen {
+        info.halyard = Some(HalyardMeta {
+            start_time: halyard_start.unwrap_or(0.0),
+        });
+    }
+    Ok(info)
+}
+
+/// How to adapt a domain before starting it.
+#[derive(Debug, Clone)]
+pub struct Prepare<'a> {
+    /// `kvm` or `qemu`.
+    pub domain_type: &'a str,
+    pub meta: HalyardMeta,
+}
+
+/// Returns the XML to start: root `type` set to the configured domain type; under TCG a
+/// host CPU model (`host-passthrough`/`host-model`, which TCG cannot provide) dropped;
+/// the agent's metadata added (replacing any old copy).
+pub fn prepare(xml: &str, p: &Prepare<'_>) -> Result<String, DomXmlError> {
+    let mut r = Reader::from_str(xml);
+    let mut w = Writer::new(Vec::with_capacity(xml.len() + 256));
+    let mut depth = 0usize;
+    // Depth at which we skip a subtree (inclusive), if skipping.
+    let mut skip_from: Option<usize> = None;
+    let mut metadata_done = false;
+    let tcg = p.domain_type == "qemu";
+    let our_meta = meta_events(&p.meta);
+    loop {
+        let ev = r.read_event()?;
+        if let Some(s) = skip_from {
+            match &ev {
+                Event::Start(_) => depth += 1,
+                Event::End(_) => {
+                    depth -= 1;
+                    if depth < s {
+                        skip_from = None;
+                    }
+                }
+                Event::Eof => return Err(DomXmlError::Syntax("unexpected end".into())),
+                _ => {}
+            }
+            continue;
+        }
+        match ev {
+            Event::DocType(_) => {
+                return Err(DomXmlError::Invalid("DOCTYPE is not allowed".into()));
+            }
+            Event::Start(e) => {
+                let name = e.name().as_ref().to_vec();
+                if depth == 0 {
+                    w.write_event(Event::Start(with_type(&e, p.domain_type)))?;
+                } else if depth == 1 && name == b"cpu" && tcg && is_host_cpu(&e) {
+                    skip_from = Some(depth + 1);
+                    depth += 1;
+                    continue;
+                } else if depth == 2 && is_halyard_element(&e) {
+                    skip_from = Some(depth + 1);
+                    depth += 1;
+                    continue;
+                } else {
+                    w.write_event(Event::Start(e))?;
+                }
+                depth += 1;
+                if depth == 2 && name == b"metadata" {
+                    for ev in &our_meta {
+                        w.write_event(ev.borrow())?;
+                    }
+                    metadata_done = true;
+                }
+            }
+            Event::Empty(e) => {
+                let name = e.name().as_ref().to_vec();
+                if depth == 0 {
+                    return Err(DomXmlError::Invalid("empty <domain/>".into()));
+                } else if depth == 1 && name == b"cpu" && tcg && is_host_cpu(&e) {
+                    continue;
+                } else if depth == 2 && is_halyard_element(&e) {
+                    continue;
+                } else if depth == 1 && name == b"metadata" {
+                    w.write_event(Event::Start(BytesStart::new("metadata")))?;
+                    for ev in &our_meta {
+                        w.write_event(ev.borrow())?;
+                    }
+                    w.write_event(Event::End(BytesEnd::new("metadata")))?;
+                    metadata_done = true;
+                } else {
+                    w.write_event(Event::Empty(e))?;
+                }
+            }
+            Event::End(e) => {
+                depth = depth
+                    .checked_sub(1)
+                    .ok_or_else(|| DomXmlError::Syntax("unbalanced end tag".into()))?;
+                if depth == 0 && !metadata_done {
+                    w.write_event(Event::Start(BytesStart::new("metadata")))?;
+                    for ev in &our_meta {
+                        w.write_event(ev.borrow())?;
+                    }
+                    w.write_event(Event::End(BytesEnd::new("metadata")))?;
+                    metadata_done = true;
+                }
+                w.write_event(Event::End(e))?;
+            }
+            Event::Eof => break,
+            other => w.write_event(other)?,
+        }
+    }
+    if depth != 0 {
+        return Err(DomXmlError::Syntax("unclosed elements".into()));
+    }
+    String::from_utf8(w.into_inner()).map_err(|e| DomXmlError::Syntax(e.to_string()))
+}
+
+fn with_type(e: &BytesStart<'_>, domain_type: &str) -> BytesStart<'static> {
+    let mut out = BytesStart::new(String::from_utf8_lossy(e.name().as_ref()).into_owned());
+    out.push_attribute(("type", domain_type));
+    for a in e.attributes().flatten() {
+        if a.key.as_ref() == b"type" {
+            continue;
+        }
+        out.push_attribute(a);
+    }
+    out
+}
+
+fn is_host_cpu(e: &BytesStart<'_>) -> bool {
+    e.try_get_attribute("mode")
+        .ok()
+        .flatten()
+        .map(|a| matches!(a.value.as_ref(), b"host-passthrough" | b"host-model" | b"maximum"))
+        .unwrap_or(false)
+}
+
+fn is_halyard_element(e: &BytesStart<'_>) -> bool {
+    e.attributes()
+        .flatten()
+        .any(|a| a.key.as_ref().starts_with(b"xmlns") && a.value.as_ref() == HALYARD_NS.as_bytes())
+}
+
+fn meta_events(m: &HalyardMeta) -> Vec<Event<'static>> {
+    let mut root = BytesStart::new(format!("{HALYARD_PREFIX}:vm"));
+    root.push_attribute((format!("xmlns:{HALYARD_PREFIX}").as_str(), HALYARD_NS));
+    vec![
+        Event::Start(root),
+        Event::Start(BytesStart::new(format!("{HALYARD_PREFIX}:startTime"))),
+        Event::Text(BytesText::new(&format!("{:.3}", m.start_time)).into_owned()),
+        Event::End(BytesEnd::new(format!("{HALYARD_PREFIX}:startTime"))),
+        Event::End(BytesEnd::new(format!("{HALYARD_PREFIX}:vm"))),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub const ENGINE_XML: &str = r#"<?xml version='1.0' encoding='utf-8'?>
+<domain xmlns:ovirt-tune="http://ovirt.org/vm/tune/1.0" xmlns:ovirt-vm="http://ovirt.org/vm/1.0" type="kvm">
+  <name>vm1 &amp; co</name>
+  <uuid>8D2E5C8A-3F0E-4B8C-9A1B-0123456789AB</uuid>
+  <memory unit="MiB">256</memory>
+  <vcpu current="1">16</vcpu>
+  <metadata>
+    <ovirt-tune:qos/>
+    <ovirt-vm:vm>
+      <ovirt-vm:clusterVersion>4.7</ovirt-vm:clusterVersion>
+      <ovirt-vm:launchPaused>true</ovirt-vm:launchPaused>
+    </ovirt-vm:vm>
+  </metadata>
+  <cpu match="exact" mode="host-passthrough"><topology cores="1" sockets="16" threads="1"/></cpu>
+  <os><type arch="x86_64" machine="pc">hvm</type></os>
+  <devices>
+    <interface type="bridge"><mac address="56:6F:00:00:00:01"/><model type="virtio"/><source bridge="ovirtmgmt"/><target dev="vnet3"/></interface>
+    <disk type="file" device="disk"><source file="/a/b.img"/><target dev="vda" bus="virtio"/></disk>
+    <serial type="pty"><log file="/var/log/c.log"/><target port="0"/></serial>
+  </devices>
+</domain>"#;
+
+    #[test]
+    fn parses_engine_xml() {
+        let i = parse(ENGINE_XML).expect("parses");
+        assert_eq!(i.uuid, "8d2e5c8a-3f0e-4b8c-9a1b-0123456789ab");
+        assert_eq!(i.name, "vm1 & co");
+        assert_eq!(i.domain_type, "kvm");
+        assert!(i.has_ovirt_metadata);
+        assert!(i.launch_paused);
+        assert_eq!(i.memory_kib, Some(256 * 1024));
+        assert_eq!(i.vcpus, Some(16));
+        assert_eq!(i.halyard, None);
+        assert_eq!(i.nics.len(), 1);
+        assert_eq!(i.nics[0].mac, "56:6f:00:00:00:01");
+        assert_eq!(i.nics[0].target.as_deref(), Some("vnet3"));
+        assert_eq!(i.disks[0].target, "vda");
+        assert_eq!(i.disks[0].source.as_deref(), Some("/a/b.img"));
+        assert_eq!(i.serial_log.as_deref(), Some("/var/log/c.log"));
+    }
+
+    #[test]
+    fn prepare_sets_type_drops_host_cpu_and_adds_meta() {
+        let out = prepare(
+            ENGINE_XML,
+            &Prepare {
+                domain_type: "qemu",
+                meta: HalyardMeta { start_time: 12.5 },
+            },
+        )
+        .expect("prepares");
+        assert!(!out.contains("host-passthrough"));
+        let i = parse(&out).expect("still parses");
+        assert_eq!(i.domain_type, "qemu");
+        assert_eq!(i.halyard, Some(HalyardMeta { start_time: 12.5 }));
+        assert!(i.has_ovirt_metadata);
+        assert_eq!(i.name, "vm1 & co");
+        // Preparing again replaces the metadata rather than adding a second copy.
+        let again = prepare(
+            &out,
+            &Prepare {
+                domain_type: "kvm",
+                meta: HalyardMeta { start_time: 20.0 },
+            },
+        )
+        .expect("prepares");
+        assert_eq!(again.matches(HALYARD_NS).count(), 1);
+        assert_eq!(parse(&again).expect("parses").halyard, Some(HalyardMeta { start_time: 20.0 }));
+    }
+
+    #[test]
+    fn prepare_without_metadata_adds_it() {
+        let xml = "<domain type='kvm'><name>a</name><uuid>8d2e5c8a-3f0e-4b8c-9a1b-0123456789ab</uuid></domain>";
+        let out = prepare(
+            xml,
+            &Prepare {
+                domain_type: "kvm",
+                meta: HalyardMeta { start_time: 1.0 },
+            },
+        )
+        .expect("prepares");
+        assert!(parse(&out).expect("parses").halyard.is_some());
+        let xml = "<domain type='kvm'><name>a</name><uuid>8d2e5c8a-3f0e-4b8c-9a1b-0123456789ab</uuid><metadata/></domain>";
+        let out = prepare(
+            xml,
+            &Prepare {
+                domain_type: "kvm",
+                meta: HalyardMeta { start_time: 1.0 },
+            },
+        )
+        .expect("prepares");
+        assert!(parse(&out).expect("parses").halyard.is_some());
+    }
+
+    #[test]
+    fn rejects_bad_documents() {
+        for bad in [
+            "",
+            "<domain>",
+            "<vm/>",
+            "<domain><name>a</name></domain>",
+            "<domain><uuid>../../x</uuid><name>a</name></domain>",
+            "<!DOCTYPE d [<!ENTITY a \"aaaa\">]><domain><uuid>8d2e5c8a-3f0e-4b8c-9a1b-0123456789ab</uuid><name>&a;</name></domain>",
+            "<domain></domain><domain></domain>",
+            "not xml at all",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} must fail");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(s in ".{0,400}") {
+            let _ = parse(&s);
+            let _ = prepare(&s, &Prepare { domain_type: "qemu", meta: HalyardMeta::default() });
+        }
+
+        #[test]
+        fn parse_never_panics_on_xmlish(s in "(<[a-z:/]{0,6}( [a-z]{1,3}='[^']{0,4}')?/?>|[a-z&;#0-9]{0,5}){0,30}") {
+            let _ = parse(&s);
+            let _ = prepare(&s, &Prepare { domain_type: "qemu", meta: HalyardMeta::default() });
+        }
+    }
+}

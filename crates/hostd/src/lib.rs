@@ -1,0 +1,20 @@
+//! Halyard's host agent (the VDSM role).
+//!
+//! - [`server`]: mutual-TLS listener and STOMP sessions on port 54321.
+//! - [`api`]: JSON-RPC dispatch of VDSM's verbs.
+//! - [`agent`]: VMs and their lifecycle, events, samplers, recovery.
+//! - [`libvirt`]: the libvirt connection, its event loop, bulk stats.
+//! - [`domxml`]: reading and adapting the engine's domain XML.
+//! - [`monitor`]: host sampling from /proc and sysfs.
+//! - [`caps`]: Host.getCapabilities.
+
+pub mod agent;
+pub mod api;
+pub mod caps;
+pub mod clock;
+pub mod config;
+pub mod domxml;
+pub mod libvirt;
+pub mod monitor;
+pub mod server;
+pub mod vm;

@@ -1,0 +1,207 @@
+//! `halyard-hostd`: the host agent daemon, and its development PKI helper.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use halyard_hostd::agent::Agent;
+use halyard_hostd::config::Config;
+use halyard_hostd::libvirt::Libvirt;
+use tracing::{info, warn};
+
+#[derive(Parser)]
+#[command(version, about = "Halyard host agent: VMs through libvirt, VDSM's protocol on port 54321")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(clap::Args, Clone, Default)]
+struct RunArgs {
+    /// Configuration file (TOML); defaults apply to missing keys.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Address to listen on (overrides the config).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Port to listen on (overrides the config; 0 picks a free port).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Domain type for guests: kvm or qemu (overrides the config).
+    #[arg(long)]
+    domain_type: Option<String>,
+    /// State directory (overrides the config).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Directory holding hostd.pem, hostd.key and ca.pem (overrides the config).
+    #[arg(long)]
+    pki_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the agent (the default).
+    Run(RunArgs),
+    /// Development PKI until the Manager signs host certificates.
+    Pki {
+        #[command(subcommand)]
+        cmd: PkiCmd,
+    },
+    /// Print the default configuration.
+    DefaultConfig,
+}
+
+#[derive(Subcommand)]
+enum PkiCmd {
+    /// Create a CA, a host certificate (hostd.pem) and a client certificate (client.pem).
+    Init {
+        #[arg(long, default_value = "/etc/halyard/pki")]
+        dir: PathBuf,
+        /// Extra names (DNS or IP) for the host certificate.
+        #[arg(long = "name")]
+        names: Vec<String>,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue another client certificate signed by the CA in DIR.
+    IssueClient {
+        #[arg(long, default_value = "/etc/halyard/pki")]
+        dir: PathBuf,
+        /// Base name of the files (<name>.pem, <name>.key).
+        #[arg(long)]
+        name: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    halyard_common::logging::init("info");
+    let cli = Cli::parse();
+    match cli.cmd {
+        Some(Cmd::Pki { cmd }) => pki(cmd),
+        Some(Cmd::DefaultConfig) => {
+            print!("{}", toml::to_string(&Config::default())?);
+            Ok(())
+        }
+        Some(Cmd::Run(args)) => run(args),
+        None => run(cli.run),
+    }
+}
+
+fn pki(cmd: PkiCmd) -> anyhow::Result<()> {
+    match cmd {
+        PkiCmd::Init { dir, names, force } => {
+            let names = halyard_pki::default_host_names(&names);
+            let p = halyard_pki::init_dev_pki(&dir, &names, force)
+                .with_context(|| format!("creating the PKI in {}", dir.display()))?;
+            println!("CA:     {}", p.hostd.ca.display());
+            println!("host:   {} ({})", p.hostd.cert.display(), names.join(", "));
+            println!("client: {}", p.client.cert.display());
+        }
+        PkiCmd::IssueClient { dir, name } => {
+            let ca = halyard_pki::Ca::load(&dir.join("ca.pem"), &dir.join("ca.key"))?;
+            let (c, _) = ca
+                .issue(&[name.clone()], halyard_pki::Usage::Client, 825)?
+                .save(&dir, &name)?;
+            println!("client: {}", c.display());
+        }
+    }
+    Ok(())
+}
+
+fn load_config(args: &RunArgs) -> anyhow::Result<Config> {
+    let mut cfg = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if let Some(l) = &args.listen {
+        cfg.listen.address = l.clone();
+    }
+    if let Some(p) = args.port {
+        cfg.listen.port = p;
+    }
+    if let Some(t) = &args.domain_type {
+        cfg.libvirt.domain_type = t.clone();
+    }
+    if let Some(s) = &args.state_dir {
+        cfg.state_dir = s.clone();
+    }
+    if let Some(d) = &args.pki_dir {
+        cfg.tls.cert = d.join("hostd.pem");
+        cfg.tls.key = d.join("hostd.key");
+        cfg.tls.ca = d.join("ca.pem");
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let cfg = load_config(&args)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(64)
+        .thread_name("hostd")
+        .enable_all()
+        .build()?;
+    rt.block_on(serve(cfg))
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let tls = halyard_pki::server_config(&halyard_pki::TlsFiles {
+        cert: cfg.tls.cert.clone(),
+        key: cfg.tls.key.clone(),
+        ca: cfg.tls.ca.clone(),
+    })
+    .context("loading the TLS identity (create a development one with `halyard-hostd pki init`)")?;
+    let uri = cfg.libvirt.uri.clone();
+    let virt = tokio::task::spawn_blocking(move || Libvirt::open(&uri))
+        .await?
+        .with_context(|| format!("connecting to libvirt at {}", cfg.libvirt.uri))?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    virt.subscribe(tx).context("registering libvirt event callbacks")?;
+    let addr = cfg.listen_addr()?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let bound = listener.local_addr()?;
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+    halyard_common::fsutil::write_atomic(
+        &cfg.state_dir.join("listen.addr"),
+        bound.to_string().as_bytes(),
+        0o644,
+    )?;
+    info!(%bound, domain_type = %cfg.libvirt.domain_type, libvirt = %cfg.libvirt.uri, "listening");
+    let agent = Agent::new(cfg, virt);
+    tokio::spawn(halyard_hostd::server::serve(agent.clone(), listener, tls));
+    match agent.recover().await {
+        Ok(n) => info!(adopted = n, "recovery done; ready"),
+        Err(e) => bail!("recovery failed: {}", e.message),
+    }
+    agent.spawn_background(rx);
+    wait_for_signal().await;
+    info!("stopping (running VMs keep running)");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        warn!("cannot install signal handlers");
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send(a: Arc<Agent>) -> impl Send {
+    a
+}

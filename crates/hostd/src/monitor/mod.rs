@@ -1,0 +1,3 @@
+//! Sampling of the host (VM samples come from libvirt's bulk stats, see `agent`).
+
+pub mod host;
