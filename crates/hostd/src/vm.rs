@@ -129,7 +129,7 @@ impl VmEntry {
         s.pid = self.pid.map(|p| p.to_string());
         s.username = Some("Unknown".into());
         s.guest_fqdn = Some(String::new());
-        s.guest_i_ps = Some(String::new());
+        s.guest_ips = Some(String::new());
         s.mem_usage = Some("0".into());
         s.guest_cpu_count = Some(-1);
         s.vcpu_count = self.info.vcpus.map(|v| v.to_string());

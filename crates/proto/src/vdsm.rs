@@ -358,10 +358,10 @@ pub struct VmStats {
     pub disks: Option<BTreeMap<String, Map<String, Value>>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_info: Option<Vec<Map<String, Value>>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "guestFQDN", default, skip_serializing_if = "Option::is_none")]
     pub guest_fqdn: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub guest_i_ps: Option<String>,
+    #[serde(rename = "guestIPs", default, skip_serializing_if = "Option::is_none")]
+    pub guest_ips: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net_ifaces: Option<Vec<Map<String, Value>>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
