@@ -85,7 +85,10 @@ fn out(s: &str) {
 
 fn main() {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: {e}");
@@ -100,8 +103,14 @@ fn main() {
 
 async fn connect(c: &Conn) -> anyhow::Result<Client> {
     let files = halyard_pki::TlsFiles {
-        cert: c.cert.clone().unwrap_or_else(|| c.pki_dir.join("client.pem")),
-        key: c.key.clone().unwrap_or_else(|| c.pki_dir.join("client.key")),
+        cert: c
+            .cert
+            .clone()
+            .unwrap_or_else(|| c.pki_dir.join("client.pem")),
+        key: c
+            .key
+            .clone()
+            .unwrap_or_else(|| c.pki_dir.join("client.key")),
         ca: c.ca.clone().unwrap_or_else(|| c.pki_dir.join("ca.pem")),
     };
     let tls = halyard_pki::client_config(&files).context("loading the client certificate")?;

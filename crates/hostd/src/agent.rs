@@ -117,22 +117,24 @@ impl Agent {
     /// none of them. Until it finishes, every verb answers "recovering" (99).
     pub async fn recover(self: &Arc<Self>) -> Result<usize, RpcError> {
         let virt = self.virt.clone();
-        let found = blocking(move || -> Result<Vec<(String, DomState, Option<u32>)>, VirtError> {
-            let mut out = Vec::new();
-            for d in virt.list_active()? {
-                let xml = match d.xml_desc(0) {
-                    Ok(x) => x,
-                    Err(e) => {
-                        warn!(error = %e, "cannot read a domain's XML during recovery");
-                        continue;
-                    }
-                };
-                let state = libvirt::dom_state(&d);
-                let name = d.name().unwrap_or_default();
-                out.push((xml, state, libvirt::qemu_pid(&name)));
-            }
-            Ok(out)
-        })
+        let found = blocking(
+            move || -> Result<Vec<(String, DomState, Option<u32>)>, VirtError> {
+                let mut out = Vec::new();
+                for d in virt.list_active()? {
+                    let xml = match d.xml_desc(0) {
+                        Ok(x) => x,
+                        Err(e) => {
+                            warn!(error = %e, "cannot read a domain's XML during recovery");
+                            continue;
+                        }
+                    };
+                    let state = libvirt::dom_state(&d);
+                    let name = d.name().unwrap_or_default();
+                    out.push((xml, state, libvirt::qemu_pid(&name)));
+                }
+                Ok(out)
+            },
+        )
         .await?
         .map_err(|e| virt_err(errors::RECOVERY, &e))?;
         let mut adopted = 0;
@@ -325,22 +327,21 @@ impl Agent {
         let changed = self.update(uuid, |e| {
             let before = e.status;
             match event {
-                lifecycle::STARTED => {
-                    if e.status == VmStatus::WaitForLaunch {
-                        e.set_status(VmStatus::PoweringUp);
-                    }
+                lifecycle::STARTED if e.status == VmStatus::WaitForLaunch => {
+                    e.set_status(VmStatus::PoweringUp);
                 }
-                lifecycle::SUSPENDED => {
-                    if e.status.is_running() {
-                        e.set_status(VmStatus::Paused);
-                    }
+                lifecycle::SUSPENDED if e.status.is_running() => {
+                    e.set_status(VmStatus::Paused);
                 }
-                lifecycle::RESUMED => {
-                    if e.status.is_running() && e.status != VmStatus::PoweringDown {
-                        let up = e.guest_agent_up
-                            || clock::monotonic_secs() - e.start_mono >= limit;
-                        e.set_status(if up { VmStatus::Up } else { VmStatus::PoweringUp });
-                    }
+                lifecycle::RESUMED
+                    if e.status.is_running() && e.status != VmStatus::PoweringDown =>
+                {
+                    let up = e.guest_agent_up || clock::monotonic_secs() - e.start_mono >= limit;
+                    e.set_status(if up {
+                        VmStatus::Up
+                    } else {
+                        VmStatus::PoweringUp
+                    });
                 }
                 lifecycle::STOPPED => {
                     let exit = if e.admin_stop {
@@ -385,10 +386,7 @@ impl Agent {
     // ----- verbs -------------------------------------------------------------------------
 
     fn entry(&self, id: &str) -> Result<VmEntry, RpcError> {
-        self.vms()
-            .get(id)
-            .cloned()
-            .ok_or_else(|| errors::no_vm(id))
+        self.vms().get(id).cloned().ok_or_else(|| errors::no_vm(id))
     }
 
     pub fn vm_list(&self, filter: &[String], with_xml: bool) -> Vec<VmListEntry> {
@@ -453,8 +451,8 @@ impl Agent {
             .xml
             .clone()
             .ok_or_else(|| errors::MISS_PARAM.rpc(Some("{'name': 'xml'}")))?;
-        let info = domxml::parse(&xml)
-            .map_err(|e| errors::INVALID_PARAMETER.rpc(Some(&e.to_string())))?;
+        let info =
+            domxml::parse(&xml).map_err(|e| errors::INVALID_PARAMETER.rpc(Some(&e.to_string())))?;
         for given in [&p.vm_id, &p.vm_params.vm_id].into_iter().flatten() {
             if !given.eq_ignore_ascii_case(&info.uuid) {
                 return Err(errors::INVALID_PARAMETER.rpc(Some(&format!(
@@ -784,8 +782,12 @@ impl Agent {
         let limit = self.cfg.monitoring.powering_up_timeout_secs as f64;
         let e = self.update(id, |e| {
             let up = e.guest_agent_up || clock::monotonic_secs() - e.start_mono >= limit;
-            e.set_status(if up { VmStatus::Up } else { VmStatus::PoweringUp })
-                .then(|| e.clone())
+            e.set_status(if up {
+                VmStatus::Up
+            } else {
+                VmStatus::PoweringUp
+            })
+            .then(|| e.clone())
         });
         if let Some(Some(e)) = e {
             self.emit_vm_status(&e, false);

@@ -198,12 +198,15 @@ impl Config {
                 self.libvirt.domain_type
             )));
         }
-        if self.monitoring.vm_stats_interval_secs == 0 || self.monitoring.host_stats_interval_secs == 0
+        if self.monitoring.vm_stats_interval_secs == 0
+            || self.monitoring.host_stats_interval_secs == 0
         {
             return Err(ConfigError::Invalid("stats intervals must be > 0".into()));
         }
         if self.limits.max_frame_bytes < 1024 {
-            return Err(ConfigError::Invalid("limits.max_frame_bytes must be >= 1024".into()));
+            return Err(ConfigError::Invalid(
+                "limits.max_frame_bytes must be >= 1024".into(),
+            ));
         }
         self.listen_addr()?;
         Ok(())

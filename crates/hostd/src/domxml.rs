@@ -154,9 +154,7 @@ pub fn parse(xml: &str) -> Result<DomainInfo, DomXmlError> {
             Event::DocType(_) => {
                 return Err(DomXmlError::Invalid("DOCTYPE is not allowed".into()));
             }
-            Event::Start(e) | Event::Empty(e)
-                if path.is_empty() && seen_root =>
-            {
+            Event::Start(e) | Event::Empty(e) if path.is_empty() && seen_root => {
                 let _ = e;
                 return Err(DomXmlError::Invalid("more than one root element".into()));
             }
@@ -170,7 +168,10 @@ pub fn parse(xml: &str) -> Result<DomainInfo, DomXmlError> {
                     }
                     seen_root = true;
                     if let Ok(Some(a)) = e.try_get_attribute("type") {
-                        info.domain_type = a.unescape_value().map(|v| v.into_owned()).unwrap_or_default();
+                        info.domain_type = a
+                            .unescape_value()
+                            .map(|v| v.into_owned())
+                            .unwrap_or_default();
                     }
                 }
                 if path.len() == 2 && path[1].1 == "devices" {
@@ -291,7 +292,10 @@ pub fn parse(xml: &str) -> Result<DomainInfo, DomXmlError> {
     }
     info.uuid = info.uuid.to_ascii_lowercase();
     if !halyard_proto::vdsm::is_uuid(&info.uuid) {
-        return Err(DomXmlError::Invalid(format!("<uuid> {:?} is not a UUID", info.uuid)));
+        return Err(DomXmlError::Invalid(format!(
+            "<uuid> {:?} is not a UUID",
+            info.uuid
+        )));
     }
     if info.name.is_empty() {
         return Err(DomXmlError::Missing("name"));
@@ -348,11 +352,9 @@ pub fn prepare(xml: &str, p: &Prepare<'_>) -> Result<String, DomXmlError> {
                 let name = e.name().as_ref().to_vec();
                 if depth == 0 {
                     w.write_event(Event::Start(with_type(&e, p.domain_type)))?;
-                } else if depth == 1 && name == b"cpu" && tcg && is_host_cpu(&e) {
-                    skip_from = Some(depth + 1);
-                    depth += 1;
-                    continue;
-                } else if depth == 2 && is_halyard_element(&e) {
+                } else if (depth == 1 && name == b"cpu" && tcg && is_host_cpu(&e))
+                    || (depth == 2 && is_halyard_element(&e))
+                {
                     skip_from = Some(depth + 1);
                     depth += 1;
                     continue;
@@ -371,9 +373,9 @@ pub fn prepare(xml: &str, p: &Prepare<'_>) -> Result<String, DomXmlError> {
                 let name = e.name().as_ref().to_vec();
                 if depth == 0 {
                     return Err(DomXmlError::Invalid("empty <domain/>".into()));
-                } else if depth == 1 && name == b"cpu" && tcg && is_host_cpu(&e) {
-                    continue;
-                } else if depth == 2 && is_halyard_element(&e) {
+                } else if (depth == 1 && name == b"cpu" && tcg && is_host_cpu(&e))
+                    || (depth == 2 && is_halyard_element(&e))
+                {
                     continue;
                 } else if depth == 1 && name == b"metadata" {
                     w.write_event(Event::Start(BytesStart::new("metadata")))?;
@@ -426,7 +428,12 @@ fn is_host_cpu(e: &BytesStart<'_>) -> bool {
     e.try_get_attribute("mode")
         .ok()
         .flatten()
-        .map(|a| matches!(a.value.as_ref(), b"host-passthrough" | b"host-model" | b"maximum"))
+        .map(|a| {
+            matches!(
+                a.value.as_ref(),
+                b"host-passthrough" | b"host-model" | b"maximum"
+            )
+        })
         .unwrap_or(false)
 }
 
@@ -519,7 +526,10 @@ mod tests {
         )
         .expect("prepares");
         assert_eq!(again.matches(HALYARD_NS).count(), 1);
-        assert_eq!(parse(&again).expect("parses").halyard, Some(HalyardMeta { start_time: 20.0 }));
+        assert_eq!(
+            parse(&again).expect("parses").halyard,
+            Some(HalyardMeta { start_time: 20.0 })
+        );
     }
 
     #[test]

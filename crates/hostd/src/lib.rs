@@ -6,7 +6,7 @@
 //! - [`libvirt`]: the libvirt connection, its event loop, bulk stats.
 //! - [`domxml`]: reading and adapting the engine's domain XML.
 //! - [`monitor`]: host sampling from /proc and sysfs.
-//! - [`caps`]: Host.getCapabilities.
+//! - [`caps`]: the Host.getCapabilities answer.
 
 pub mod agent;
 pub mod api;

@@ -11,7 +11,10 @@ use halyard_hostd::libvirt::Libvirt;
 use tracing::{info, warn};
 
 #[derive(Parser)]
-#[command(version, about = "Halyard host agent: VMs through libvirt, VDSM's protocol on port 54321")]
+#[command(
+    version,
+    about = "Halyard host agent: VMs through libvirt, VDSM's protocol on port 54321"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
@@ -104,7 +107,7 @@ fn pki(cmd: PkiCmd) -> anyhow::Result<()> {
         PkiCmd::IssueClient { dir, name } => {
             let ca = halyard_pki::Ca::load(&dir.join("ca.pem"), &dir.join("ca.key"))?;
             let (c, _) = ca
-                .issue(&[name.clone()], halyard_pki::Usage::Client, 825)?
+                .issue(std::slice::from_ref(&name), halyard_pki::Usage::Client, 825)?
                 .save(&dir, &name)?;
             println!("client: {}", c.display());
         }
@@ -161,7 +164,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .await?
         .with_context(|| format!("connecting to libvirt at {}", cfg.libvirt.uri))?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    virt.subscribe(tx).context("registering libvirt event callbacks")?;
+    virt.subscribe(tx)
+        .context("registering libvirt event callbacks")?;
     let addr = cfg.listen_addr()?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -189,8 +193,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         warn!("cannot install signal handlers");
         std::future::pending::<()>().await;
         return;

@@ -137,7 +137,10 @@ impl Session {
         }
     }
 
-    async fn run<S: AsyncRead + AsyncWrite + Unpin>(mut self, stream: S) -> Result<(), SessionError> {
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+        mut self,
+        stream: S,
+    ) -> Result<(), SessionError> {
         let (mut rd, mut wr) = tokio::io::split(stream);
         let mut dec = stomp::Decoder::new(self.limits);
         let mut buf = vec![0u8; 16 * 1024];
@@ -207,7 +210,11 @@ impl Session {
         }
     }
 
-    async fn write<W: AsyncWrite + Unpin>(&mut self, wr: &mut W, f: &Frame) -> Result<(), SessionError> {
+    async fn write<W: AsyncWrite + Unpin>(
+        &mut self,
+        wr: &mut W,
+        f: &Frame,
+    ) -> Result<(), SessionError> {
         wr.write_all(&f.encode()).await?;
         wr.flush().await?;
         self.last_write = Instant::now();
@@ -251,13 +258,20 @@ impl Session {
         Ok(())
     }
 
-    async fn on_frame<W: AsyncWrite + Unpin>(&mut self, f: Frame, wr: &mut W) -> Result<(), SessionError> {
+    async fn on_frame<W: AsyncWrite + Unpin>(
+        &mut self,
+        f: Frame,
+        wr: &mut W,
+    ) -> Result<(), SessionError> {
         match f.command {
             Command::Connect | Command::Stomp => {
                 let accepted = f.headers.get("accept-version").unwrap_or("");
                 if !accepted.split(',').any(|v| v.trim() == "1.2") {
-                    self.write(wr, &Frame::error("Version unsupported", "Version unsupported"))
-                        .await?;
+                    self.write(
+                        wr,
+                        &Frame::error("Version unsupported", "Version unsupported"),
+                    )
+                    .await?;
                     self.closing = true;
                     return Err(SessionError::Version(accepted.to_string()));
                 }
@@ -267,11 +281,15 @@ impl Session {
                 let reply = Frame::new(Command::Connected)
                     .header("version", "1.2")
                     .header("heart-beat", format!("{send},{expect}"))
-                    .header("server", concat!("halyard-hostd/", env!("CARGO_PKG_VERSION")));
+                    .header(
+                        "server",
+                        concat!("halyard-hostd/", env!("CARGO_PKG_VERSION")),
+                    );
                 self.write(wr, &reply).await?;
             }
             Command::Subscribe => {
-                let (Some(d), Some(id)) = (f.headers.get("destination"), f.headers.get("id")) else {
+                let (Some(d), Some(id)) = (f.headers.get("destination"), f.headers.get("id"))
+                else {
                     return self
                         .write(
                             wr,
@@ -286,13 +304,19 @@ impl Session {
                     return self
                         .write(
                             wr,
-                            &Frame::error("Subscription id already exists", "Subscription id already exists"),
+                            &Frame::error(
+                                "Subscription id already exists",
+                                "Subscription id already exists",
+                            ),
                         )
                         .await;
                 }
                 if self.subs.len() >= 1024 {
                     return self
-                        .write(wr, &Frame::error("Too many subscriptions", "Too many subscriptions"))
+                        .write(
+                            wr,
+                            &Frame::error("Too many subscriptions", "Too many subscriptions"),
+                        )
                         .await;
                 }
                 if d == dest::EVENTS && self.events.is_none() {

@@ -37,7 +37,11 @@ async fn guest_lifecycle_events_stats_and_agent_restart() {
 
     // Boot and see the ready line on the serial console.
     let g = host.boot_guest(&c, GuestSpec::new("life")).await;
-    assert!(g.console.contains(&format!("ip={}/24", g.ip)), "{}", g.console);
+    assert!(
+        g.console.contains(&format!("ip={}/24", g.ip)),
+        "{}",
+        g.console
+    );
     let id = g.id.clone();
 
     // Powering up, then Up once the guest agent connected.
@@ -66,21 +70,45 @@ async fn guest_lifecycle_events_stats_and_agent_restart() {
     };
     let vm = &stats[0];
     assert_eq!(vm["status"], "Up");
-    assert!(vm["cpuUsage"].as_str().and_then(|s| s.parse::<u64>().ok()).expect("cpuUsage") > 0);
+    assert!(
+        vm["cpuUsage"]
+            .as_str()
+            .and_then(|s| s.parse::<u64>().ok())
+            .expect("cpuUsage")
+            > 0
+    );
     assert_eq!(vm["vcpuCount"], "1");
-    let nic = vm["network"].as_object().expect("network").values().next().expect("a NIC");
-    assert!(nic["macAddr"].as_str().expect("mac").starts_with("52:54:00"));
+    let nic = vm["network"]
+        .as_object()
+        .expect("network")
+        .values()
+        .next()
+        .expect("a NIC");
+    assert!(nic["macAddr"]
+        .as_str()
+        .expect("mac")
+        .starts_with("52:54:00"));
     let all = c
         .call_value("Host.getAllVmStats", json!({}))
         .await
         .expect("getAllVmStats");
-    assert!(all.as_array().expect("list").iter().any(|v| v["vmId"] == id));
-    let hs = c.call_value("Host.getStats", json!({})).await.expect("getStats");
+    assert!(all
+        .as_array()
+        .expect("list")
+        .iter()
+        .any(|v| v["vmId"] == id));
+    let hs = c
+        .call_value("Host.getStats", json!({}))
+        .await
+        .expect("getStats");
     assert_eq!(hs["vmActive"], 1);
     assert!(hs["memFree"].as_u64().expect("memFree") > 0);
 
     // Pause and continue through the agent.
-    let r = c.call_value("VM.pause", json!({"vmID": id})).await.expect("pause");
+    let r = c
+        .call_value("VM.pause", json!({"vmID": id}))
+        .await
+        .expect("pause");
     assert_eq!(r, json!({"vmList": {}}));
     wait_event(&mut ev, Duration::from_secs(5), |n| {
         event_status(n, &id).as_deref() == Some("Paused")
@@ -88,7 +116,9 @@ async fn guest_lifecycle_events_stats_and_agent_restart() {
     .await
     .expect("Paused event");
     assert_eq!(domstate(&host, &g.domain_name), "paused");
-    c.call_value("VM.cont", json!({"vmID": id})).await.expect("cont");
+    c.call_value("VM.cont", json!({"vmID": id}))
+        .await
+        .expect("cont");
     wait_event(&mut ev, Duration::from_secs(5), |n| {
         event_status(n, &id).as_deref() == Some("Up")
     })
@@ -104,7 +134,10 @@ async fn guest_lifecycle_events_stats_and_agent_restart() {
     })
     .await
     .expect("Paused event within 1 s of libvirt's");
-    eprintln!("virsh suspend took {virsh_done:?}; event after {:?}", t0.elapsed());
+    eprintln!(
+        "virsh suspend took {virsh_done:?}; event after {:?}",
+        t0.elapsed()
+    );
     assert!(host.virsh(&["resume", &g.domain_name]).status.success());
     wait_event(&mut ev, Duration::from_secs(1), |n| {
         event_status(n, &id).as_deref() == Some("Up")
@@ -126,17 +159,26 @@ async fn guest_lifecycle_events_stats_and_agent_restart() {
     let c = host.client().await.expect("reconnect");
     let mut ev = c.events();
     assert_eq!(status_of(&c, &id).await, "Up");
-    assert_eq!(host.virsh(&["domid", &g.domain_name]).stdout, qemu_pid_before);
+    assert_eq!(
+        host.virsh(&["domid", &g.domain_name]).stdout,
+        qemu_pid_before
+    );
     let s = c
         .call_value("VM.getStats", json!({"vmID": id}))
         .await
         .expect("stats after recovery");
-    assert!(s[0]["elapsedTime"].as_str().and_then(|e| e.parse::<u64>().ok()).is_some());
+    assert!(s[0]["elapsedTime"]
+        .as_str()
+        .and_then(|e| e.parse::<u64>().ok())
+        .is_some());
     assert!(host.log().contains("recovered VM"));
 
     // Reboot through the guest agent: RebootInProgress, then powering up / up again.
     let r = c
-        .call_value("VM.shutdown", json!({"vmID": id, "reboot": true, "message": "reboot test"}))
+        .call_value(
+            "VM.shutdown",
+            json!({"vmID": id, "reboot": true, "message": "reboot test"}),
+        )
         .await
         .expect("reboot");
     assert_eq!(r, json!(true));
@@ -152,9 +194,12 @@ async fn guest_lifecycle_events_stats_and_agent_restart() {
     .expect("Up after reboot");
 
     // Graceful shutdown: Powering down, then Down with the admin exit reason.
-    c.call_value("VM.shutdown", json!({"vmID": id, "delay": "5", "message": "bye"}))
-        .await
-        .expect("shutdown");
+    c.call_value(
+        "VM.shutdown",
+        json!({"vmID": id, "delay": "5", "message": "bye"}),
+    )
+    .await
+    .expect("shutdown");
     let down = wait_event(&mut ev, Duration::from_secs(60), |n| {
         event_status(n, &id).as_deref() == Some("Down")
     })
@@ -169,13 +214,17 @@ async fn guest_lifecycle_events_stats_and_agent_restart() {
     assert_eq!(s[0]["status"], "Down");
     // The engine releases a down VM with destroy.
     assert_eq!(
-        c.call_value("VM.destroy", json!({"vmID": id})).await.expect("destroy"),
+        c.call_value("VM.destroy", json!({"vmID": id}))
+            .await
+            .expect("destroy"),
         json!(true)
     );
     assert_eq!(status_of(&c, &id).await, "<absent>");
 
     // A second guest, destroyed while running.
-    let g2 = host.boot_guest(&c, GuestSpec::new("destroyed").memory(128)).await;
+    let g2 = host
+        .boot_guest(&c, GuestSpec::new("destroyed").memory(128))
+        .await;
     let t0 = Instant::now();
     c.call_value("VM.destroy", json!({"vmID": g2.id}))
         .await
@@ -200,7 +249,9 @@ async fn guest_shutdown_from_inside_is_a_user_shutdown() {
     let host = TestHost::start(opts()).await;
     let c = host.client().await.expect("connect");
     let mut ev = c.events();
-    let g = host.boot_guest(&c, GuestSpec::new("inside").memory(128)).await;
+    let g = host
+        .boot_guest(&c, GuestSpec::new("inside").memory(128))
+        .await;
     // Power off from inside the guest through the guest agent's exec (not through
     // VM.shutdown): the agent reports a user shutdown.
     let out = host.virsh(&[
@@ -208,7 +259,11 @@ async fn guest_shutdown_from_inside_is_a_user_shutdown() {
         &g.domain_name,
         r#"{"execute":"guest-exec","arguments":{"path":"/bin/busybox","arg":["poweroff","-f"]}}"#,
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let down = wait_event(&mut ev, Duration::from_secs(30), |n| {
         event_status(n, &g.id).as_deref() == Some("Down")
     })

@@ -9,8 +9,7 @@ use std::sync::Arc;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -149,11 +148,18 @@ impl Ca {
 
     /// Signs a certificate signing request (the host-registration flow), keeping the
     /// requester's key; the names come from the caller, not from the request.
-    pub fn sign_csr(&self, csr_pem: &str, names: &[String], usage: Usage, days: i64) -> Result<String> {
-        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| PkiError::Pem {
-            path: PathBuf::from("<csr>"),
-            detail: e.to_string(),
-        })?;
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        names: &[String],
+        usage: Usage,
+        days: i64,
+    ) -> Result<String> {
+        let csr =
+            CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| PkiError::Pem {
+                path: PathBuf::from("<csr>"),
+                detail: e.to_string(),
+            })?;
         let params = leaf_params(names, usage, days)?;
         let cert = params.signed_by(&csr.public_key, &self.issuer)?;
         Ok(cert.pem())
@@ -267,10 +273,12 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// A server configuration that requires a client certificate signed by `files.ca`.
 pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>> {
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&files.ca)?), provider())
-            .build()
-            .map_err(|e| PkiError::Verifier(e.to_string()))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots(&files.ca)?),
+        provider(),
+    )
+    .build()
+    .map_err(|e| PkiError::Verifier(e.to_string()))?;
     let cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
@@ -338,7 +346,8 @@ pub fn init_dev_pki(dir: &Path, host_names: &[String], force: bool) -> Result<De
     };
     let host = dir.join("hostd.pem");
     if force || !host.exists() {
-        ca.issue(host_names, Usage::Server, 825)?.save(dir, "hostd")?;
+        ca.issue(host_names, Usage::Server, 825)?
+            .save(dir, "hostd")?;
     }
     let client = dir.join("client.pem");
     if force || !client.exists() {
@@ -379,7 +388,10 @@ mod tests {
         // Loading again keeps the CA.
         let before = std::fs::read(d.path().join("ca.pem")).expect("read");
         init_dev_pki(d.path(), &default_host_names(&[]), false).expect("again");
-        assert_eq!(before, std::fs::read(d.path().join("ca.pem")).expect("read"));
+        assert_eq!(
+            before,
+            std::fs::read(d.path().join("ca.pem")).expect("read")
+        );
     }
 
     #[test]
@@ -396,6 +408,8 @@ mod tests {
             .sign_csr(&csr, &["h1".into()], Usage::Server, 1)
             .expect("signed");
         assert!(pem.contains("BEGIN CERTIFICATE"));
-        assert!(ca.sign_csr("garbage", &["h1".into()], Usage::Server, 1).is_err());
+        assert!(ca
+            .sign_csr("garbage", &["h1".into()], Usage::Server, 1)
+            .is_err());
     }
 }

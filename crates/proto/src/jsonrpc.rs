@@ -247,7 +247,12 @@ fn parse_entry(v: Value) -> Entry {
         Some(v @ (Value::String(_) | Value::Number(_))) => v.clone(),
         _ => Value::Null,
     };
-    let fail = |msg: &str| Entry::Invalid(Response::err(id_for_error.clone(), RpcError::invalid_request(msg)));
+    let fail = |msg: &str| {
+        Entry::Invalid(Response::err(
+            id_for_error.clone(),
+            RpcError::invalid_request(msg),
+        ))
+    };
     match &id {
         None | Some(Value::String(_)) | Some(Value::Number(_)) | Some(Value::Null) => {}
         _ => return fail("id must be a string, a number or null"),
@@ -294,18 +299,18 @@ mod tests {
 
     #[test]
     fn batch_with_bad_entry() {
-        let m = parse_message(br#"[{"jsonrpc":"2.0","method":"a","id":1}, 5, {"method":"b","id":2}]"#);
+        let m =
+            parse_message(br#"[{"jsonrpc":"2.0","method":"a","id":1}, 5, {"method":"b","id":2}]"#);
         let Message::Batch(v) = m else {
             panic!("batch expected")
         };
         assert!(matches!(v[0], Entry::Request(_)));
-        let Entry::Invalid(r) = &v[1] else {
-            panic!()
-        };
-        assert_eq!(r.outcome.as_ref().err().map(|e| e.code), Some(INVALID_REQUEST));
-        let Entry::Invalid(r) = &v[2] else {
-            panic!()
-        };
+        let Entry::Invalid(r) = &v[1] else { panic!() };
+        assert_eq!(
+            r.outcome.as_ref().err().map(|e| e.code),
+            Some(INVALID_REQUEST)
+        );
+        let Entry::Invalid(r) = &v[2] else { panic!() };
         assert_eq!(r.id, json!(2));
     }
 
@@ -333,7 +338,12 @@ mod tests {
         let b: P = p.bind(&["vmId", "force"]).expect("binds");
         assert_eq!(b.vm_id, "abc");
         assert!(b.force);
-        let p = Params::Named(json!({"vmId": "x"}).as_object().cloned().unwrap_or_default());
+        let p = Params::Named(
+            json!({"vmId": "x"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        );
         let b: P = p.bind(&["vmId", "force"]).expect("binds");
         assert!(!b.force);
         let p = Params::Named(json!({"vmId": 5}).as_object().cloned().unwrap_or_default());

@@ -21,11 +21,9 @@ pub mod dest {
 
     /// True if a SEND to `d` is a JSON-RPC request (`<queue>` or `<queue>.<anything>`).
     pub fn is_request_queue(d: &str) -> bool {
-        [REQUESTS, IRS_REQUESTS].iter().any(|q| {
-            d == *q
-                || d.strip_prefix(q)
-                    .is_some_and(|rest| rest.starts_with('.'))
-        })
+        [REQUESTS, IRS_REQUESTS]
+            .iter()
+            .any(|q| d == *q || d.strip_prefix(q).is_some_and(|rest| rest.starts_with('.')))
     }
 }
 
@@ -258,14 +256,22 @@ pub struct ShutdownParams {
     #[serde(rename = "vmID")]
     pub vm_id: String,
     /// Seconds the guest is given before the next method is tried.
-    #[serde(default, deserialize_with = "int_or_string", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "int_or_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub delay: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     #[serde(default)]
     pub reboot: bool,
     /// Seconds to wait for the whole shutdown.
-    #[serde(default, deserialize_with = "int_or_string", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "int_or_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timeout: Option<i64>,
     #[serde(default)]
     pub force: bool,
@@ -372,7 +378,11 @@ pub struct VmStats {
     pub guest_os_info: Option<Map<String, Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_timezone: Option<Map<String, Value>>,
-    #[serde(rename = "guestCPUCount", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "guestCPUCount",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub guest_cpu_count: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i64>,
@@ -537,9 +547,21 @@ pub mod verbs {
     }
 
     verb!(HostPing2, "Host.ping2", [], NoParams, bool);
-    verb!(HostGetCapabilities, "Host.getCapabilities", [], NoParams, Capabilities);
+    verb!(
+        HostGetCapabilities,
+        "Host.getCapabilities",
+        [],
+        NoParams,
+        Capabilities
+    );
     verb!(HostGetStats, "Host.getStats", [], NoParams, HostStats);
-    verb!(HostGetAllVmStats, "Host.getAllVmStats", [], NoParams, Vec<VmStats>);
+    verb!(
+        HostGetAllVmStats,
+        "Host.getAllVmStats",
+        [],
+        NoParams,
+        Vec<VmStats>
+    );
     verb!(
         HostGetVmList,
         "Host.getVMList",
@@ -561,8 +583,20 @@ pub mod verbs {
         GetJobsParams,
         BTreeMap<String, Job>
     );
-    verb!(VmCreate, "VM.create", ["vmID", "vmParams"], CreateParams, VmListEntry);
-    verb!(VmDestroy, "VM.destroy", ["vmID", "gracefulAttempts"], DestroyParams, bool);
+    verb!(
+        VmCreate,
+        "VM.create",
+        ["vmID", "vmParams"],
+        CreateParams,
+        VmListEntry
+    );
+    verb!(
+        VmDestroy,
+        "VM.destroy",
+        ["vmID", "gracefulAttempts"],
+        DestroyParams,
+        bool
+    );
     verb!(
         VmShutdown,
         "VM.shutdown",
@@ -571,9 +605,21 @@ pub mod verbs {
         bool
     );
     verb!(VmReset, "VM.reset", ["vmID"], VmIdParams, bool);
-    verb!(VmPause, "VM.pause", ["vmID"], VmIdParams, RunningStateChange);
+    verb!(
+        VmPause,
+        "VM.pause",
+        ["vmID"],
+        VmIdParams,
+        RunningStateChange
+    );
     verb!(VmCont, "VM.cont", ["vmID"], VmIdParams, RunningStateChange);
-    verb!(VmGetStats, "VM.getStats", ["vmID"], VmIdParams, Vec<VmStats>);
+    verb!(
+        VmGetStats,
+        "VM.getStats",
+        ["vmID"],
+        VmIdParams,
+        Vec<VmStats>
+    );
 }
 
 /// Checks that `s` is a UUID in canonical 8-4-4-4-12 hex form.
@@ -617,9 +663,7 @@ mod tests {
                 .cloned()
                 .unwrap_or_default(),
         );
-        let s: ShutdownParams = p
-            .bind(verbs::VmShutdown::PARAMS)
-            .expect("binds");
+        let s: ShutdownParams = p.bind(verbs::VmShutdown::PARAMS).expect("binds");
         assert_eq!(s.delay, Some(30));
         assert!(s.reboot);
         let bad = Params::Named(
@@ -628,7 +672,9 @@ mod tests {
                 .cloned()
                 .unwrap_or_default(),
         );
-        assert!(bad.bind::<ShutdownParams>(verbs::VmShutdown::PARAMS).is_err());
+        assert!(bad
+            .bind::<ShutdownParams>(verbs::VmShutdown::PARAMS)
+            .is_err());
     }
 
     #[test]

@@ -4,9 +4,19 @@
 /// One archive member.
 #[derive(Debug, Clone)]
 pub enum Entry {
-    Dir { path: String, mode: u32 },
-    File { path: String, mode: u32, data: Vec<u8> },
-    Symlink { path: String, target: String },
+    Dir {
+        path: String,
+        mode: u32,
+    },
+    File {
+        path: String,
+        mode: u32,
+        data: Vec<u8>,
+    },
+    Symlink {
+        path: String,
+        target: String,
+    },
 }
 
 impl Entry {
@@ -30,14 +40,16 @@ pub fn write(entries: &[Entry]) -> Vec<u8> {
         let ino = (i + 1) as u32;
         match e {
             Entry::Dir { path, mode } => header(&mut out, ino, S_IFDIR | mode, 2, path, &[]),
-            Entry::File { path, mode, data } => header(&mut out, ino, S_IFREG | mode, 1, path, data),
+            Entry::File { path, mode, data } => {
+                header(&mut out, ino, S_IFREG | mode, 1, path, data)
+            }
             Entry::Symlink { path, target } => {
                 header(&mut out, ino, S_IFLNK | 0o777, 1, path, target.as_bytes())
             }
         }
     }
     header(&mut out, 0, 0, 1, "TRAILER!!!", &[]);
-    while out.len() % 512 != 0 {
+    while !out.len().is_multiple_of(512) {
         out.push(0);
     }
     out
@@ -72,7 +84,7 @@ fn header(out: &mut Vec<u8>, ino: u32, mode: u32, nlink: u32, name: &str, data: 
 }
 
 fn pad4(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }

@@ -240,7 +240,9 @@ fn installed_version(pkg: &str) -> Result<String> {
         ))
     })?;
     if v.trim().is_empty() {
-        return Err(BuildError::Missing(format!("package {pkg} is not installed")));
+        return Err(BuildError::Missing(format!(
+            "package {pkg} is not installed"
+        )));
     }
     Ok(v.trim().to_string())
 }
@@ -276,14 +278,24 @@ fn build(cache_dir: &Path, tmp: &Path, inputs: &Inputs, agent: &Agent) -> Result
     let deb = match deb {
         Some(d) => d,
         None => {
-            run_in("apt-get", &["download", "-q", &inputs.kernel_package], Some(&debs))?;
+            run_in(
+                "apt-get",
+                &["download", "-q", &inputs.kernel_package],
+                Some(&debs),
+            )?;
             find_deb(&debs, &inputs.kernel_package)?.ok_or_else(|| {
-                BuildError::Missing(format!("apt-get download gave no {}", inputs.kernel_package))
+                BuildError::Missing(format!(
+                    "apt-get download gave no {}",
+                    inputs.kernel_package
+                ))
             })?
         }
     };
     let kx = tmp.join("kx");
-    run("dpkg", &["-x", &deb.to_string_lossy(), &kx.to_string_lossy()])?;
+    run(
+        "dpkg",
+        &["-x", &deb.to_string_lossy(), &kx.to_string_lossy()],
+    )?;
     let release = inputs
         .kernel_package
         .strip_prefix("linux-image-")
@@ -296,8 +308,22 @@ fn build(cache_dir: &Path, tmp: &Path, inputs: &Inputs, agent: &Agent) -> Result
     // 2. The initramfs.
     let mut files = Tree::default();
     for d in [
-        "bin", "sbin", "usr", "usr/bin", "usr/sbin", "proc", "sys", "dev", "run", "tmp",
-        "etc", "var", "var/log", "root", "lib", "lib/modules",
+        "bin",
+        "sbin",
+        "usr",
+        "usr/bin",
+        "usr/sbin",
+        "proc",
+        "sys",
+        "dev",
+        "run",
+        "tmp",
+        "etc",
+        "var",
+        "var/log",
+        "root",
+        "lib",
+        "lib/modules",
     ] {
         files.dir(d);
     }

@@ -5,7 +5,10 @@ use anyhow::Context;
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(version, about = "Build Halyard's tiny test guest from Debian packages")]
+#[command(
+    version,
+    about = "Build Halyard's tiny test guest from Debian packages"
+)]
 struct Args {
     /// Cache directory (default: $HALYARD_GUEST_CACHE or /var/cache/halyard/test-guest).
     #[arg(long)]

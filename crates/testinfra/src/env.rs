@@ -105,7 +105,9 @@ impl Env {
             let _ = fs::write(dir.join("daemons.by-harness"), b"1");
         }
         if !run("ip", &["link", "show", BRIDGE]).status.success() {
-            let ok = run("ip", &["link", "add", BRIDGE, "type", "bridge"]).status.success()
+            let ok = run("ip", &["link", "add", BRIDGE, "type", "bridge"])
+                .status
+                .success()
                 && run("ip", &["addr", "add", BRIDGE_ADDR, "dev", BRIDGE])
                     .status
                     .success()
@@ -184,7 +186,8 @@ fn start_daemons(dir: &Path) {
     mkdir_public(&logs);
     let vpid = logs.join("virtlogd.pid");
     let lpid = logs.join("libvirtd.pid");
-    let virtlogd_alive = std::os::unix::net::UnixStream::connect("/run/libvirt/virtlogd-sock").is_ok();
+    let virtlogd_alive =
+        std::os::unix::net::UnixStream::connect("/run/libvirt/virtlogd-sock").is_ok();
     if !virtlogd_alive {
         let st = Command::new("virtlogd")
             .args(["-d", "-p"])

@@ -68,12 +68,7 @@ pub fn domain_xml(
     console_log: &std::path::Path,
     ip: &str,
 ) -> String {
-    let mac = format!(
-        "52:54:00:{}:{}:{}",
-        &id[0..2],
-        &id[2..4],
-        &id[4..6]
-    );
+    let mac = format!("52:54:00:{}:{}:{}", &id[0..2], &id[2..4], &id[4..6]);
     let cmdline = halyard_testguest::kernel_cmdline(Some(&format!("{ip}/24")), Some(GATEWAY));
     format!(
         r#"<?xml version='1.0' encoding='utf-8'?>

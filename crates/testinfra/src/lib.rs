@@ -77,7 +77,9 @@ impl TestHost {
         let env = env::Env::get();
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("{DOMAIN_PREFIX}{}-{n}-", std::process::id());
-        let dir = env.work_dir().join(format!("host-{}-{n}", std::process::id()));
+        let dir = env
+            .work_dir()
+            .join(format!("host-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         env::mkdir_public(&dir);
         let pki = halyard_pki::init_dev_pki(
@@ -182,12 +184,19 @@ max_frame_bytes = {mf}
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(c) = self.client().await {
-                if c.call_value("Host.ping2", serde_json::json!({})).await.is_ok() {
+                if c.call_value("Host.ping2", serde_json::json!({}))
+                    .await
+                    .is_ok()
+                {
                     c.close().await;
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "agent not ready; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "agent not ready; log:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

@@ -52,7 +52,9 @@ pub fn init_event_loop() -> Result<()> {
                 }
             });
         if let Err(e) = spawned {
-            result = Err(VirtError::new(format!("cannot start the event thread: {e}")));
+            result = Err(VirtError::new(format!(
+                "cannot start the event thread: {e}"
+            )));
         }
     });
     result
@@ -142,8 +144,13 @@ fn leak_sink(tx: &mpsc::UnboundedSender<DomainEvent>) -> *mut c_void {
 /// connection close callback.
 pub fn register_events(conn: &Connect, tx: mpsc::UnboundedSender<DomainEvent>) -> Result<()> {
     type Generic = unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void);
-    type Lifecycle =
-        unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, c_int, c_int, *mut c_void) -> c_int;
+    type Lifecycle = unsafe extern "C" fn(
+        sys::virConnectPtr,
+        sys::virDomainPtr,
+        c_int,
+        c_int,
+        *mut c_void,
+    ) -> c_int;
     type Agent =
         unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, c_int, c_int, *mut c_void);
     // SAFETY: libvirt's API takes every domain event callback as the generic type and
@@ -156,7 +163,10 @@ pub fn register_events(conn: &Connect, tx: mpsc::UnboundedSender<DomainEvent>) -
                 sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE as c_int,
                 std::mem::transmute::<Lifecycle, Generic>(lifecycle_cb),
             ),
-            (sys::VIR_DOMAIN_EVENT_ID_REBOOT as c_int, reboot_cb as Generic),
+            (
+                sys::VIR_DOMAIN_EVENT_ID_REBOOT as c_int,
+                reboot_cb as Generic,
+            ),
             (
                 sys::VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE as c_int,
                 std::mem::transmute::<Agent, Generic>(agent_cb),
@@ -250,9 +260,9 @@ pub fn all_domain_stats(conn: &Connect) -> Result<Vec<DomainStats>> {
                     sys::VIR_TYPED_PARAM_ULLONG => ParamValue::U(p.value.ul),
                     sys::VIR_TYPED_PARAM_DOUBLE => ParamValue::F(p.value.d),
                     sys::VIR_TYPED_PARAM_BOOLEAN => ParamValue::B(p.value.b != 0),
-                    sys::VIR_TYPED_PARAM_STRING if !p.value.s.is_null() => ParamValue::S(
-                        CStr::from_ptr(p.value.s).to_string_lossy().into_owned(),
-                    ),
+                    sys::VIR_TYPED_PARAM_STRING if !p.value.s.is_null() => {
+                        ParamValue::S(CStr::from_ptr(p.value.s).to_string_lossy().into_owned())
+                    }
                     _ => continue,
                 }
             };

@@ -67,7 +67,11 @@ pub type Result<T> = std::result::Result<T, VirtError>;
 #[derive(Debug, Clone, PartialEq)]
 pub enum DomainEvent {
     /// virDomainEventType + detail.
-    Lifecycle { uuid: String, event: i32, detail: i32 },
+    Lifecycle {
+        uuid: String,
+        event: i32,
+        detail: i32,
+    },
     /// The guest rebooted.
     Reboot { uuid: String },
     /// The guest agent channel connected or disconnected.

@@ -143,14 +143,16 @@ impl HostSampler {
             .get("MemAvailable")
             .copied()
             .unwrap_or_else(|| kib("MemFree") + kib("Buffers") + kib("Cached"));
-        let mem_used = if total > 0 {
-            100 * total.saturating_sub(avail) / total
-        } else {
-            0
-        };
+        let mem_used = (100 * total.saturating_sub(avail))
+            .checked_div(total)
+            .unwrap_or(0);
         let load = fs::read_to_string("/proc/loadavg")
             .ok()
-            .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()))
+            .and_then(|s| {
+                s.split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
             .unwrap_or(0.0);
 
         let wall = clock::wall_secs();
@@ -169,11 +171,7 @@ impl HostSampler {
                     tx_dropped: n.tx_dropped.to_string(),
                     rx_errors: n.rx_errors.to_string(),
                     tx_errors: n.tx_errors.to_string(),
-                    speed: n
-                        .speed
-                        .filter(|s| *s > 0)
-                        .unwrap_or(1000)
-                        .to_string(),
+                    speed: n.speed.filter(|s| *s > 0).unwrap_or(1000).to_string(),
                     state: n.state.clone(),
                     duplex: n.duplex.clone(),
                     sample_time: wall,

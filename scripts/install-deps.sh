@@ -1,0 +1,43 @@
+#!/bin/bash
+# Installs the Debian 12 packages Halyard builds and runs with. Idempotent; run as root.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+
+PKGS=(
+  qemu-system-x86 qemu-utils            # QEMU and qemu-img
+  libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
+  busybox-static qemu-guest-agent xz-utils   # the test guest
+  sanlock libsanlock-dev                # host ids and the SPM lease
+  iproute2 procps ca-certificates
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  [[ $p == \#* ]] && continue
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+  echo "==> installing: ${missing[*]}"
+  apt-get update -qq
+  # qemu-system-x86 and qemu-utils must come from the same QEMU release; a newer
+  # qemu-utils (e.g. from backports) blocks Debian 12's qemu-system-x86, so pin both
+  # to the version apt would install for qemu-system-x86.
+  qv=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/{print $2}')
+  args=()
+  for p in "${missing[@]}"; do
+    case $p in
+      qemu-system-x86|qemu-utils) args+=("$p=$qv") ;;
+      *) args+=("$p") ;;
+    esac
+  done
+  if [[ " ${missing[*]} " == *" qemu-system-x86 "* ]] && dpkg-query -W qemu-utils >/dev/null 2>&1; then
+    args+=("qemu-utils=$qv")
+  fi
+  apt-get install -y -q --no-install-recommends --allow-downgrades "${args[@]}"
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "error: cargo (Rust 1.80 or newer) is required; install it with rustup" >&2
+  exit 1
+fi
