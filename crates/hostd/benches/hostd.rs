@@ -10,7 +10,9 @@
 
 use std::time::{Duration, Instant};
 
-use halyard_testinfra::{env, event_status, guest, rss_kib, wait_event, GuestSpec, HostOptions, TestHost};
+use halyard_testinfra::{
+    env, event_status, guest, rss_kib, wait_event, GuestSpec, HostOptions, TestHost,
+};
 use serde_json::json;
 
 fn median(v: &mut [f64]) -> f64 {
@@ -33,9 +35,13 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 }
 
 async fn wait_ready(log: &std::path::Path) -> bool {
-    halyard_testinfra::wait_for_file_text(log, halyard_testguest::READY_MARKER, Duration::from_secs(120))
-        .await
-        .is_some()
+    halyard_testinfra::wait_for_file_text(
+        log,
+        halyard_testguest::READY_MARKER,
+        Duration::from_secs(120),
+    )
+    .await
+    .is_some()
 }
 
 fn main() {
@@ -80,18 +86,26 @@ async fn bench(runs: usize) {
         let log = host.guest_dir(&spec.name).join("console.log");
         let xml = guest::domain_xml(&id, &name, &spec, &image, &log, "10.213.7.200");
         let t0 = Instant::now();
-        c.call_value("VM.create", json!({"vmID": id, "vmParams": {"vmId": id, "xml": xml.clone()}}))
-            .await
-            .expect("VM.create");
+        c.call_value(
+            "VM.create",
+            json!({"vmID": id, "vmParams": {"vmId": id, "xml": xml.clone()}}),
+        )
+        .await
+        .expect("VM.create");
         wait_event(&mut ev, Duration::from_secs(60), |n| {
-            matches!(event_status(n, &id).as_deref(), Some("Powering up") | Some("Up"))
+            matches!(
+                event_status(n, &id).as_deref(),
+                Some("Powering up") | Some("Up")
+            )
         })
         .await
         .expect("running event");
         agent_run.push(t0.elapsed().as_secs_f64() * 1000.0);
         assert!(wait_ready(&log).await, "agent guest did not boot");
         agent_ready.push(t0.elapsed().as_secs_f64() * 1000.0);
-        c.call_value("VM.destroy", json!({"vmID": id})).await.expect("destroy");
+        c.call_value("VM.destroy", json!({"vmID": id}))
+            .await
+            .expect("destroy");
 
         // The same XML, prepared as the agent prepares it, through virsh.
         let spec = GuestSpec::new(&format!("bv{i}")).memory(128);
@@ -103,7 +117,10 @@ async fn bench(runs: usize) {
             &xml,
             &halyard_hostd::domxml::Prepare {
                 domain_type: &env::domain_type(),
-                meta: halyard_hostd::domxml::HalyardMeta { start_time: 0.0 },
+                meta: halyard_hostd::domxml::HalyardMeta {
+                    start_time: 0.0,
+                    agent_id: String::new(),
+                },
             },
         )
         .expect("prepare");
@@ -111,7 +128,11 @@ async fn bench(runs: usize) {
         std::fs::write(&file, prepared).expect("write xml");
         let t0 = Instant::now();
         let out = host.virsh(&["create", &file.to_string_lossy()]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         virsh_run.push(t0.elapsed().as_secs_f64() * 1000.0);
         assert!(wait_ready(&log).await, "virsh guest did not boot");
         virsh_ready.push(t0.elapsed().as_secs_f64() * 1000.0);
@@ -121,7 +142,9 @@ async fn bench(runs: usize) {
     // 2. Ten guests through the agent.
     let mut ids = Vec::new();
     for i in 0..10 {
-        let g = host.boot_guest(&c, GuestSpec::new(&format!("ten{i}")).memory(128)).await;
+        let g = host
+            .boot_guest(&c, GuestSpec::new(&format!("ten{i}")).memory(128))
+            .await;
         ids.push(g.id);
     }
     // Let two sampling rounds pass so the agent holds stats of all ten.
@@ -150,17 +173,38 @@ async fn bench(runs: usize) {
     let (ar, vr) = (median(&mut agent_run), median(&mut virsh_run));
     let (ad, vd) = (median(&mut agent_ready), median(&mut virsh_ready));
     println!();
-    println!("halyard-hostd benchmark ({runs} runs, domain type {}, 2 cores)", env::domain_type());
-    println!("{:<46} {:>12} {:>12} {:>8} {:>8}", "metric", "halyard", "reference", "ratio", "target");
     println!(
-        "{:<46} {:>10.0}ms {:>10.0}ms {:>8.3} {:>8}",
-        "VM start until running (median; ref virsh create)", ar, vr, ar / vr, "<=1.10"
+        "halyard-hostd benchmark ({runs} runs, domain type {}, 2 cores)",
+        env::domain_type()
+    );
+    println!(
+        "{:<46} {:>12} {:>12} {:>8} {:>8}",
+        "metric", "halyard", "reference", "ratio", "target"
     );
     println!(
         "{:<46} {:>10.0}ms {:>10.0}ms {:>8.3} {:>8}",
-        "VM start until guest ready line (median)", ad, vd, ad / vd, "<=1.10"
+        "VM start until running (median; ref virsh create)",
+        ar,
+        vr,
+        ar / vr,
+        "<=1.10"
     );
-    println!("{:<46} {:>10.1}MiB {:>12} {:>8} {:>8}", "agent RSS idle", rss_idle as f64 / 1024.0, "-", "-", "<=20MiB");
+    println!(
+        "{:<46} {:>10.0}ms {:>10.0}ms {:>8.3} {:>8}",
+        "VM start until guest ready line (median)",
+        ad,
+        vd,
+        ad / vd,
+        "<=1.10"
+    );
+    println!(
+        "{:<46} {:>10.1}MiB {:>12} {:>8} {:>8}",
+        "agent RSS idle",
+        rss_idle as f64 / 1024.0,
+        "-",
+        "-",
+        "<=20MiB"
+    );
     println!(
         "{:<46} {:>10.1}MiB {:>12} {:>8} {:>8}",
         "agent RSS with 10 running guests",

@@ -42,6 +42,9 @@ fn virt_err(code: halyard_proto::vdsm::ErrorCode, e: &VirtError) -> RpcError {
 /// The agent.
 pub struct Agent {
     pub cfg: Config,
+    /// This agent's identity, kept in its state directory; written into the domains it
+    /// starts so that recovery adopts exactly those.
+    pub agent_id: String,
     pub virt: Arc<Libvirt>,
     vms: Mutex<HashMap<String, VmEntry>>,
     events: broadcast::Sender<Arc<Notification>>,
@@ -52,11 +55,12 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn new(cfg: Config, virt: Arc<Libvirt>) -> Arc<Agent> {
+    pub fn new(cfg: Config, agent_id: String, virt: Arc<Libvirt>) -> Arc<Agent> {
         let (events, _) = broadcast::channel(4096);
         let sampler = HostSampler::new(cfg.disk_stats_paths.clone());
         Arc::new(Agent {
             cfg,
+            agent_id,
             virt,
             vms: Mutex::new(HashMap::new()),
             events,
@@ -148,7 +152,8 @@ impl Agent {
                         continue;
                     }
                 };
-                let Some(meta) = info.halyard.clone() else {
+                let Some(meta) = info.halyard.clone().filter(|m| m.agent_id == self.agent_id)
+                else {
                     debug!(name = %info.name, "not ours, leaving it alone");
                     continue;
                 };
@@ -468,6 +473,7 @@ impl Agent {
                 domain_type: &self.cfg.libvirt.domain_type,
                 meta: HalyardMeta {
                     start_time: start_wall,
+                    agent_id: self.agent_id.clone(),
                 },
             },
         )

@@ -20,6 +20,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Paths whose free space Host.getStats reports in `diskStats`.
     pub disk_stats_paths: Vec<PathBuf>,
+    /// Unmap library pages the kernel mapped around faults but the agent never used
+    /// (see `memtrim`); keeps RSS to the real working set.
+    pub trim_resident_pages: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -97,6 +100,7 @@ impl Default for Config {
                 PathBuf::from("/var/lib/halyard"),
                 PathBuf::from("/tmp"),
             ],
+            trim_resident_pages: true,
         }
     }
 }

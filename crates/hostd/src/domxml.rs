@@ -89,6 +89,9 @@ fn attr(e: &BytesStart<'_>, name: &str) -> Option<String> {
 pub struct HalyardMeta {
     /// Wall-clock start, seconds since the epoch.
     pub start_time: f64,
+    /// The id of the agent that started the domain (several agents may share one
+    /// libvirtd in tests; each adopts only its own domains).
+    pub agent_id: String,
 }
 
 fn text_of(e: &BytesText<'_>) -> String {
@@ -143,6 +146,7 @@ pub fn parse(xml: &str) -> Result<DomainInfo, DomXmlError> {
     let mut memory_unit = String::new();
     let mut seen_root = false;
     let mut halyard_start: Option<f64> = None;
+    let mut halyard_agent = String::new();
     let mut halyard_seen = false;
     loop {
         let (ns, ev) = r.read_resolved_event()?;
@@ -273,6 +277,9 @@ pub fn parse(xml: &str) -> Result<DomainInfo, DomXmlError> {
                     (3, "startTime") if ens.as_deref() == Some(HALYARD_NS) => {
                         halyard_start = t.parse().ok()
                     }
+                    (3, "agentId") if ens.as_deref() == Some(HALYARD_NS) => {
+                        halyard_agent = t.to_string()
+                    }
                     _ => {}
                 }
                 text.clear();
@@ -303,6 +310,7 @@ pub fn parse(xml: &str) -> Result<DomainInfo, DomXmlError> {
     if halyard_seen {
         info.halyard = Some(HalyardMeta {
             start_time: halyard_start.unwrap_or(0.0),
+            agent_id: halyard_agent,
         });
     }
     Ok(info)
@@ -451,6 +459,9 @@ fn meta_events(m: &HalyardMeta) -> Vec<Event<'static>> {
         Event::Start(BytesStart::new(format!("{HALYARD_PREFIX}:startTime"))),
         Event::Text(BytesText::new(&format!("{:.3}", m.start_time)).into_owned()),
         Event::End(BytesEnd::new(format!("{HALYARD_PREFIX}:startTime"))),
+        Event::Start(BytesStart::new(format!("{HALYARD_PREFIX}:agentId"))),
+        Event::Text(BytesText::new(&m.agent_id).into_owned()),
+        Event::End(BytesEnd::new(format!("{HALYARD_PREFIX}:agentId"))),
         Event::End(BytesEnd::new(format!("{HALYARD_PREFIX}:vm"))),
     ]
 }
@@ -506,14 +517,23 @@ mod tests {
             ENGINE_XML,
             &Prepare {
                 domain_type: "qemu",
-                meta: HalyardMeta { start_time: 12.5 },
+                meta: HalyardMeta {
+                    start_time: 12.5,
+                    agent_id: "a1".into(),
+                },
             },
         )
         .expect("prepares");
         assert!(!out.contains("host-passthrough"));
         let i = parse(&out).expect("still parses");
         assert_eq!(i.domain_type, "qemu");
-        assert_eq!(i.halyard, Some(HalyardMeta { start_time: 12.5 }));
+        assert_eq!(
+            i.halyard,
+            Some(HalyardMeta {
+                start_time: 12.5,
+                agent_id: "a1".into()
+            })
+        );
         assert!(i.has_ovirt_metadata);
         assert_eq!(i.name, "vm1 & co");
         // Preparing again replaces the metadata rather than adding a second copy.
@@ -521,14 +541,20 @@ mod tests {
             &out,
             &Prepare {
                 domain_type: "kvm",
-                meta: HalyardMeta { start_time: 20.0 },
+                meta: HalyardMeta {
+                    start_time: 20.0,
+                    agent_id: "a2".into(),
+                },
             },
         )
         .expect("prepares");
         assert_eq!(again.matches(HALYARD_NS).count(), 1);
         assert_eq!(
             parse(&again).expect("parses").halyard,
-            Some(HalyardMeta { start_time: 20.0 })
+            Some(HalyardMeta {
+                start_time: 20.0,
+                agent_id: "a2".into()
+            })
         );
     }
 
@@ -539,7 +565,10 @@ mod tests {
             xml,
             &Prepare {
                 domain_type: "kvm",
-                meta: HalyardMeta { start_time: 1.0 },
+                meta: HalyardMeta {
+                    start_time: 1.0,
+                    agent_id: String::new(),
+                },
             },
         )
         .expect("prepares");
@@ -549,7 +578,10 @@ mod tests {
             xml,
             &Prepare {
                 domain_type: "kvm",
-                meta: HalyardMeta { start_time: 1.0 },
+                meta: HalyardMeta {
+                    start_time: 1.0,
+                    agent_id: String::new(),
+                },
             },
         )
         .expect("prepares");

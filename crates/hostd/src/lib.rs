@@ -15,6 +15,7 @@ pub mod clock;
 pub mod config;
 pub mod domxml;
 pub mod libvirt;
+pub mod memtrim;
 pub mod monitor;
 pub mod server;
 pub mod vm;

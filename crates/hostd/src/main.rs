@@ -178,17 +178,42 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         bound.to_string().as_bytes(),
         0o644,
     )?;
-    info!(%bound, domain_type = %cfg.libvirt.domain_type, libvirt = %cfg.libvirt.uri, "listening");
-    let agent = Agent::new(cfg, virt);
+    let agent_id = agent_id(&cfg.state_dir)?;
+    info!(%bound, domain_type = %cfg.libvirt.domain_type, libvirt = %cfg.libvirt.uri, %agent_id, "listening");
+    let agent = Agent::new(cfg, agent_id, virt);
     tokio::spawn(halyard_hostd::server::serve(agent.clone(), listener, tls));
     match agent.recover().await {
         Ok(n) => info!(adopted = n, "recovery done; ready"),
         Err(e) => bail!("recovery failed: {}", e.message),
     }
     agent.spawn_background(rx);
+    if agent.cfg.trim_resident_pages {
+        // Once the libraries are loaded and initialised.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let n = tokio::task::spawn_blocking(halyard_hostd::memtrim::trim_file_mappings)
+            .await
+            .unwrap_or(0);
+        tracing::debug!(mappings = n, "trimmed resident library pages");
+    }
     wait_for_signal().await;
     info!("stopping (running VMs keep running)");
     Ok(())
+}
+
+/// The agent's identity: `<state_dir>/agent-id`, created once.
+fn agent_id(state_dir: &std::path::Path) -> anyhow::Result<String> {
+    let p = state_dir.join("agent-id");
+    if let Ok(s) = std::fs::read_to_string(&p) {
+        let s = s.trim();
+        if halyard_proto::vdsm::is_uuid(s) {
+            return Ok(s.to_string());
+        }
+        warn!(path = %p.display(), "invalid agent id; making a new one");
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    halyard_common::fsutil::write_atomic(&p, id.as_bytes(), 0o644)
+        .with_context(|| format!("writing {}", p.display()))?;
+    Ok(id)
 }
 
 async fn wait_for_signal() {
