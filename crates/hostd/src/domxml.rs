@@ -139,6 +139,7 @@ fn unit_to_kib(value: u64, unit: &str) -> Option<u64> {
 /// Parses the parts of a domain XML the agent uses.
 pub fn parse(xml: &str) -> Result<DomainInfo, DomXmlError> {
     let mut r = NsReader::from_str(xml);
+    r.config_mut().check_end_names = true;
     let mut info = DomainInfo::default();
     // Stack of (namespace, local name) of open elements.
     let mut path: Vec<(Option<String>, String)> = Vec::new();
@@ -163,6 +164,11 @@ pub fn parse(xml: &str) -> Result<DomainInfo, DomXmlError> {
                 return Err(DomXmlError::Invalid("more than one root element".into()));
             }
             ref ev @ (Event::Start(ref e) | Event::Empty(ref e)) => {
+                // Attributes are parsed lazily; check them all so that a malformed one
+                // is an error here rather than silently dropped later.
+                for a in e.attributes() {
+                    a.map_err(|err| DomXmlError::Syntax(err.to_string()))?;
+                }
                 let local = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
                 if path.is_empty() {
                     if local != "domain" {
@@ -328,7 +334,10 @@ pub struct Prepare<'a> {
 /// host CPU model (`host-passthrough`/`host-model`, which TCG cannot provide) dropped;
 /// the agent's metadata added (replacing any old copy).
 pub fn prepare(xml: &str, p: &Prepare<'_>) -> Result<String, DomXmlError> {
+    // Only documents `parse` accepts are prepared.
+    parse(xml)?;
     let mut r = Reader::from_str(xml);
+    r.config_mut().check_end_names = true;
     let mut w = Writer::new(Vec::with_capacity(xml.len() + 256));
     let mut depth = 0usize;
     // Depth at which we skip a subtree (inclusive), if skipping.
@@ -599,6 +608,8 @@ mod tests {
             "<!DOCTYPE d [<!ENTITY a \"aaaa\">]><domain><uuid>8d2e5c8a-3f0e-4b8c-9a1b-0123456789ab</uuid><name>&a;</name></domain>",
             "<domain></domain><domain></domain>",
             "not xml at all",
+            "<domain type=\"kain type=\"kvm\"><uuid>8d2e5c8a-3f0e-4b8c-9a1b-0123456789ab</uuid><name>a</name></domain>",
+            "<domain><uuid>8d2e5c8a-3f0e-4b8c-9a1b-0123456789ab</uuid><name>a</nam></domain>",
         ] {
             assert!(parse(bad).is_err(), "{bad:?} must fail");
         }
