@@ -44,7 +44,7 @@ pub async fn handle(agent: &Arc<Agent>, req: Request, flow_id: Option<String>) -
     let span = tracing::info_span!(
         "rpc",
         method = %req.method,
-        flow_id = flow_id.as_deref().unwrap_or("-"),
+        flow_id = %flow_id.as_deref().unwrap_or("-"),
     );
     async move {
         let started = Instant::now();

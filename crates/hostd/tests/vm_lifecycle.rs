@@ -55,6 +55,17 @@ async fn guest_lifecycle_events_stats_and_agent_restart() {
     assert!(up.params["notify_time"].as_i64().expect("notify_time") > 1 << 31);
     assert_eq!(status_of(&c, &id).await, "Up");
 
+    // The request's flow id (ovirtCorrelationId) is on every log line that served it,
+    // including those of the start that finished after the reply.
+    let log = host.log();
+    for what in ["creating VM", "VM started"] {
+        let line = log
+            .lines()
+            .find(|l| l.contains(what) && l.contains(&id))
+            .unwrap_or_else(|| panic!("no {what:?} line in the log"));
+        assert!(line.contains("flow_id=boot-life"), "{line}");
+    }
+
     // Stats: after a sampling interval the bulk-stats values are there.
     let deadline = Instant::now() + Duration::from_secs(30);
     let stats = loop {

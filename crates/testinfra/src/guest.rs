@@ -130,9 +130,10 @@ pub async fn boot(host: &TestHost, client: &Client, spec: GuestSpec) -> RunningG
     let ip = spec.ip.clone().unwrap_or_else(|| ip_for(&domain_name));
     let xml = domain_xml(&id, &domain_name, &spec, &image, &console_log, &ip);
     let r = client
-        .call_value(
+        .call_value_with(
             "VM.create",
             json!({"vmID": id, "vmParams": {"vmId": id, "xml": xml}}),
+            Some(&format!("boot-{}", spec.name)),
         )
         .await
         .unwrap_or_else(|e| panic!("VM.create failed: {e}"));
