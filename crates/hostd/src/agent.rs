@@ -35,6 +35,11 @@ pub async fn blocking<T: Send + 'static>(
     .map_err(RpcError::internal)
 }
 
+/// A storage error as VDSM reports it.
+pub fn storage_err(e: halyard_storage::StorageError) -> RpcError {
+    RpcError::new(e.code(), e.to_string())
+}
+
 fn virt_err(code: halyard_proto::vdsm::ErrorCode, e: &VirtError) -> RpcError {
     code.rpc(Some(&e.message))
 }
@@ -42,6 +47,7 @@ fn virt_err(code: halyard_proto::vdsm::ErrorCode, e: &VirtError) -> RpcError {
 /// The agent.
 pub struct Agent {
     pub cfg: Config,
+    pub storage: Arc<halyard_storage::pool::StorageManager>,
     /// This agent's identity, kept in its state directory; written into the domains it
     /// starts so that recovery adopts exactly those.
     pub agent_id: String,
@@ -58,8 +64,15 @@ impl Agent {
     pub fn new(cfg: Config, agent_id: String, virt: Arc<Libvirt>) -> Arc<Agent> {
         let (events, _) = broadcast::channel(4096);
         let sampler = HostSampler::new(cfg.disk_stats_paths.clone());
+        let storage = halyard_storage::pool::StorageManager::new(halyard_storage::pool::StorageConfig {
+            run_dir: cfg.storage.run_dir.clone(),
+            io_timeout: cfg.storage.io_timeout,
+            monitor_interval: Duration::from_secs(cfg.storage.monitor_interval_secs),
+            spm_watchdog_interval: Duration::from_secs(cfg.storage.spm_watchdog_interval_secs),
+        });
         Arc::new(Agent {
             cfg,
+            storage,
             agent_id,
             virt,
             vms: Mutex::new(HashMap::new()),
@@ -175,6 +188,13 @@ impl Agent {
 
     /// Starts the event processor and the samplers.
     pub fn spawn_background(self: &Arc<Self>, mut rx: mpsc::UnboundedReceiver<DomainEvent>) {
+        let weak = Arc::downgrade(self);
+        self.storage.set_event_sink(Arc::new(move |method, params| {
+            if let (Some(me), Value::Object(m)) = (weak.upgrade(), params) {
+                me.emit(method, m);
+            }
+        }));
+        self.storage.spawn_background();
         let me = self.clone();
         tokio::spawn(async move {
             while let Some(ev) = rx.recv().await {
@@ -433,6 +453,10 @@ impl Agent {
                     .unwrap_or_default()
             }
         };
+        s.storage_domains = match self.storage.repo_stats() {
+            Value::Object(m) => m.into_iter().collect(),
+            _ => Default::default(),
+        };
         let c = self.vm_counts();
         s.vm_count = c.total;
         s.vm_active = c.active;
@@ -466,6 +490,32 @@ impl Agent {
                 ))));
             }
         }
+        // Drives named by (pool, domain, image, volume): prepare them, fill in paths.
+        let xml = if info.drives.is_empty() {
+            xml
+        } else {
+            let mut sources = HashMap::new();
+            for d in &info.drives {
+                let path = self
+                    .storage
+                    .image_prepare(&d.domain, &d.image, &d.volume, false)
+                    .await
+                    .map_err(storage_err)?;
+                let format = self
+                    .storage
+                    .volume_format(&d.domain, &d.image, &d.volume)
+                    .map_err(storage_err)?;
+                sources.insert(
+                    d.name.clone(),
+                    domxml::DiskSource {
+                        path: path.to_string_lossy().into_owned(),
+                        format: format.qemu().to_string(),
+                    },
+                );
+            }
+            domxml::set_disk_sources(&xml, &sources)
+                .map_err(|e| errors::INVALID_PARAMETER.rpc(Some(&e.to_string())))?
+        };
         let start_wall = clock::wall_secs();
         let prepared = domxml::prepare(
             &xml,
@@ -758,6 +808,70 @@ impl Agent {
         })
         .await?
         .map_err(|e| virt_err(errors::UNEXPECTED, &e))
+    }
+
+    /// VM.snapshot: a live external disk snapshot onto the new volumes (already created
+    /// by the SPM on top of the current leaves).
+    pub async fn vm_snapshot(
+        self: &Arc<Self>,
+        p: halyard_proto::vdsm::storage::SnapshotParams,
+    ) -> Result<bool, RpcError> {
+        let e = self.entry(&p.vm_id)?;
+        if !e.status.is_running() {
+            return Err(errors::DOWN.rpc(None));
+        }
+        if p.snap_drives.is_empty() {
+            return Err(errors::MISS_PARAM.rpc(Some("{'snapDrives': []}")));
+        }
+        let mut disks_xml = String::new();
+        for d in &p.snap_drives {
+            let path = self
+                .storage
+                .image_prepare(&d.sd, &d.img, &d.vol, false)
+                .await
+                .map_err(storage_err)?;
+            let marker = format!("/images/{}/", d.img);
+            let dev = e
+                .info
+                .disks
+                .iter()
+                .find(|x| x.source.as_deref().is_some_and(|s| s.contains(&marker)))
+                .map(|x| x.target.clone())
+                .ok_or_else(|| {
+                    errors::INVALID_PARAMETER.rpc(Some(&format!("the VM has no disk of image {}", d.img)))
+                })?;
+            let fmt = self
+                .storage
+                .volume_format(&d.sd, &d.img, &d.vol)
+                .map_err(storage_err)?
+                .qemu();
+            disks_xml.push_str(&format!(
+                "<disk name='{dev}' snapshot='external' type='file'><source file='{}'/><driver type='{fmt}'/></disk>",
+                path.display()
+            ));
+        }
+        let snap = format!("<domainsnapshot><disks>{disks_xml}</disks></domainsnapshot>");
+        let virt = self.virt.clone();
+        let id = p.vm_id.clone();
+        let live = blocking(move || -> Result<String, VirtError> {
+            let d = virt.lookup(&id)?;
+            let flags = virt_sys::VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
+                | virt_sys::VIR_DOMAIN_SNAPSHOT_CREATE_REUSE_EXT
+                | virt_sys::VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
+                | virt_sys::VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC;
+            d.create_snapshot_xml(&snap, flags)?;
+            Ok(d.xml_desc(0)?)
+        })
+        .await?
+        .map_err(|e| errors::UNEXPECTED.rpc(Some(&format!("snapshot failed: {}", e.message))))?;
+        self.update(&p.vm_id, |e| {
+            if let Ok(li) = domxml::parse(&live) {
+                e.info = li;
+            }
+            e.xml = live;
+        });
+        info!(vm_id = %p.vm_id, drives = p.snap_drives.len(), "live snapshot taken");
+        Ok(true)
     }
 
     pub async fn vm_reset(&self, id: &str) -> Result<bool, RpcError> {

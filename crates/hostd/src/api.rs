@@ -5,12 +5,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use halyard_proto::jsonrpc::{Params, Request, Response, RpcError};
+use halyard_proto::vdsm::storage as st;
 use halyard_proto::vdsm::{errors, is_uuid, verbs, RunningStateChange, Verb};
 use serde::Serialize;
 use serde_json::Value;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::agent::Agent;
+use crate::agent::{storage_err, Agent};
 
 fn bind<V: Verb>(p: &Params) -> Result<V::Params, RpcError> {
     p.bind(V::PARAMS)
@@ -35,7 +36,14 @@ fn to_value<T: Serialize>(v: T) -> Result<Value, RpcError> {
 fn is_polling(method: &str) -> bool {
     matches!(
         method,
-        "Host.ping2" | "Host.getStats" | "Host.getAllVmStats" | "Host.getVMList" | "Host.getJobs"
+        "Host.ping2"
+            | "Host.getStats"
+            | "Host.getAllVmStats"
+            | "Host.getVMList"
+            | "Host.getJobs"
+            | "Task.getStatus"
+            | "StoragePool.getSpmStatus"
+            | "Host.getStorageRepoStats"
     )
 }
 
@@ -102,9 +110,8 @@ async fn call(agent: &Arc<Agent>, method: &str, params: &Params) -> Result<Value
             to_value(agent.vm_list(&p.vm_list, true))
         }
         verbs::HostGetJobs::METHOD => {
-            bind::<verbs::HostGetJobs>(params)?;
-            // No host jobs exist before storage operations do.
-            to_value(serde_json::Map::new())
+            let p = bind::<verbs::HostGetJobs>(params)?;
+            to_value(agent.storage.jobs(p.job_type.as_deref(), &p.job_ids))
         }
         verbs::VmCreate::METHOD => {
             let p = bind::<verbs::VmCreate>(params)?;
@@ -141,6 +148,240 @@ async fn call(agent: &Arc<Agent>, method: &str, params: &Params) -> Result<Value
             let p = bind::<verbs::VmGetStats>(params)?;
             check_vm_id(&p.vm_id)?;
             to_value(vec![agent.vm_stats(&p.vm_id)?])
+        }
+        m if m.starts_with("StoragePool.")
+            || m.starts_with("StorageDomain.")
+            || m.starts_with("Volume.")
+            || m.starts_with("Image.")
+            || m.starts_with("Task.")
+            || m.starts_with("SDM.")
+            || matches!(
+                m,
+                "Host.getAllTasksStatuses" | "Host.getConnectedStoragePools" | "Host.getStorageRepoStats" | "VM.snapshot"
+            ) =>
+        {
+            storage_call(agent, m, params).await
+        }
+        other => Err(RpcError::new(
+            halyard_proto::jsonrpc::METHOD_NOT_FOUND,
+            format!("The method does not exist or is not available: {{'method': '{other}'}}"),
+        )),
+    }
+}
+
+fn code_of(v: &st::IntOrName, names: &[(&str, i64)], what: &str) -> Result<i64, RpcError> {
+    v.code(names)
+        .ok_or_else(|| RpcError::invalid_params(format!("{what} {v:?}")))
+}
+
+async fn storage_call(agent: &Arc<Agent>, method: &str, params: &Params) -> Result<Value, RpcError> {
+    let s = &agent.storage;
+    let e = storage_err;
+    match method {
+        st::ConnectStorageServer::METHOD | st::DisconnectStorageServer::METHOD => {
+            let p = bind::<st::ConnectStorageServer>(params)?;
+            let dt = code_of(&p.domain_type, st::DOMAIN_TYPES, "domainType")?;
+            let conns: Vec<halyard_storage::connection::ConnParams> = p
+                .connection_params
+                .into_iter()
+                .map(serde_json::from_value)
+                .collect::<Result<_, _>>()
+                .map_err(RpcError::invalid_params)?;
+            let r = if method == st::ConnectStorageServer::METHOD {
+                s.connect_storage_server(dt, conns).await
+            } else {
+                s.disconnect_storage_server(dt, conns).await
+            };
+            to_value(r.map_err(e)?)
+        }
+        st::DomainCreate::METHOD => {
+            let p = bind::<st::DomainCreate>(params)?;
+            let dt = code_of(&p.domain_type, st::DOMAIN_TYPES, "domainType")?;
+            let class = code_of(&p.domain_class, st::DOMAIN_CLASSES, "domainClass")?;
+            let version = p.version.map(|v| match v {
+                st::IntOrName::Int(i) => i.to_string(),
+                st::IntOrName::Name(n) => n,
+            });
+            s.create_domain(p.sd, dt, p.type_args, p.name, class, version, p.block_size)
+                .await
+                .map_err(e)?;
+            to_value(true)
+        }
+        st::DomainGetInfo::METHOD => {
+            let p = bind::<st::DomainGetInfo>(params)?;
+            to_value(s.domain_info(&p.sd).await.map_err(e)?)
+        }
+        st::DomainGetStats::METHOD => {
+            let p = bind::<st::DomainGetStats>(params)?;
+            to_value(s.domain_stats(&p.sd).await.map_err(e)?)
+        }
+        st::DomainGetImages::METHOD => {
+            let p = bind::<st::DomainGetImages>(params)?;
+            to_value(s.images(&p.sd).await.map_err(e)?)
+        }
+        st::DomainGetVolumes::METHOD => {
+            let p = bind::<st::DomainGetVolumes>(params)?;
+            to_value(s.volumes(&p.sd, &p.img).await.map_err(e)?)
+        }
+        st::DomainAttach::METHOD => {
+            let p = bind::<st::DomainAttach>(params)?;
+            s.attach_domain(&p.sd, &p.sp).await.map_err(e)?;
+            to_value(true)
+        }
+        st::DomainDetach::METHOD => {
+            let p = bind::<st::DomainDetach>(params)?;
+            s.detach_domain(&p.sd, &p.sp).await.map_err(e)?;
+            to_value(true)
+        }
+        st::DomainActivate::METHOD | st::DomainDeactivate::METHOD => {
+            let p = bind::<st::DomainActivate>(params)?;
+            s.set_domain_active(&p.sd, &p.sp, method == st::DomainActivate::METHOD)
+                .await
+                .map_err(e)?;
+            to_value(true)
+        }
+        st::PoolCreate::METHOD => {
+            let p = bind::<st::PoolCreate>(params)?;
+            s.create_pool(p.sp, p.name, p.master, p.master_version, p.domain_list)
+                .await
+                .map_err(e)?;
+            to_value(true)
+        }
+        st::PoolConnect::METHOD => {
+            let p = bind::<st::PoolConnect>(params)?;
+            s.connect_pool(p.sp, p.host_id, p.master, p.master_version, p.domain_dict.unwrap_or_default())
+                .await
+                .map_err(e)?;
+            to_value(true)
+        }
+        st::PoolDisconnect::METHOD => {
+            let p = bind::<st::PoolDisconnect>(params)?;
+            s.disconnect_pool(&p.sp).await.map_err(e)?;
+            to_value(true)
+        }
+        st::PoolGetInfo::METHOD => {
+            let p = bind::<st::PoolGetInfo>(params)?;
+            to_value(s.pool_info(&p.sp).await.map_err(e)?)
+        }
+        st::SpmStart::METHOD => {
+            let p = bind::<st::SpmStart>(params)?;
+            to_value(s.spm_start(&p.sp).await.map_err(e)?)
+        }
+        st::SpmStop::METHOD => {
+            let p = bind::<st::SpmStop>(params)?;
+            s.spm_stop(&p.sp).await.map_err(e)?;
+            to_value(true)
+        }
+        st::GetSpmStatus::METHOD => {
+            let p = bind::<st::GetSpmStatus>(params)?;
+            to_value(s.spm_status(&p.sp).await.map_err(e)?)
+        }
+        st::VolumeCreate::METHOD => {
+            let p = bind::<st::VolumeCreate>(params)?;
+            let a = halyard_storage::pool::VolumeCreateArgs {
+                vol_format: code_of(&p.vol_format, st::VOL_FORMATS, "volFormat")?,
+                preallocate: code_of(&p.preallocate, st::PREALLOCATIONS, "preallocate")?,
+                sp: p.sp,
+                sd: p.sd,
+                img: p.img,
+                vol: p.vol,
+                size: p.size,
+                disk_type: p.disk_type,
+                desc: p.desc,
+                src_img: p.src_img,
+                src_vol: p.src_vol,
+            };
+            to_value(s.volume_create(a).await.map_err(e)?)
+        }
+        st::VolumeDelete::METHOD => {
+            let p = bind::<st::VolumeDelete>(params)?;
+            to_value(s.volume_delete(&p.sp, &p.sd, &p.img, &p.vol, p.force).await.map_err(e)?)
+        }
+        st::VolumeGetInfo::METHOD => {
+            let p = bind::<st::VolumeGetInfo>(params)?;
+            to_value(s.volume_info(&p.sd, &p.img, &p.vol).await.map_err(e)?)
+        }
+        st::VolumeExtendSize::METHOD => {
+            let p = bind::<st::VolumeExtendSize>(params)?;
+            to_value(s.volume_extend(&p.sp, &p.sd, &p.img, &p.vol, &p.new_size).await.map_err(e)?)
+        }
+        st::VolumeSetLegality::METHOD => {
+            let p = bind::<st::VolumeSetLegality>(params)?;
+            s.volume_set_legality(&p.sp, &p.sd, &p.img, &p.vol, &p.legality)
+                .await
+                .map_err(e)?;
+            to_value(true)
+        }
+        st::VolumeCopy::METHOD => {
+            let p = bind::<st::VolumeCopy>(params)?;
+            if p.dst_sd != p.sd {
+                return Err(storage_err(halyard_storage::StorageError::InvalidParameter(
+                    "copies across domains go through SDM.copy_data".into(),
+                )));
+            }
+            let vt = code_of(&p.vol_type, st::VOL_TYPES, "volType")?;
+            let vf = code_of(&p.vol_format, st::VOL_FORMATS, "volFormat")?;
+            let pa = code_of(&p.preallocate, st::PREALLOCATIONS, "preallocate")?;
+            to_value(
+                s.volume_copy(&p.sp, &p.sd, &p.img, &p.vol, &p.dst_img, &p.dst_vol, &p.desc, vt, vf, pa)
+                    .await
+                    .map_err(e)?,
+            )
+        }
+        st::ImageDelete::METHOD => {
+            let p = bind::<st::ImageDelete>(params)?;
+            to_value(s.image_delete(&p.sp, &p.sd, &p.img).await.map_err(e)?)
+        }
+        st::ImagePrepare::METHOD => {
+            let p = bind::<st::ImagePrepare>(params)?;
+            let vol = p
+                .vol
+                .ok_or_else(|| errors::MISS_PARAM.rpc(Some("{'name': 'volumeID'}")))?;
+            let path = s
+                .image_prepare(&p.sd, &p.img, &vol, p.allow_illegal)
+                .await
+                .map_err(e)?;
+            to_value(serde_json::json!({"path": path}))
+        }
+        st::ImageTeardown::METHOD => {
+            let p = bind::<st::ImageTeardown>(params)?;
+            halyard_storage::error::check_uuid("imageID", &p.img).map_err(e)?;
+            to_value(true)
+        }
+        st::TaskGetStatus::METHOD => {
+            let p = bind::<st::TaskGetStatus>(params)?;
+            to_value(s.task_status(&p.task).map_err(e)?)
+        }
+        st::TaskGetInfo::METHOD => {
+            let p = bind::<st::TaskGetInfo>(params)?;
+            to_value(s.task_info(&p.task).map_err(e)?)
+        }
+        st::TaskClear::METHOD => {
+            let p = bind::<st::TaskClear>(params)?;
+            s.task_clear(&p.task).map_err(e)?;
+            to_value(true)
+        }
+        st::GetAllTasksStatuses::METHOD => {
+            bind::<st::GetAllTasksStatuses>(params)?;
+            to_value(s.all_tasks_statuses().map_err(e)?)
+        }
+        st::GetConnectedStoragePools::METHOD => {
+            bind::<st::GetConnectedStoragePools>(params)?;
+            to_value(s.connected_pools())
+        }
+        st::GetStorageRepoStats::METHOD => {
+            bind::<st::GetStorageRepoStats>(params)?;
+            to_value(s.repo_stats())
+        }
+        st::CopyData::METHOD => {
+            let p = bind::<st::CopyData>(params)?;
+            s.copy_data(&p.job_id, &p.source, &p.destination).await.map_err(e)?;
+            to_value(true)
+        }
+        st::VmSnapshot::METHOD => {
+            let p = bind::<st::VmSnapshot>(params)?;
+            check_vm_id(&p.vm_id)?;
+            to_value(agent.vm_snapshot(p).await?)
         }
         other => Err(RpcError::new(
             halyard_proto::jsonrpc::METHOD_NOT_FOUND,

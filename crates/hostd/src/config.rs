@@ -15,6 +15,7 @@ pub struct Config {
     pub monitoring: Monitoring,
     pub limits: Limits,
     pub vm: VmPolicy,
+    pub storage: Storage,
     /// Where the agent keeps its state (the bound address is written to
     /// `<state_dir>/listen.addr` once listening).
     pub state_dir: PathBuf,
@@ -85,6 +86,31 @@ pub struct VmPolicy {
     pub shutdown_retry_secs: u64,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Storage {
+    /// Storage connections are mounted (or linked) under `<run_dir>/mnt`.
+    pub run_dir: PathBuf,
+    /// sanlock io_timeout of the lockspaces this host creates and joins (sanlock's
+    /// default 10; the expiry of a dead host's lease is about 8 x io_timeout + 60 s).
+    pub io_timeout: u32,
+    /// Seconds between domain monitor reads.
+    pub monitor_interval_secs: u64,
+    /// Seconds between the SPM's checks that it still holds its lease.
+    pub spm_watchdog_interval_secs: u64,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            run_dir: PathBuf::from("/run/halyard/storage"),
+            io_timeout: 10,
+            monitor_interval_secs: 10,
+            spm_watchdog_interval_secs: 2,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -94,6 +120,7 @@ impl Default for Config {
             monitoring: Monitoring::default(),
             limits: Limits::default(),
             vm: VmPolicy::default(),
+            storage: Storage::default(),
             state_dir: PathBuf::from("/var/lib/halyard/hostd"),
             disk_stats_paths: vec![
                 PathBuf::from("/var/log"),
@@ -206,6 +233,14 @@ impl Config {
             || self.monitoring.host_stats_interval_secs == 0
         {
             return Err(ConfigError::Invalid("stats intervals must be > 0".into()));
+        }
+        if self.storage.io_timeout == 0
+            || self.storage.monitor_interval_secs == 0
+            || self.storage.spm_watchdog_interval_secs == 0
+        {
+            return Err(ConfigError::Invalid(
+                "storage io_timeout and intervals must be > 0".into(),
+            ));
         }
         if self.limits.max_frame_bytes < 1024 {
             return Err(ConfigError::Invalid(

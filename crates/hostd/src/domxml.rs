@@ -58,6 +58,19 @@ pub struct DomainInfo {
     pub disks: Vec<DiskInfo>,
     /// The serial console's `<log file=...>`.
     pub serial_log: Option<String>,
+    /// Disks the engine names by (pool, domain, image, volume) in the `ovirt-vm`
+    /// metadata; the agent prepares them and fills in their paths.
+    pub drives: Vec<DriveRef>,
+}
+
+/// `<ovirt-vm:device devtype="disk" name="vda">` with its storage ids.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DriveRef {
+    pub name: String,
+    pub pool: String,
+    pub domain: String,
+    pub image: String,
+    pub volume: String,
 }
 
 /// A `<devices><interface>`.
@@ -229,6 +242,17 @@ pub fn parse(xml: &str) -> Result<DomainInfo, DomXmlError> {
                         _ => {}
                     }
                 }
+                if path.len() == 3
+                    && path[2].1 == "vm"
+                    && path[2].0.as_deref() == Some(OVIRT_VM_NS)
+                    && local == "device"
+                    && attr(e, "devtype").as_deref() == Some("disk")
+                {
+                    info.drives.push(DriveRef {
+                        name: attr(e, "name").unwrap_or_default(),
+                        ..DriveRef::default()
+                    });
+                }
                 if path.len() == 1 && local == "memory" {
                     memory_unit = e
                         .try_get_attribute("unit")
@@ -280,6 +304,20 @@ pub fn parse(xml: &str) -> Result<DomainInfo, DomXmlError> {
                     (3, "launchPaused") if ens.as_deref() == Some(OVIRT_VM_NS) => {
                         info.launch_paused = t.eq_ignore_ascii_case("true")
                     }
+                    (4, "domainID" | "imageID" | "poolID" | "volumeID")
+                        if ens.as_deref() == Some(OVIRT_VM_NS)
+                            && path[3].1 == "device" =>
+                    {
+                        if let Some(d) = info.drives.last_mut() {
+                            let v = t.to_ascii_lowercase();
+                            match local.as_str() {
+                                "domainID" => d.domain = v,
+                                "imageID" => d.image = v,
+                                "poolID" => d.pool = v,
+                                _ => d.volume = v,
+                            }
+                        }
+                    }
                     (3, "startTime") if ens.as_deref() == Some(HALYARD_NS) => {
                         halyard_start = t.parse().ok()
                     }
@@ -312,6 +350,17 @@ pub fn parse(xml: &str) -> Result<DomainInfo, DomXmlError> {
     }
     if info.name.is_empty() {
         return Err(DomXmlError::Missing("name"));
+    }
+    info.drives.retain(|d| !d.volume.is_empty());
+    for d in &info.drives {
+        for id in [&d.domain, &d.image, &d.volume] {
+            if !halyard_proto::vdsm::is_uuid(id) {
+                return Err(DomXmlError::Invalid(format!(
+                    "drive {}: {id:?} is not a UUID",
+                    d.name
+                )));
+            }
+        }
     }
     if halyard_seen {
         info.halyard = Some(HalyardMeta {
@@ -427,6 +476,131 @@ pub fn prepare(xml: &str, p: &Prepare<'_>) -> Result<String, DomXmlError> {
         return Err(DomXmlError::Syntax("unclosed elements".into()));
     }
     String::from_utf8(w.into_inner()).map_err(|e| DomXmlError::Syntax(e.to_string()))
+}
+
+/// A prepared disk: where its volume is and its qemu format.
+#[derive(Debug, Clone)]
+pub struct DiskSource {
+    pub path: String,
+    /// `qcow2` or `raw`.
+    pub format: String,
+}
+
+/// Points each `<disk>` whose `<target dev>` is a key of `disks` at its prepared
+/// volume: `type="file"`, `<source file=.../>` and the driver's format.
+pub fn set_disk_sources(
+    xml: &str,
+    disks: &std::collections::HashMap<String, DiskSource>,
+) -> Result<String, DomXmlError> {
+    parse(xml)?;
+    let mut r = Reader::from_str(xml);
+    r.config_mut().check_end_names = true;
+    let mut w = Writer::new(Vec::with_capacity(xml.len() + 256));
+    let mut depth = 0usize;
+    let mut buf: Option<Vec<Event<'static>>> = None;
+    loop {
+        let ev = r.read_event()?;
+        if let Event::Eof = ev {
+            break;
+        }
+        let starts_disk = depth == 2
+            && matches!(&ev, Event::Start(e) if e.name().as_ref() == b"disk");
+        match &ev {
+            Event::Start(_) => depth += 1,
+            Event::End(_) => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        if starts_disk {
+            buf = Some(vec![ev.into_owned()]);
+            continue;
+        }
+        if let Some(b) = buf.as_mut() {
+            b.push(ev.into_owned());
+            if depth == 2 {
+                let events = buf.take().unwrap_or_default();
+                for e in rewrite_disk(events, disks) {
+                    w.write_event(e)?;
+                }
+            }
+            continue;
+        }
+        w.write_event(ev)?;
+    }
+    String::from_utf8(w.into_inner()).map_err(|e| DomXmlError::Syntax(e.to_string()))
+}
+
+fn rewrite_disk(
+    events: Vec<Event<'static>>,
+    disks: &std::collections::HashMap<String, DiskSource>,
+) -> Vec<Event<'static>> {
+    let target = events.iter().find_map(|e| match e {
+        Event::Empty(s) | Event::Start(s) if s.name().as_ref() == b"target" => attr(s, "dev"),
+        _ => None,
+    });
+    let Some(src) = target.and_then(|t| disks.get(&t)) else {
+        return events;
+    };
+    let has_source = events.iter().any(|e| matches!(e, Event::Empty(s) | Event::Start(s) if s.name().as_ref() == b"source"));
+    let has_driver = events.iter().any(|e| matches!(e, Event::Empty(s) | Event::Start(s) if s.name().as_ref() == b"driver"));
+    let replace_attr = |s: &BytesStart<'_>, drop: &[&[u8]], add: &[(&str, &str)]| {
+        let mut out = BytesStart::new(String::from_utf8_lossy(s.name().as_ref()).into_owned());
+        for a in s.attributes().flatten() {
+            if drop.contains(&a.key.as_ref()) {
+                continue;
+            }
+            out.push_attribute(a);
+        }
+        for (k, v) in add {
+            out.push_attribute((*k, *v));
+        }
+        out
+    };
+    let mut out = Vec::with_capacity(events.len() + 2);
+    let mut depth = 0;
+    for e in events {
+        let e = match e {
+            Event::Start(s) if depth == 0 => {
+                depth += 1;
+                out.push(Event::Start(replace_attr(&s, &[b"type"], &[("type", "file")])));
+                if !has_source {
+                    let mut n = BytesStart::new("source");
+                    n.push_attribute(("file", src.path.as_str()));
+                    out.push(Event::Empty(n));
+                }
+                if !has_driver {
+                    let mut n = BytesStart::new("driver");
+                    n.push_attribute(("name", "qemu"));
+                    n.push_attribute(("type", src.format.as_str()));
+                    out.push(Event::Empty(n));
+                }
+                continue;
+            }
+            Event::Start(s) => {
+                depth += 1;
+                Event::Start(fix_child(&s, src, &replace_attr))
+            }
+            Event::Empty(s) => Event::Empty(fix_child(&s, src, &replace_attr)),
+            Event::End(x) => {
+                depth -= 1;
+                Event::End(x)
+            }
+            other => other,
+        };
+        out.push(e);
+    }
+    out
+}
+
+fn fix_child(
+    s: &BytesStart<'_>,
+    src: &DiskSource,
+    replace_attr: &dyn Fn(&BytesStart<'_>, &[&[u8]], &[(&str, &str)]) -> BytesStart<'static>,
+) -> BytesStart<'static> {
+    match s.name().as_ref() {
+        b"source" => replace_attr(s, &[b"file", b"dev", b"name"], &[("file", &src.path)]),
+        b"driver" => replace_attr(s, &[b"type"], &[("type", &src.format)]),
+        _ => s.to_owned(),
+    }
 }
 
 fn with_type(e: &BytesStart<'_>, domain_type: &str) -> BytesStart<'static> {
@@ -595,6 +769,31 @@ mod tests {
         )
         .expect("prepares");
         assert!(parse(&out).expect("parses").halyard.is_some());
+    }
+
+    #[test]
+    fn drives_are_read_and_sources_set() {
+        let xml = r#"<domain xmlns:ovirt-vm="http://ovirt.org/vm/1.0" type="kvm"><name>a</name><uuid>8d2e5c8a-3f0e-4b8c-9a1b-0123456789ab</uuid>
+<metadata><ovirt-vm:vm><ovirt-vm:device devtype="disk" name="vda"><ovirt-vm:domainID>275766CB-c7d8-43d6-a663-4e52160de620</ovirt-vm:domainID><ovirt-vm:imageID>8d2e5c8a-3f0e-4b8c-9a1b-00000000000f</ovirt-vm:imageID><ovirt-vm:poolID>8d2e5c8a-3f0e-4b8c-9a1b-0000000000aa</ovirt-vm:poolID><ovirt-vm:volumeID>11111111-2222-3333-4444-000000000001</ovirt-vm:volumeID></ovirt-vm:device></ovirt-vm:vm></metadata>
+<devices><disk type="block" device="disk"><source dev="/rhev/x"/><target dev="vda" bus="virtio"/><driver name="qemu" type="raw" cache="none"/></disk><disk device="cdrom"><target dev="sdc"/></disk></devices></domain>"#;
+        let i = parse(xml).expect("parses");
+        assert_eq!(i.drives.len(), 1);
+        assert_eq!(i.drives[0].name, "vda");
+        assert_eq!(i.drives[0].domain, "275766cb-c7d8-43d6-a663-4e52160de620");
+        let mut m = std::collections::HashMap::new();
+        m.insert("vda".to_string(), DiskSource { path: "/a/b".into(), format: "qcow2".into() });
+        let out = set_disk_sources(xml, &m).expect("rewrites");
+        let again = parse(&out).expect("parses");
+        assert_eq!(again.disks[0].source.as_deref(), Some("/a/b"));
+        assert!(out.contains(r#"<disk device="disk" type="file">"#), "{out}");
+        assert!(out.contains(r#"type="qcow2""#), "{out}");
+        assert!(!out.contains("/rhev/x"));
+        assert!(out.contains(r#"<disk device="cdrom"><target dev="sdc"/></disk>"#), "other disks untouched: {out}");
+        // A disk without source or driver gets both.
+        let bare = xml.replace(r#"<source dev="/rhev/x"/>"#, "").replace(r#"<driver name="qemu" type="raw" cache="none"/>"#, "");
+        let out = set_disk_sources(&bare, &m).expect("rewrites");
+        assert_eq!(parse(&out).expect("parses").disks[0].source.as_deref(), Some("/a/b"));
+        assert!(out.contains(r#"<driver name="qemu" type="qcow2"/>"#));
     }
 
     #[test]

@@ -691,3 +691,426 @@ mod tests {
         assert_eq!(e.message, "Virtual machine does not exist: {'vmId': 'abc'}");
     }
 }
+
+/// Storage verbs: typed params (VDSM's names and positional order); results are the
+/// dictionaries VDSM returns.
+pub mod storage {
+    use super::*;
+
+    fn default_blank() -> String {
+        "00000000-0000-0000-0000-000000000000".into()
+    }
+
+    /// An enum VDSM accepts as a number or a name (volFormat 4/"COW", ...).
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    #[serde(untagged)]
+    pub enum IntOrName {
+        Int(i64),
+        Name(String),
+    }
+
+    impl IntOrName {
+        /// The numeric value, mapping names through `names`.
+        pub fn code(&self, names: &[(&str, i64)]) -> Option<i64> {
+            match self {
+                IntOrName::Int(i) => Some(*i),
+                IntOrName::Name(n) => n
+                    .parse()
+                    .ok()
+                    .or_else(|| names.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| *v)),
+            }
+        }
+    }
+
+    pub const DOMAIN_TYPES: &[(&str, i64)] =
+        &[("NFS", 1), ("FCP", 2), ("ISCSI", 3), ("LOCALFS", 4), ("CIFS", 5), ("SHAREDFS", 6), ("POSIXFS", 6), ("GLUSTERFS", 7)];
+    pub const DOMAIN_CLASSES: &[(&str, i64)] = &[("Data", 1), ("Iso", 2), ("Backup", 3)];
+    pub const VOL_FORMATS: &[(&str, i64)] = &[("COW", 4), ("RAW", 5)];
+    pub const PREALLOCATIONS: &[(&str, i64)] = &[("PREALLOCATED", 1), ("SPARSE", 2)];
+    pub const VOL_TYPES: &[(&str, i64)] = &[("SHARED", 6), ("INTERNAL", 7), ("LEAF", 8)];
+
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    pub struct ConnectStorageServerParams {
+        #[serde(rename = "storagepoolID", default = "default_blank")]
+        pub sp: String,
+        #[serde(rename = "domainType")]
+        pub domain_type: IntOrName,
+        #[serde(rename = "connectionParams")]
+        pub connection_params: Vec<Value>,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    pub struct DomainCreateParams {
+        #[serde(rename = "storagedomainID")]
+        pub sd: String,
+        #[serde(rename = "domainType")]
+        pub domain_type: IntOrName,
+        #[serde(rename = "typeArgs")]
+        pub type_args: String,
+        pub name: String,
+        #[serde(rename = "domainClass")]
+        pub domain_class: IntOrName,
+        #[serde(default)]
+        pub version: Option<IntOrName>,
+        #[serde(rename = "blockSize", default)]
+        pub block_size: Option<u64>,
+        #[serde(rename = "maxHosts", default)]
+        pub max_hosts: Option<u64>,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    pub struct DomainParams {
+        #[serde(rename = "storagedomainID")]
+        pub sd: String,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    pub struct DomainPoolParams {
+        #[serde(rename = "storagedomainID")]
+        pub sd: String,
+        #[serde(rename = "storagepoolID")]
+        pub sp: String,
+        #[serde(rename = "masterSdUUID", default)]
+        pub master: Option<String>,
+        #[serde(rename = "masterVersion", default)]
+        pub master_version: Option<i64>,
+        #[serde(default)]
+        pub force: bool,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    pub struct GetVolumesParams {
+        #[serde(rename = "storagedomainID")]
+        pub sd: String,
+        #[serde(rename = "storagepoolID", default = "default_blank")]
+        pub sp: String,
+        #[serde(rename = "imageID", default = "default_blank")]
+        pub img: String,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    pub struct PoolCreateParams {
+        #[serde(rename = "storagepoolID")]
+        pub sp: String,
+        pub name: String,
+        #[serde(rename = "masterSdUUID")]
+        pub master: String,
+        #[serde(rename = "masterVersion")]
+        pub master_version: i64,
+        #[serde(rename = "domainList")]
+        pub domain_list: Vec<String>,
+        #[serde(rename = "lockRenewalIntervalSec", default)]
+        pub lock_renewal_interval_sec: Option<i64>,
+        #[serde(rename = "leaseTimeSec", default)]
+        pub lease_time_sec: Option<i64>,
+        #[serde(rename = "ioOpTimeoutSec", default)]
+        pub io_op_timeout_sec: Option<i64>,
+        #[serde(rename = "leaseRetries", default)]
+        pub lease_retries: Option<i64>,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    pub struct PoolConnectParams {
+        #[serde(rename = "storagepoolID")]
+        pub sp: String,
+        #[serde(rename = "hostID")]
+        pub host_id: u64,
+        #[serde(rename = "scsiKey", default)]
+        pub scsi_key: Option<String>,
+        #[serde(rename = "masterSdUUID")]
+        pub master: String,
+        #[serde(rename = "masterVersion")]
+        pub master_version: i64,
+        #[serde(rename = "domainDict", default)]
+        pub domain_dict: Option<BTreeMap<String, String>>,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    pub struct PoolParams {
+        #[serde(rename = "storagepoolID")]
+        pub sp: String,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    pub struct PoolDisconnectParams {
+        #[serde(rename = "storagepoolID")]
+        pub sp: String,
+        #[serde(rename = "hostID", default)]
+        pub host_id: Option<u64>,
+        #[serde(rename = "scsiKey", default)]
+        pub scsi_key: Option<String>,
+        #[serde(default)]
+        pub remove: bool,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    pub struct SpmStartParams {
+        #[serde(rename = "storagepoolID")]
+        pub sp: String,
+        #[serde(rename = "prevID", default)]
+        pub prev_id: Option<Value>,
+        #[serde(rename = "prevLver", default)]
+        pub prev_lver: Option<Value>,
+        #[serde(rename = "enableScsiFencing", default)]
+        pub enable_scsi_fencing: Option<Value>,
+        #[serde(rename = "maxHostID", default)]
+        pub max_host_id: Option<Value>,
+        #[serde(rename = "domVersion", default)]
+        pub dom_version: Option<Value>,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    pub struct VolumeCreateParams {
+        #[serde(rename = "volumeID")]
+        pub vol: String,
+        #[serde(rename = "storagepoolID")]
+        pub sp: String,
+        #[serde(rename = "storagedomainID")]
+        pub sd: String,
+        #[serde(rename = "imageID")]
+        pub img: String,
+        pub size: Value,
+        #[serde(rename = "volFormat")]
+        pub vol_format: IntOrName,
+        pub preallocate: IntOrName,
+        #[serde(rename = "diskType", default)]
+        pub disk_type: Value,
+        #[serde(default)]
+        pub desc: String,
+        #[serde(rename = "srcImgUUID", default = "default_blank")]
+        pub src_img: String,
+        #[serde(rename = "srcVolUUID", default = "default_blank")]
+        pub src_vol: String,
+        #[serde(rename = "initialSize", default)]
+        pub initial_size: Option<Value>,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    pub struct VolumeParams {
+        #[serde(rename = "volumeID")]
+        pub vol: String,
+        #[serde(rename = "storagepoolID")]
+        pub sp: String,
+        #[serde(rename = "storagedomainID")]
+        pub sd: String,
+        #[serde(rename = "imageID")]
+        pub img: String,
+        #[serde(rename = "postZero", default)]
+        pub post_zero: bool,
+        #[serde(default)]
+        pub force: bool,
+        #[serde(default)]
+        pub discard: bool,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    pub struct VolumeExtendParams {
+        #[serde(rename = "storagepoolID")]
+        pub sp: String,
+        #[serde(rename = "storagedomainID")]
+        pub sd: String,
+        #[serde(rename = "imageID")]
+        pub img: String,
+        #[serde(rename = "volumeID")]
+        pub vol: String,
+        #[serde(rename = "newSize")]
+        pub new_size: Value,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    pub struct VolumeLegalityParams {
+        #[serde(rename = "volumeID")]
+        pub vol: String,
+        #[serde(rename = "storagepoolID")]
+        pub sp: String,
+        #[serde(rename = "storagedomainID")]
+        pub sd: String,
+        #[serde(rename = "imageID")]
+        pub img: String,
+        pub legality: String,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    pub struct VolumeCopyParams {
+        #[serde(rename = "volumeID")]
+        pub vol: String,
+        #[serde(rename = "storagepoolID")]
+        pub sp: String,
+        #[serde(rename = "storagedomainID")]
+        pub sd: String,
+        #[serde(rename = "imageID")]
+        pub img: String,
+        #[serde(rename = "dstSdUUID")]
+        pub dst_sd: String,
+        #[serde(rename = "dstImgUUID")]
+        pub dst_img: String,
+        #[serde(rename = "dstVolUUID")]
+        pub dst_vol: String,
+        #[serde(default)]
+        pub desc: String,
+        #[serde(rename = "volType")]
+        pub vol_type: IntOrName,
+        #[serde(rename = "volFormat")]
+        pub vol_format: IntOrName,
+        pub preallocate: IntOrName,
+        #[serde(rename = "postZero", default)]
+        pub post_zero: bool,
+        #[serde(default)]
+        pub force: bool,
+        #[serde(default)]
+        pub discard: bool,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    pub struct ImageDeleteParams {
+        #[serde(rename = "imageID")]
+        pub img: String,
+        #[serde(rename = "storagepoolID")]
+        pub sp: String,
+        #[serde(rename = "storagedomainID")]
+        pub sd: String,
+        #[serde(rename = "postZero", default)]
+        pub post_zero: bool,
+        #[serde(default)]
+        pub force: bool,
+        #[serde(default)]
+        pub discard: bool,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    pub struct ImagePrepareParams {
+        #[serde(rename = "storagepoolID")]
+        pub sp: String,
+        #[serde(rename = "storagedomainID")]
+        pub sd: String,
+        #[serde(rename = "imageID")]
+        pub img: String,
+        #[serde(rename = "volumeID", default)]
+        pub vol: Option<String>,
+        #[serde(rename = "allowIllegal", default)]
+        pub allow_illegal: bool,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    pub struct TaskParams {
+        #[serde(rename = "taskID")]
+        pub task: String,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    pub struct CopyDataParams {
+        pub job_id: String,
+        pub source: Value,
+        pub destination: Value,
+        #[serde(default)]
+        pub copy_bitmaps: bool,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    pub struct RepoStatsParams {
+        #[serde(default)]
+        pub domains: Vec<String>,
+    }
+
+    /// One drive of VM.snapshot (SnapshotVolumeDriveInfo).
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    pub struct SnapshotDrive {
+        #[serde(rename = "domainID")]
+        pub sd: String,
+        #[serde(rename = "imageID")]
+        pub img: String,
+        #[serde(rename = "volumeID")]
+        pub vol: String,
+        #[serde(rename = "baseVolumeID")]
+        pub base_vol: String,
+        #[serde(rename = "poolID", default)]
+        pub sp: Option<String>,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    pub struct SnapshotParams {
+        #[serde(rename = "vmID")]
+        pub vm_id: String,
+        #[serde(rename = "snapDrives")]
+        pub snap_drives: Vec<SnapshotDrive>,
+        #[serde(rename = "snapMemory", default)]
+        pub snap_memory: Option<String>,
+        #[serde(default)]
+        pub frozen: bool,
+        #[serde(rename = "jobUUID", default)]
+        pub job_uuid: Option<String>,
+    }
+
+    /// Task.getStatus' result.
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    pub struct TaskStatus {
+        #[serde(rename = "taskID")]
+        pub task_id: String,
+        #[serde(rename = "taskState")]
+        pub task_state: String,
+        #[serde(rename = "taskResult")]
+        pub task_result: String,
+        pub code: i64,
+        pub message: String,
+    }
+
+    /// StoragePool.getSpmStatus' result.
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    pub struct SpmStatus {
+        #[serde(rename = "spmStatus")]
+        pub spm_status: String,
+        #[serde(rename = "spmLver")]
+        pub spm_lver: i64,
+        #[serde(rename = "spmId")]
+        pub spm_id: i64,
+    }
+
+    macro_rules! verb {
+        ($name:ident, $method:expr, [$($p:expr),*], $params:ty, $result:ty) => {
+            #[doc = concat!("`", $method, "`")]
+            pub struct $name;
+            impl Verb for $name {
+                const METHOD: &'static str = $method;
+                const PARAMS: &'static [&'static str] = &[$($p),*];
+                type Params = $params;
+                type Result = $result;
+            }
+        };
+    }
+
+    verb!(ConnectStorageServer, "StoragePool.connectStorageServer", ["storagepoolID", "domainType", "connectionParams"], ConnectStorageServerParams, Vec<Value>);
+    verb!(DisconnectStorageServer, "StoragePool.disconnectStorageServer", ["storagepoolID", "domainType", "connectionParams"], ConnectStorageServerParams, Vec<Value>);
+    verb!(DomainCreate, "StorageDomain.create", ["storagedomainID", "domainType", "typeArgs", "name", "domainClass", "version", "blockSize", "maxHosts"], DomainCreateParams, bool);
+    verb!(DomainGetInfo, "StorageDomain.getInfo", ["storagedomainID"], DomainParams, Value);
+    verb!(DomainGetStats, "StorageDomain.getStats", ["storagedomainID"], DomainParams, Value);
+    verb!(DomainGetImages, "StorageDomain.getImages", ["storagedomainID"], DomainParams, Vec<String>);
+    verb!(DomainGetVolumes, "StorageDomain.getVolumes", ["storagedomainID", "storagepoolID", "imageID"], GetVolumesParams, Vec<String>);
+    verb!(DomainAttach, "StorageDomain.attach", ["storagedomainID", "storagepoolID"], DomainPoolParams, bool);
+    verb!(DomainDetach, "StorageDomain.detach", ["storagedomainID", "storagepoolID", "masterSdUUID", "masterVersion", "force"], DomainPoolParams, bool);
+    verb!(DomainActivate, "StorageDomain.activate", ["storagedomainID", "storagepoolID"], DomainPoolParams, bool);
+    verb!(DomainDeactivate, "StorageDomain.deactivate", ["storagedomainID", "storagepoolID", "masterSdUUID", "masterVersion"], DomainPoolParams, bool);
+    verb!(PoolCreate, "StoragePool.create", ["storagepoolID", "name", "masterSdUUID", "masterVersion", "domainList", "lockRenewalIntervalSec", "leaseTimeSec", "ioOpTimeoutSec", "leaseRetries"], PoolCreateParams, bool);
+    verb!(PoolConnect, "StoragePool.connect", ["storagepoolID", "hostID", "scsiKey", "masterSdUUID", "masterVersion", "domainDict"], PoolConnectParams, bool);
+    verb!(PoolDisconnect, "StoragePool.disconnect", ["storagepoolID", "hostID", "scsiKey", "remove"], PoolDisconnectParams, bool);
+    verb!(PoolGetInfo, "StoragePool.getInfo", ["storagepoolID"], PoolParams, Value);
+    verb!(SpmStart, "StoragePool.spmStart", ["storagepoolID", "prevID", "prevLver", "enableScsiFencing", "maxHostID", "domVersion"], SpmStartParams, String);
+    verb!(SpmStop, "StoragePool.spmStop", ["storagepoolID"], PoolParams, bool);
+    verb!(GetSpmStatus, "StoragePool.getSpmStatus", ["storagepoolID"], PoolParams, SpmStatus);
+    verb!(VolumeCreate, "Volume.create", ["volumeID", "storagepoolID", "storagedomainID", "imageID", "size", "volFormat", "preallocate", "diskType", "desc", "srcImgUUID", "srcVolUUID", "initialSize"], VolumeCreateParams, String);
+    verb!(VolumeDelete, "Volume.delete", ["volumeID", "storagepoolID", "storagedomainID", "imageID", "postZero", "force", "discard"], VolumeParams, String);
+    verb!(VolumeGetInfo, "Volume.getInfo", ["volumeID", "storagepoolID", "storagedomainID", "imageID"], VolumeParams, Value);
+    verb!(VolumeExtendSize, "Volume.extendSize", ["storagepoolID", "storagedomainID", "imageID", "volumeID", "newSize"], VolumeExtendParams, String);
+    verb!(VolumeSetLegality, "Volume.setLegality", ["volumeID", "storagepoolID", "storagedomainID", "imageID", "legality"], VolumeLegalityParams, bool);
+    verb!(VolumeCopy, "Volume.copy", ["volumeID", "storagepoolID", "storagedomainID", "imageID", "dstSdUUID", "dstImgUUID", "dstVolUUID", "desc", "volType", "volFormat", "preallocate", "postZero", "force", "discard"], VolumeCopyParams, String);
+    verb!(ImageDelete, "Image.delete", ["imageID", "storagepoolID", "storagedomainID", "postZero", "force", "discard"], ImageDeleteParams, String);
+    verb!(ImagePrepare, "Image.prepare", ["storagepoolID", "storagedomainID", "imageID", "volumeID", "allowIllegal"], ImagePrepareParams, Value);
+    verb!(ImageTeardown, "Image.teardown", ["storagepoolID", "storagedomainID", "imageID", "volumeID"], ImagePrepareParams, bool);
+    verb!(TaskGetStatus, "Task.getStatus", ["taskID"], TaskParams, TaskStatus);
+    verb!(TaskGetInfo, "Task.getInfo", ["taskID"], TaskParams, Value);
+    verb!(TaskClear, "Task.clear", ["taskID"], TaskParams, bool);
+    verb!(GetAllTasksStatuses, "Host.getAllTasksStatuses", [], NoParams, BTreeMap<String, TaskStatus>);
+    verb!(GetConnectedStoragePools, "Host.getConnectedStoragePools", [], NoParams, Vec<String>);
+    verb!(GetStorageRepoStats, "Host.getStorageRepoStats", ["domains"], RepoStatsParams, Value);
+    verb!(CopyData, "SDM.copy_data", ["job_id", "source", "destination", "copy_bitmaps"], CopyDataParams, bool);
+    verb!(VmSnapshot, "VM.snapshot", ["vmID", "snapDrives", "snapMemory", "frozen", "jobUUID"], SnapshotParams, bool);
+}
