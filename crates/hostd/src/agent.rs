@@ -64,12 +64,13 @@ impl Agent {
     pub fn new(cfg: Config, agent_id: String, virt: Arc<Libvirt>) -> Arc<Agent> {
         let (events, _) = broadcast::channel(4096);
         let sampler = HostSampler::new(cfg.disk_stats_paths.clone());
-        let storage = halyard_storage::pool::StorageManager::new(halyard_storage::pool::StorageConfig {
-            run_dir: cfg.storage.run_dir.clone(),
-            io_timeout: cfg.storage.io_timeout,
-            monitor_interval: Duration::from_secs(cfg.storage.monitor_interval_secs),
-            spm_watchdog_interval: Duration::from_secs(cfg.storage.spm_watchdog_interval_secs),
-        });
+        let storage =
+            halyard_storage::pool::StorageManager::new(halyard_storage::pool::StorageConfig {
+                run_dir: cfg.storage.run_dir.clone(),
+                io_timeout: cfg.storage.io_timeout,
+                monitor_interval: Duration::from_secs(cfg.storage.monitor_interval_secs),
+                spm_watchdog_interval: Duration::from_secs(cfg.storage.spm_watchdog_interval_secs),
+            });
         Arc::new(Agent {
             cfg,
             storage,
@@ -838,7 +839,8 @@ impl Agent {
                 .find(|x| x.source.as_deref().is_some_and(|s| s.contains(&marker)))
                 .map(|x| x.target.clone())
                 .ok_or_else(|| {
-                    errors::INVALID_PARAMETER.rpc(Some(&format!("the VM has no disk of image {}", d.img)))
+                    errors::INVALID_PARAMETER
+                        .rpc(Some(&format!("the VM has no disk of image {}", d.img)))
                 })?;
             let fmt = self
                 .storage

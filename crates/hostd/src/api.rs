@@ -157,7 +157,10 @@ async fn call(agent: &Arc<Agent>, method: &str, params: &Params) -> Result<Value
             || m.starts_with("SDM.")
             || matches!(
                 m,
-                "Host.getAllTasksStatuses" | "Host.getConnectedStoragePools" | "Host.getStorageRepoStats" | "VM.snapshot"
+                "Host.getAllTasksStatuses"
+                    | "Host.getConnectedStoragePools"
+                    | "Host.getStorageRepoStats"
+                    | "VM.snapshot"
             ) =>
         {
             storage_call(agent, m, params).await
@@ -174,7 +177,11 @@ fn code_of(v: &st::IntOrName, names: &[(&str, i64)], what: &str) -> Result<i64, 
         .ok_or_else(|| RpcError::invalid_params(format!("{what} {v:?}")))
 }
 
-async fn storage_call(agent: &Arc<Agent>, method: &str, params: &Params) -> Result<Value, RpcError> {
+async fn storage_call(
+    agent: &Arc<Agent>,
+    method: &str,
+    params: &Params,
+) -> Result<Value, RpcError> {
     let s = &agent.storage;
     let e = storage_err;
     match method {
@@ -249,9 +256,15 @@ async fn storage_call(agent: &Arc<Agent>, method: &str, params: &Params) -> Resu
         }
         st::PoolConnect::METHOD => {
             let p = bind::<st::PoolConnect>(params)?;
-            s.connect_pool(p.sp, p.host_id, p.master, p.master_version, p.domain_dict.unwrap_or_default())
-                .await
-                .map_err(e)?;
+            s.connect_pool(
+                p.sp,
+                p.host_id,
+                p.master,
+                p.master_version,
+                p.domain_dict.unwrap_or_default(),
+            )
+            .await
+            .map_err(e)?;
             to_value(true)
         }
         st::PoolDisconnect::METHOD => {
@@ -295,7 +308,11 @@ async fn storage_call(agent: &Arc<Agent>, method: &str, params: &Params) -> Resu
         }
         st::VolumeDelete::METHOD => {
             let p = bind::<st::VolumeDelete>(params)?;
-            to_value(s.volume_delete(&p.sp, &p.sd, &p.img, &p.vol, p.force).await.map_err(e)?)
+            to_value(
+                s.volume_delete(&p.sp, &p.sd, &p.img, &p.vol, p.force)
+                    .await
+                    .map_err(e)?,
+            )
         }
         st::VolumeGetInfo::METHOD => {
             let p = bind::<st::VolumeGetInfo>(params)?;
@@ -303,7 +320,11 @@ async fn storage_call(agent: &Arc<Agent>, method: &str, params: &Params) -> Resu
         }
         st::VolumeExtendSize::METHOD => {
             let p = bind::<st::VolumeExtendSize>(params)?;
-            to_value(s.volume_extend(&p.sp, &p.sd, &p.img, &p.vol, &p.new_size).await.map_err(e)?)
+            to_value(
+                s.volume_extend(&p.sp, &p.sd, &p.img, &p.vol, &p.new_size)
+                    .await
+                    .map_err(e)?,
+            )
         }
         st::VolumeSetLegality::METHOD => {
             let p = bind::<st::VolumeSetLegality>(params)?;
@@ -315,17 +336,21 @@ async fn storage_call(agent: &Arc<Agent>, method: &str, params: &Params) -> Resu
         st::VolumeCopy::METHOD => {
             let p = bind::<st::VolumeCopy>(params)?;
             if p.dst_sd != p.sd {
-                return Err(storage_err(halyard_storage::StorageError::InvalidParameter(
-                    "copies across domains go through SDM.copy_data".into(),
-                )));
+                return Err(storage_err(
+                    halyard_storage::StorageError::InvalidParameter(
+                        "copies across domains go through SDM.copy_data".into(),
+                    ),
+                ));
             }
             let vt = code_of(&p.vol_type, st::VOL_TYPES, "volType")?;
             let vf = code_of(&p.vol_format, st::VOL_FORMATS, "volFormat")?;
             let pa = code_of(&p.preallocate, st::PREALLOCATIONS, "preallocate")?;
             to_value(
-                s.volume_copy(&p.sp, &p.sd, &p.img, &p.vol, &p.dst_img, &p.dst_vol, &p.desc, vt, vf, pa)
-                    .await
-                    .map_err(e)?,
+                s.volume_copy(
+                    &p.sp, &p.sd, &p.img, &p.vol, &p.dst_img, &p.dst_vol, &p.desc, vt, vf, pa,
+                )
+                .await
+                .map_err(e)?,
             )
         }
         st::ImageDelete::METHOD => {
@@ -375,7 +400,9 @@ async fn storage_call(agent: &Arc<Agent>, method: &str, params: &Params) -> Resu
         }
         st::CopyData::METHOD => {
             let p = bind::<st::CopyData>(params)?;
-            s.copy_data(&p.job_id, &p.source, &p.destination).await.map_err(e)?;
+            s.copy_data(&p.job_id, &p.source, &p.destination)
+                .await
+                .map_err(e)?;
             to_value(true)
         }
         st::VmSnapshot::METHOD => {

@@ -305,8 +305,7 @@ pub fn parse(xml: &str) -> Result<DomainInfo, DomXmlError> {
                         info.launch_paused = t.eq_ignore_ascii_case("true")
                     }
                     (4, "domainID" | "imageID" | "poolID" | "volumeID")
-                        if ens.as_deref() == Some(OVIRT_VM_NS)
-                            && path[3].1 == "device" =>
+                        if ens.as_deref() == Some(OVIRT_VM_NS) && path[3].1 == "device" =>
                     {
                         if let Some(d) = info.drives.last_mut() {
                             let v = t.to_ascii_lowercase();
@@ -503,8 +502,8 @@ pub fn set_disk_sources(
         if let Event::Eof = ev {
             break;
         }
-        let starts_disk = depth == 2
-            && matches!(&ev, Event::Start(e) if e.name().as_ref() == b"disk");
+        let starts_disk =
+            depth == 2 && matches!(&ev, Event::Start(e) if e.name().as_ref() == b"disk");
         match &ev {
             Event::Start(_) => depth += 1,
             Event::End(_) => depth = depth.saturating_sub(1),
@@ -540,8 +539,12 @@ fn rewrite_disk(
     let Some(src) = target.and_then(|t| disks.get(&t)) else {
         return events;
     };
-    let has_source = events.iter().any(|e| matches!(e, Event::Empty(s) | Event::Start(s) if s.name().as_ref() == b"source"));
-    let has_driver = events.iter().any(|e| matches!(e, Event::Empty(s) | Event::Start(s) if s.name().as_ref() == b"driver"));
+    let has_source = events
+        .iter()
+        .any(|e| matches!(e, Event::Empty(s) | Event::Start(s) if s.name().as_ref() == b"source"));
+    let has_driver = events
+        .iter()
+        .any(|e| matches!(e, Event::Empty(s) | Event::Start(s) if s.name().as_ref() == b"driver"));
     let replace_attr = |s: &BytesStart<'_>, drop: &[&[u8]], add: &[(&str, &str)]| {
         let mut out = BytesStart::new(String::from_utf8_lossy(s.name().as_ref()).into_owned());
         for a in s.attributes().flatten() {
@@ -561,7 +564,11 @@ fn rewrite_disk(
         let e = match e {
             Event::Start(s) if depth == 0 => {
                 depth += 1;
-                out.push(Event::Start(replace_attr(&s, &[b"type"], &[("type", "file")])));
+                out.push(Event::Start(replace_attr(
+                    &s,
+                    &[b"type"],
+                    &[("type", "file")],
+                )));
                 if !has_source {
                     let mut n = BytesStart::new("source");
                     n.push_attribute(("file", src.path.as_str()));
@@ -781,18 +788,32 @@ mod tests {
         assert_eq!(i.drives[0].name, "vda");
         assert_eq!(i.drives[0].domain, "275766cb-c7d8-43d6-a663-4e52160de620");
         let mut m = std::collections::HashMap::new();
-        m.insert("vda".to_string(), DiskSource { path: "/a/b".into(), format: "qcow2".into() });
+        m.insert(
+            "vda".to_string(),
+            DiskSource {
+                path: "/a/b".into(),
+                format: "qcow2".into(),
+            },
+        );
         let out = set_disk_sources(xml, &m).expect("rewrites");
         let again = parse(&out).expect("parses");
         assert_eq!(again.disks[0].source.as_deref(), Some("/a/b"));
         assert!(out.contains(r#"<disk device="disk" type="file">"#), "{out}");
         assert!(out.contains(r#"type="qcow2""#), "{out}");
         assert!(!out.contains("/rhev/x"));
-        assert!(out.contains(r#"<disk device="cdrom"><target dev="sdc"/></disk>"#), "other disks untouched: {out}");
+        assert!(
+            out.contains(r#"<disk device="cdrom"><target dev="sdc"/></disk>"#),
+            "other disks untouched: {out}"
+        );
         // A disk without source or driver gets both.
-        let bare = xml.replace(r#"<source dev="/rhev/x"/>"#, "").replace(r#"<driver name="qemu" type="raw" cache="none"/>"#, "");
+        let bare = xml
+            .replace(r#"<source dev="/rhev/x"/>"#, "")
+            .replace(r#"<driver name="qemu" type="raw" cache="none"/>"#, "");
         let out = set_disk_sources(&bare, &m).expect("rewrites");
-        assert_eq!(parse(&out).expect("parses").disks[0].source.as_deref(), Some("/a/b"));
+        assert_eq!(
+            parse(&out).expect("parses").disks[0].source.as_deref(),
+            Some("/a/b")
+        );
         assert!(out.contains(r#"<driver name="qemu" type="qcow2"/>"#));
     }
 

@@ -714,16 +714,26 @@ pub mod storage {
         pub fn code(&self, names: &[(&str, i64)]) -> Option<i64> {
             match self {
                 IntOrName::Int(i) => Some(*i),
-                IntOrName::Name(n) => n
-                    .parse()
-                    .ok()
-                    .or_else(|| names.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| *v)),
+                IntOrName::Name(n) => n.parse().ok().or_else(|| {
+                    names
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                        .map(|(_, v)| *v)
+                }),
             }
         }
     }
 
-    pub const DOMAIN_TYPES: &[(&str, i64)] =
-        &[("NFS", 1), ("FCP", 2), ("ISCSI", 3), ("LOCALFS", 4), ("CIFS", 5), ("SHAREDFS", 6), ("POSIXFS", 6), ("GLUSTERFS", 7)];
+    pub const DOMAIN_TYPES: &[(&str, i64)] = &[
+        ("NFS", 1),
+        ("FCP", 2),
+        ("ISCSI", 3),
+        ("LOCALFS", 4),
+        ("CIFS", 5),
+        ("SHAREDFS", 6),
+        ("POSIXFS", 6),
+        ("GLUSTERFS", 7),
+    ];
     pub const DOMAIN_CLASSES: &[(&str, i64)] = &[("Data", 1), ("Iso", 2), ("Backup", 3)];
     pub const VOL_FORMATS: &[(&str, i64)] = &[("COW", 4), ("RAW", 5)];
     pub const PREALLOCATIONS: &[(&str, i64)] = &[("PREALLOCATED", 1), ("SPARSE", 2)];
@@ -1078,39 +1088,336 @@ pub mod storage {
         };
     }
 
-    verb!(ConnectStorageServer, "StoragePool.connectStorageServer", ["storagepoolID", "domainType", "connectionParams"], ConnectStorageServerParams, Vec<Value>);
-    verb!(DisconnectStorageServer, "StoragePool.disconnectStorageServer", ["storagepoolID", "domainType", "connectionParams"], ConnectStorageServerParams, Vec<Value>);
-    verb!(DomainCreate, "StorageDomain.create", ["storagedomainID", "domainType", "typeArgs", "name", "domainClass", "version", "blockSize", "maxHosts"], DomainCreateParams, bool);
-    verb!(DomainGetInfo, "StorageDomain.getInfo", ["storagedomainID"], DomainParams, Value);
-    verb!(DomainGetStats, "StorageDomain.getStats", ["storagedomainID"], DomainParams, Value);
-    verb!(DomainGetImages, "StorageDomain.getImages", ["storagedomainID"], DomainParams, Vec<String>);
-    verb!(DomainGetVolumes, "StorageDomain.getVolumes", ["storagedomainID", "storagepoolID", "imageID"], GetVolumesParams, Vec<String>);
-    verb!(DomainAttach, "StorageDomain.attach", ["storagedomainID", "storagepoolID"], DomainPoolParams, bool);
-    verb!(DomainDetach, "StorageDomain.detach", ["storagedomainID", "storagepoolID", "masterSdUUID", "masterVersion", "force"], DomainPoolParams, bool);
-    verb!(DomainActivate, "StorageDomain.activate", ["storagedomainID", "storagepoolID"], DomainPoolParams, bool);
-    verb!(DomainDeactivate, "StorageDomain.deactivate", ["storagedomainID", "storagepoolID", "masterSdUUID", "masterVersion"], DomainPoolParams, bool);
-    verb!(PoolCreate, "StoragePool.create", ["storagepoolID", "name", "masterSdUUID", "masterVersion", "domainList", "lockRenewalIntervalSec", "leaseTimeSec", "ioOpTimeoutSec", "leaseRetries"], PoolCreateParams, bool);
-    verb!(PoolConnect, "StoragePool.connect", ["storagepoolID", "hostID", "scsiKey", "masterSdUUID", "masterVersion", "domainDict"], PoolConnectParams, bool);
-    verb!(PoolDisconnect, "StoragePool.disconnect", ["storagepoolID", "hostID", "scsiKey", "remove"], PoolDisconnectParams, bool);
-    verb!(PoolGetInfo, "StoragePool.getInfo", ["storagepoolID"], PoolParams, Value);
-    verb!(SpmStart, "StoragePool.spmStart", ["storagepoolID", "prevID", "prevLver", "enableScsiFencing", "maxHostID", "domVersion"], SpmStartParams, String);
-    verb!(SpmStop, "StoragePool.spmStop", ["storagepoolID"], PoolParams, bool);
-    verb!(GetSpmStatus, "StoragePool.getSpmStatus", ["storagepoolID"], PoolParams, SpmStatus);
-    verb!(VolumeCreate, "Volume.create", ["volumeID", "storagepoolID", "storagedomainID", "imageID", "size", "volFormat", "preallocate", "diskType", "desc", "srcImgUUID", "srcVolUUID", "initialSize"], VolumeCreateParams, String);
-    verb!(VolumeDelete, "Volume.delete", ["volumeID", "storagepoolID", "storagedomainID", "imageID", "postZero", "force", "discard"], VolumeParams, String);
-    verb!(VolumeGetInfo, "Volume.getInfo", ["volumeID", "storagepoolID", "storagedomainID", "imageID"], VolumeParams, Value);
-    verb!(VolumeExtendSize, "Volume.extendSize", ["storagepoolID", "storagedomainID", "imageID", "volumeID", "newSize"], VolumeExtendParams, String);
-    verb!(VolumeSetLegality, "Volume.setLegality", ["volumeID", "storagepoolID", "storagedomainID", "imageID", "legality"], VolumeLegalityParams, bool);
-    verb!(VolumeCopy, "Volume.copy", ["volumeID", "storagepoolID", "storagedomainID", "imageID", "dstSdUUID", "dstImgUUID", "dstVolUUID", "desc", "volType", "volFormat", "preallocate", "postZero", "force", "discard"], VolumeCopyParams, String);
-    verb!(ImageDelete, "Image.delete", ["imageID", "storagepoolID", "storagedomainID", "postZero", "force", "discard"], ImageDeleteParams, String);
-    verb!(ImagePrepare, "Image.prepare", ["storagepoolID", "storagedomainID", "imageID", "volumeID", "allowIllegal"], ImagePrepareParams, Value);
-    verb!(ImageTeardown, "Image.teardown", ["storagepoolID", "storagedomainID", "imageID", "volumeID"], ImagePrepareParams, bool);
-    verb!(TaskGetStatus, "Task.getStatus", ["taskID"], TaskParams, TaskStatus);
+    verb!(
+        ConnectStorageServer,
+        "StoragePool.connectStorageServer",
+        ["storagepoolID", "domainType", "connectionParams"],
+        ConnectStorageServerParams,
+        Vec<Value>
+    );
+    verb!(
+        DisconnectStorageServer,
+        "StoragePool.disconnectStorageServer",
+        ["storagepoolID", "domainType", "connectionParams"],
+        ConnectStorageServerParams,
+        Vec<Value>
+    );
+    verb!(
+        DomainCreate,
+        "StorageDomain.create",
+        [
+            "storagedomainID",
+            "domainType",
+            "typeArgs",
+            "name",
+            "domainClass",
+            "version",
+            "blockSize",
+            "maxHosts"
+        ],
+        DomainCreateParams,
+        bool
+    );
+    verb!(
+        DomainGetInfo,
+        "StorageDomain.getInfo",
+        ["storagedomainID"],
+        DomainParams,
+        Value
+    );
+    verb!(
+        DomainGetStats,
+        "StorageDomain.getStats",
+        ["storagedomainID"],
+        DomainParams,
+        Value
+    );
+    verb!(
+        DomainGetImages,
+        "StorageDomain.getImages",
+        ["storagedomainID"],
+        DomainParams,
+        Vec<String>
+    );
+    verb!(
+        DomainGetVolumes,
+        "StorageDomain.getVolumes",
+        ["storagedomainID", "storagepoolID", "imageID"],
+        GetVolumesParams,
+        Vec<String>
+    );
+    verb!(
+        DomainAttach,
+        "StorageDomain.attach",
+        ["storagedomainID", "storagepoolID"],
+        DomainPoolParams,
+        bool
+    );
+    verb!(
+        DomainDetach,
+        "StorageDomain.detach",
+        [
+            "storagedomainID",
+            "storagepoolID",
+            "masterSdUUID",
+            "masterVersion",
+            "force"
+        ],
+        DomainPoolParams,
+        bool
+    );
+    verb!(
+        DomainActivate,
+        "StorageDomain.activate",
+        ["storagedomainID", "storagepoolID"],
+        DomainPoolParams,
+        bool
+    );
+    verb!(
+        DomainDeactivate,
+        "StorageDomain.deactivate",
+        [
+            "storagedomainID",
+            "storagepoolID",
+            "masterSdUUID",
+            "masterVersion"
+        ],
+        DomainPoolParams,
+        bool
+    );
+    verb!(
+        PoolCreate,
+        "StoragePool.create",
+        [
+            "storagepoolID",
+            "name",
+            "masterSdUUID",
+            "masterVersion",
+            "domainList",
+            "lockRenewalIntervalSec",
+            "leaseTimeSec",
+            "ioOpTimeoutSec",
+            "leaseRetries"
+        ],
+        PoolCreateParams,
+        bool
+    );
+    verb!(
+        PoolConnect,
+        "StoragePool.connect",
+        [
+            "storagepoolID",
+            "hostID",
+            "scsiKey",
+            "masterSdUUID",
+            "masterVersion",
+            "domainDict"
+        ],
+        PoolConnectParams,
+        bool
+    );
+    verb!(
+        PoolDisconnect,
+        "StoragePool.disconnect",
+        ["storagepoolID", "hostID", "scsiKey", "remove"],
+        PoolDisconnectParams,
+        bool
+    );
+    verb!(
+        PoolGetInfo,
+        "StoragePool.getInfo",
+        ["storagepoolID"],
+        PoolParams,
+        Value
+    );
+    verb!(
+        SpmStart,
+        "StoragePool.spmStart",
+        [
+            "storagepoolID",
+            "prevID",
+            "prevLver",
+            "enableScsiFencing",
+            "maxHostID",
+            "domVersion"
+        ],
+        SpmStartParams,
+        String
+    );
+    verb!(
+        SpmStop,
+        "StoragePool.spmStop",
+        ["storagepoolID"],
+        PoolParams,
+        bool
+    );
+    verb!(
+        GetSpmStatus,
+        "StoragePool.getSpmStatus",
+        ["storagepoolID"],
+        PoolParams,
+        SpmStatus
+    );
+    verb!(
+        VolumeCreate,
+        "Volume.create",
+        [
+            "volumeID",
+            "storagepoolID",
+            "storagedomainID",
+            "imageID",
+            "size",
+            "volFormat",
+            "preallocate",
+            "diskType",
+            "desc",
+            "srcImgUUID",
+            "srcVolUUID",
+            "initialSize"
+        ],
+        VolumeCreateParams,
+        String
+    );
+    verb!(
+        VolumeDelete,
+        "Volume.delete",
+        [
+            "volumeID",
+            "storagepoolID",
+            "storagedomainID",
+            "imageID",
+            "postZero",
+            "force",
+            "discard"
+        ],
+        VolumeParams,
+        String
+    );
+    verb!(
+        VolumeGetInfo,
+        "Volume.getInfo",
+        ["volumeID", "storagepoolID", "storagedomainID", "imageID"],
+        VolumeParams,
+        Value
+    );
+    verb!(
+        VolumeExtendSize,
+        "Volume.extendSize",
+        [
+            "storagepoolID",
+            "storagedomainID",
+            "imageID",
+            "volumeID",
+            "newSize"
+        ],
+        VolumeExtendParams,
+        String
+    );
+    verb!(
+        VolumeSetLegality,
+        "Volume.setLegality",
+        [
+            "volumeID",
+            "storagepoolID",
+            "storagedomainID",
+            "imageID",
+            "legality"
+        ],
+        VolumeLegalityParams,
+        bool
+    );
+    verb!(
+        VolumeCopy,
+        "Volume.copy",
+        [
+            "volumeID",
+            "storagepoolID",
+            "storagedomainID",
+            "imageID",
+            "dstSdUUID",
+            "dstImgUUID",
+            "dstVolUUID",
+            "desc",
+            "volType",
+            "volFormat",
+            "preallocate",
+            "postZero",
+            "force",
+            "discard"
+        ],
+        VolumeCopyParams,
+        String
+    );
+    verb!(
+        ImageDelete,
+        "Image.delete",
+        [
+            "imageID",
+            "storagepoolID",
+            "storagedomainID",
+            "postZero",
+            "force",
+            "discard"
+        ],
+        ImageDeleteParams,
+        String
+    );
+    verb!(
+        ImagePrepare,
+        "Image.prepare",
+        [
+            "storagepoolID",
+            "storagedomainID",
+            "imageID",
+            "volumeID",
+            "allowIllegal"
+        ],
+        ImagePrepareParams,
+        Value
+    );
+    verb!(
+        ImageTeardown,
+        "Image.teardown",
+        ["storagepoolID", "storagedomainID", "imageID", "volumeID"],
+        ImagePrepareParams,
+        bool
+    );
+    verb!(
+        TaskGetStatus,
+        "Task.getStatus",
+        ["taskID"],
+        TaskParams,
+        TaskStatus
+    );
     verb!(TaskGetInfo, "Task.getInfo", ["taskID"], TaskParams, Value);
     verb!(TaskClear, "Task.clear", ["taskID"], TaskParams, bool);
     verb!(GetAllTasksStatuses, "Host.getAllTasksStatuses", [], NoParams, BTreeMap<String, TaskStatus>);
-    verb!(GetConnectedStoragePools, "Host.getConnectedStoragePools", [], NoParams, Vec<String>);
-    verb!(GetStorageRepoStats, "Host.getStorageRepoStats", ["domains"], RepoStatsParams, Value);
-    verb!(CopyData, "SDM.copy_data", ["job_id", "source", "destination", "copy_bitmaps"], CopyDataParams, bool);
-    verb!(VmSnapshot, "VM.snapshot", ["vmID", "snapDrives", "snapMemory", "frozen", "jobUUID"], SnapshotParams, bool);
+    verb!(
+        GetConnectedStoragePools,
+        "Host.getConnectedStoragePools",
+        [],
+        NoParams,
+        Vec<String>
+    );
+    verb!(
+        GetStorageRepoStats,
+        "Host.getStorageRepoStats",
+        ["domains"],
+        RepoStatsParams,
+        Value
+    );
+    verb!(
+        CopyData,
+        "SDM.copy_data",
+        ["job_id", "source", "destination", "copy_bitmaps"],
+        CopyDataParams,
+        bool
+    );
+    verb!(
+        VmSnapshot,
+        "VM.snapshot",
+        ["vmID", "snapDrives", "snapMemory", "frozen", "jobUUID"],
+        SnapshotParams,
+        bool
+    );
 }

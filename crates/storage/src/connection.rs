@@ -40,7 +40,10 @@ fn check_connection(c: &str) -> Result<()> {
         return Err(StorageError::InvalidParameter(format!("connection {c:?}")));
     }
     let path = c.rsplit_once(':').map(|(_, p)| p).unwrap_or(c);
-    if Path::new(path).components().any(|x| x == Component::ParentDir) {
+    if Path::new(path)
+        .components()
+        .any(|x| x == Component::ParentDir)
+    {
         return Err(StorageError::InvalidParameter(format!(
             "connection {c:?} contains '..'"
         )));
@@ -65,7 +68,8 @@ pub fn is_mounted(p: &Path) -> bool {
         return false;
     };
     let target = p.to_string_lossy();
-    info.lines().any(|l| l.split(' ').nth(4) == Some(target.as_ref()))
+    info.lines()
+        .any(|l| l.split(' ').nth(4) == Some(target.as_ref()))
 }
 
 /// Connects one storage server; returns the directory where its domains appear.
@@ -91,10 +95,6 @@ pub fn connect(run_dir: &Path, dtype: DomainType, p: &ConnParams) -> Result<Path
             }
         }
         _ => {
-            if is_mounted(&mp) {
-                return Ok(mp);
-            }
-            fs::create_dir_all(&mp).map_err(io_err(&mp))?;
             let vfs = match (&p.vfs_type, dtype) {
                 (Some(v), _) if !v.is_empty() => v.clone(),
                 (_, DomainType::Nfs) => "nfs".into(),
@@ -106,6 +106,13 @@ pub fn connect(run_dir: &Path, dtype: DomainType, p: &ConnParams) -> Result<Path
                 }
             };
             check_option("vfs_type", &vfs)?;
+            if let Some(o) = p.mnt_options.as_deref() {
+                check_option("mnt_options", o)?;
+            }
+            if is_mounted(&mp) {
+                return Ok(mp);
+            }
+            fs::create_dir_all(&mp).map_err(io_err(&mp))?;
             let mut cmd = Command::new("mount");
             cmd.arg("-t").arg(&vfs);
             if let Some(o) = p.mnt_options.as_deref().filter(|o| !o.is_empty()) {

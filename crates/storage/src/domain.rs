@@ -193,7 +193,9 @@ impl FileDomain {
         let probe = mount.join(format!(".halyard-probe-{}", std::process::id()));
         fs::File::create(&probe)
             .and_then(|mut f| f.write_all(b"x"))
-            .map_err(|e| StorageError::DomainAccess(format!("{} is not writable: {e}", mount.display())))?;
+            .map_err(|e| {
+                StorageError::DomainAccess(format!("{} is not writable: {e}", mount.display()))
+            })?;
         let _ = fs::remove_file(&probe);
 
         let tmp = mount.join(format!(".halyard-creating-{}", a.sd_uuid));
@@ -245,7 +247,10 @@ impl FileDomain {
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
             let idx = xleases_index(&a.sd_uuid, now);
-            let f = fs::OpenOptions::new().write(true).open(&x).map_err(io_err(&x))?;
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .open(&x)
+                .map_err(io_err(&x))?;
             use std::os::unix::fs::FileExt;
             f.write_all_at(&idx, ALIGNMENT).map_err(io_err(&x))?;
             f.sync_all().map_err(io_err(&x))?;
@@ -417,25 +422,52 @@ mod tests {
         let m = dom.metadata().expect("metadata");
         assert_eq!(m.get("TYPE"), Some("LOCALFS"));
         assert_eq!(m.get("VERSION"), Some("5"));
-        assert_eq!(fs::metadata(dom.dom_md().join("inbox")).expect("inbox").len(), 16 << 20);
+        assert_eq!(
+            fs::metadata(dom.dom_md().join("inbox"))
+                .expect("inbox")
+                .len(),
+            16 << 20
+        );
         assert!(!dom.dom_md().join("xleases").exists());
         assert!(FileDomain::open(&dom.root).is_ok());
         // Again: exists.
-        assert_eq!(FileDomain::create(d.path(), &a).map(|_| ()).map_err(|e| e.code()), Err(365));
+        assert_eq!(
+            FileDomain::create(d.path(), &a)
+                .map(|_| ())
+                .map_err(|e| e.code()),
+            Err(365)
+        );
         // A directory with other things in it is refused, nothing written.
         fs::write(d.path().join("notes.txt"), b"x").expect("write");
         let mut b = a.clone();
         b.sd_uuid = "375766cb-c7d8-43d6-a663-4e52160de620".into();
-        assert_eq!(FileDomain::create(d.path(), &b).map(|_| ()).map_err(|e| e.code()), Err(361));
+        assert_eq!(
+            FileDomain::create(d.path(), &b)
+                .map(|_| ())
+                .map_err(|e| e.code()),
+            Err(361)
+        );
         assert!(!d.path().join(&b.sd_uuid).exists());
         // Bad ids.
         let mut c = a.clone();
         c.sd_uuid = "../x".into();
-        assert_eq!(FileDomain::create(d.path(), &c).map(|_| ()).map_err(|e| e.code()), Err(1000));
+        assert_eq!(
+            FileDomain::create(d.path(), &c)
+                .map(|_| ())
+                .map_err(|e| e.code()),
+            Err(1000)
+        );
         // A broken seal is detected on open.
         let p = dom.metadata_path();
-        let text = fs::read_to_string(&p).expect("read").replace("ROLE=Regular", "ROLE=Master");
+        let text = fs::read_to_string(&p)
+            .expect("read")
+            .replace("ROLE=Regular", "ROLE=Master");
         fs::write(&p, text).expect("write");
-        assert_eq!(FileDomain::open(&dom.root).map(|_| ()).map_err(|e| e.code()), Err(752));
+        assert_eq!(
+            FileDomain::open(&dom.root)
+                .map(|_| ())
+                .map_err(|e| e.code()),
+            Err(752)
+        );
     }
 }

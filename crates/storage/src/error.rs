@@ -152,7 +152,13 @@ mod tests {
     #[test]
     fn uuid_checks() {
         assert!(check_uuid("x", "11111111-2222-3333-4444-555555555555").is_ok());
-        for bad in ["..", "../../etc", "11111111-2222-3333-4444-55555555555/", "", "a/b"] {
+        for bad in [
+            "..",
+            "../../etc",
+            "11111111-2222-3333-4444-55555555555/",
+            "",
+            "a/b",
+        ] {
             assert_eq!(check_uuid("x", bad).map_err(|e| e.code()).err(), Some(1000));
         }
     }

@@ -182,7 +182,9 @@ fn direct_read(path: &Path) -> std::io::Result<usize> {
 
 fn param_u64(v: &Value, what: &str) -> Result<u64> {
     match v {
-        Value::Number(n) => n.as_u64().ok_or_else(|| StorageError::InvalidParameter(format!("{what} {n}"))),
+        Value::Number(n) => n
+            .as_u64()
+            .ok_or_else(|| StorageError::InvalidParameter(format!("{what} {n}"))),
         Value::String(s) => s
             .trim()
             .parse()
@@ -270,7 +272,11 @@ impl StorageManager {
 
     // ----- connections ----------------------------------------------------------------
 
-    pub async fn connect_storage_server(&self, dtype: i64, conns: Vec<ConnParams>) -> Result<Vec<Value>> {
+    pub async fn connect_storage_server(
+        &self,
+        dtype: i64,
+        conns: Vec<ConnParams>,
+    ) -> Result<Vec<Value>> {
         let dt = DomainType::from_code(dtype)
             .ok_or_else(|| StorageError::InvalidParameter(format!("domainType {dtype}")))?;
         let run = self.cfg.run_dir.clone();
@@ -295,7 +301,11 @@ impl StorageManager {
         .await
     }
 
-    pub async fn disconnect_storage_server(&self, dtype: i64, conns: Vec<ConnParams>) -> Result<Vec<Value>> {
+    pub async fn disconnect_storage_server(
+        &self,
+        dtype: i64,
+        conns: Vec<ConnParams>,
+    ) -> Result<Vec<Value>> {
         let dt = DomainType::from_code(dtype)
             .ok_or_else(|| StorageError::InvalidParameter(format!("domainType {dtype}")))?;
         let run = self.cfg.run_dir.clone();
@@ -422,9 +432,15 @@ impl StorageManager {
 
     /// Writes pool membership into a domain's metadata under that domain's own SDM lease
     /// (so two pools cannot attach it at once).
-    fn with_domain_lease<T>(&self, d: &FileDomain, host_id: u64, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    fn with_domain_lease<T>(
+        &self,
+        d: &FileDomain,
+        host_id: u64,
+        f: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
         if !d.uses_sanlock() {
-            let file = std::fs::File::open(d.leases_path()).map_err(crate::error::io_err(d.leases_path()))?;
+            let file = std::fs::File::open(d.leases_path())
+                .map_err(crate::error::io_err(d.leases_path()))?;
             // SAFETY: flock on a descriptor we own.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
                 return Err(StorageError::AcquireLock(format!("{} is locked", d.uuid)));
@@ -440,7 +456,12 @@ impl StorageManager {
         r
     }
 
-    fn update_pool_domains(&self, master: &FileDomain, sd: &str, state: Option<&str>) -> Result<()> {
+    fn update_pool_domains(
+        &self,
+        master: &FileDomain,
+        sd: &str,
+        state: Option<&str>,
+    ) -> Result<()> {
         master.update_metadata(|m| {
             let mut entries: Vec<(String, String)> = m
                 .get("POOL_DOMAINS")
@@ -538,7 +559,10 @@ impl StorageManager {
     }
 
     fn pool_id_or(&self, d: &str) -> String {
-        lock(&self.pool).as_ref().map(|p| p.sp_uuid.clone()).unwrap_or_else(|| d.to_string())
+        lock(&self.pool)
+            .as_ref()
+            .map(|p| p.sp_uuid.clone())
+            .unwrap_or_else(|| d.to_string())
     }
 
     /// StoragePool.connect: remembers the pool and joins the lockspace of every active
@@ -560,7 +584,9 @@ impl StorageManager {
         for (d, s) in &domains {
             check_uuid("domainDict", d)?;
             if !matches!(s.to_ascii_lowercase().as_str(), "active" | "attached") {
-                return Err(StorageError::InvalidParameter(format!("domain state {s:?}")));
+                return Err(StorageError::InvalidParameter(format!(
+                    "domain state {s:?}"
+                )));
             }
         }
         let md = self.find(&master)?;
@@ -581,7 +607,8 @@ impl StorageManager {
                 }
             }
             let mut doms = domains.clone();
-            doms.entry(master.clone()).or_insert_with(|| "active".into());
+            doms.entry(master.clone())
+                .or_insert_with(|| "active".into());
             *p = Some(Pool {
                 sp_uuid: sp.clone(),
                 host_id,
@@ -609,7 +636,9 @@ impl StorageManager {
                 let r = blocking(move || m2.join_lockspace(&sd2, host_id)).await;
                 match r {
                     Ok(Ok(())) => info!(sd_uuid = %sd, host_id, "host id acquired"),
-                    Ok(Err(e)) | Err(e) => warn!(sd_uuid = %sd, error = %e, "cannot acquire host id"),
+                    Ok(Err(e)) | Err(e) => {
+                        warn!(sd_uuid = %sd, error = %e, "cannot acquire host id")
+                    }
                 }
             });
         }
@@ -671,7 +700,11 @@ impl StorageManager {
         let mut dominfo = serde_json::Map::new();
         let mut doms = Vec::new();
         for (sd, state) in &p.domains {
-            let st = if state.eq_ignore_ascii_case("active") { "Active" } else { "Attached" };
+            let st = if state.eq_ignore_ascii_case("active") {
+                "Active"
+            } else {
+                "Attached"
+            };
             doms.push(format!("{sd}:{st}"));
             let (total, free) = self.find(sd).and_then(|d| d.space()).unwrap_or((0, 0));
             dominfo.insert(
@@ -769,7 +802,9 @@ impl StorageManager {
                     .map_err(crate::error::io_err(md.leases_path()))?;
                 // SAFETY: flock on a descriptor we own; held as long as `file` lives.
                 if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-                    return Err(StorageError::AcquireLock("the local SPM lock is held".into()));
+                    return Err(StorageError::AcquireLock(
+                        "the local SPM lock is held".into(),
+                    ));
                 }
                 Lease::Local(file)
             };
@@ -934,7 +969,11 @@ impl StorageManager {
 
     // ----- tasks --------------------------------------------------------------------------
 
-    fn spawn_task(self: &Arc<Self>, verb: &str, f: impl FnOnce() -> Result<()> + Send + 'static) -> String {
+    fn spawn_task(
+        self: &Arc<Self>,
+        verb: &str,
+        f: impl FnOnce() -> Result<()> + Send + 'static,
+    ) -> String {
         let id = uuid::Uuid::new_v4().to_string();
         lock(&self.tasks).insert(
             id.clone(),
@@ -1005,7 +1044,9 @@ impl StorageManager {
         let mut tasks = lock(&self.tasks);
         match tasks.get(id) {
             None => Err(StorageError::UnknownTask(id.to_string())),
-            Some(t) if t.state == TaskState::Running => Err(StorageError::TaskNotFinished(id.to_string())),
+            Some(t) if t.state == TaskState::Running => {
+                Err(StorageError::TaskNotFinished(id.to_string()))
+            }
             Some(_) => {
                 tasks.remove(id);
                 Ok(())
@@ -1063,7 +1104,9 @@ impl StorageManager {
         })
         .await??;
         if let Some(pool) = lock(&self.pool).as_mut() {
-            pool.domains.entry(sd.to_string()).or_insert_with(|| "attached".into());
+            pool.domains
+                .entry(sd.to_string())
+                .or_insert_with(|| "attached".into());
         }
         info!(sd_uuid = %sd, "storage domain attached");
         Ok(())
@@ -1073,7 +1116,9 @@ impl StorageManager {
     pub async fn detach_domain(self: &Arc<Self>, sd: &str, sp: &str) -> Result<()> {
         let (p, epoch) = self.require_spm(sp)?;
         if sd == p.master {
-            return Err(StorageError::InvalidParameter("the master domain cannot be detached".into()));
+            return Err(StorageError::InvalidParameter(
+                "the master domain cannot be detached".into(),
+            ));
         }
         let d = self.pool_domain(&p, sd)?;
         let md = self.find(&p.master)?;
@@ -1095,7 +1140,12 @@ impl StorageManager {
     }
 
     /// StorageDomain.activate / deactivate (SPM).
-    pub async fn set_domain_active(self: &Arc<Self>, sd: &str, sp: &str, active: bool) -> Result<()> {
+    pub async fn set_domain_active(
+        self: &Arc<Self>,
+        sd: &str,
+        sp: &str,
+        active: bool,
+    ) -> Result<()> {
         let (p, epoch) = self.require_spm(sp)?;
         let d = self.pool_domain(&p, sd)?;
         let md = self.find(&p.master)?;
@@ -1103,7 +1153,11 @@ impl StorageManager {
         let host_id = p.host_id;
         blocking(move || {
             me.still_spm(epoch)?;
-            me.update_pool_domains(&md, &d.uuid, Some(if active { "Active" } else { "Attached" }))?;
+            me.update_pool_domains(
+                &md,
+                &d.uuid,
+                Some(if active { "Active" } else { "Attached" }),
+            )?;
             if active {
                 me.join_lockspace(&d.uuid, host_id)?;
             }
@@ -1123,8 +1177,9 @@ impl StorageManager {
         let size = param_u64(&a.size, "size")?;
         let format = Format::from_code(a.vol_format)
             .ok_or_else(|| StorageError::InvalidParameter(format!("volFormat {}", a.vol_format)))?;
-        let prealloc = Prealloc::from_code(a.preallocate)
-            .ok_or_else(|| StorageError::InvalidParameter(format!("preallocate {}", a.preallocate)))?;
+        let prealloc = Prealloc::from_code(a.preallocate).ok_or_else(|| {
+            StorageError::InvalidParameter(format!("preallocate {}", a.preallocate))
+        })?;
         let disktype = match &a.disk_type {
             Value::String(s) if !s.is_empty() => s.clone(),
             Value::Number(n) if n.as_i64() == Some(2) => "DATA".into(),
@@ -1139,8 +1194,16 @@ impl StorageManager {
             prealloc,
             disktype,
             description: a.desc.clone(),
-            src_img: if a.src_img.is_empty() { BLANK_UUID.into() } else { a.src_img.clone() },
-            src_vol: if a.src_vol.is_empty() { BLANK_UUID.into() } else { a.src_vol.clone() },
+            src_img: if a.src_img.is_empty() {
+                BLANK_UUID.into()
+            } else {
+                a.src_img.clone()
+            },
+            src_vol: if a.src_vol.is_empty() {
+                BLANK_UUID.into()
+            } else {
+                a.src_vol.clone()
+            },
             voltype: VolType::Leaf,
         })
     }
@@ -1155,13 +1218,20 @@ impl StorageManager {
         check_uuid("srcImgUUID", &c.src_img)?;
         check_uuid("srcVolUUID", &c.src_vol)?;
         if c.size == 0 || c.size > volume::MAX_CAPACITY {
-            return Err(StorageError::InvalidParameter(format!("size {} is absurd", c.size)));
+            return Err(StorageError::InvalidParameter(format!(
+                "size {} is absurd",
+                c.size
+            )));
         }
         if volume::vol_paths(&d, &c.img, &c.vol).meta.exists() {
             return Err(StorageError::VolumeAlreadyExists(c.vol));
         }
         if c.src_vol != BLANK_UUID {
-            let src_img = if c.src_img == BLANK_UUID { &c.img } else { &c.src_img };
+            let src_img = if c.src_img == BLANK_UUID {
+                &c.img
+            } else {
+                &c.src_img
+            };
             volume::chain(&d, src_img, &c.src_vol)?;
         }
         let me = self.clone();
@@ -1172,7 +1242,14 @@ impl StorageManager {
         }))
     }
 
-    pub async fn volume_delete(self: &Arc<Self>, sp: &str, sd: &str, img: &str, vol: &str, force: bool) -> Result<String> {
+    pub async fn volume_delete(
+        self: &Arc<Self>,
+        sp: &str,
+        sd: &str,
+        img: &str,
+        vol: &str,
+        force: bool,
+    ) -> Result<String> {
         let (p, epoch) = self.require_spm(sp)?;
         let d = self.pool_domain(&p, sd)?;
         volume::read_meta(&d, img, vol)?;
@@ -1184,13 +1261,22 @@ impl StorageManager {
         }))
     }
 
-    pub async fn volume_extend(self: &Arc<Self>, sp: &str, sd: &str, img: &str, vol: &str, size: &Value) -> Result<String> {
+    pub async fn volume_extend(
+        self: &Arc<Self>,
+        sp: &str,
+        sd: &str,
+        img: &str,
+        vol: &str,
+        size: &Value,
+    ) -> Result<String> {
         let (p, epoch) = self.require_spm(sp)?;
         let d = self.pool_domain(&p, sd)?;
         volume::read_meta(&d, img, vol)?;
         let size = param_u64(size, "newSize")?;
         if size > volume::MAX_CAPACITY {
-            return Err(StorageError::InvalidParameter(format!("size {size} is absurd")));
+            return Err(StorageError::InvalidParameter(format!(
+                "size {size} is absurd"
+            )));
         }
         let (img, vol) = (img.to_string(), vol.to_string());
         let me = self.clone();
@@ -1200,7 +1286,14 @@ impl StorageManager {
         }))
     }
 
-    pub async fn volume_set_legality(&self, sp: &str, sd: &str, img: &str, vol: &str, legality: &str) -> Result<()> {
+    pub async fn volume_set_legality(
+        &self,
+        sp: &str,
+        sd: &str,
+        img: &str,
+        vol: &str,
+        legality: &str,
+    ) -> Result<()> {
         let (p, _) = self.require_spm(sp)?;
         let d = self.pool_domain(&p, sd)?;
         let l = Legality::parse(legality)
@@ -1249,8 +1342,9 @@ impl StorageManager {
             size: 1,
             format: Format::from_code(vol_format)
                 .ok_or_else(|| StorageError::InvalidParameter(format!("volFormat {vol_format}")))?,
-            prealloc: Prealloc::from_code(preallocate)
-                .ok_or_else(|| StorageError::InvalidParameter(format!("preallocate {preallocate}")))?,
+            prealloc: Prealloc::from_code(preallocate).ok_or_else(|| {
+                StorageError::InvalidParameter(format!("preallocate {preallocate}"))
+            })?,
             disktype: "DATA".into(),
             description: desc.to_string(),
             src_img: BLANK_UUID.into(),
@@ -1281,7 +1375,13 @@ impl StorageManager {
     }
 
     /// Image.prepare (any host): checks the chain, returns the leaf's path.
-    pub async fn image_prepare(&self, sd: &str, img: &str, vol: &str, allow_illegal: bool) -> Result<PathBuf> {
+    pub async fn image_prepare(
+        &self,
+        sd: &str,
+        img: &str,
+        vol: &str,
+        allow_illegal: bool,
+    ) -> Result<PathBuf> {
         let d = self.find(sd)?;
         let (img, vol) = (img.to_string(), vol.to_string());
         blocking(move || volume::prepare(&d, &img, &vol, allow_illegal)).await?
@@ -1308,8 +1408,7 @@ impl StorageManager {
         Value::Object(
             jobs.iter()
                 .filter(|(id, j)| {
-                    (ids.is_empty() || ids.contains(id))
-                        && job_type.is_none_or(|t| t == j.job_type)
+                    (ids.is_empty() || ids.contains(id)) && job_type.is_none_or(|t| t == j.job_type)
                 })
                 .map(|(id, j)| (id.clone(), serde_json::to_value(j).unwrap_or(Value::Null)))
                 .collect(),
@@ -1318,7 +1417,12 @@ impl StorageManager {
 
     /// SDM.copy_data (any host): copies the data of the source chain into an existing
     /// destination volume, which is ILLEGAL during the copy; GEN goes up by one.
-    pub async fn copy_data(self: &Arc<Self>, job_id: &str, source: &Value, dest: &Value) -> Result<()> {
+    pub async fn copy_data(
+        self: &Arc<Self>,
+        job_id: &str,
+        source: &Value,
+        dest: &Value,
+    ) -> Result<()> {
         check_uuid("job_id", job_id)?;
         let ep = |v: &Value, what: &str| -> Result<(String, String, String, Option<u32>)> {
             let g = |k: &str| {
@@ -1331,7 +1435,10 @@ impl StorageManager {
             check_uuid("sd_id", &sd)?;
             check_uuid("img_id", &img)?;
             check_uuid("vol_id", &vol)?;
-            let gen = v.get("generation").and_then(Value::as_u64).map(|g| g as u32);
+            let gen = v
+                .get("generation")
+                .and_then(Value::as_u64)
+                .map(|g| g as u32);
             Ok((sd, img, vol, gen))
         };
         let (ssd, simg, svol, _) = ep(source, "source")?;
@@ -1348,7 +1455,9 @@ impl StorageManager {
             }
         }
         if lock(&self.jobs).contains_key(job_id) {
-            return Err(StorageError::InvalidParameter(format!("job {job_id} exists")));
+            return Err(StorageError::InvalidParameter(format!(
+                "job {job_id} exists"
+            )));
         }
         let host_id = lock(&self.pool).as_ref().map(|p| p.host_id).unwrap_or(0);
         let job = Job {
@@ -1371,7 +1480,8 @@ impl StorageManager {
                 // The destination's volume lease keeps other hosts off it.
                 let reg = if ddom.uses_sanlock() && host_id > 0 {
                     let reg = Registration::register()?;
-                    reg.acquire(&ddom.uuid, &dvol, &dp.lease, 0, None).map_err(|(_, e)| e)?;
+                    reg.acquire(&ddom.uuid, &dvol, &dp.lease, 0, None)
+                        .map_err(|(_, e)| e)?;
                     Some(reg)
                 } else {
                     None
@@ -1383,7 +1493,17 @@ impl StorageManager {
                 let s = src.to_string_lossy().into_owned();
                 let d = dp.data.to_string_lossy().into_owned();
                 volume::qemu_img(
-                    &["convert", "-q", "-n", "-f", smeta.format.qemu(), "-O", m.format.qemu(), &s, &d],
+                    &[
+                        "convert",
+                        "-q",
+                        "-n",
+                        "-f",
+                        smeta.format.qemu(),
+                        "-O",
+                        m.format.qemu(),
+                        &s,
+                        &d,
+                    ],
                     Some(&sdom.image_dir(&simg)),
                 )?;
                 m.legality = Legality::Legal;

@@ -65,9 +65,20 @@ struct SanlkHost {
 
 #[link(name = "sanlock")]
 extern "C" {
-    fn sanlock_write_lockspace(ls: *mut SanlkLockspace, max_hosts: c_int, flags: u32, io_timeout: u32) -> c_int;
-    fn sanlock_write_resource(res: *mut SanlkResource, max_hosts: c_int, num_hosts: c_int, flags: u32) -> c_int;
-    fn sanlock_add_lockspace_timeout(ls: *mut SanlkLockspace, flags: u32, io_timeout: u32) -> c_int;
+    fn sanlock_write_lockspace(
+        ls: *mut SanlkLockspace,
+        max_hosts: c_int,
+        flags: u32,
+        io_timeout: u32,
+    ) -> c_int;
+    fn sanlock_write_resource(
+        res: *mut SanlkResource,
+        max_hosts: c_int,
+        num_hosts: c_int,
+        flags: u32,
+    ) -> c_int;
+    fn sanlock_add_lockspace_timeout(ls: *mut SanlkLockspace, flags: u32, io_timeout: u32)
+        -> c_int;
     fn sanlock_inq_lockspace(ls: *mut SanlkLockspace, flags: u32) -> c_int;
     fn sanlock_rem_lockspace(ls: *mut SanlkLockspace, flags: u32) -> c_int;
     fn sanlock_register() -> c_int;
@@ -79,8 +90,20 @@ extern "C" {
         res_args: *mut *mut SanlkResource,
         opt_in: *mut std::ffi::c_void,
     ) -> c_int;
-    fn sanlock_release(sock: c_int, pid: c_int, flags: u32, res_count: c_int, res_args: *mut *mut SanlkResource) -> c_int;
-    fn sanlock_inquire(sock: c_int, pid: c_int, flags: u32, res_count: *mut c_int, res_state: *mut *mut c_char) -> c_int;
+    fn sanlock_release(
+        sock: c_int,
+        pid: c_int,
+        flags: u32,
+        res_count: c_int,
+        res_args: *mut *mut SanlkResource,
+    ) -> c_int;
+    fn sanlock_inquire(
+        sock: c_int,
+        pid: c_int,
+        flags: u32,
+        res_count: *mut c_int,
+        res_state: *mut *mut c_char,
+    ) -> c_int;
     fn sanlock_read_resource(res: *mut SanlkResource, flags: u32) -> c_int;
     fn sanlock_read_resource_owners(
         res: *mut SanlkResource,
@@ -133,7 +156,13 @@ fn lockspace(name: &str, host_id: u64, path: &Path, flags: u32) -> Result<SanlkL
     Ok(ls)
 }
 
-fn resource(ls: &str, name: &str, path: &Path, offset: u64, flags: u32) -> Result<Box<SanlkResource>> {
+fn resource(
+    ls: &str,
+    name: &str,
+    path: &Path,
+    offset: u64,
+    flags: u32,
+) -> Result<Box<SanlkResource>> {
     let mut r = Box::new(SanlkResource {
         lockspace_name: [0; NAME_LEN],
         name: [0; NAME_LEN],
@@ -205,10 +234,26 @@ pub fn add_lockspace(name: &str, host_id: u64, path: &Path, io_timeout: u32) -> 
     let mut ls = lockspace(name, host_id, path, 0)?;
     // SAFETY: valid struct for the duration of the call.
     let rc = unsafe { sanlock_add_lockspace_timeout(&mut ls, 0, io_timeout) };
-    if rc < 0 && rc != -17 {
-        return Err(StorageError::AcquireHostId(err("add_lockspace", rc).to_string()));
+    match rc {
+        0 | -17 => Ok(()),
+        // Another thread is joining it: wait until it is held.
+        -115 => {
+            let deadline = std::time::Instant::now()
+                + std::time::Duration::from_secs(u64::from(io_timeout) * 4 + 60);
+            while std::time::Instant::now() < deadline {
+                if inq_lockspace(name, host_id, path)? {
+                    return Ok(());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(StorageError::AcquireHostId(format!(
+                "joining lockspace {name} timed out"
+            )))
+        }
+        rc => Err(StorageError::AcquireHostId(
+            err("add_lockspace", rc).to_string(),
+        )),
     }
-    Ok(())
 }
 
 /// Whether this host holds `host_id` in lockspace `name`.
@@ -218,7 +263,8 @@ pub fn inq_lockspace(name: &str, host_id: u64, path: &Path) -> Result<bool> {
     let rc = unsafe { sanlock_inq_lockspace(&mut ls, 0) };
     match rc {
         0 => Ok(true),
-        -2 => Ok(false),
+        // Not joined, or still being joined.
+        -2 | -115 => Ok(false),
         rc => Err(err("inq_lockspace", rc)),
     }
 }
@@ -265,7 +311,12 @@ fn take_hosts(hss: *mut SanlkHost, n: c_int) -> Vec<Host> {
 }
 
 /// Reads a resource lease: its version (lver) and current owners.
-pub fn read_resource_owners(ls: &str, name: &str, path: &Path, offset: u64) -> Result<(u64, Vec<Host>)> {
+pub fn read_resource_owners(
+    ls: &str,
+    name: &str,
+    path: &Path,
+    offset: u64,
+) -> Result<(u64, Vec<Host>)> {
     let mut r = resource(ls, name, path, offset, ALIGN1M_SECTOR512)?;
     let mut hss: *mut SanlkHost = std::ptr::null_mut();
     let mut n: c_int = 0;
@@ -323,12 +374,22 @@ impl Registration {
     }
 
     pub fn raw_fd(&self) -> RawFd {
-        self.fd.lock().unwrap_or_else(|p| p.into_inner()).as_raw_fd()
+        self.fd
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_raw_fd()
     }
 
     /// Acquires a resource lease. With `lver`, only if the lease's version is that.
     /// Returns the error code on failure as well, for callers that retry.
-    pub fn acquire(&self, ls: &str, name: &str, path: &Path, offset: u64, lver: Option<u64>) -> std::result::Result<(), (i32, StorageError)> {
+    pub fn acquire(
+        &self,
+        ls: &str,
+        name: &str,
+        path: &Path,
+        offset: u64,
+        lver: Option<u64>,
+    ) -> std::result::Result<(), (i32, StorageError)> {
         let mut r = resource(ls, name, path, offset, 0).map_err(|e| (-22, e))?;
         if let Some(v) = lver {
             r.lver = v;
@@ -340,7 +401,10 @@ impl Registration {
         // stays open while the mutex is held.
         let rc = unsafe { sanlock_acquire(fd.as_raw_fd(), -1, 0, 1, &mut p, std::ptr::null_mut()) };
         if rc < 0 {
-            return Err((rc, StorageError::AcquireLock(err("acquire", rc).to_string())));
+            return Err((
+                rc,
+                StorageError::AcquireLock(err("acquire", rc).to_string()),
+            ));
         }
         Ok(())
     }
@@ -362,7 +426,8 @@ impl Registration {
     pub fn release_all(&self) -> Result<()> {
         let fd = self.fd.lock().unwrap_or_else(|p| p.into_inner());
         // SAFETY: SANLK_REL_ALL with no resource arguments.
-        let rc = unsafe { sanlock_release(fd.as_raw_fd(), -1, SANLK_REL_ALL, 0, std::ptr::null_mut()) };
+        let rc =
+            unsafe { sanlock_release(fd.as_raw_fd(), -1, SANLK_REL_ALL, 0, std::ptr::null_mut()) };
         if rc < 0 {
             return Err(err("release_all", rc));
         }
@@ -384,7 +449,9 @@ impl Registration {
             String::new()
         } else {
             // SAFETY: NUL-terminated string from libsanlock, freed right after.
-            let s = unsafe { CStr::from_ptr(state) }.to_string_lossy().into_owned();
+            let s = unsafe { CStr::from_ptr(state) }
+                .to_string_lossy()
+                .into_owned();
             // SAFETY: allocated by libsanlock with malloc.
             unsafe { libc::free(state as *mut libc::c_void) };
             s
@@ -395,16 +462,21 @@ impl Registration {
     /// Makes the daemon run `path args` (instead of killing this process) when a
     /// lockspace holding one of our leases fails.
     pub fn set_killpath(&self, path: &str, args: &str) -> Result<()> {
-        let p = CString::new(path).map_err(|_| StorageError::InvalidParameter("killpath".into()))?;
+        let p =
+            CString::new(path).map_err(|_| StorageError::InvalidParameter("killpath".into()))?;
         let mut a: Vec<u8> = args.as_bytes().to_vec();
         a.push(0);
         if a.len() > 128 {
-            return Err(StorageError::InvalidParameter("killpath args too long".into()));
+            return Err(StorageError::InvalidParameter(
+                "killpath args too long".into(),
+            ));
         }
         a.resize(128, 0);
         let fd = self.fd.lock().unwrap_or_else(|p| p.into_inner());
         // SAFETY: valid C strings; sanlock copies them (args buffer is SANLK_HELPER_ARGS_LEN).
-        let rc = unsafe { sanlock_killpath(fd.as_raw_fd(), 0, p.as_ptr(), a.as_mut_ptr() as *mut c_char) };
+        let rc = unsafe {
+            sanlock_killpath(fd.as_raw_fd(), 0, p.as_ptr(), a.as_mut_ptr() as *mut c_char)
+        };
         if rc < 0 {
             return Err(err("killpath", rc));
         }

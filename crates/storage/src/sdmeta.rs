@@ -43,7 +43,11 @@ impl DomainMetadata {
                 data.len()
             )));
         }
-        let end = data.iter().rposition(|&b| b != 0).map(|p| p + 1).unwrap_or(0);
+        let end = data
+            .iter()
+            .rposition(|&b| b != 0)
+            .map(|p| p + 1)
+            .unwrap_or(0);
         let text = std::str::from_utf8(&data[..end])
             .map_err(|_| StorageError::MetadataInvalid("metadata is not UTF-8".into()))?;
         let mut map = BTreeMap::new();

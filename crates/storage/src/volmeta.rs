@@ -161,9 +161,16 @@ fn bad(k: &str, v: &str) -> StorageError {
 impl VolumeMetadata {
     pub fn parse(data: &[u8]) -> Result<VolumeMetadata> {
         if data.len() > METADATA_SIZE * 8 {
-            return Err(StorageError::MetadataOverflow(format!("{} bytes", data.len())));
+            return Err(StorageError::MetadataOverflow(format!(
+                "{} bytes",
+                data.len()
+            )));
         }
-        let end = data.iter().rposition(|&b| b != 0).map(|p| p + 1).unwrap_or(0);
+        let end = data
+            .iter()
+            .rposition(|&b| b != 0)
+            .map(|p| p + 1)
+            .unwrap_or(0);
         let text = std::str::from_utf8(&data[..end])
             .map_err(|_| StorageError::MetadataInvalid("volume metadata is not UTF-8".into()))?;
         let mut m = BTreeMap::new();
@@ -176,9 +183,7 @@ impl VolumeMetadata {
             if line.trim().is_empty() {
                 continue;
             }
-            let (k, v) = line
-                .split_once('=')
-                .ok_or_else(|| bad("line", line))?;
+            let (k, v) = line.split_once('=').ok_or_else(|| bad("line", line))?;
             m.insert(k.trim().to_string(), v.trim().to_string());
         }
         if !saw_eof {
@@ -201,7 +206,8 @@ impl VolumeMetadata {
             description: m.get("DESCRIPTION").cloned().unwrap_or_default(),
             disktype: m.get("DISKTYPE").cloned().unwrap_or_else(|| "DATA".into()),
             domain: uuid("DOMAIN")?,
-            format: Format::parse(field(&m, "FORMAT")?).ok_or_else(|| bad("FORMAT", &m["FORMAT"]))?,
+            format: Format::parse(field(&m, "FORMAT")?)
+                .ok_or_else(|| bad("FORMAT", &m["FORMAT"]))?,
             generation: m
                 .get("GEN")
                 .map(|v| v.parse().map_err(|_| bad("GEN", v)))

@@ -78,10 +78,14 @@ pub fn chain(dom: &FileDomain, img: &str, vol: &str) -> Result<Vec<(String, Volu
     let mut cur = vol.to_string();
     loop {
         if !seen.insert(cur.clone()) {
-            return Err(StorageError::BadChain(format!("volume {cur} appears twice: the chain loops")));
+            return Err(StorageError::BadChain(format!(
+                "volume {cur} appears twice: the chain loops"
+            )));
         }
         if out.len() >= MAX_CHAIN {
-            return Err(StorageError::BadChain(format!("chain longer than {MAX_CHAIN}")));
+            return Err(StorageError::BadChain(format!(
+                "chain longer than {MAX_CHAIN}"
+            )));
         }
         let m = read_meta(dom, img, &cur)?;
         let parent = m.parent.clone();
@@ -135,7 +139,10 @@ fn validate(dom: &FileDomain, a: &CreateVolume) -> Result<Option<VolumeMetadata>
         || a.disktype.len() > 8
         || !a.disktype.chars().all(|c| c.is_ascii_alphanumeric())
     {
-        return Err(StorageError::InvalidParameter(format!("diskType {:?}", a.disktype)));
+        return Err(StorageError::InvalidParameter(format!(
+            "diskType {:?}",
+            a.disktype
+        )));
     }
     let p = vol_paths(dom, &a.img, &a.vol);
     if p.meta.exists() || p.data.exists() {
@@ -149,7 +156,11 @@ fn validate(dom: &FileDomain, a: &CreateVolume) -> Result<Option<VolumeMetadata>
             "a volume with a parent must be COW".into(),
         ));
     }
-    let src_img = if a.src_img == BLANK_UUID { &a.img } else { &a.src_img };
+    let src_img = if a.src_img == BLANK_UUID {
+        &a.img
+    } else {
+        &a.src_img
+    };
     let parent_chain = chain(dom, src_img, &a.src_vol)?;
     for (v, m) in &parent_chain {
         if m.legality != Legality::Legal {
@@ -187,12 +198,20 @@ pub fn create(dom: &FileDomain, a: &CreateVolume) -> Result<()> {
         set_mode(&dir, 0o755)?;
         halyard_common::fsutil::fsync_dir(&dom.images_dir()).map_err(io_err(&dir))?;
     }
-    let src_img = if a.src_img == BLANK_UUID { a.img.clone() } else { a.src_img.clone() };
+    let src_img = if a.src_img == BLANK_UUID {
+        a.img.clone()
+    } else {
+        a.src_img.clone()
+    };
     // A template's volume is hard-linked into the new image.
     if parent.is_some() && src_img != a.img {
         let from = vol_paths(dom, &src_img, &a.src_vol);
         let to = vol_paths(dom, &a.img, &a.src_vol);
-        for (f, t) in [(&from.data, &to.data), (&from.meta, &to.meta), (&from.lease, &to.lease)] {
+        for (f, t) in [
+            (&from.data, &to.data),
+            (&from.meta, &to.meta),
+            (&from.lease, &to.lease),
+        ] {
             if f.exists() && !t.exists() {
                 fs::hard_link(f, t).map_err(io_err(t))?;
             }
@@ -225,16 +244,42 @@ pub fn create(dom: &FileDomain, a: &CreateVolume) -> Result<()> {
                 Prealloc::Preallocated => "preallocation=falloc",
                 Prealloc::Sparse => "preallocation=off",
             };
-            qemu_img(&["create", "-q", "-f", "raw", "-o", prealloc, &data, &cap], None)?;
+            qemu_img(
+                &["create", "-q", "-f", "raw", "-o", prealloc, &data, &cap],
+                None,
+            )?;
         }
         (Format::Cow, None) => {
-            qemu_img(&["create", "-q", "-f", "qcow2", "-o", "compat=1.1", &data, &cap], None)?;
+            qemu_img(
+                &[
+                    "create",
+                    "-q",
+                    "-f",
+                    "qcow2",
+                    "-o",
+                    "compat=1.1",
+                    &data,
+                    &cap,
+                ],
+                None,
+            )?;
         }
         (Format::Cow, Some(pm)) => {
             qemu_img(
                 &[
-                    "create", "-q", "-f", "qcow2", "-o", "compat=1.1", "-b", &a.src_vol, "-F",
-                    pm.format.qemu(), "-u", &data, &cap,
+                    "create",
+                    "-q",
+                    "-f",
+                    "qcow2",
+                    "-o",
+                    "compat=1.1",
+                    "-b",
+                    &a.src_vol,
+                    "-F",
+                    pm.format.qemu(),
+                    "-u",
+                    &data,
+                    &cap,
                 ],
                 Some(&dom.image_dir(&a.img)),
             )?;
@@ -394,7 +439,9 @@ pub fn info(dom: &FileDomain, img: &str, vol: &str) -> Result<serde_json::Value>
 pub fn extend(dom: &FileDomain, img: &str, vol: &str, new_size: u64) -> Result<()> {
     let mut m = read_meta(dom, img, vol)?;
     if new_size > MAX_CAPACITY {
-        return Err(StorageError::InvalidParameter(format!("size {new_size} is absurd")));
+        return Err(StorageError::InvalidParameter(format!(
+            "size {new_size} is absurd"
+        )));
     }
     let cap = new_size.div_ceil(4096) * 4096;
     if cap <= m.capacity {
@@ -402,7 +449,14 @@ pub fn extend(dom: &FileDomain, img: &str, vol: &str, new_size: u64) -> Result<(
     }
     let p = vol_paths(dom, img, vol);
     qemu_img(
-        &["resize", "-q", "-f", m.format.qemu(), &p.data.to_string_lossy(), &cap.to_string()],
+        &[
+            "resize",
+            "-q",
+            "-f",
+            m.format.qemu(),
+            &p.data.to_string_lossy(),
+            &cap.to_string(),
+        ],
         None,
     )?;
     m.capacity = cap;
@@ -433,12 +487,7 @@ pub fn prepare(dom: &FileDomain, img: &str, vol: &str, allow_illegal: bool) -> R
 /// Copies the chain ending at (img, vol) into a new standalone volume (dst_img,
 /// dst_vol) of `format` and `voltype` (SHARED makes a template): created ILLEGAL,
 /// filled with `qemu-img convert`, then LEGAL.
-pub fn copy(
-    dom: &FileDomain,
-    img: &str,
-    vol: &str,
-    dst: &CreateVolume,
-) -> Result<()> {
+pub fn copy(dom: &FileDomain, img: &str, vol: &str, dst: &CreateVolume) -> Result<()> {
     let src = prepare(dom, img, vol, false)?;
     let src_meta = read_meta(dom, img, vol)?;
     let mut a = dst.clone();
@@ -584,7 +633,10 @@ pub fn check(dom: &FileDomain, img: &str, vol: &str) -> Result<()> {
     let m = read_meta(dom, img, vol)?;
     if m.format == Format::Cow {
         let p = vol_paths(dom, img, vol);
-        qemu_img(&["check", "-q", "-f", "qcow2", &p.data.to_string_lossy()], Some(&dom.image_dir(img)))?;
+        qemu_img(
+            &["check", "-q", "-f", "qcow2", &p.data.to_string_lossy()],
+            Some(&dom.image_dir(img)),
+        )?;
     }
     Ok(())
 }
@@ -616,7 +668,14 @@ mod tests {
         .expect("domain")
     }
 
-    fn args(img: &str, vol: &str, size: u64, format: Format, src_img: &str, src_vol: &str) -> CreateVolume {
+    fn args(
+        img: &str,
+        vol: &str,
+        size: u64,
+        format: Format,
+        src_img: &str,
+        src_vol: &str,
+    ) -> CreateVolume {
         CreateVolume {
             img: img.into(),
             vol: vol.into(),
@@ -635,20 +694,61 @@ mod tests {
     fn snapshot_chain_template_and_gc() {
         let d = tempfile::tempdir().expect("tmp");
         let dom = dom(d.path());
-        create(&dom, &args(IMG, V1, 1 << 20, Format::Raw, BLANK_UUID, BLANK_UUID)).expect("base");
+        create(
+            &dom,
+            &args(IMG, V1, 1 << 20, Format::Raw, BLANK_UUID, BLANK_UUID),
+        )
+        .expect("base");
         create(&dom, &args(IMG, V2, 1 << 20, Format::Cow, IMG, V1)).expect("snapshot");
-        assert_eq!(read_meta(&dom, IMG, V1).expect("meta").voltype, VolType::Internal);
+        assert_eq!(
+            read_meta(&dom, IMG, V1).expect("meta").voltype,
+            VolType::Internal
+        );
         assert_eq!(chain(&dom, IMG, V2).expect("chain").len(), 2);
         check(&dom, IMG, V2).expect("qemu-img check");
-        let info = qemu_img(&["info", "--output=json", &vol_paths(&dom, IMG, V2).data.to_string_lossy()], None)
-            .expect("info");
-        assert!(info.contains(&format!("\"backing-filename\": \"{V1}\"")), "{info}");
+        let info = qemu_img(
+            &[
+                "info",
+                "--output=json",
+                &vol_paths(&dom, IMG, V2).data.to_string_lossy(),
+            ],
+            None,
+        )
+        .expect("info");
+        assert!(
+            info.contains(&format!("\"backing-filename\": \"{V1}\"")),
+            "{info}"
+        );
         // Errors, nothing written.
-        assert_eq!(create(&dom, &args(IMG, V2, 1 << 20, Format::Cow, IMG, V1)).map_err(|e| e.code()), Err(212));
-        assert_eq!(create(&dom, &args(IMG, V3, 1 << 20, Format::Raw, IMG, V2)).map_err(|e| e.code()), Err(202));
-        assert_eq!(create(&dom, &args(IMG, V3, 0, Format::Raw, BLANK_UUID, BLANK_UUID)).map_err(|e| e.code()), Err(1000));
-        assert_eq!(create(&dom, &args(IMG, V3, u64::MAX, Format::Raw, BLANK_UUID, BLANK_UUID)).map_err(|e| e.code()), Err(1000));
-        assert_eq!(create(&dom, &args("..", V3, 1, Format::Raw, BLANK_UUID, BLANK_UUID)).map_err(|e| e.code()), Err(1000));
+        assert_eq!(
+            create(&dom, &args(IMG, V2, 1 << 20, Format::Cow, IMG, V1)).map_err(|e| e.code()),
+            Err(212)
+        );
+        assert_eq!(
+            create(&dom, &args(IMG, V3, 1 << 20, Format::Raw, IMG, V2)).map_err(|e| e.code()),
+            Err(202)
+        );
+        assert_eq!(
+            create(&dom, &args(IMG, V3, 0, Format::Raw, BLANK_UUID, BLANK_UUID))
+                .map_err(|e| e.code()),
+            Err(1000)
+        );
+        assert_eq!(
+            create(
+                &dom,
+                &args(IMG, V3, u64::MAX, Format::Raw, BLANK_UUID, BLANK_UUID)
+            )
+            .map_err(|e| e.code()),
+            Err(1000)
+        );
+        assert_eq!(
+            create(
+                &dom,
+                &args("..", V3, 1, Format::Raw, BLANK_UUID, BLANK_UUID)
+            )
+            .map_err(|e| e.code()),
+            Err(1000)
+        );
         assert!(!vol_paths(&dom, IMG, V3).meta.exists());
 
         // Template: a SHARED copy, then a VM image on top of it.
@@ -658,8 +758,14 @@ mod tests {
         let vm_img = "8d2e5c8a-3f0e-4b8c-9a1b-0000000000aa";
         let vm_vol = "11111111-2222-3333-4444-0000000000aa";
         create(&dom, &args(vm_img, vm_vol, 1 << 20, Format::Cow, TIMG, V3)).expect("thin VM disk");
-        assert!(vol_paths(&dom, vm_img, V3).data.exists(), "template linked into the image");
-        assert_eq!(read_meta(&dom, TIMG, V3).expect("m").voltype, VolType::Shared);
+        assert!(
+            vol_paths(&dom, vm_img, V3).data.exists(),
+            "template linked into the image"
+        );
+        assert_eq!(
+            read_meta(&dom, TIMG, V3).expect("m").voltype,
+            VolType::Shared
+        );
         assert!(delete(&dom, TIMG, V3, false).is_err(), "template in use");
 
         // A half-made volume is rolled back by the garbage collector.
@@ -677,7 +783,11 @@ mod tests {
     fn chain_loops_are_refused() {
         let d = tempfile::tempdir().expect("tmp");
         let dom = dom(d.path());
-        create(&dom, &args(IMG, V1, 1 << 20, Format::Cow, BLANK_UUID, BLANK_UUID)).expect("v1");
+        create(
+            &dom,
+            &args(IMG, V1, 1 << 20, Format::Cow, BLANK_UUID, BLANK_UUID),
+        )
+        .expect("v1");
         create(&dom, &args(IMG, V2, 1 << 20, Format::Cow, IMG, V1)).expect("v2");
         // Make V1's parent V2: a loop.
         let mut m = read_meta(&dom, IMG, V1).expect("m");

@@ -26,6 +26,54 @@ pub struct Env {
     dir: PathBuf,
     _users: File,
     image: OnceLock<halyard_testguest::GuestImage>,
+    sanlock: OnceLock<Option<PathBuf>>,
+}
+
+const SANLOCK_SOCK: &str = "/run/sanlock/sanlock.sock";
+
+fn sanlock_alive(sock: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(sock).is_ok()
+}
+
+/// Starts `sanlock daemon` (watchdog off) with the environment in `envs`; returns
+/// whether it came up within 5 s.
+fn try_start_sanlock(
+    log: &Path,
+    pidfile: &Path,
+    sock: &Path,
+    host_name: &str,
+    preload: Option<&Path>,
+) -> bool {
+    let Ok(out) = File::create(log) else {
+        return false;
+    };
+    let mut c = Command::new("sanlock");
+    c.args([
+        "daemon", "-D", "-w", "0", "-U", "root", "-G", "root", "-e", host_name,
+    ])
+    .stdin(std::process::Stdio::null())
+    .stdout(out.try_clone().expect("log fd"))
+    .stderr(out);
+    if let Some(p) = preload {
+        c.env("LD_PRELOAD", p);
+    }
+    let Ok(child) = c.spawn() else { return false };
+    let _ = fs::write(pidfile, child.id().to_string());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if sanlock_alive(sock) {
+            return true;
+        }
+        if !pid_alive(child.id())
+            || fs::read_to_string(format!("/proc/{}/stat", child.id()))
+                .map(|s| s.contains(") Z"))
+                .unwrap_or(false)
+        {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
 }
 
 static ENV: OnceLock<Env> = OnceLock::new();
@@ -119,6 +167,7 @@ impl Env {
             dir,
             _users: users,
             image: OnceLock::new(),
+            sanlock: OnceLock::new(),
         };
         env.destroy_stale_domains();
         drop(setup);
@@ -136,6 +185,55 @@ impl Env {
             )
             .unwrap_or_else(|e| panic!("building the test guest: {e}"))
         })
+    }
+
+    /// The LD_PRELOAD shim sanlock needs here, if any (built from
+    /// `shim/rlimit_clamp.c` with gcc the first time a plain start fails).
+    pub fn sanlock_shim(&self) -> Option<PathBuf> {
+        self.ensure_sanlock();
+        self.sanlock.get().cloned().flatten()
+    }
+
+    /// Makes sure a sanlock daemon serves /run/sanlock (watchdog off); started by the
+    /// harness when none runs, with the rlimit shim when a plain start fails.
+    pub fn ensure_sanlock(&self) {
+        self.sanlock.get_or_init(|| {
+            let setup = lock_file(&self.dir.join("setup.lock"));
+            assert!(flock(&setup, libc::LOCK_EX), "locking setup.lock");
+            let shim_path = self.dir.join("rlimit_clamp.so");
+            let needs_shim = self.dir.join("sanlock.needs-shim");
+            let sock = Path::new(SANLOCK_SOCK);
+            let _ = fs::create_dir_all("/run/sanlock");
+            if sanlock_alive(sock) {
+                return needs_shim.exists().then_some(shim_path);
+            }
+            let logs = self.dir.join("daemons");
+            mkdir_public(&logs);
+            let (log, pid) = (logs.join("sanlock.log"), logs.join("sanlock.pid"));
+            if !needs_shim.exists() && try_start_sanlock(&log, &pid, sock, "halyard-test", None) {
+                let _ = fs::write(self.dir.join("sanlock.by-harness"), b"1");
+                return None;
+            }
+            if !shim_path.exists() {
+                let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("shim/rlimit_clamp.c");
+                let st = Command::new("gcc")
+                    .args(["-O2", "-shared", "-fPIC", "-o"])
+                    .arg(&shim_path)
+                    .arg(&src)
+                    .arg("-ldl")
+                    .status()
+                    .expect("running gcc for the sanlock shim");
+                assert!(st.success(), "building the sanlock shim failed");
+            }
+            assert!(
+                try_start_sanlock(&log, &pid, sock, "halyard-test", Some(&shim_path)),
+                "sanlock does not start, even with the rlimit shim; see {}",
+                log.display()
+            );
+            let _ = fs::write(&needs_shim, b"1");
+            let _ = fs::write(self.dir.join("sanlock.by-harness"), b"1");
+            Some(shim_path)
+        });
     }
 
     pub fn virsh(&self, args: &[&str]) -> Output {
@@ -247,6 +345,16 @@ extern "C" fn at_exit() {
     if fs::remove_file(dir.join("daemons.by-harness")).is_ok() {
         kill_pidfile(&dir.join("daemons/libvirtd.pid"));
         kill_pidfile(&dir.join("daemons/virtlogd.pid"));
+    }
+    if fs::remove_file(dir.join("sanlock.by-harness")).is_ok() {
+        // sanlock ignores SIGTERM while lockspaces are joined; the test hosts are gone.
+        if let Some(pid) = fs::read_to_string(dir.join("daemons/sanlock.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            // SAFETY: kill(2) with a pid from our own pid file.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
     }
     if fs::remove_file(dir.join("bridge.by-harness")).is_ok() {
         let _ = run("ip", &["link", "del", BRIDGE]);

@@ -11,8 +11,10 @@
 //! Everything a test makes is removed when the [`TestHost`] is dropped, also when the
 //! test panics; domains left by a killed test process are removed by the next one.
 
+pub mod cluster;
 pub mod env;
 pub mod guest;
+pub mod storage;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -44,6 +46,10 @@ pub struct HostOptions {
     pub extra_config: String,
     /// RUST_LOG of the agent.
     pub log_filter: String,
+    /// sanlock io_timeout for storage (1 in tests: lease expiry ~68 s).
+    pub storage_io_timeout: u32,
+    /// Start a sanlock daemon for the agent (storage tests).
+    pub sanlock: bool,
 }
 
 impl HostOptions {
@@ -54,7 +60,9 @@ impl HostOptions {
             host_stats_interval_secs: 2,
             max_frame_bytes: 1024 * 1024,
             extra_config: String::new(),
-            log_filter: "info,halyard_hostd=debug".into(),
+            log_filter: "info,halyard_hostd=debug,halyard_storage=debug".into(),
+            storage_io_timeout: 1,
+            sanlock: false,
         }
     }
 }
@@ -75,6 +83,9 @@ impl TestHost {
     /// Prepares the environment and starts an agent.
     pub async fn start(opts: HostOptions) -> TestHost {
         let env = env::Env::get();
+        if opts.sanlock {
+            env.ensure_sanlock();
+        }
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("{DOMAIN_PREFIX}{}-{n}-", std::process::id());
         let dir = env
@@ -105,6 +116,11 @@ vm_stats_interval_secs = {vi}
 host_stats_interval_secs = {hi}
 [limits]
 max_frame_bytes = {mf}
+[storage]
+run_dir = "{srun}"
+io_timeout = {iot}
+monitor_interval_secs = 2
+spm_watchdog_interval_secs = 1
 {extra}
 "#,
             state = dir.join("state").display(),
@@ -115,6 +131,8 @@ max_frame_bytes = {mf}
             vi = opts.vm_stats_interval_secs,
             hi = opts.host_stats_interval_secs,
             mf = opts.max_frame_bytes,
+            srun = dir.join("storage-run").display(),
+            iot = opts.storage_io_timeout,
             extra = opts.extra_config,
         );
         std::fs::write(dir.join("hostd.toml"), config).expect("writing the agent config");
@@ -257,6 +275,7 @@ impl Drop for TestHost {
     fn drop(&mut self) {
         self.kill9();
         self.env.destroy_domains_with_prefix(&self.prefix);
+        unmount_below(&self.dir.join("storage-run"));
         if std::thread::panicking() {
             eprintln!(
                 "---- halyard-hostd log ({}) ----\n{}",
@@ -266,6 +285,23 @@ impl Drop for TestHost {
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// Unmounts every mount point below `dir` (storage connections of a test agent).
+pub fn unmount_below(dir: &Path) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let prefix = dir.to_string_lossy().to_string();
+    let mut points: Vec<&str> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| p.starts_with(&prefix))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = Command::new("umount").arg("-l").arg(p).status();
     }
 }
 

@@ -1,0 +1,498 @@
+//! "Start N test hosts": each in its own network and mount namespace with its own
+//! virtlogd, libvirtd, sanlock daemon and host agent, all sharing one storage directory.
+//!
+//! Host i of cluster K lives in netns `hlc<K>h<i>` at 10.215.K.(10+i), reached from
+//! the test through the bridge `hlc<K>br` (10.215.K.1). Its mount namespace binds
+//! private directories over /run/libvirt, /var/lib/libvirt, /var/cache/libvirt,
+//! /var/log/libvirt, /etc/libvirt and /run/sanlock. A `sleep` process holds the
+//! namespaces; the agent is started into them with `nsenter`, so it can be killed and
+//! restarted while the daemons keep running.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use halyard_client::Client;
+
+use crate::env::{self, mkdir_public};
+
+/// One namespaced test host.
+pub struct ClusterHost {
+    pub index: usize,
+    pub netns: String,
+    pub ip: String,
+    pub dir: PathBuf,
+    holder: Option<Child>,
+    hostd: Option<Child>,
+}
+
+impl ClusterHost {
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("hostd.log")
+    }
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+    fn pid_file(&self, name: &str) -> Option<i32> {
+        fs::read_to_string(self.dir.join(name))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    }
+    pub fn hostd_pid(&self) -> Option<u32> {
+        self.hostd.as_ref().map(Child::id)
+    }
+    pub fn sanlock_pid(&self) -> Option<i32> {
+        self.pid_file("sanlock.pid")
+    }
+}
+
+/// N hosts sharing `shared`.
+pub struct Cluster {
+    pub hosts: Vec<ClusterHost>,
+    pub shared: PathBuf,
+    pub dir: PathBuf,
+    pub k: u32,
+    pki: halyard_pki::DevPki,
+    hostd_bin: PathBuf,
+    io_timeout: u32,
+}
+
+fn run(cmd: &str, args: &[&str]) -> bool {
+    Command::new(cmd)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn must(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn kill(pid: i32, sig: i32) {
+    // SAFETY: kill(2) on a pid we started; no memory is involved.
+    unsafe { libc::kill(pid, sig) };
+}
+
+fn pid_alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.contains(") Z"))
+            .unwrap_or(true)
+}
+
+/// Removes clusters whose test process died.
+fn reap_stale(work: &Path) {
+    let reg = work.join("clusters");
+    let Ok(rd) = fs::read_dir(&reg) else { return };
+    for e in rd.flatten() {
+        let k = e.file_name().to_string_lossy().into_owned();
+        let owner: Option<i32> = fs::read_to_string(e.path())
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        if owner.is_some_and(pid_alive) {
+            continue;
+        }
+        teardown_k(&k);
+        let _ = fs::remove_file(e.path());
+    }
+}
+
+fn teardown_k(k: &str) {
+    let out = Command::new("ip").args(["netns", "list"]).output();
+    let names: Vec<String> = out
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+                .filter(|n| n.starts_with(&format!("hlc{k}h")))
+                .collect()
+        })
+        .unwrap_or_default();
+    for ns in names {
+        if let Ok(o) = Command::new("ip").args(["netns", "pids", &ns]).output() {
+            for p in String::from_utf8_lossy(&o.stdout).lines() {
+                if let Ok(pid) = p.trim().parse() {
+                    kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        run("ip", &["netns", "del", &ns]);
+    }
+    run("ip", &["link", "del", &format!("hlc{k}br")]);
+}
+
+impl Cluster {
+    /// Starts `n` hosts (1..=9). `io_timeout` is sanlock's for the shared domain.
+    pub async fn start(n: usize, hostd_bin: impl Into<PathBuf>, io_timeout: u32) -> Cluster {
+        assert!((1..=9).contains(&n));
+        let env = env::Env::get();
+        let shim = env.sanlock_shim();
+        let work = env.work_dir().to_path_buf();
+        mkdir_public(&work.join("clusters"));
+        reap_stale(&work);
+        // Pick a free cluster number under the setup lock.
+        let k = {
+            let lockf = fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(work.join("setup.lock"))
+                .expect("setup.lock");
+            use std::os::fd::AsRawFd;
+            // SAFETY: flock on our own descriptor; released when `lockf` drops.
+            unsafe { libc::flock(lockf.as_raw_fd(), libc::LOCK_EX) };
+            let k = (1..250u32)
+                .find(|k| !work.join("clusters").join(k.to_string()).exists())
+                .expect("a free cluster number");
+            fs::write(
+                work.join("clusters").join(k.to_string()),
+                std::process::id().to_string(),
+            )
+            .expect("cluster registry");
+            k
+        };
+        let dir = work.join(format!("cluster-{k}"));
+        let _ = fs::remove_dir_all(&dir);
+        mkdir_public(&dir);
+        let shared = dir.join("shared");
+        mkdir_public(&shared);
+        let bridge = format!("hlc{k}br");
+        must("ip", &["link", "add", &bridge, "type", "bridge"]);
+        must(
+            "ip",
+            &["addr", "add", &format!("10.215.{k}.1/24"), "dev", &bridge],
+        );
+        must("ip", &["link", "set", &bridge, "up"]);
+        let ips: Vec<String> = (0..n).map(|i| format!("10.215.{k}.{}", 10 + i)).collect();
+        let pki = halyard_pki::init_dev_pki(&dir.join("pki"), &ips, false).expect("cluster PKI");
+        // Every host gets its own server certificate (names: its address).
+        let ca =
+            halyard_pki::Ca::load(&dir.join("pki/ca.pem"), &dir.join("pki/ca.key")).expect("CA");
+        for d in [
+            "/run/libvirt",
+            "/var/lib/libvirt",
+            "/var/cache/libvirt",
+            "/var/log/libvirt",
+            "/run/sanlock",
+        ] {
+            let _ = fs::create_dir_all(d);
+        }
+        let mut hosts = Vec::new();
+        for (i, ip) in ips.iter().enumerate() {
+            let netns = format!("hlc{k}h{i}");
+            let hdir = dir.join(format!("host{i}"));
+            mkdir_public(&hdir);
+            ca.issue(std::slice::from_ref(ip), halyard_pki::Usage::Server, 30)
+                .expect("host cert")
+                .save(&hdir, "hostd")
+                .expect("save host cert");
+            // Network.
+            let veth = format!("hlc{k}v{i}");
+            let peer = format!("hlc{k}p{i}");
+            must("ip", &["netns", "add", &netns]);
+            must(
+                "ip",
+                &["link", "add", &veth, "type", "veth", "peer", "name", &peer],
+            );
+            must("ip", &["link", "set", &peer, "netns", &netns]);
+            must("ip", &["link", "set", &veth, "master", &bridge]);
+            must("ip", &["link", "set", &veth, "up"]);
+            must("ip", &["-n", &netns, "link", "set", &peer, "name", "eth0"]);
+            must(
+                "ip",
+                &[
+                    "-n",
+                    &netns,
+                    "addr",
+                    "add",
+                    &format!("{ip}/24"),
+                    "dev",
+                    "eth0",
+                ],
+            );
+            must("ip", &["-n", &netns, "link", "set", "eth0", "up"]);
+            must("ip", &["-n", &netns, "link", "set", "lo", "up"]);
+            // Private libvirt and sanlock directories.
+            for d in [
+                "libvirt-run",
+                "libvirt-lib",
+                "libvirt-cache",
+                "libvirt-log",
+                "libvirt-etc",
+                "sanlock-run",
+            ] {
+                mkdir_public(&hdir.join(d));
+            }
+            must(
+                "cp",
+                &[
+                    "-a",
+                    "/etc/libvirt/.",
+                    &hdir.join("libvirt-etc").to_string_lossy(),
+                ],
+            );
+            let _ = Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "rm -f {etc}/qemu/*.xml; cp -a /var/cache/libvirt/qemu {cache}/ 2>/dev/null; \
+                     mkdir -p {lib}/qemu; cp -a /var/lib/libvirt/qemu/. {lib}/qemu/ 2>/dev/null; \
+                     rm -rf {lib}/qemu/domain-* {lib}/qemu/channel/target/domain-*; true",
+                    etc = hdir.join("libvirt-etc").display(),
+                    cache = hdir.join("libvirt-cache").display(),
+                    lib = hdir.join("libvirt-lib").display(),
+                ))
+                .status();
+            let host_uuid = uuid::Uuid::new_v4();
+            let conf = hdir.join("libvirt-etc/libvirtd.conf");
+            let mut c = fs::read_to_string(&conf).unwrap_or_default();
+            c.push_str(&format!("\nhost_uuid = \"{host_uuid}\"\n"));
+            fs::write(&conf, c).expect("libvirtd.conf");
+            let qconf = hdir.join("libvirt-etc/qemu.conf");
+            let mut q = fs::read_to_string(&qconf).unwrap_or_default();
+            // Two libvirtds on one cgroup tree would fight over the same cgroups.
+            q.push_str("\ncgroup_controllers = [ ]\n");
+            fs::write(&qconf, q).expect("qemu.conf");
+            let preload = shim
+                .as_ref()
+                .map(|p| format!("LD_PRELOAD={}", p.display()))
+                .unwrap_or_default();
+            let script = format!(
+                r#"set -e
+D={d}
+mount --bind $D/libvirt-run /run/libvirt
+mount --bind $D/libvirt-lib /var/lib/libvirt
+mount --bind $D/libvirt-cache /var/cache/libvirt
+mount --bind $D/libvirt-log /var/log/libvirt
+mount --bind $D/libvirt-etc /etc/libvirt
+mount --bind $D/sanlock-run /run/sanlock
+virtlogd -d -p $D/virtlogd.pid
+LIBVIRT_LOG_OUTPUTS="3:file:$D/libvirtd.log" libvirtd -d -p $D/libvirtd.pid
+{preload} sanlock daemon -D -w 0 -U root -G root -e {netns} > $D/sanlock.log 2>&1 < /dev/null &
+echo $! > $D/sanlock.pid
+exec sleep 2147483647
+"#,
+                d = hdir.display(),
+            );
+            let holder = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &netns,
+                    "unshare",
+                    "-m",
+                    "--propagation",
+                    "private",
+                    "sh",
+                    "-c",
+                    &script,
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(fs::File::create(hdir.join("holder.log")).expect("log"))
+                .spawn()
+                .expect("starting the host namespace");
+            hosts.push(ClusterHost {
+                index: i,
+                netns,
+                ip: ip.clone(),
+                dir: hdir,
+                holder: Some(holder),
+                hostd: None,
+            });
+        }
+        let mut c = Cluster {
+            hosts,
+            shared,
+            dir,
+            k,
+            pki,
+            hostd_bin: hostd_bin.into(),
+            io_timeout,
+        };
+        for i in 0..n {
+            c.wait_daemons(i);
+            c.start_hostd(i).await;
+        }
+        c
+    }
+
+    fn wait_daemons(&self, i: usize) {
+        let h = &self.hosts[i];
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let lv =
+                std::os::unix::net::UnixStream::connect(h.dir.join("libvirt-run/libvirt-sock"))
+                    .is_ok();
+            let sl =
+                std::os::unix::net::UnixStream::connect(h.dir.join("sanlock-run/sanlock.sock"))
+                    .is_ok();
+            if lv && sl {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "host {i}: daemons did not start (libvirt {lv}, sanlock {sl}); see {}",
+                h.dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Starts (or restarts) host i's agent inside its namespaces.
+    pub async fn start_hostd(&mut self, i: usize) {
+        let io_timeout = self.io_timeout;
+        let h = &mut self.hosts[i];
+        if let Some(mut c) = h.hostd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let holder = h.holder.as_ref().map(Child::id).expect("holder");
+        let config = format!(
+            r#"state_dir = "{d}/state"
+disk_stats_paths = ["/tmp"]
+[listen]
+address = "0.0.0.0"
+port = 54321
+[tls]
+cert = "{d}/hostd.pem"
+key = "{d}/hostd.key"
+ca = "{ca}"
+[libvirt]
+domain_type = "{dt}"
+[monitoring]
+vm_stats_interval_secs = 2
+host_stats_interval_secs = 2
+[storage]
+run_dir = "{d}/storage-run"
+io_timeout = {io_timeout}
+monitor_interval_secs = 2
+spm_watchdog_interval_secs = 1
+"#,
+            d = h.dir.display(),
+            ca = self.pki.client.ca.display(),
+            dt = env::domain_type(),
+        );
+        fs::write(h.dir.join("hostd.toml"), config).expect("config");
+        let _ = fs::remove_file(h.dir.join("state/listen.addr"));
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(h.log_path())
+            .expect("log");
+        let child = Command::new("nsenter")
+            .args(["-t", &holder.to_string(), "-m", "-n", "--"])
+            .arg(&self.hostd_bin)
+            .arg("--config")
+            .arg(h.dir.join("hostd.toml"))
+            .env("RUST_LOG", "info,halyard_hostd=debug,halyard_storage=debug")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("fd"))
+            .stderr(log)
+            .spawn()
+            .expect("starting halyard-hostd");
+        h.hostd = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if h.dir.join("state/listen.addr").exists() {
+                if let Ok(c) = Client::connect(
+                    &h.ip,
+                    54321,
+                    halyard_pki::client_config(&self.pki.client).expect("tls"),
+                )
+                .await
+                {
+                    if c.call_value("Host.ping2", serde_json::json!({}))
+                        .await
+                        .is_ok()
+                    {
+                        c.close().await;
+                        return;
+                    }
+                }
+            }
+            if let Some(Ok(Some(st))) = h.hostd.as_mut().map(Child::try_wait) {
+                panic!("host {i}: halyard-hostd exited with {st}:\n{}", h.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "host {i}: agent not ready:\n{}",
+                h.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A client of host i.
+    pub async fn client(&self, i: usize) -> Client {
+        let tls = halyard_pki::client_config(&self.pki.client).expect("tls");
+        Client::connect(&self.hosts[i].ip, 54321, tls)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to host {i}: {e}"))
+    }
+
+    /// SIGKILL of host i's agent (its sanlock daemon lives on).
+    pub fn kill_hostd(&mut self, i: usize) {
+        if let Some(mut c) = self.hosts[i].hostd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGKILL of host i's sanlock daemon (as if the host died, watchdog aside).
+    pub fn kill_sanlock(&mut self, i: usize) {
+        if let Some(pid) = self.hosts[i].sanlock_pid() {
+            kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let panicking = std::thread::panicking();
+        for h in &mut self.hosts {
+            if let Some(mut c) = h.hostd.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            if panicking {
+                eprintln!("---- host {} agent log ----\n{}", h.index, {
+                    let l = h.log();
+                    let v: Vec<&str> = l.lines().collect();
+                    v[v.len().saturating_sub(120)..].join("\n")
+                });
+            }
+        }
+        teardown_k(&self.k.to_string());
+        for h in &mut self.hosts {
+            if let Some(mut c) = h.holder.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        let _ = fs::remove_file(
+            self.dir
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .join("clusters")
+                .join(self.k.to_string()),
+        );
+        if !panicking {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
