@@ -545,26 +545,13 @@ fn rewrite_disk(
     let has_driver = events
         .iter()
         .any(|e| matches!(e, Event::Empty(s) | Event::Start(s) if s.name().as_ref() == b"driver"));
-    let replace_attr = |s: &BytesStart<'_>, drop: &[&[u8]], add: &[(&str, &str)]| {
-        let mut out = BytesStart::new(String::from_utf8_lossy(s.name().as_ref()).into_owned());
-        for a in s.attributes().flatten() {
-            if drop.contains(&a.key.as_ref()) {
-                continue;
-            }
-            out.push_attribute(a);
-        }
-        for (k, v) in add {
-            out.push_attribute((*k, *v));
-        }
-        out
-    };
     let mut out = Vec::with_capacity(events.len() + 2);
     let mut depth = 0;
     for e in events {
         let e = match e {
             Event::Start(s) if depth == 0 => {
                 depth += 1;
-                out.push(Event::Start(replace_attr(
+                out.push(Event::Start(with_attrs(
                     &s,
                     &[b"type"],
                     &[("type", "file")],
@@ -584,9 +571,9 @@ fn rewrite_disk(
             }
             Event::Start(s) => {
                 depth += 1;
-                Event::Start(fix_child(&s, src, &replace_attr))
+                Event::Start(fix_child(&s, src))
             }
-            Event::Empty(s) => Event::Empty(fix_child(&s, src, &replace_attr)),
+            Event::Empty(s) => Event::Empty(fix_child(&s, src)),
             Event::End(x) => {
                 depth -= 1;
                 Event::End(x)
@@ -598,14 +585,25 @@ fn rewrite_disk(
     out
 }
 
-fn fix_child(
-    s: &BytesStart<'_>,
-    src: &DiskSource,
-    replace_attr: &dyn Fn(&BytesStart<'_>, &[&[u8]], &[(&str, &str)]) -> BytesStart<'static>,
-) -> BytesStart<'static> {
+/// A copy of `s` without the attributes in `drop`, plus those in `add`.
+fn with_attrs(s: &BytesStart<'_>, drop: &[&[u8]], add: &[(&str, &str)]) -> BytesStart<'static> {
+    let mut out = BytesStart::new(String::from_utf8_lossy(s.name().as_ref()).into_owned());
+    for a in s.attributes().flatten() {
+        if drop.contains(&a.key.as_ref()) {
+            continue;
+        }
+        out.push_attribute(a);
+    }
+    for (k, v) in add {
+        out.push_attribute((*k, *v));
+    }
+    out
+}
+
+fn fix_child(s: &BytesStart<'_>, src: &DiskSource) -> BytesStart<'static> {
     match s.name().as_ref() {
-        b"source" => replace_attr(s, &[b"file", b"dev", b"name"], &[("file", &src.path)]),
-        b"driver" => replace_attr(s, &[b"type"], &[("type", &src.format)]),
+        b"source" => with_attrs(s, &[b"file", b"dev", b"name"], &[("file", &src.path)]),
+        b"driver" => with_attrs(s, &[b"type"], &[("type", &src.format)]),
         _ => s.to_owned(),
     }
 }

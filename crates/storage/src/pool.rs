@@ -938,7 +938,7 @@ impl StorageManager {
             return Ok(json!({"spmStatus": "SPM", "spmLver": my_lver, "spmId": p.host_id}));
         }
         let me = self.clone();
-        let (lver, owner) = blocking(move || -> Result<(i64, i64)> {
+        let r = blocking(move || -> Result<(i64, i64)> {
             let md = me.find(&p.master)?;
             if !md.uses_sanlock() {
                 return Ok((-1, -1));
@@ -963,7 +963,12 @@ impl StorageManager {
             }
             Ok((lver as i64, owner))
         })
-        .await??;
+        .await?;
+        // Without a sanlock daemon this host knows only that it is not the SPM.
+        let (lver, owner) = r.unwrap_or_else(|e| {
+            warn!(error = %e, "cannot read the SPM lease");
+            (-1, -1)
+        });
         Ok(json!({"spmStatus": role.as_str(), "spmLver": lver, "spmId": owner}))
     }
 

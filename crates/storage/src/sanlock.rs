@@ -368,8 +368,9 @@ impl Registration {
             return Err(err("register", fd));
         }
         // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(Registration {
-            fd: Mutex::new(unsafe { OwnedFd::from_raw_fd(fd) }),
+            fd: Mutex::new(owned),
         })
     }
 

@@ -26,6 +26,16 @@ pub const MAX_CHAIN: usize = 512;
 pub fn qemu_img(args: &[&str], cwd: Option<&Path>) -> Result<String> {
     let mut c = Command::new("qemu-img");
     c.args(args);
+    // qemu-img must not outlive the agent: a new SPM may already be rolling back
+    // what this one was doing.
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        c.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
     if let Some(d) = cwd {
         c.current_dir(d);
     }

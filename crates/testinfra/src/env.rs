@@ -170,6 +170,7 @@ impl Env {
             sanlock: OnceLock::new(),
         };
         env.destroy_stale_domains();
+        env.remove_stale_dirs();
         drop(setup);
         // SAFETY: registers a plain extern "C" function with no captured state.
         unsafe { libc::atexit(at_exit) };
@@ -258,6 +259,27 @@ impl Env {
             if name.starts_with(prefix) {
                 let _ = self.virsh(&["destroy", &name]);
                 let _ = self.virsh(&["undefine", &name]);
+            }
+        }
+    }
+
+    /// Removes work directories of test processes that no longer exist.
+    fn remove_stale_dirs(&self) {
+        let Ok(rd) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let pid = ["host-", "shared-"]
+                .iter()
+                .find_map(|p| n.strip_prefix(p))
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok());
+            if let Some(pid) = pid {
+                if !pid_alive(pid) {
+                    crate::unmount_below(&e.path());
+                    let _ = fs::remove_dir_all(e.path());
+                }
             }
         }
     }
