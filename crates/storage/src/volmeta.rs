@@ -269,9 +269,16 @@ impl VolumeMetadata {
         Ok(out)
     }
 
+    /// Writes durably (temp, fsync, rename, fsync of the directory).
     pub fn write(&self, path: &Path) -> Result<()> {
         let s = self.serialize()?;
         halyard_common::fsutil::write_atomic(path, s.as_bytes(), 0o660).map_err(io_err(path))
+    }
+
+    /// Writes atomically but without syncing (see `fsutil::write_replace`).
+    pub fn write_unsynced(&self, path: &Path) -> Result<()> {
+        let s = self.serialize()?;
+        halyard_common::fsutil::write_replace(path, s.as_bytes(), 0o660).map_err(io_err(path))
     }
 }
 

@@ -24,32 +24,71 @@ pub const MAX_CHAIN: usize = 512;
 
 /// Runs qemu-img; the error carries its stderr.
 pub fn qemu_img(args: &[&str], cwd: Option<&Path>) -> Result<String> {
-    let mut c = Command::new("qemu-img");
-    c.args(args);
-    // qemu-img must not outlive the agent: a new SPM may already be rolling back
-    // what this one was doing.
-    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        c.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
+    QemuImg::spawn(args, cwd)?.wait()
+}
+
+/// A running qemu-img.
+pub struct QemuImg {
+    child: std::process::Child,
+    what: String,
+}
+
+impl QemuImg {
+    /// Starts qemu-img (it dies with the agent: see below).
+    pub fn spawn(args: &[&str], cwd: Option<&Path>) -> Result<QemuImg> {
+        // qemu-img must not outlive the agent: a new SPM may already be rolling back
+        // what this one was doing. `setpriv --pdeathsig` sets that up without a
+        // pre-exec hook, so the spawn stays a cheap posix_spawn (a fork of the agent
+        // costs milliseconds); without setpriv, the hook it is.
+        static SETPRIV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let setpriv = *SETPRIV.get_or_init(|| Path::new("/usr/bin/setpriv").exists());
+        let mut c = if setpriv {
+            let mut c = Command::new("/usr/bin/setpriv");
+            c.args(["--pdeathsig", "KILL", "--", "qemu-img"]);
+            c
+        } else {
+            let mut c = Command::new("qemu-img");
+            // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory.
+            unsafe {
+                use std::os::unix::process::CommandExt;
+                c.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            c
+        };
+        c.args(args);
+        if let Some(d) = cwd {
+            c.current_dir(d);
+        }
+        c.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let child = c
+            .spawn()
+            .map_err(|e| StorageError::QemuImg(format!("cannot run qemu-img: {e}")))?;
+        Ok(QemuImg {
+            child,
+            what: args.join(" "),
+        })
     }
-    if let Some(d) = cwd {
-        c.current_dir(d);
+
+    /// Waits for it; returns its output.
+    pub fn wait(self) -> Result<String> {
+        let out = self
+            .child
+            .wait_with_output()
+            .map_err(|e| StorageError::QemuImg(format!("waiting for qemu-img: {e}")))?;
+        if !out.status.success() {
+            return Err(StorageError::QemuImg(format!(
+                "qemu-img {}: {}",
+                self.what,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
-    let out = c
-        .output()
-        .map_err(|e| StorageError::QemuImg(format!("cannot run qemu-img: {e}")))?;
-    if !out.status.success() {
-        return Err(StorageError::QemuImg(format!(
-            "qemu-img {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Paths of one volume.
@@ -200,13 +239,14 @@ fn validate(dom: &FileDomain, a: &CreateVolume) -> Result<Option<VolumeMetadata>
 
 /// Creates a volume (see the module doc for the order of steps).
 pub fn create(dom: &FileDomain, a: &CreateVolume) -> Result<()> {
+    let t0 = std::time::Instant::now();
     let parent = validate(dom, a)?;
     let capacity = a.size.div_ceil(4096) * 4096;
     let dir = dom.image_dir(&a.img);
-    if !dir.exists() {
+    let new_image = !dir.exists();
+    if new_image {
         fs::create_dir(&dir).map_err(io_err(&dir))?;
         set_mode(&dir, 0o755)?;
-        halyard_common::fsutil::fsync_dir(&dom.images_dir()).map_err(io_err(&dir))?;
     }
     let src_img = if a.src_img == BLANK_UUID {
         a.img.clone()
@@ -243,64 +283,29 @@ pub fn create(dom: &FileDomain, a: &CreateVolume) -> Result<()> {
         prealloc: a.prealloc,
         voltype: a.voltype,
     };
-    meta.write(&p.meta)?;
-    // Data through qemu-img; the backing file is the bare parent id, relative to the
-    // image directory (as VDSM writes it).
-    let cap = capacity.to_string();
-    let data = p.data.to_string_lossy().into_owned();
-    match (a.format, &parent) {
-        (Format::Raw, _) => {
-            let prealloc = match a.prealloc {
-                Prealloc::Preallocated => "preallocation=falloc",
-                Prealloc::Sparse => "preallocation=off",
-            };
-            qemu_img(
-                &["create", "-q", "-f", "raw", "-o", prealloc, &data, &cap],
-                None,
-            )?;
-        }
-        (Format::Cow, None) => {
-            qemu_img(
-                &[
-                    "create",
-                    "-q",
-                    "-f",
-                    "qcow2",
-                    "-o",
-                    "compat=1.1",
-                    &data,
-                    &cap,
-                ],
-                None,
-            )?;
-        }
-        (Format::Cow, Some(pm)) => {
-            qemu_img(
-                &[
-                    "create",
-                    "-q",
-                    "-f",
-                    "qcow2",
-                    "-o",
-                    "compat=1.1",
-                    "-b",
-                    &a.src_vol,
-                    "-F",
-                    pm.format.qemu(),
-                    "-u",
-                    &data,
-                    &cap,
-                ],
-                Some(&dom.image_dir(&a.img)),
-            )?;
-        }
-    }
+    // qemu-img starts first: it spends its first milliseconds loading, while the
+    // ILLEGAL marker and the lease are written. Any order is crash-safe: files without
+    // a LEGAL .meta are rolled back by the next SPM; LEGAL is written last, durably.
+    let qemu = spawn_data(dom, a, &p, capacity, parent.as_ref())?;
+    let marked = meta.write_unsynced(&p.meta);
+    let leased = if dom.uses_sanlock() {
+        fs::File::create(&p.lease)
+            .map_err(io_err(&p.lease))
+            .and_then(|_| set_mode(&p.lease, 0o660))
+            .and_then(|_| sanlock::write_resource(&dom.uuid, &a.vol, &p.lease, 0))
+    } else {
+        Ok(())
+    };
+    let made = qemu.wait();
+    let t_data = t0.elapsed();
+    made?;
+    marked?;
+    leased?;
     set_mode(&p.data, 0o660)?;
-    if dom.uses_sanlock() {
-        fs::File::create(&p.lease).map_err(io_err(&p.lease))?;
-        set_mode(&p.lease, 0o660)?;
-        sanlock::write_resource(&dom.uuid, &a.vol, &p.lease, 0)?;
-    }
+    fs::File::open(&p.data)
+        .and_then(|f| f.sync_data())
+        .map_err(io_err(&p.data))?;
+    let t_synced = t0.elapsed();
     if let Some(pm) = parent {
         if src_img == a.img && pm.voltype == VolType::Leaf {
             let pp = vol_paths(dom, &a.img, &a.src_vol);
@@ -309,9 +314,77 @@ pub fn create(dom: &FileDomain, a: &CreateVolume) -> Result<()> {
             pm.write(&pp.meta)?;
         }
     }
+    if new_image {
+        halyard_common::fsutil::fsync_dir(&dom.images_dir()).map_err(io_err(dom.images_dir()))?;
+    }
+    // Durable LEGAL last (this also makes the data and lease entries durable: the same
+    // directory is synced).
     meta.legality = Legality::Legal;
     meta.write(&p.meta)?;
+    tracing::debug!(
+        vol = %a.vol,
+        data_ms = t_data.as_secs_f64() * 1e3,
+        synced_ms = t_synced.as_secs_f64() * 1e3,
+        total_ms = t0.elapsed().as_secs_f64() * 1e3,
+        "volume created"
+    );
     Ok(())
+}
+
+/// Starts qemu-img making the data file (the backing file is the bare parent id,
+/// relative to the image directory, as VDSM writes it).
+fn spawn_data(
+    dom: &FileDomain,
+    a: &CreateVolume,
+    p: &VolPaths,
+    capacity: u64,
+    parent: Option<&VolumeMetadata>,
+) -> Result<QemuImg> {
+    let cap = capacity.to_string();
+    let data = p.data.to_string_lossy().into_owned();
+    match (a.format, parent) {
+        (Format::Raw, _) => {
+            let prealloc = match a.prealloc {
+                Prealloc::Preallocated => "preallocation=falloc",
+                Prealloc::Sparse => "preallocation=off",
+            };
+            QemuImg::spawn(
+                &["create", "-q", "-f", "raw", "-o", prealloc, &data, &cap],
+                None,
+            )
+        }
+        (Format::Cow, None) => QemuImg::spawn(
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-o",
+                "compat=1.1",
+                &data,
+                &cap,
+            ],
+            None,
+        ),
+        (Format::Cow, Some(pm)) => QemuImg::spawn(
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-o",
+                "compat=1.1",
+                "-b",
+                &a.src_vol,
+                "-F",
+                pm.format.qemu(),
+                "-u",
+                &data,
+                &cap,
+            ],
+            Some(&dom.image_dir(&a.img)),
+        ),
+    }
 }
 
 /// Children of `vol` within its image.
