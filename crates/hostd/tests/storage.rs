@@ -219,6 +219,109 @@ async fn domain_pool_spm_volumes_template_vm_and_snapshot() {
     .await;
     assert_eq!(vols.as_array().map(|a| a.len()), Some(3), "{vols}");
 
+    // Host job: copy the template's data into a new volume (SDM.copy_data), with
+    // |jobs|status| events and Host.getJobs.
+    let cimg = uuid();
+    let cvol = uuid();
+    task_ok(
+        &c,
+        &volume_create(&c, &ids, &cimg, &cvol, 64 << 20, false, BLANK, BLANK).await,
+    )
+    .await;
+    let job = uuid();
+    call(
+        &c,
+        "SDM.copy_data",
+        json!({"job_id": job, "source": {"endpoint_type": "div", "sd_id": ids.sd, "img_id": timg, "vol_id": tvol},
+               "destination": {"endpoint_type": "div", "sd_id": ids.sd, "img_id": cimg, "vol_id": cvol, "generation": 0}}),
+    )
+    .await;
+    let done = wait_event(&mut ev, Duration::from_secs(60), |n| {
+        n.method == format!("|jobs|status|{job}") && n.params[&job]["status"] == "done"
+    })
+    .await
+    .expect("job done event");
+    assert_eq!(done.params[&job]["progress"], 100);
+    let jobs = call(
+        &c,
+        "Host.getJobs",
+        json!({"job_type": "storage", "job_ids": [job]}),
+    )
+    .await;
+    assert_eq!(jobs[&job]["status"], "done", "{jobs}");
+    let ci = call(&c, "Volume.getInfo", json!({"volumeID": cvol, "storagepoolID": ids.sp, "storagedomainID": ids.sd, "imageID": cimg})).await;
+    assert_eq!(ci["generation"], 1);
+    assert_eq!(ci["legality"], "LEGAL");
+    // A stale generation is refused.
+    let code = call_err(
+        &c,
+        "SDM.copy_data",
+        json!({"job_id": uuid(), "source": {"endpoint_type": "div", "sd_id": ids.sd, "img_id": timg, "vol_id": tvol},
+               "destination": {"endpoint_type": "div", "sd_id": ids.sd, "img_id": cimg, "vol_id": cvol, "generation": 0}}),
+    )
+    .await;
+    assert_eq!(code, 911);
+
+    // extendSize and setLegality; Task.clear.
+    let t = call(&c, "Volume.extendSize", json!({"storagepoolID": ids.sp, "storagedomainID": ids.sd, "imageID": cimg, "volumeID": cvol, "newSize": (128u64 << 20).to_string()})).await;
+    let t = t.as_str().expect("task").to_string();
+    task_ok(&c, &t).await;
+    call(&c, "Task.clear", json!({"taskID": t})).await;
+    assert_eq!(
+        call_err(&c, "Task.getStatus", json!({"taskID": t})).await,
+        401
+    );
+    let ci = call(&c, "Volume.getInfo", json!({"volumeID": cvol, "storagepoolID": ids.sp, "storagedomainID": ids.sd, "imageID": cimg})).await;
+    assert_eq!(ci["capacity"], (128u64 << 20).to_string());
+    call(&c, "Volume.setLegality", json!({"volumeID": cvol, "storagepoolID": ids.sp, "storagedomainID": ids.sd, "imageID": cimg, "legality": "ILLEGAL"})).await;
+    assert_eq!(
+        call_err(&c, "Image.prepare", json!({"storagepoolID": ids.sp, "storagedomainID": ids.sd, "imageID": cimg, "volumeID": cvol})).await,
+        227
+    );
+    call(&c, "Volume.setLegality", json!({"volumeID": cvol, "storagepoolID": ids.sp, "storagedomainID": ids.sd, "imageID": cimg, "legality": "LEGAL"})).await;
+    let t = call(&c, "Image.delete", json!({"imageID": cimg, "storagepoolID": ids.sp, "storagedomainID": ids.sd, "postZero": false, "force": false})).await;
+    task_ok(&c, t.as_str().expect("task")).await;
+
+    // A second domain: attach, activate, deactivate, detach; pool info.
+    let dir2 = shared_dir("second");
+    connect_shared(&c, &dir2).await;
+    let sd2 = uuid();
+    call(
+        &c,
+        "StorageDomain.create",
+        json!({"storagedomainID": sd2, "domainType": 6, "typeArgs": dir2.to_string_lossy(), "name": "second", "domainClass": 1, "version": "5"}),
+    )
+    .await;
+    call(
+        &c,
+        "StorageDomain.attach",
+        json!({"storagedomainID": sd2, "storagepoolID": ids.sp}),
+    )
+    .await;
+    call(
+        &c,
+        "StorageDomain.activate",
+        json!({"storagedomainID": sd2, "storagepoolID": ids.sp}),
+    )
+    .await;
+    let pi = call(&c, "StoragePool.getInfo", json!({"storagepoolID": ids.sp})).await;
+    assert_eq!(pi["info"]["master_uuid"], ids.sd, "{pi}");
+    assert_eq!(pi["info"]["spm_id"], 1, "{pi}");
+    assert_eq!(pi["dominfo"][&sd2]["status"], "Active", "{pi}");
+    let md = std::fs::read_to_string(root.join("dom_md/metadata")).expect("md");
+    assert!(md.contains(&format!("{sd2}:Active")), "{md}");
+    let i2 = call(&c, "StorageDomain.getInfo", json!({"storagedomainID": sd2})).await;
+    assert_eq!(i2["pool"], json!([ids.sp]));
+    call(&c, "StorageDomain.deactivate", json!({"storagedomainID": sd2, "storagepoolID": ids.sp, "masterSdUUID": ids.sd, "masterVersion": 1})).await;
+    call(
+        &c,
+        "StorageDomain.detach",
+        json!({"storagedomainID": sd2, "storagepoolID": ids.sp}),
+    )
+    .await;
+    let i2 = call(&c, "StorageDomain.getInfo", json!({"storagedomainID": sd2})).await;
+    assert_eq!(i2["pool"], json!([]));
+
     // Deletes: a leaf, then images.
     let t = call(&c, "Volume.delete", json!({"volumeID": snap, "storagepoolID": ids.sp, "storagedomainID": ids.sd, "imageID": vimg, "postZero": false, "force": false})).await;
     task_ok(&c, t.as_str().expect("task")).await;
