@@ -1,0 +1,3 @@
+//! The REST API (oVirt Engine API v4).
+
+pub mod node;

@@ -1,0 +1,282 @@
+//! The Manager's inventory: data centers, clusters, networks, hosts, VMs and their NICs,
+//! templates, events and jobs. Held in memory (the API answers from it) and written
+//! through to the database on every change.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The Blank template's id (oVirt's null UUID).
+pub const BLANK_TEMPLATE: &str = "00000000-0000-0000-0000-000000000000";
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// ISO 8601 with offset, as the SDK reads dates.
+pub fn iso8601(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let milli = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}+00:00",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DataCenter {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub local: bool,
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Cluster {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub data_center: String,
+    pub cpu_type: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Network {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub data_center: String,
+    pub mtu: u32,
+}
+
+/// A host as the Manager knows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Host {
+    pub id: String,
+    pub name: String,
+    pub address: String,
+    pub port: u16,
+    /// up, non_responsive, maintenance, non_operational, pending_approval, installing,
+    /// connecting, initializing, ...
+    pub status: String,
+    pub cluster: String,
+    /// The agent's stable id (VDSM-REG uniqueId).
+    pub unique_id: String,
+    /// A CSR the host sent with its registration, signed at approval.
+    #[serde(default)]
+    pub csr: Option<String>,
+    /// The certificate signed for it.
+    #[serde(default)]
+    pub certificate: Option<String>,
+    /// When the certificate expires (ms).
+    #[serde(default)]
+    pub cert_not_after: i64,
+    #[serde(default)]
+    pub spm_priority: i32,
+    #[serde(default)]
+    pub spm_status: String,
+    // Reported by the host.
+    #[serde(default)]
+    pub memory: u64,
+    #[serde(default)]
+    pub free_memory: u64,
+    #[serde(default)]
+    pub cpu_model: String,
+    #[serde(default)]
+    pub cpu_cores: u32,
+    #[serde(default)]
+    pub cpu_sockets: u32,
+    #[serde(default)]
+    pub cpu_threads: u32,
+    #[serde(default)]
+    pub cpu_speed: String,
+    #[serde(default)]
+    pub libvirt_version: String,
+    #[serde(default)]
+    pub vdsm_version: String,
+    #[serde(default)]
+    pub os_name: String,
+    #[serde(default)]
+    pub kernel: String,
+    #[serde(default)]
+    pub hardware_uuid: String,
+    #[serde(default)]
+    pub cpu_idle: f64,
+    /// Why the host is not operational, when it is not.
+    #[serde(default)]
+    pub status_detail: String,
+    /// A one-time enrollment token for a host added by address (hashed).
+    #[serde(default)]
+    pub enroll_token_hash: Option<String>,
+}
+
+/// A VM.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Vm {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub cluster: String,
+    pub template: String,
+    /// Bytes.
+    pub memory: u64,
+    pub sockets: u32,
+    pub cores: u32,
+    pub threads: u32,
+    pub os_type: String,
+    pub kernel: String,
+    pub initrd: String,
+    pub cmdline: String,
+    pub status: String,
+    /// The host it runs on.
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub start_time: Option<i64>,
+    #[serde(default)]
+    pub stop_time: Option<i64>,
+    pub creation_time: i64,
+    #[serde(default)]
+    pub stop_reason: String,
+    #[serde(default)]
+    pub vm_type: String,
+    #[serde(default)]
+    pub guest: GuestInfo,
+}
+
+/// What the guest agent reports (issue 6 fills it in).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct GuestInfo {
+    #[serde(default)]
+    pub fqdn: String,
+    #[serde(default)]
+    pub os: BTreeMap<String, String>,
+    #[serde(default)]
+    pub timezone: Option<(String, i64)>,
+    #[serde(default)]
+    pub ips: Vec<String>,
+    #[serde(default)]
+    pub nics: Vec<(String, String, Vec<String>)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Nic {
+    pub id: String,
+    pub vm: String,
+    pub name: String,
+    pub interface: String,
+    pub mac: String,
+    pub network: String,
+    pub plugged: bool,
+    pub linked: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Event {
+    pub id: i64,
+    pub code: i64,
+    /// normal, warning, error, alert
+    pub severity: String,
+    pub description: String,
+    pub time: i64,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub vm: Option<String>,
+    #[serde(default)]
+    pub cluster: Option<String>,
+    #[serde(default)]
+    pub data_center: Option<String>,
+    #[serde(default)]
+    pub correlation_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Job {
+    pub id: String,
+    pub description: String,
+    /// started, finished, failed, aborted
+    pub status: String,
+    pub start_time: i64,
+    #[serde(default)]
+    pub end_time: Option<i64>,
+    #[serde(default)]
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Step {
+    pub id: String,
+    pub description: String,
+    pub step_type: String,
+    pub status: String,
+    pub number: u32,
+    pub start_time: i64,
+    #[serde(default)]
+    pub end_time: Option<i64>,
+}
+
+/// Everything, in memory.
+#[derive(Debug, Default)]
+pub struct Inventory {
+    pub data_centers: BTreeMap<String, DataCenter>,
+    pub clusters: BTreeMap<String, Cluster>,
+    pub networks: BTreeMap<String, Network>,
+    pub hosts: BTreeMap<String, Host>,
+    pub vms: BTreeMap<String, Vm>,
+    pub nics: BTreeMap<String, Nic>,
+    pub jobs: BTreeMap<String, Job>,
+    pub events: std::collections::VecDeque<Event>,
+    pub next_event_id: i64,
+}
+
+impl Inventory {
+    pub fn vm_by_name(&self, name: &str) -> Option<&Vm> {
+        self.vms.values().find(|v| v.name == name)
+    }
+    pub fn host_by_name(&self, name: &str) -> Option<&Host> {
+        self.hosts.values().find(|h| h.name == name)
+    }
+    pub fn cluster_by_name(&self, name: &str) -> Option<&Cluster> {
+        self.clusters.values().find(|c| c.name == name)
+    }
+    pub fn dc_by_name(&self, name: &str) -> Option<&DataCenter> {
+        self.data_centers.values().find(|c| c.name == name)
+    }
+    pub fn nics_of(&self, vm: &str) -> Vec<&Nic> {
+        self.nics.values().filter(|n| n.vm == vm).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00.000+00:00");
+        assert_eq!(iso8601(1_795_000_000_123), "2026-11-18T11:06:40.123+00:00");
+    }
+}
