@@ -1,1 +1,75 @@
-fn main() {}
+//! `halyard-manager`: the Manager daemon.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use halyard_manager::config::Config;
+use halyard_manager::state::Manager;
+use tracing::info;
+
+#[derive(Parser)]
+#[command(version, about = "Halyard Manager: oVirt Engine API v4, host registration and monitoring")]
+struct Cli {
+    /// Configuration file (TOML).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Data directory (overrides the config).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// HTTPS port (overrides the config).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Database URL (overrides the config; default SQLite in the data dir).
+    #[arg(long)]
+    database: Option<String>,
+    /// Auto-approve hosts whose name or address matches (repeatable; `*` wildcard).
+    #[arg(long = "auto-approve")]
+    auto_approve: Vec<String>,
+    /// Print the default configuration and exit.
+    #[arg(long)]
+    default_config: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    halyard_common::logging::init("info");
+    let cli = Cli::parse();
+    if cli.default_config {
+        print!("{}", toml::to_string(&Config::default())?);
+        return Ok(());
+    }
+    let mut cfg = match &cli.config {
+        Some(p) => Config::load(p).with_context(|| format!("loading {}", p.display()))?,
+        None => Config::default(),
+    };
+    if let Some(d) = cli.data_dir {
+        cfg.data_dir = d;
+    }
+    if let Some(p) = cli.port {
+        cfg.port = p;
+    }
+    if let Some(d) = cli.database {
+        cfg.database = Some(d);
+    }
+    cfg.auto_approve.extend(cli.auto_approve);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let m = Manager::open(cfg).await?;
+        // Resume monitoring of the hosts it knows.
+        let hosts: Vec<String> = m
+            .read()
+            .hosts
+            .values()
+            .filter(|h| !matches!(h.status.as_str(), "pending_approval" | "maintenance"))
+            .map(|h| h.id.clone())
+            .collect();
+        for h in hosts {
+            m.monitor(&h);
+        }
+        info!("Manager ready");
+        halyard_manager::server::serve(m).await
+    })
+}

@@ -1,3 +1,6 @@
 //! The REST API (oVirt Engine API v4).
 
+pub mod handlers;
 pub mod node;
+pub mod render;
+pub mod search;

@@ -241,7 +241,8 @@ impl Node {
                     push_text(&mut stack, &s)?;
                 }
                 Event::GeneralRef(g) => {
-                    let s = match g.as_ref() {
+                    let raw: &[u8] = &g;
+                    let s = match raw {
                         b"amp" => "&".to_string(),
                         b"lt" => "<".into(),
                         b"gt" => ">".into(),

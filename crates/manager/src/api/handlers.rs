@@ -1,0 +1,1115 @@
+//! `/ovirt-engine/api/...`: one function per operation, all answering documents built
+//! from the inventory, faults as the SDK expects them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use crate::api::node::Node;
+use crate::api::render::{self, href};
+use crate::api::search;
+use crate::model::*;
+use crate::state::Manager;
+use crate::vms::VmError;
+
+/// A fault answer.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub reason: String,
+    pub detail: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, reason: &str, detail: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            reason: reason.into(),
+            detail: detail.into(),
+        }
+    }
+    pub fn bad(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "Operation Failed", detail)
+    }
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "Not Found", detail)
+    }
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "Operation Failed", detail)
+    }
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "Operation Failed", detail)
+    }
+    pub fn node(&self) -> Node {
+        Node::new("fault")
+            .with(Node::leaf("detail", format!("[{}]", self.detail)))
+            .with(Node::leaf("reason", &self.reason))
+    }
+}
+
+impl From<VmError> for ApiError {
+    fn from(e: VmError) -> Self {
+        match e {
+            VmError::Conflict(m) => ApiError::conflict(m),
+            VmError::NotFound(m) => ApiError::not_found(m),
+            VmError::Failed(m) => ApiError::bad(m),
+        }
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> Self {
+        ApiError::internal(e.to_string())
+    }
+}
+
+/// How to answer: XML (the default) or JSON.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Format {
+    Xml,
+    Json,
+}
+
+pub fn format_of(headers: &HeaderMap) -> Format {
+    let accept = headers
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if accept.contains("application/json") && !accept.contains("application/xml") {
+        Format::Json
+    } else {
+        Format::Xml
+    }
+}
+
+pub fn respond(status: StatusCode, n: &Node, f: Format) -> Response {
+    match f {
+        Format::Xml => (
+            status,
+            [("content-type", "application/xml;charset=UTF-8")],
+            n.to_xml(),
+        )
+            .into_response(),
+        Format::Json => (
+            status,
+            [("content-type", "application/json")],
+            n.to_json().to_string(),
+        )
+            .into_response(),
+    }
+}
+
+pub fn fault(e: &ApiError, f: Format) -> Response {
+    respond(e.status, &e.node(), f)
+}
+
+/// A parsed request.
+pub struct Req {
+    pub method: Method,
+    pub segments: Vec<String>,
+    pub query: HashMap<String, String>,
+    pub body: Vec<u8>,
+    pub json_body: bool,
+}
+
+impl Req {
+    fn body_node(&self, root: &str) -> Result<Node, ApiError> {
+        if self.body.is_empty() {
+            return Err(ApiError::bad("the request needs a body"));
+        }
+        let n = if self.json_body {
+            Node::parse_json(root, &self.body)
+        } else {
+            Node::parse_xml(&self.body)
+        }
+        .map_err(|e| ApiError::bad(format!("Request syntactically incorrect: {}", e.0)))?;
+        if n.name != root {
+            return Err(ApiError::bad(format!(
+                "expected a <{root}> document, got <{}>",
+                n.name
+            )));
+        }
+        Ok(n)
+    }
+
+    fn max(&self) -> Result<Option<usize>, ApiError> {
+        match self.query.get("max").map(String::as_str) {
+            None | Some("") | Some("-1") => Ok(None),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| ApiError::bad(format!("max={v:?} is not a number"))),
+        }
+    }
+
+    fn search(&self, fields: &[&str]) -> Result<search::Query, ApiError> {
+        search::parse(self.query.get("search").map(String::as_str).unwrap_or(""), fields)
+            .map_err(|e| ApiError::bad(e.to_string()))
+    }
+}
+
+/// Elements the oVirt model defines for documents clients send (others are refused).
+const VM_FIELDS: &[&str] = &[
+    "name", "description", "comment", "cluster", "template", "memory", "memory_policy", "cpu",
+    "os", "type", "high_availability", "stateless", "delete_protected", "bios", "console",
+    "cpu_shares", "custom_properties", "display", "initialization", "io", "large_icon",
+    "small_icon", "migration", "placement_policy", "rng_device", "serial_number", "soundcard_enabled",
+    "sso", "start_paused", "time_zone", "usb", "virtio_scsi", "instance_type", "cpu_profile",
+    "nics", "disk_attachments", "original_template", "quota", "storage_domain", "origin",
+    "custom_cpu_model", "custom_emulated_machine", "multi_queues_enabled", "tpm_enabled", "lease",
+    "status", "id", "href", "link", "host", "creation_time", "start_time", "stop_time", "run_once",
+    "use_latest_template_version", "vm_pool", "auto_pinning_policy", "cpu_pinning_policy",
+    "storage_error_resume_behaviour", "tunnel_migration", "numa_tune_mode", "payloads",
+    "virtio_scsi_multi_queues", "virtio_scsi_multi_queues_enabled", "fqdn",
+    "guest_operating_system", "guest_time_zone", "next_run_configuration_exists",
+    "has_illegal_images", "migration_downtime", "custom_compatibility_version", "domain",
+    "stop_reason", "status_detail", "tags", "permissions",
+];
+const HOST_FIELDS: &[&str] = &[
+    "name", "description", "comment", "address", "port", "root_password", "cluster", "ssh",
+    "spm", "power_management", "override_iptables", "display", "os", "type", "protocol",
+    "certificate", "cpu", "memory", "status", "id", "href", "link", "external_status",
+    "hosted_engine", "kdump_status", "ksm", "vgpu_placement", "reinstallation_required",
+];
+const NIC_FIELDS: &[&str] = &[
+    "name", "interface", "mac", "network", "vnic_profile", "linked", "plugged", "description",
+    "comment", "boot_protocol", "on_boot", "id", "href", "link", "vm",
+];
+const ACTION_FIELDS: &[&str] = &[
+    "async", "cluster", "host", "force", "reason", "vm", "use_cloud_init", "use_sysprep",
+    "use_ignition", "use_initialization", "volatile", "pause", "filter", "correlation_id",
+    "fence_type", "maintenance_after_restart", "stop_gluster_service", "grace_period",
+    "restore_memory", "root_password", "ssh", "activate", "reboot", "deploy_hosted_engine",
+    "undeploy_hosted_engine", "timeout", "authorized_key", "status", "details", "job",
+    "description", "storage_domain", "template", "disks", "snapshot", "name", "comment",
+];
+const DC_FIELDS: &[&str] = &[
+    "name", "description", "comment", "local", "version", "storage_format", "quota_mode",
+    "mac_pool", "id", "href", "link", "status", "supported_versions",
+];
+const CLUSTER_FIELDS: &[&str] = &[
+    "name", "description", "comment", "data_center", "cpu", "version", "management_network",
+    "ballooning_enabled", "memory_policy", "scheduling_policy", "threads_as_cores",
+    "virt_service", "gluster_service", "mac_pool", "id", "href", "link", "bios_type",
+    "firewall_type", "fencing_policy", "migration", "error_handling", "ksm",
+];
+
+fn check_fields(n: &Node, allowed: &[&str]) -> Result<(), ApiError> {
+    for c in &n.children {
+        if !allowed.contains(&c.name.as_str()) {
+            return Err(ApiError::bad(format!(
+                "Request syntactically incorrect: unknown element <{}> in <{}>",
+                c.name, n.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_name(s: &str, what: &str) -> Result<(), ApiError> {
+    if s.is_empty() || s.chars().count() > 255 || s.chars().any(char::is_control) {
+        return Err(ApiError::bad(format!(
+            "{what}: a name of 1 to 255 printable characters is required"
+        )));
+    }
+    Ok(())
+}
+
+fn check_id(id: &str) -> Result<(), ApiError> {
+    if uuid::Uuid::parse_str(id).is_err() && id.parse::<i64>().is_err() {
+        return Err(ApiError::not_found(format!(
+            "Entity not found: {}",
+            id.chars().take(64).collect::<String>()
+        )));
+    }
+    Ok(())
+}
+
+fn list(name: &str, items: Vec<Node>, max: Option<usize>) -> Node {
+    let mut n = Node::new(name);
+    for i in items.into_iter().take(max.unwrap_or(usize::MAX)) {
+        n.push(i);
+    }
+    n
+}
+
+fn parse_u64(n: &Node, k: &str) -> Result<Option<u64>, ApiError> {
+    match n.text_of(k) {
+        None => Ok(None),
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| ApiError::bad(format!("<{k}> must be a non-negative integer, got {v:?}"))),
+    }
+}
+
+/// Resolves a reference `<cluster id=".."/>` or `<cluster><name>..</name></cluster>`.
+fn ref_id(n: Option<&Node>, by_name: impl Fn(&str) -> Option<String>, what: &str) -> Result<Option<String>, ApiError> {
+    let Some(n) = n else { return Ok(None) };
+    if let Some(id) = n.id() {
+        return Ok(Some(id.to_string()));
+    }
+    if let Some(name) = n.text_of("name") {
+        return by_name(name)
+            .map(Some)
+            .ok_or_else(|| ApiError::bad(format!("{what} {name:?} does not exist")));
+    }
+    Err(ApiError::bad(format!("{what}: give an id or a name")))
+}
+
+/// Dispatches one API request.
+pub async fn dispatch(m: &Arc<Manager>, r: Req, f: Format) -> Response {
+    match route(m, &r).await {
+        Ok((status, n)) => respond(status, &n, f),
+        Err(e) => fault(&e, f),
+    }
+}
+
+type Out = Result<(StatusCode, Node), ApiError>;
+
+fn ok(n: Node) -> Out {
+    Ok((StatusCode::OK, n))
+}
+
+async fn route(m: &Arc<Manager>, r: &Req) -> Out {
+    let s: Vec<&str> = r.segments.iter().map(String::as_str).collect();
+    let get = r.method == Method::GET;
+    let post = r.method == Method::POST;
+    let put = r.method == Method::PUT;
+    let del = r.method == Method::DELETE;
+    for id in s.iter().skip(1).step_by(2) {
+        // Every second segment is an id (or an action / sub-collection name, checked
+        // by the match below).
+        if id.len() > 128 {
+            return Err(ApiError::not_found("Entity not found"));
+        }
+    }
+    match s.as_slice() {
+        [] if get => ok(root(m)),
+        ["datacenters"] if get => dcs(m, r),
+        ["datacenters"] if post => add_dc(m, r).await,
+        ["datacenters", id] if get => {
+            check_id(id)?;
+            let inv = m.read();
+            inv.data_centers
+                .get(*id)
+                .map(render::data_center)
+                .map(ok)
+                .unwrap_or_else(|| Err(ApiError::not_found(format!("Data center {id} not found"))))
+        }
+        ["datacenters", id, "clusters"] if get => {
+            let inv = m.read();
+            ok(list("clusters", inv.clusters.values().filter(|c| c.data_center == *id).map(render::cluster).collect(), None))
+        }
+        ["datacenters", id, "networks"] if get => {
+            let inv = m.read();
+            ok(list("networks", inv.networks.values().filter(|c| c.data_center == *id).map(render::network).collect(), None))
+        }
+        ["datacenters", _, "storagedomains"] if get => ok(Node::new("storage_domains")),
+        ["clusters"] if get => clusters(m, r),
+        ["clusters"] if post => add_cluster(m, r).await,
+        ["clusters", id] if get => {
+            check_id(id)?;
+            let inv = m.read();
+            inv.clusters
+                .get(*id)
+                .map(render::cluster)
+                .map(ok)
+                .unwrap_or_else(|| Err(ApiError::not_found(format!("Cluster {id} not found"))))
+        }
+        ["clusters", id, "networks"] if get => {
+            let inv = m.read();
+            let dc = inv.clusters.get(*id).map(|c| c.data_center.clone()).unwrap_or_default();
+            ok(list("networks", inv.networks.values().filter(|n| n.data_center == dc).map(render::network).collect(), None))
+        }
+        ["networks"] if get => {
+            let q = r.search(&["name", "datacenter", "id"])?;
+            let inv = m.read();
+            let items = inv
+                .networks
+                .values()
+                .filter(|n| {
+                    q.matches(|f| match f {
+                        "name" => vec![n.name.clone()],
+                        "id" => vec![n.id.clone()],
+                        _ => inv.data_centers.get(&n.data_center).map(|d| vec![d.name.clone()]).unwrap_or_default(),
+                    })
+                })
+                .map(render::network)
+                .collect();
+            ok(list("networks", items, r.max()?))
+        }
+        ["networks", id] if get => {
+            let inv = m.read();
+            inv.networks
+                .get(*id)
+                .map(render::network)
+                .map(ok)
+                .unwrap_or_else(|| Err(ApiError::not_found(format!("Network {id} not found"))))
+        }
+        ["templates"] if get => {
+            let q = r.search(&["name", "id", "cluster", "datacenter"])?;
+            let items = if q.matches(|f| match f {
+                "name" => vec!["Blank".into()],
+                "id" => vec![BLANK_TEMPLATE.into()],
+                _ => vec![],
+            }) {
+                vec![render::blank_template(None)]
+            } else {
+                vec![]
+            };
+            ok(list("templates", items, r.max()?))
+        }
+        ["templates", id] if get => {
+            if *id == BLANK_TEMPLATE {
+                ok(render::blank_template(None))
+            } else {
+                Err(ApiError::not_found(format!("Template {id} not found")))
+            }
+        }
+        ["templates", _, sub] if get => ok(Node::new(sub)),
+        ["hosts"] if get => hosts(m, r),
+        ["hosts"] if post => add_host(m, r).await,
+        ["hosts", id] if get => {
+            check_id(id)?;
+            let inv = m.read();
+            inv.hosts
+                .get(*id)
+                .map(render::host)
+                .map(ok)
+                .unwrap_or_else(|| Err(ApiError::not_found(format!("Host {id} not found"))))
+        }
+        ["hosts", id] if put => update_host(m, id, r).await,
+        ["hosts", id] if del => remove_host(m, id).await,
+        ["hosts", id, action] if post => host_action(m, id, action, r).await,
+        ["hosts", id, sub] if get => {
+            check_id(id)?;
+            if !m.read().hosts.contains_key(*id) {
+                return Err(ApiError::not_found(format!("Host {id} not found")));
+            }
+            ok(Node::new(sub))
+        }
+        ["vms"] if get => vms(m, r),
+        ["vms"] if post => add_vm(m, r).await,
+        ["vms", id] if get => {
+            check_id(id)?;
+            let inv = m.read();
+            inv.vms
+                .get(*id)
+                .map(|v| render::vm(v, &inv.nics_of(id)))
+                .map(ok)
+                .unwrap_or_else(|| Err(ApiError::not_found(format!("VM {id} not found"))))
+        }
+        ["vms", id] if put => update_vm(m, id, r).await,
+        ["vms", id] if del => remove_vm(m, id).await,
+        ["vms", id, "nics"] if get => {
+            check_id(id)?;
+            let inv = m.read();
+            if !inv.vms.contains_key(*id) {
+                return Err(ApiError::not_found(format!("VM {id} not found")));
+            }
+            ok(list("nics", inv.nics_of(id).into_iter().map(render::nic).collect(), None))
+        }
+        ["vms", id, "nics"] if post => add_nic(m, id, r).await,
+        ["vms", vid, "nics", nid] if get => {
+            let inv = m.read();
+            inv.nics
+                .get(*nid)
+                .filter(|n| n.vm == *vid)
+                .map(render::nic)
+                .map(ok)
+                .unwrap_or_else(|| Err(ApiError::not_found(format!("NIC {nid} not found"))))
+        }
+        ["vms", vid, "nics", nid] if del => remove_nic(m, vid, nid).await,
+        ["vms", id, "reporteddevices"] if get => reported_devices(m, id),
+        ["vms", id, action] if post => vm_action(m, id, action, r).await,
+        ["vms", id, sub] if get => {
+            check_id(id)?;
+            if !m.read().vms.contains_key(*id) {
+                return Err(ApiError::not_found(format!("VM {id} not found")));
+            }
+            let name = match *sub {
+                "diskattachments" => "disk_attachments",
+                "numanodes" => "vm_numa_nodes",
+                "graphicsconsoles" => "graphics_consoles",
+                "hostdevices" => "host_devices",
+                "affinitylabels" => "affinity_labels",
+                "katelloerrata" => "katello_errata",
+                "mediateddevices" => "vm_mediated_devices",
+                other => other,
+            };
+            ok(Node::new(name))
+        }
+        ["vms", _, sub, id] if get => Err(ApiError::not_found(format!("{sub} {id} not found"))),
+        ["events"] if get => events(m, r),
+        ["events", id] if get => {
+            let id: i64 = id.parse().map_err(|_| ApiError::not_found(format!("Event {id} not found")))?;
+            let inv = m.read();
+            inv.events
+                .iter()
+                .find(|e| e.id == id)
+                .map(render::event)
+                .map(ok)
+                .unwrap_or_else(|| Err(ApiError::not_found(format!("Event {id} not found"))))
+        }
+        ["jobs"] if get => {
+            let inv = m.read();
+            let mut js: Vec<&Job> = inv.jobs.values().collect();
+            js.sort_by_key(|j| std::cmp::Reverse(j.start_time));
+            ok(list("jobs", js.into_iter().map(render::job).collect(), r.max()?))
+        }
+        ["jobs", id] if get => {
+            let inv = m.read();
+            inv.jobs
+                .get(*id)
+                .map(render::job)
+                .map(ok)
+                .unwrap_or_else(|| Err(ApiError::not_found(format!("Job {id} not found"))))
+        }
+        ["jobs", _, "steps"] if get => ok(Node::new("steps")),
+        ["operatingsystems"] if get => ok(list(
+            "operating_systems",
+            ["other", "other_linux", "rhel_9x64", "debian_12"]
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    Node::new("operating_system")
+                        .attr("href", format!("{}/operatingsystems/{i}", render::BASE))
+                        .attr("id", i)
+                        .with(Node::leaf("name", n))
+                        .with(Node::leaf("description", n))
+                })
+                .collect(),
+            None,
+        )),
+        _ => Err(ApiError::not_found(format!(
+            "No resource for {} /{}",
+            r.method,
+            r.segments.join("/")
+        ))),
+    }
+}
+
+fn root(m: &Arc<Manager>) -> Node {
+    let inv = m.read();
+    let mut n = Node::new("api");
+    for rel in [
+        "clusters", "datacenters", "events", "hosts", "jobs", "networks", "templates", "vms",
+        "operatingsystems", "storagedomains", "disks",
+    ] {
+        n.push(Node::link(rel, &format!("{}/{rel}", render::BASE)));
+    }
+    n.push(Node::link("vms/search", &format!("{}/vms?search={{query}}", render::BASE)));
+    n.push(Node::link("hosts/search", &format!("{}/hosts?search={{query}}", render::BASE)));
+    n.push(
+        Node::new("product_info")
+            .with(Node::leaf("instance_id", &m.pki.ca_fingerprint))
+            .with(Node::leaf("name", "Halyard Manager"))
+            .with(Node::leaf("vendor", "Halyard"))
+            .with(
+                Node::new("version")
+                    .with(Node::leaf("build", 0))
+                    .with(Node::leaf("full_version", "4.5.0-halyard"))
+                    .with(Node::leaf("major", 4))
+                    .with(Node::leaf("minor", 5))
+                    .with(Node::leaf("revision", 0)),
+            ),
+    );
+    n.push(
+        Node::new("special_objects").with(Node::reference(
+            "blank_template",
+            &href("templates", BLANK_TEMPLATE),
+            BLANK_TEMPLATE,
+        )),
+    );
+    let up_hosts = inv.hosts.values().filter(|h| h.status == "up").count();
+    let up_vms = inv.vms.values().filter(|v| v.status == "up").count();
+    n.push(
+        Node::new("summary")
+            .with(Node::new("hosts").with(Node::leaf("active", up_hosts)).with(Node::leaf("total", inv.hosts.len())))
+            .with(Node::new("vms").with(Node::leaf("active", up_vms)).with(Node::leaf("total", inv.vms.len()))),
+    );
+    n.push(Node::leaf("time", iso8601(now_ms())));
+    n.push(Node::reference("authenticated_user", &format!("{}/users/admin", render::BASE), "admin"));
+    n
+}
+
+fn dcs(m: &Arc<Manager>, r: &Req) -> Out {
+    let q = r.search(&["name", "id", "status"])?;
+    let inv = m.read();
+    let items = inv
+        .data_centers
+        .values()
+        .filter(|d| {
+            q.matches(|f| match f {
+                "name" => vec![d.name.clone()],
+                "id" => vec![d.id.clone()],
+                _ => vec![d.status.clone()],
+            })
+        })
+        .map(render::data_center)
+        .collect();
+    ok(list("data_centers", items, r.max()?))
+}
+
+async fn add_dc(m: &Arc<Manager>, r: &Req) -> Out {
+    let n = r.body_node("data_center")?;
+    check_fields(&n, DC_FIELDS)?;
+    let name = n.text_of("name").unwrap_or("").to_string();
+    check_name(&name, "data center")?;
+    let _g = m.write_lock.lock().await;
+    if m.read().dc_by_name(&name).is_some() {
+        return Err(ApiError::conflict(format!("Cannot add Data Center. The name {name:?} is already in use.")));
+    }
+    let dc = DataCenter {
+        id: uuid::Uuid::new_v4().to_string(),
+        name,
+        description: n.text_of("description").unwrap_or("").to_string(),
+        local: n.text_of("local") == Some("true"),
+        status: "uninitialized".into(),
+    };
+    let net = Network {
+        id: uuid::Uuid::new_v4().to_string(),
+        name: "ovirtmgmt".into(),
+        description: "Management Network".into(),
+        data_center: dc.id.clone(),
+        mtu: 0,
+    };
+    m.db.put("datacenter", &dc.id, &dc).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    m.db.put("network", &net.id, &net).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    {
+        let mut inv = m.write();
+        inv.data_centers.insert(dc.id.clone(), dc.clone());
+        inv.networks.insert(net.id.clone(), net);
+    }
+    m.event(950, "normal", format!("Data Center {} was added by admin@internal.", dc.name), None, None).await;
+    Ok((StatusCode::CREATED, render::data_center(&dc)))
+}
+
+fn clusters(m: &Arc<Manager>, r: &Req) -> Out {
+    let q = r.search(&["name", "id", "datacenter"])?;
+    let inv = m.read();
+    let items = inv
+        .clusters
+        .values()
+        .filter(|c| {
+            q.matches(|f| match f {
+                "name" => vec![c.name.clone()],
+                "id" => vec![c.id.clone()],
+                _ => inv.data_centers.get(&c.data_center).map(|d| vec![d.name.clone()]).unwrap_or_default(),
+            })
+        })
+        .map(render::cluster)
+        .collect();
+    ok(list("clusters", items, r.max()?))
+}
+
+async fn add_cluster(m: &Arc<Manager>, r: &Req) -> Out {
+    let n = r.body_node("cluster")?;
+    check_fields(&n, CLUSTER_FIELDS)?;
+    let name = n.text_of("name").unwrap_or("").to_string();
+    check_name(&name, "cluster")?;
+    let _g = m.write_lock.lock().await;
+    let dc = {
+        let inv = m.read();
+        ref_id(n.get("data_center"), |x| inv.dc_by_name(x).map(|d| d.id.clone()), "data center")?
+            .ok_or_else(|| ApiError::bad("a cluster needs a data_center"))?
+    };
+    if !m.read().data_centers.contains_key(&dc) {
+        return Err(ApiError::not_found(format!("Data center {dc} not found")));
+    }
+    if m.read().cluster_by_name(&name).is_some() {
+        return Err(ApiError::conflict(format!("Cannot add Cluster. The name {name:?} is already in use.")));
+    }
+    let c = Cluster {
+        id: uuid::Uuid::new_v4().to_string(),
+        name,
+        description: n.text_of("description").unwrap_or("").to_string(),
+        data_center: dc,
+        cpu_type: n.get("cpu").and_then(|c| c.text_of("type")).unwrap_or("Halyard Any CPU").to_string(),
+    };
+    m.db.put("cluster", &c.id, &c).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    m.write().clusters.insert(c.id.clone(), c.clone());
+    m.event(809, "normal", format!("Cluster {} was added by admin@internal.", c.name), None, None).await;
+    Ok((StatusCode::CREATED, render::cluster(&c)))
+}
+
+fn hosts(m: &Arc<Manager>, r: &Req) -> Out {
+    let q = r.search(&["name", "id", "status", "cluster", "datacenter", "address"])?;
+    let inv = m.read();
+    let items = inv
+        .hosts
+        .values()
+        .filter(|h| {
+            q.matches(|f| match f {
+                "name" => vec![h.name.clone()],
+                "id" => vec![h.id.clone()],
+                "status" => vec![h.status.clone()],
+                "address" => vec![h.address.clone()],
+                "cluster" => inv.clusters.get(&h.cluster).map(|c| vec![c.name.clone()]).unwrap_or_default(),
+                _ => inv
+                    .clusters
+                    .get(&h.cluster)
+                    .and_then(|c| inv.data_centers.get(&c.data_center))
+                    .map(|d| vec![d.name.clone()])
+                    .unwrap_or_default(),
+            })
+        })
+        .map(render::host)
+        .collect();
+    ok(list("hosts", items, r.max()?))
+}
+
+async fn add_host(m: &Arc<Manager>, r: &Req) -> Out {
+    let n = r.body_node("host")?;
+    check_fields(&n, HOST_FIELDS)?;
+    let name = n.text_of("name").unwrap_or("").to_string();
+    check_name(&name, "host")?;
+    let address = n.text_of("address").unwrap_or("").to_string();
+    check_name(&address, "host address")?;
+    if address.contains(['/', ' ', '@']) {
+        return Err(ApiError::bad(format!("invalid host address {address:?}")));
+    }
+    let token = n.text_of("root_password").unwrap_or("").to_string();
+    let port = parse_u64(&n, "port")?.unwrap_or(54321);
+    if port == 0 || port > 65535 {
+        return Err(ApiError::bad("port out of range"));
+    }
+    let _g = m.write_lock.lock().await;
+    let cluster = {
+        let inv = m.read();
+        ref_id(n.get("cluster"), |x| inv.cluster_by_name(x).map(|c| c.id.clone()), "cluster")?
+            .or_else(|| inv.clusters.keys().next().cloned())
+            .ok_or_else(|| ApiError::bad("no cluster"))?
+    };
+    if !m.read().clusters.contains_key(&cluster) {
+        return Err(ApiError::not_found(format!("Cluster {cluster} not found")));
+    }
+    if m.read().host_by_name(&name).is_some() {
+        return Err(ApiError::conflict(format!("Cannot add Host. The Host name {name:?} is already in use.")));
+    }
+    let h = crate::register::enroll_host(m, &name, &address, port as u16, &cluster, &token)
+        .await
+        .map_err(|e| ApiError::bad(format!("Cannot add Host. {e}")))?;
+    Ok((StatusCode::CREATED, render::host(&h)))
+}
+
+async fn update_host(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
+    check_id(id)?;
+    let n = r.body_node("host")?;
+    check_fields(&n, HOST_FIELDS)?;
+    let _g = m.write_lock.lock().await;
+    let mut h = m.read().hosts.get(id).cloned().ok_or_else(|| ApiError::not_found(format!("Host {id} not found")))?;
+    if let Some(name) = n.text_of("name") {
+        check_name(name, "host")?;
+        h.name = name.to_string();
+    }
+    if let Some(p) = n.get("spm").and_then(|s| s.text_of("priority")) {
+        let p: i32 = p.parse().map_err(|_| ApiError::bad("spm priority must be an integer"))?;
+        if !(-1..=10).contains(&p) {
+            return Err(ApiError::bad("spm priority must be between -1 and 10"));
+        }
+        h.spm_priority = p;
+    }
+    m.save_host(&h).await?;
+    ok(render::host(&h))
+}
+
+async fn remove_host(m: &Arc<Manager>, id: &str) -> Out {
+    check_id(id)?;
+    let _g = m.write_lock.lock().await;
+    let h = m.read().hosts.get(id).cloned().ok_or_else(|| ApiError::not_found(format!("Host {id} not found")))?;
+    if m.read().vms.values().any(|v| v.host.as_deref() == Some(id) && v.status != "down") {
+        return Err(ApiError::conflict(format!("Cannot remove Host. Host {} has running VMs.", h.name)));
+    }
+    if !matches!(h.status.as_str(), "maintenance" | "pending_approval" | "non_responsive" | "install_failed" | "down") {
+        return Err(ApiError::conflict(format!(
+            "Cannot remove Host. Host {} is {}; move it to maintenance first.",
+            h.name, h.status
+        )));
+    }
+    m.unmonitor(id);
+    m.db.delete("host", id).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    m.write().hosts.remove(id);
+    m.event(42, "normal", format!("Host {} was removed by admin@internal.", h.name), None, None).await;
+    ok(Node::new("action").with(Node::leaf("status", "complete")))
+}
+
+async fn host_action(m: &Arc<Manager>, id: &str, action: &str, r: &Req) -> Out {
+    check_id(id)?;
+    let body = if r.body.is_empty() { Node::new("action") } else { r.body_node("action")? };
+    check_fields(&body, ACTION_FIELDS)?;
+    let h = m.read().hosts.get(id).cloned().ok_or_else(|| ApiError::not_found(format!("Host {id} not found")))?;
+    let job = m.start_job(format!("Host {action}: {}", h.name)).await;
+    let result = match action {
+        "approve" => {
+            let cluster = {
+                let inv = m.read();
+                ref_id(body.get("cluster"), |x| inv.cluster_by_name(x).map(|c| c.id.clone()), "cluster")?
+            };
+            crate::register::approve(m, id, cluster).await.map_err(|e| ApiError::conflict(e.to_string()))
+        }
+        "deactivate" => {
+            if m.read().vms.values().any(|v| v.host.as_deref() == Some(id) && v.status != "down") {
+                Err(ApiError::conflict(format!("Cannot switch Host {} to Maintenance mode: it runs VMs.", h.name)))
+            } else {
+                let mut h2 = h.clone();
+                h2.status = "maintenance".into();
+                m.save_host(&h2).await?;
+                m.event(16, "normal", format!("Host {} was switched to Maintenance Mode by admin@internal.", h.name), Some(id), None).await;
+                Ok(())
+            }
+        }
+        "activate" => {
+            if h.status == "pending_approval" {
+                Err(ApiError::conflict(format!("Cannot activate Host {}: it is pending approval.", h.name)))
+            } else {
+                let mut h2 = h.clone();
+                h2.status = "connecting".into();
+                m.save_host(&h2).await?;
+                m.monitor(id);
+                m.event(17, "normal", format!("Host {} was activated by admin@internal.", h.name), Some(id), None).await;
+                Ok(())
+            }
+        }
+        "refresh" => Ok(()),
+        "forceselectspm" | "fence" => Err(ApiError::conflict(format!("{action} needs storage (not available on host {})", h.name))),
+        other => Err(ApiError::not_found(format!("No action {other} on hosts"))),
+    };
+    m.finish_job(&job, result.is_ok()).await;
+    result?;
+    ok(render::action_done(Some(&job)))
+}
+
+fn vms(m: &Arc<Manager>, r: &Req) -> Out {
+    let q = r.search(&["name", "id", "status", "cluster", "host", "datacenter", "template"])?;
+    let inv = m.read();
+    let items = inv
+        .vms
+        .values()
+        .filter(|v| {
+            q.matches(|f| match f {
+                "name" => vec![v.name.clone()],
+                "id" => vec![v.id.clone()],
+                "status" => vec![v.status.clone()],
+                "cluster" => inv.clusters.get(&v.cluster).map(|c| vec![c.name.clone()]).unwrap_or_default(),
+                "host" => v.host.as_ref().and_then(|h| inv.hosts.get(h)).map(|h| vec![h.name.clone()]).unwrap_or_default(),
+                "template" => vec!["Blank".into()],
+                _ => inv
+                    .clusters
+                    .get(&v.cluster)
+                    .and_then(|c| inv.data_centers.get(&c.data_center))
+                    .map(|d| vec![d.name.clone()])
+                    .unwrap_or_default(),
+            })
+        })
+        .map(|v| render::vm(v, &[]))
+        .collect();
+    ok(list("vms", items, r.max()?))
+}
+
+struct VmSpec {
+    memory: Option<u64>,
+    sockets: Option<u32>,
+    cores: Option<u32>,
+    threads: Option<u32>,
+    os_type: Option<String>,
+    kernel: Option<String>,
+    initrd: Option<String>,
+    cmdline: Option<String>,
+}
+
+fn vm_spec(n: &Node) -> Result<VmSpec, ApiError> {
+    let memory = parse_u64(n, "memory")?;
+    if let Some(mem) = memory {
+        if !(1 << 20..=16 << 40).contains(&mem) {
+            return Err(ApiError::bad(format!("memory {mem} is outside 1 MiB .. 16 TiB")));
+        }
+    }
+    let topo = n.get("cpu").and_then(|c| c.get("topology"));
+    let t = |k: &str| -> Result<Option<u32>, ApiError> {
+        match topo.and_then(|t| t.text_of(k)) {
+            None => Ok(None),
+            Some(v) => match v.parse::<u32>() {
+                Ok(x) if (1..=256).contains(&x) => Ok(Some(x)),
+                _ => Err(ApiError::bad(format!("cpu topology {k} must be 1..256, got {v:?}"))),
+            },
+        }
+    };
+    let os = n.get("os");
+    let path = |k: &str| -> Result<Option<String>, ApiError> {
+        match os.and_then(|o| o.text_of(k)) {
+            None => Ok(None),
+            Some(p) if p.is_empty() => Ok(Some(String::new())),
+            Some(p) if p.starts_with('/') && !p.contains("..") && p.len() < 4096 && !p.chars().any(char::is_control) => {
+                Ok(Some(p.to_string()))
+            }
+            Some(p) => Err(ApiError::bad(format!("os {k} must be an absolute path without '..', got {p:?}"))),
+        }
+    };
+    let cmdline = match os.and_then(|o| o.text_of("cmdline")) {
+        Some(c) if c.len() > 4096 || c.chars().any(char::is_control) => {
+            return Err(ApiError::bad("os cmdline: at most 4096 printable characters"))
+        }
+        c => c.map(str::to_string),
+    };
+    Ok(VmSpec {
+        memory,
+        sockets: t("sockets")?,
+        cores: t("cores")?,
+        threads: t("threads")?,
+        os_type: os.and_then(|o| o.text_of("type")).map(str::to_string),
+        kernel: path("kernel")?,
+        initrd: path("initrd")?,
+        cmdline,
+    })
+}
+
+async fn add_vm(m: &Arc<Manager>, r: &Req) -> Out {
+    let n = r.body_node("vm")?;
+    check_fields(&n, VM_FIELDS)?;
+    let name = n.text_of("name").unwrap_or("").to_string();
+    check_name(&name, "VM")?;
+    let spec = vm_spec(&n)?;
+    let _g = m.write_lock.lock().await;
+    let (cluster, template) = {
+        let inv = m.read();
+        let cluster = ref_id(n.get("cluster"), |x| inv.cluster_by_name(x).map(|c| c.id.clone()), "cluster")?
+            .ok_or_else(|| ApiError::bad("Cannot add VM. The cluster is required."))?;
+        let template = ref_id(n.get("template"), |x| (x == "Blank").then(|| BLANK_TEMPLATE.to_string()), "template")?
+            .unwrap_or_else(|| BLANK_TEMPLATE.to_string());
+        (cluster, template)
+    };
+    if !m.read().clusters.contains_key(&cluster) {
+        return Err(ApiError::not_found(format!("Cluster {cluster} not found")));
+    }
+    if template != BLANK_TEMPLATE {
+        return Err(ApiError::not_found(format!("Template {template} not found")));
+    }
+    if m.read().vm_by_name(&name).is_some() {
+        return Err(ApiError::conflict(format!("Cannot add VM. The VM name {name:?} is already in use.")));
+    }
+    let vm = Vm {
+        id: uuid::Uuid::new_v4().to_string(),
+        name,
+        description: n.text_of("description").unwrap_or("").to_string(),
+        cluster,
+        template,
+        memory: spec.memory.unwrap_or(1 << 30),
+        sockets: spec.sockets.unwrap_or(1),
+        cores: spec.cores.unwrap_or(1),
+        threads: spec.threads.unwrap_or(1),
+        os_type: spec.os_type.unwrap_or_else(|| "other".into()),
+        kernel: spec.kernel.unwrap_or_default(),
+        initrd: spec.initrd.unwrap_or_default(),
+        cmdline: spec.cmdline.unwrap_or_default(),
+        status: "down".into(),
+        host: None,
+        start_time: None,
+        stop_time: None,
+        creation_time: now_ms(),
+        stop_reason: String::new(),
+        vm_type: n.text_of("type").unwrap_or("server").to_string(),
+        guest: GuestInfo::default(),
+    };
+    m.save_vm(&vm).await?;
+    m.event(34, "normal", format!("VM {} was created by admin@internal.", vm.name), None, Some(&vm.id)).await;
+    Ok((StatusCode::CREATED, render::vm(&vm, &[])))
+}
+
+async fn update_vm(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
+    check_id(id)?;
+    let n = r.body_node("vm")?;
+    check_fields(&n, VM_FIELDS)?;
+    let spec = vm_spec(&n)?;
+    let _g = m.write_lock.lock().await;
+    let mut vm = m.read().vms.get(id).cloned().ok_or_else(|| ApiError::not_found(format!("VM {id} not found")))?;
+    if let Some(name) = n.text_of("name") {
+        check_name(name, "VM")?;
+        if name != vm.name && m.read().vm_by_name(name).is_some() {
+            return Err(ApiError::conflict(format!("Cannot edit VM. The VM name {name:?} is already in use.")));
+        }
+        vm.name = name.to_string();
+    }
+    if let Some(d) = n.text_of("description") {
+        vm.description = d.to_string();
+    }
+    vm.memory = spec.memory.unwrap_or(vm.memory);
+    vm.sockets = spec.sockets.unwrap_or(vm.sockets);
+    vm.cores = spec.cores.unwrap_or(vm.cores);
+    vm.threads = spec.threads.unwrap_or(vm.threads);
+    if let Some(t) = spec.os_type {
+        vm.os_type = t;
+    }
+    if let Some(k) = spec.kernel {
+        vm.kernel = k;
+    }
+    if let Some(i) = spec.initrd {
+        vm.initrd = i;
+    }
+    if let Some(c) = spec.cmdline {
+        vm.cmdline = c;
+    }
+    m.save_vm(&vm).await?;
+    ok(render::vm(&vm, &[]))
+}
+
+async fn remove_vm(m: &Arc<Manager>, id: &str) -> Out {
+    check_id(id)?;
+    let _g = m.write_lock.lock().await;
+    let vm = m.read().vms.get(id).cloned().ok_or_else(|| ApiError::not_found(format!("VM {id} not found")))?;
+    if vm.status != "down" {
+        return Err(ApiError::conflict(format!("Cannot remove VM. VM {} is running.", vm.name)));
+    }
+    let nics: Vec<String> = m.read().nics_of(id).iter().map(|n| n.id.clone()).collect();
+    for n in &nics {
+        m.db.delete("nic", n).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    }
+    m.db.delete("vm", id).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    {
+        let mut inv = m.write();
+        inv.vms.remove(id);
+        for n in &nics {
+            inv.nics.remove(n);
+        }
+    }
+    m.event(113, "normal", format!("VM {} was removed by admin@internal.", vm.name), None, None).await;
+    ok(Node::new("action").with(Node::leaf("status", "complete")))
+}
+
+async fn vm_action(m: &Arc<Manager>, id: &str, action: &str, r: &Req) -> Out {
+    check_id(id)?;
+    let body = if r.body.is_empty() { Node::new("action") } else { r.body_node("action")? };
+    check_fields(&body, ACTION_FIELDS)?;
+    let name = m.read().vms.get(id).map(|v| v.name.clone()).ok_or_else(|| ApiError::not_found(format!("VM {id} not found")))?;
+    let job = m.start_job(format!("{} VM {name}", action)).await;
+    let r = match action {
+        "start" => m.vm_start(id).await,
+        "stop" => m.vm_stop(id).await,
+        "shutdown" => m.vm_shutdown(id, false).await,
+        "reboot" => m.vm_shutdown(id, true).await,
+        "suspend" => m.vm_suspend(id).await,
+        other => {
+            m.finish_job(&job, false).await;
+            return Err(ApiError::not_found(format!("No action {other} on VMs")));
+        }
+    };
+    m.finish_job(&job, r.is_ok()).await;
+    r?;
+    ok(render::action_done(Some(&job)))
+}
+
+async fn add_nic(m: &Arc<Manager>, vm: &str, r: &Req) -> Out {
+    check_id(vm)?;
+    let n = r.body_node("nic")?;
+    check_fields(&n, NIC_FIELDS)?;
+    let name = n.text_of("name").unwrap_or("").to_string();
+    check_name(&name, "NIC")?;
+    let interface = n.text_of("interface").unwrap_or("virtio").to_string();
+    if !["virtio", "e1000", "rtl8139"].contains(&interface.as_str()) {
+        return Err(ApiError::bad(format!("interface {interface:?} is not supported")));
+    }
+    let _g = m.write_lock.lock().await;
+    let v = m.read().vms.get(vm).cloned().ok_or_else(|| ApiError::not_found(format!("VM {vm} not found")))?;
+    let network = {
+        let inv = m.read();
+        let dc = inv.clusters.get(&v.cluster).map(|c| c.data_center.clone()).unwrap_or_default();
+        let by_name = |x: &str| inv.networks.values().find(|n| n.name == x && n.data_center == dc).map(|n| n.id.clone());
+        ref_id(n.get("network").or(n.get("vnic_profile")), by_name, "network")?
+            .or_else(|| by_name("ovirtmgmt"))
+            .ok_or_else(|| ApiError::bad("the data center has no management network"))?
+    };
+    if !m.read().networks.contains_key(&network) {
+        return Err(ApiError::not_found(format!("Network {network} not found")));
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    let mac = match n.get("mac").and_then(|x| x.text_of("address")) {
+        Some(a) => {
+            let ok = a.len() == 17 && a.split(':').all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok());
+            if !ok {
+                return Err(ApiError::bad(format!("invalid MAC address {a:?}")));
+            }
+            a.to_ascii_lowercase()
+        }
+        None => crate::vms::mac_for(&id),
+    };
+    let nic = Nic {
+        id,
+        vm: vm.to_string(),
+        name,
+        interface,
+        mac,
+        network,
+        plugged: true,
+        linked: true,
+    };
+    m.db.put("nic", &nic.id, &nic).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    m.write().nics.insert(nic.id.clone(), nic.clone());
+    Ok((StatusCode::CREATED, render::nic(&nic)))
+}
+
+async fn remove_nic(m: &Arc<Manager>, vm: &str, nic: &str) -> Out {
+    let _g = m.write_lock.lock().await;
+    let exists = m.read().nics.get(nic).is_some_and(|n| n.vm == vm);
+    if !exists {
+        return Err(ApiError::not_found(format!("NIC {nic} not found")));
+    }
+    m.db.delete("nic", nic).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    m.write().nics.remove(nic);
+    ok(Node::new("action").with(Node::leaf("status", "complete")))
+}
+
+fn reported_devices(m: &Arc<Manager>, id: &str) -> Out {
+    let inv = m.read();
+    let v = inv.vms.get(id).ok_or_else(|| ApiError::not_found(format!("VM {id} not found")))?;
+    let mut n = Node::new("reported_devices");
+    for (i, (name, hw, ips)) in v.guest.nics.iter().enumerate() {
+        let mut ipn = Node::new("ips");
+        for ip in ips {
+            let version = if ip.contains(':') { "v6" } else { "v4" };
+            ipn.push(Node::new("ip").with(Node::leaf("address", ip)).with(Node::leaf("version", version)));
+        }
+        n.push(
+            Node::new("reported_device")
+                .attr("href", format!("{}/reporteddevices/{i}", href("vms", id)))
+                .attr("id", i)
+                .with(Node::leaf("name", name))
+                .with(Node::leaf("description", "guest reported data"))
+                .with(ipn)
+                .with(Node::new("mac").with(Node::leaf("address", hw)))
+                .with(Node::leaf("type", "network"))
+                .with(Node::reference("vm", &href("vms", id), id)),
+        );
+    }
+    ok(n)
+}
+
+fn events(m: &Arc<Manager>, r: &Req) -> Out {
+    let q = r.search(&["severity", "type", "host", "vm", "id", "description", "code"])?;
+    let from: Option<i64> = match r.query.get("from").map(String::as_str) {
+        None | Some("") => None,
+        Some(v) => Some(v.parse().map_err(|_| ApiError::bad(format!("from={v:?} is not a number")))?),
+    };
+    let inv = m.read();
+    let items: Vec<Node> = inv
+        .events
+        .iter()
+        .rev()
+        .filter(|e| from.is_none_or(|f| e.id > f))
+        .filter(|e| {
+            q.matches(|f| match f {
+                "severity" => vec![e.severity.clone()],
+                "type" | "code" => vec![e.code.to_string()],
+                "id" => vec![e.id.to_string()],
+                "description" => vec![e.description.clone()],
+                "host" => e.host.as_ref().and_then(|h| inv.hosts.get(h)).map(|h| vec![h.name.clone()]).unwrap_or_default(),
+                _ => e.vm.as_ref().and_then(|v| inv.vms.get(v)).map(|v| vec![v.name.clone()]).unwrap_or_default(),
+            })
+        })
+        .map(render::event)
+        .collect();
+    ok(list("events", items, r.max()?))
+}

@@ -1,0 +1,306 @@
+//! Model objects as API documents (element names of the oVirt API model; absolute
+//! hrefs; the links clients follow).
+
+use crate::api::node::Node;
+use crate::model::*;
+
+pub const BASE: &str = "/ovirt-engine/api";
+
+pub fn href(kind: &str, id: &str) -> String {
+    format!("{BASE}/{kind}/{id}")
+}
+
+fn obj(name: &str, kind: &str, id: &str) -> Node {
+    Node::new(name).attr("href", href(kind, id)).attr("id", id)
+}
+
+pub fn data_center(d: &DataCenter) -> Node {
+    let h = href("datacenters", &d.id);
+    obj("data_center", "datacenters", &d.id)
+        .with(Node::link("clusters", &format!("{h}/clusters")))
+        .with(Node::link("networks", &format!("{h}/networks")))
+        .with(Node::link("storagedomains", &format!("{h}/storagedomains")))
+        .with(Node::leaf("name", &d.name))
+        .with(Node::leaf("description", &d.description))
+        .with(Node::leaf("local", d.local))
+        .with(Node::leaf("quota_mode", "disabled"))
+        .with(Node::leaf("status", &d.status))
+        .with(Node::leaf("storage_format", "v5"))
+        .with(Node::new("supported_versions").with(version(4, 7)))
+        .with(version(4, 7))
+}
+
+fn version(major: u32, minor: u32) -> Node {
+    Node::new("version")
+        .with(Node::leaf("major", major))
+        .with(Node::leaf("minor", minor))
+}
+
+pub fn cluster(c: &Cluster) -> Node {
+    let h = href("clusters", &c.id);
+    obj("cluster", "clusters", &c.id)
+        .with(Node::link("networks", &format!("{h}/networks")))
+        .with(Node::link("permissions", &format!("{h}/permissions")))
+        .with(Node::leaf("name", &c.name))
+        .with(Node::leaf("description", &c.description))
+        .with(
+            Node::new("cpu")
+                .with(Node::leaf("architecture", "x86_64"))
+                .with(Node::leaf("type", &c.cpu_type)),
+        )
+        .with(Node::leaf("ballooning_enabled", false))
+        .with(version(4, 7))
+        .with(Node::reference("data_center", &href("datacenters", &c.data_center), &c.data_center))
+}
+
+pub fn network(n: &Network) -> Node {
+    obj("network", "networks", &n.id)
+        .with(Node::leaf("name", &n.name))
+        .with(Node::leaf("description", &n.description))
+        .with(Node::leaf("mtu", n.mtu))
+        .with(Node::leaf("stp", false))
+        .with(Node::new("usages").with(Node::leaf("usage", "vm")).with(Node::leaf("usage", "management")))
+        .with(Node::reference("data_center", &href("datacenters", &n.data_center), &n.data_center))
+}
+
+pub fn host(h: &Host) -> Node {
+    let hr = href("hosts", &h.id);
+    let mut n = obj("host", "hosts", &h.id);
+    for rel in ["nics", "statistics", "storage", "networkattachments", "numanodes", "devices", "hooks", "tags", "permissions"] {
+        n.push(Node::link(rel, &format!("{hr}/{rel}")));
+    }
+    n = n
+        .with(Node::leaf("name", &h.name))
+        .with(Node::leaf("comment", ""))
+        .with(Node::leaf("address", &h.address))
+        .with(
+            Node::new("certificate")
+                .with(Node::leaf("organization", "Halyard"))
+                .with(Node::leaf("subject", format!("O=Halyard,CN={}", h.address))),
+        )
+        .with(
+            Node::new("cpu")
+                .with(Node::leaf("name", &h.cpu_model))
+                .with(Node::leaf("speed", h.cpu_speed.split('.').next().unwrap_or("0")))
+                .with(
+                    Node::new("topology")
+                        .with(Node::leaf("cores", h.cpu_cores.max(1)))
+                        .with(Node::leaf("sockets", h.cpu_sockets.max(1)))
+                        .with(Node::leaf("threads", h.cpu_threads.max(1))),
+                ),
+        )
+        .with(Node::leaf("external_status", "ok"))
+        .with(Node::new("hardware_information").with(Node::leaf("uuid", &h.hardware_uuid)))
+        .with(Node::leaf("memory", h.memory))
+        .with(Node::leaf("max_scheduling_memory", h.free_memory))
+        .with(
+            Node::new("os")
+                .with(Node::leaf("type", &h.os_name))
+                .with(Node::new("version").with(Node::leaf("full_version", &h.kernel))),
+        )
+        .with(Node::leaf("port", h.port))
+        .with(Node::leaf("protocol", "stomp"))
+        .with(
+            Node::new("spm")
+                .with(Node::leaf("priority", h.spm_priority))
+                .with(Node::leaf(
+                    "status",
+                    if h.spm_status.is_empty() { "none" } else { &h.spm_status },
+                )),
+        )
+        .with(Node::leaf("status", &h.status))
+        .opt("status_detail", (!h.status_detail.is_empty()).then_some(&h.status_detail))
+        .with(Node::leaf("type", "rhel"))
+        .with(Node::leaf("update_available", false))
+        .with(
+            Node::new("version")
+                .with(Node::leaf("full_version", &h.vdsm_version))
+                .with(Node::leaf("major", 4)),
+        )
+        .with(
+            Node::new("libvirt_version")
+                .with(Node::leaf("full_version", &h.libvirt_version)),
+        )
+        .with(Node::reference("cluster", &href("clusters", &h.cluster), &h.cluster));
+    n
+}
+
+pub fn vm(v: &Vm, nics: &[&Nic]) -> Node {
+    let hr = href("vms", &v.id);
+    let mut n = obj("vm", "vms", &v.id);
+    for rel in [
+        "nics", "diskattachments", "snapshots", "numanodes", "statistics", "reporteddevices",
+        "applications", "cdroms", "graphicsconsoles", "hostdevices", "permissions", "tags",
+        "watchdogs", "sessions", "katelloerrata", "affinitylabels", "mediateddevices",
+    ] {
+        n.push(Node::link(rel, &format!("{hr}/{rel}")));
+    }
+    n = n
+        .with(Node::leaf("name", &v.name))
+        .with(Node::leaf("description", &v.description))
+        .with(Node::leaf("comment", ""))
+        .with(
+            Node::new("cpu")
+                .with(Node::leaf("architecture", "x86_64"))
+                .with(Node::leaf("mode", "custom"))
+                .with(
+                    Node::new("topology")
+                        .with(Node::leaf("cores", v.cores))
+                        .with(Node::leaf("sockets", v.sockets))
+                        .with(Node::leaf("threads", v.threads)),
+                ),
+        )
+        .with(Node::leaf("creation_time", iso8601(v.creation_time)))
+        .with(Node::leaf("delete_protected", false))
+        .with(
+            Node::new("high_availability")
+                .with(Node::leaf("enabled", false))
+                .with(Node::leaf("priority", 0)),
+        )
+        .with(Node::leaf("memory", v.memory))
+        .with(
+            Node::new("memory_policy")
+                .with(Node::leaf("guaranteed", v.memory))
+                .with(Node::leaf("max", v.memory * 4)),
+        )
+        .with(
+            Node::new("os")
+                .with(Node::new("boot").with(Node::new("devices").with(Node::leaf("device", "hd"))))
+                .with(Node::leaf("type", &v.os_type))
+                .opt("kernel", (!v.kernel.is_empty()).then_some(&v.kernel))
+                .opt("initrd", (!v.initrd.is_empty()).then_some(&v.initrd))
+                .opt("cmdline", (!v.cmdline.is_empty()).then_some(&v.cmdline)),
+        )
+        .with(Node::leaf("stateless", false))
+        .with(Node::leaf("type", if v.vm_type.is_empty() { "server" } else { &v.vm_type }))
+        .with(Node::leaf("status", &v.status))
+        .opt("start_time", v.start_time.map(iso8601))
+        .opt("stop_time", v.stop_time.map(iso8601))
+        .opt("stop_reason", (!v.stop_reason.is_empty()).then_some(&v.stop_reason))
+        .with(Node::leaf("run_once", false))
+        .with(Node::reference("cluster", &href("clusters", &v.cluster), &v.cluster))
+        .with(Node::reference("template", &href("templates", &v.template), &v.template))
+        .with(Node::reference(
+            "original_template",
+            &href("templates", &v.template),
+            &v.template,
+        ));
+    if let Some(h) = &v.host {
+        n.push(Node::reference("host", &href("hosts", h), h));
+    }
+    if !v.guest.fqdn.is_empty() {
+        n.push(Node::leaf("fqdn", &v.guest.fqdn));
+    }
+    if !v.guest.os.is_empty() {
+        let g = &v.guest.os;
+        let get = |k: &str| g.get(k).cloned().unwrap_or_default();
+        n.push(
+            Node::new("guest_operating_system")
+                .with(Node::leaf("architecture", get("arch")))
+                .with(Node::leaf("codename", get("codename")))
+                .with(Node::leaf("distribution", get("distribution")))
+                .with(Node::leaf("family", get("family")))
+                .with(Node::new("kernel").with(Node::new("version").with(Node::leaf("full_version", get("kernel")))))
+                .with(Node::new("version").with(Node::leaf("full_version", get("version")))),
+        );
+    }
+    if let Some((name, offset)) = &v.guest.timezone {
+        let sign = if *offset < 0 { '-' } else { '+' };
+        let o = offset.abs();
+        n.push(
+            Node::new("guest_time_zone")
+                .with(Node::leaf("name", name))
+                .with(Node::leaf("utc_offset", format!("{sign}{:02}:{:02}", o / 3600, (o / 60) % 60))),
+        );
+    }
+    let _ = nics;
+    n
+}
+
+pub fn nic(x: &Nic) -> Node {
+    Node::new("nic")
+        .attr("href", format!("{}/nics/{}", href("vms", &x.vm), x.id))
+        .attr("id", &x.id)
+        .with(Node::leaf("name", &x.name))
+        .with(Node::leaf("interface", &x.interface))
+        .with(Node::leaf("linked", x.linked))
+        .with(Node::new("mac").with(Node::leaf("address", &x.mac)))
+        .with(Node::leaf("plugged", x.plugged))
+        .with(Node::reference("network", &href("networks", &x.network), &x.network))
+        .with(Node::reference(
+            "vnic_profile",
+            &href("vnicprofiles", &x.network),
+            &x.network,
+        ))
+        .with(Node::reference("vm", &href("vms", &x.vm), &x.vm))
+}
+
+/// The Blank template.
+pub fn blank_template(cluster: Option<&str>) -> Node {
+    let mut n = obj("template", "templates", BLANK_TEMPLATE)
+        .with(Node::leaf("name", "Blank"))
+        .with(Node::leaf("description", "Blank template"))
+        .with(Node::leaf("comment", ""))
+        .with(Node::leaf("memory", 1u64 << 30))
+        .with(Node::new("os").with(Node::leaf("type", "other")))
+        .with(Node::leaf("status", "ok"))
+        .with(Node::leaf("type", "server"))
+        .with(
+            Node::new("version")
+                .with(Node::leaf("version_name", "base version"))
+                .with(Node::leaf("version_number", 1))
+                .with(Node::reference("base_template", &href("templates", BLANK_TEMPLATE), BLANK_TEMPLATE)),
+        );
+    if let Some(c) = cluster {
+        n.push(Node::reference("cluster", &href("clusters", c), c));
+    }
+    n
+}
+
+pub fn event(e: &Event) -> Node {
+    let mut n = obj("event", "events", &e.id.to_string())
+        .with(Node::leaf("code", e.code))
+        .with(Node::leaf("description", &e.description))
+        .with(Node::leaf("severity", &e.severity))
+        .with(Node::leaf("time", iso8601(e.time)))
+        .with(Node::leaf("origin", "oVirt"))
+        .with(Node::leaf("custom_id", -1))
+        .with(Node::leaf("flood_rate", 0))
+        .opt("correlation_id", e.correlation_id.as_ref());
+    if let Some(h) = &e.host {
+        n.push(Node::reference("host", &href("hosts", h), h));
+    }
+    if let Some(v) = &e.vm {
+        n.push(Node::reference("vm", &href("vms", v), v));
+    }
+    if let Some(c) = &e.cluster {
+        n.push(Node::reference("cluster", &href("clusters", c), c));
+    }
+    if let Some(d) = &e.data_center {
+        n.push(Node::reference("data_center", &href("datacenters", d), d));
+    }
+    n
+}
+
+pub fn job(j: &Job) -> Node {
+    let hr = href("jobs", &j.id);
+    obj("job", "jobs", &j.id)
+        .with(Node::link("steps", &format!("{hr}/steps")))
+        .with(Node::leaf("description", &j.description))
+        .with(Node::leaf("auto_cleared", true))
+        .with(Node::leaf("external", false))
+        .with(Node::leaf("last_updated", iso8601(j.end_time.unwrap_or(j.start_time))))
+        .with(Node::leaf("start_time", iso8601(j.start_time)))
+        .opt("end_time", j.end_time.map(iso8601))
+        .with(Node::leaf("status", &j.status))
+        .with(Node::reference("owner", &format!("{BASE}/users/admin"), "admin"))
+}
+
+/// `<action><status>complete</status></action>` (with a job link when given).
+pub fn action_done(job: Option<&str>) -> Node {
+    let mut n = Node::new("action").with(Node::leaf("status", "complete"));
+    if let Some(j) = job {
+        n.push(Node::reference("job", &href("jobs", j), j));
+    }
+    n
+}

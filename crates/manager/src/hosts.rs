@@ -1,0 +1,469 @@
+//! Host monitoring: one task per host keeps a connection to its agent (mutual TLS,
+//! STOMP, JSON-RPC), checks it every `ping_interval_secs` (Host.ping2), samples it
+//! every `stats_interval_secs` (Host.getStats, Host.getAllVmStats), and follows its
+//! `|virt|VM_status|` events in between. Missed checks make the host non_responsive and
+//! its VMs unknown; when it answers again both recover.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use halyard_client::Client;
+use halyard_proto::vdsm::{exit_reason, VmStats};
+use serde_json::{json, Value};
+use tracing::{debug, info, warn, Instrument};
+
+use crate::model::*;
+use crate::state::Manager;
+
+/// Handle of a host's monitor.
+pub struct MonitorHandle {
+    stop: tokio::sync::watch::Sender<bool>,
+    client: Arc<tokio::sync::RwLock<Option<Arc<Client>>>>,
+}
+
+impl MonitorHandle {
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// VDSM status -> API status.
+pub fn api_status(vdsm: &str) -> &'static str {
+    match vdsm {
+        "WaitForLaunch" => "wait_for_launch",
+        "Powering up" => "powering_up",
+        "Up" => "up",
+        "Paused" => "paused",
+        "Powering down" => "powering_down",
+        "RebootInProgress" => "reboot_in_progress",
+        "Migration Source" | "Migration Destination" => "migrating",
+        "Saving State" => "saving_state",
+        "Restoring state" => "restoring_state",
+        "Down" => "down",
+        _ => "unknown",
+    }
+}
+
+impl Manager {
+    /// Starts monitoring a host (idempotent).
+    pub fn monitor(self: &Arc<Self>, host_id: &str) {
+        let mut mons = self.monitors.lock().unwrap_or_else(|p| p.into_inner());
+        if mons.contains_key(host_id) {
+            return;
+        }
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let client = Arc::new(tokio::sync::RwLock::new(None));
+        mons.insert(
+            host_id.to_string(),
+            MonitorHandle {
+                stop: tx,
+                client: client.clone(),
+            },
+        );
+        let me = self.clone();
+        let id = host_id.to_string();
+        tokio::spawn(
+            async move { me.monitor_loop(id, rx, client).await }
+                .instrument(tracing::info_span!("host", host_id = %host_id)),
+        );
+    }
+
+    pub fn unmonitor(&self, host_id: &str) {
+        if let Some(h) = self
+            .monitors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(host_id)
+        {
+            h.stop();
+        }
+    }
+
+    /// The connected client of a host, if any.
+    pub async fn host_client(&self, host_id: &str) -> Option<Arc<Client>> {
+        let c = self
+            .monitors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(host_id)
+            .map(|h| h.client.clone())?;
+        let g = c.read().await;
+        g.clone()
+    }
+
+    async fn set_host_status(&self, host_id: &str, status: &str) -> bool {
+        let h = self.read().hosts.get(host_id).cloned();
+        let Some(mut h) = h else { return false };
+        if h.status == status {
+            return false;
+        }
+        let old = std::mem::replace(&mut h.status, status.to_string());
+        if let Err(e) = self.save_host(&h).await {
+            warn!(error = %e, "cannot store the host status");
+        }
+        info!(from = %old, to = status, "host status");
+        true
+    }
+
+    async fn monitor_loop(
+        self: Arc<Self>,
+        host_id: String,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+        slot: Arc<tokio::sync::RwLock<Option<Arc<Client>>>>,
+    ) {
+        let mc = self.cfg.monitoring.clone();
+        let ping_every = Duration::from_secs(mc.ping_interval_secs.max(1));
+        let stats_every = Duration::from_secs(mc.stats_interval_secs.max(1));
+        let timeout = Duration::from_secs(mc.ping_timeout_secs.max(1));
+        let mut missed = 0u32;
+        let mut last_stats: Option<Instant> = None;
+        let mut tick = tokio::time::interval(ping_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => {
+                    *slot.write().await = None;
+                    return;
+                }
+            }
+            let Some(host) = self.read().hosts.get(&host_id).cloned() else {
+                return;
+            };
+            if matches!(host.status.as_str(), "pending_approval" | "maintenance" | "installing") {
+                continue;
+            }
+            let current = slot.read().await.clone();
+            let ok = match current {
+                None => match tokio::time::timeout(
+                    timeout,
+                    Client::connect(&host.address, host.port, self.pki.host_client.clone()),
+                )
+                .await
+                {
+                    Ok(Ok(c)) => {
+                        let c = Arc::new(c);
+                        *slot.write().await = Some(c.clone());
+                        self.on_connected(&host_id, &c).await;
+                        last_stats = None;
+                        true
+                    }
+                    Ok(Err(e)) => {
+                        debug!(error = %e, "cannot connect");
+                        false
+                    }
+                    Err(_) => false,
+                },
+                Some(c) => match tokio::time::timeout(timeout, c.call_value("Host.ping2", json!({}))).await {
+                    Ok(Ok(_)) => true,
+                    Ok(Err(e)) => {
+                        debug!(error = %e, "ping failed");
+                        *slot.write().await = None;
+                        false
+                    }
+                    Err(_) => false,
+                },
+            };
+            if ok {
+                if missed >= mc.missed_pings {
+                    self.event(
+                        14,
+                        "normal",
+                        format!("Host {} is responding again.", host.name),
+                        Some(&host_id),
+                        None,
+                    )
+                    .await;
+                }
+                missed = 0;
+                if host.status != "up" && host.status != "non_operational" {
+                    self.set_host_status(&host_id, "up").await;
+                    if host.status != "up" {
+                        self.event(
+                            13,
+                            "normal",
+                            format!("Host {} is up.", host.name),
+                            Some(&host_id),
+                            None,
+                        )
+                        .await;
+                    }
+                }
+                if last_stats.is_none_or(|t| t.elapsed() >= stats_every) {
+                    if let Some(c) = slot.read().await.clone() {
+                        self.sample(&host_id, &c).await;
+                    }
+                    last_stats = Some(Instant::now());
+                }
+            } else {
+                missed += 1;
+                if missed == mc.missed_pings && host.status != "non_responsive" {
+                    self.set_host_status(&host_id, "non_responsive").await;
+                    self.event(
+                        12,
+                        "error",
+                        format!("Host {} is not responding.", host.name),
+                        Some(&host_id),
+                        None,
+                    )
+                    .await;
+                    self.vms_unknown(&host_id).await;
+                }
+            }
+        }
+    }
+
+    /// A new connection: host details, certificate renewal when due, events.
+    async fn on_connected(self: &Arc<Self>, host_id: &str, c: &Arc<Client>) {
+        info!("connected to the host agent");
+        if let Ok(caps) = c.call_value("Host.getCapabilities", json!({})).await {
+            let h = self.read().hosts.get(host_id).cloned();
+            if let Some(mut h) = h {
+                let s = |k: &str| caps.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                let n = |k: &str| s(k).parse::<u32>().unwrap_or(0);
+                h.cpu_model = s("cpuModel");
+                h.cpu_speed = s("cpuSpeed");
+                h.cpu_threads = n("cpuThreads");
+                h.cpu_sockets = n("cpuSockets");
+                h.cpu_cores = (n("cpuCores") / h.cpu_sockets.max(1)).max(1);
+                h.memory = s("memSize").parse::<u64>().unwrap_or(0) * 1024 * 1024;
+                h.hardware_uuid = s("uuid");
+                h.libvirt_version = caps["packages2"]["libvirt"]["version"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                h.vdsm_version = caps["packages2"]["vdsm"]["version"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                h.kernel = caps["packages2"]["kernel"]["version"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                h.os_name = caps["operatingSystem"]["name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                let _ = self.save_host(&h).await;
+            }
+        }
+        // Follow VM status events.
+        let mut rx = c.events();
+        let me = self.clone();
+        let hid = host_id.to_string();
+        tokio::spawn(
+            async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(n) => {
+                            if let Some(vm_id) = n.method.strip_prefix("|virt|VM_status|") {
+                                if let Some(st) = n.params.get(vm_id) {
+                                    me.vm_report(&hid, vm_id, st, true).await;
+                                }
+                            }
+                            me.on_event(&hid, &n).await;
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(_) => return,
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+        self.maybe_renew_certificate(host_id, c).await;
+    }
+
+    /// Hook for other event kinds (guest agent, jobs).
+    async fn on_event(&self, _host_id: &str, _n: &halyard_proto::jsonrpc::Notification) {}
+
+    async fn sample(self: &Arc<Self>, host_id: &str, c: &Arc<Client>) {
+        if let Ok(st) = c.call_value("Host.getStats", json!({})).await {
+            let h = self.read().hosts.get(host_id).cloned();
+            if let Some(mut h) = h {
+                let free = st["memFree"].as_u64().unwrap_or(0) * 1024 * 1024;
+                let idle = st["cpuIdle"].as_str().and_then(|s| s.parse().ok()).unwrap_or(100.0);
+                if h.free_memory != free || (h.cpu_idle - idle).abs() > 0.5 {
+                    h.free_memory = free;
+                    h.cpu_idle = idle;
+                    // Stats are kept in memory only.
+                    self.write().hosts.insert(h.id.clone(), h);
+                }
+            }
+        }
+        let Ok(list) = c.call_value("Host.getAllVmStats", json!({})).await else {
+            return;
+        };
+        let reported: Vec<(String, Value)> = list
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| Some((v.get("vmId")?.as_str()?.to_string(), v.clone())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (id, st) in &reported {
+            self.vm_report(host_id, id, st, false).await;
+        }
+        // VMs we think run there that the host does not report went down.
+        let ours: Vec<Vm> = self
+            .read()
+            .vms
+            .values()
+            .filter(|v| v.host.as_deref() == Some(host_id))
+            .cloned()
+            .collect();
+        for v in ours {
+            if reported.iter().any(|(id, _)| *id == v.id) {
+                continue;
+            }
+            let launching = v.status == "wait_for_launch"
+                && v.start_time.is_some_and(|t| now_ms() - t < 60_000);
+            if !launching && v.status != "down" {
+                self.vm_down(&v.id, "The VM is no longer on its host".into(), false).await;
+            }
+        }
+    }
+
+    /// A VM's status as a host reports it (stats or event).
+    pub async fn vm_report(self: &Arc<Self>, host_id: &str, vm_id: &str, st: &Value, from_event: bool) {
+        let Some(vdsm) = st.get("status").and_then(Value::as_str) else {
+            return;
+        };
+        let v = self.read().vms.get(vm_id).cloned();
+        let Some(mut v) = v else { return };
+        if v.host.as_deref() != Some(host_id) {
+            return;
+        }
+        let new = api_status(vdsm);
+        if new == "down" {
+            let reason = st.get("exitReason").and_then(Value::as_i64).unwrap_or(-1);
+            let msg = st
+                .get("exitMessage")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            let admin = reason == exit_reason::ADMIN_SHUTDOWN;
+            // Release it on the host (as the engine does after Down).
+            if let Some(c) = self.host_client(host_id).await {
+                let _ = c.call_value("VM.destroy", json!({"vmID": vm_id})).await;
+            }
+            self.vm_down(vm_id, msg, admin).await;
+            return;
+        }
+        if let Ok(stats) = serde_json::from_value::<VmStats>(st.clone()) {
+            crate::vms::apply_guest_info(&mut v.guest, &stats);
+        }
+        let changed = v.status != new;
+        if changed {
+            debug!(vm = %v.name, from = %v.status, to = new, from_event, "VM status");
+            v.status = new.to_string();
+            if new == "up" && v.start_time.is_none() {
+                v.start_time = Some(now_ms());
+            }
+            let _ = self.save_vm(&v).await;
+            if new == "up" {
+                let host = self.read().hosts.get(host_id).map(|h| h.name.clone()).unwrap_or_default();
+                self.event(
+                    32,
+                    "normal",
+                    format!("VM {} started on Host {host}", v.name),
+                    Some(host_id),
+                    Some(vm_id),
+                )
+                .await;
+            }
+        } else {
+            // Guest details change without a status change: memory only.
+            self.write().vms.insert(v.id.clone(), v);
+        }
+    }
+
+    /// Marks a VM down.
+    pub async fn vm_down(&self, vm_id: &str, message: String, admin: bool) {
+        let v = self.read().vms.get(vm_id).cloned();
+        let Some(mut v) = v else { return };
+        if v.status == "down" {
+            return;
+        }
+        let host = v.host.take();
+        v.status = "down".into();
+        v.stop_time = Some(now_ms());
+        v.stop_reason = message.clone();
+        let _ = self.save_vm(&v).await;
+        let desc = if admin {
+            format!("VM {} is down.", v.name)
+        } else if message.is_empty() {
+            format!("VM {} is down.", v.name)
+        } else {
+            format!("VM {} is down. Exit message: {message}", v.name)
+        };
+        self.event(61, "normal", desc, host.as_deref(), Some(vm_id)).await;
+    }
+
+    /// A host stopped answering: its VMs are unknown until it answers again.
+    async fn vms_unknown(&self, host_id: &str) {
+        let vms: Vec<Vm> = self
+            .read()
+            .vms
+            .values()
+            .filter(|v| v.host.as_deref() == Some(host_id) && v.status != "down")
+            .cloned()
+            .collect();
+        for mut v in vms {
+            v.status = "unknown".into();
+            let _ = self.save_vm(&v).await;
+        }
+    }
+
+    /// Renews the host's certificate when a third of its validity is left: the agent
+    /// makes a new key and CSR, the Manager signs it, the agent switches to it without
+    /// dropping connections.
+    async fn maybe_renew_certificate(&self, host_id: &str, c: &Arc<Client>) {
+        let Some(h) = self.read().hosts.get(host_id).cloned() else {
+            return;
+        };
+        if h.cert_not_after == 0 {
+            return;
+        }
+        let life = self.cfg.host_cert_days * 86_400_000;
+        if h.cert_not_after - now_ms() > life / 3 {
+            return;
+        }
+        let r = async {
+            let csr = c
+                .call_value("Host.getCertificateRequest", json!({}))
+                .await?;
+            let csr = csr.as_str().unwrap_or_default().to_string();
+            let names = vec![h.address.clone(), h.name.clone()];
+            let cert = self
+                .pki
+                .ca
+                .sign_csr(&csr, &names, halyard_pki::Usage::Server, self.cfg.host_cert_days)
+                .map_err(|e| halyard_client::ClientError::Protocol(e.to_string()))?;
+            c.call_value(
+                "Host.setCertificate",
+                json!({"certificate": cert, "ca": self.pki.ca.cert_pem()}),
+            )
+            .await?;
+            Ok::<String, halyard_client::ClientError>(cert)
+        }
+        .await;
+        match r {
+            Ok(cert) => {
+                let mut h = h;
+                h.certificate = Some(cert);
+                h.cert_not_after = now_ms() + life;
+                let _ = self.save_host(&h).await;
+                self.event(
+                    9000,
+                    "normal",
+                    format!("Certificate of host {} was renewed.", h.name),
+                    Some(host_id),
+                    None,
+                )
+                .await;
+            }
+            Err(e) => warn!(error = %e, "certificate renewal failed"),
+        }
+    }
+}

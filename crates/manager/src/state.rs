@@ -1,0 +1,424 @@
+//! The Manager's state: configuration, database, in-memory inventory, PKI, users and
+//! tokens, and the events log. Every change goes to the database before it is
+//! acknowledged.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::db::Db;
+use crate::model::*;
+
+/// Events kept in memory (the database has all of them).
+const EVENTS_IN_MEMORY: usize = 20_000;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct User {
+    pub name: String,
+    pub hash: String,
+}
+
+#[derive(Debug, Clone)]
+struct Token {
+    user: String,
+    expires: Instant,
+}
+
+/// The PKI files of the Manager.
+pub struct Pki {
+    pub ca: halyard_pki::Ca,
+    pub dir: PathBuf,
+    /// TLS config the Manager uses to connect to host agents (its client certificate).
+    pub host_client: Arc<rustls::ClientConfig>,
+    /// SHA-256 fingerprint of the CA certificate (hex, colon separated).
+    pub ca_fingerprint: String,
+}
+
+pub struct Manager {
+    pub cfg: Config,
+    pub db: Db,
+    pub inv: RwLock<Inventory>,
+    tokens: Mutex<HashMap<String, Token>>,
+    pub pki: Pki,
+    /// Per-host monitoring handles (connections to agents).
+    pub monitors: Mutex<HashMap<String, crate::hosts::MonitorHandle>>,
+    /// Serialises changes that read-check-write the inventory.
+    pub write_lock: tokio::sync::Mutex<()>,
+}
+
+/// A random token of `n` bytes, hex.
+pub fn random_hex(n: usize) -> String {
+    let mut out = String::with_capacity(n * 2);
+    while out.len() < n * 2 {
+        for b in uuid::Uuid::new_v4().as_bytes() {
+            out.push_str(&format!("{b:02x}"));
+        }
+    }
+    out.truncate(n * 2);
+    out
+}
+
+pub fn hash_password(p: &str) -> anyhow::Result<String> {
+    let salt = SaltString::encode_b64(&uuid::Uuid::new_v4().into_bytes())
+        .map_err(|e| anyhow::anyhow!("salt: {e}"))?;
+    Ok(Argon2::default()
+        .hash_password(p.as_bytes(), &salt)
+        .map_err(|e| anyhow::anyhow!("hashing: {e}"))?
+        .to_string())
+}
+
+pub fn verify_password(p: &str, hash: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|h| Argon2::default().verify_password(p.as_bytes(), &h).is_ok())
+        .unwrap_or(false)
+}
+
+fn fingerprint(pem: &str) -> String {
+    use rustls::pki_types::pem::PemObject;
+    use sha2::Digest;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .map(|c| c.to_vec())
+        .unwrap_or_default();
+    sha2::Sha256::digest(&der)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+impl Manager {
+    /// Opens the database and PKI (creating both at the first start, with the admin
+    /// user) and loads the inventory.
+    pub async fn open(cfg: Config) -> anyhow::Result<Arc<Manager>> {
+        std::fs::create_dir_all(&cfg.data_dir)?;
+        let db = Db::open(&cfg.database_url()).await?;
+        info!(backend = db.backend, "database ready");
+        let pki = Self::open_pki(&cfg)?;
+        let m = Arc::new(Manager {
+            cfg,
+            db,
+            inv: RwLock::new(Inventory::default()),
+            tokens: Mutex::new(HashMap::new()),
+            pki,
+            monitors: Mutex::new(HashMap::new()),
+            write_lock: tokio::sync::Mutex::new(()),
+        });
+        m.init_admin().await?;
+        m.load().await?;
+        Ok(m)
+    }
+
+    fn open_pki(cfg: &Config) -> anyhow::Result<Pki> {
+        let dir = cfg.data_dir.join("pki");
+        std::fs::create_dir_all(&dir)?;
+        let (cert, key) = (dir.join("ca.pem"), dir.join("ca.key"));
+        let ca = if cert.exists() && key.exists() {
+            halyard_pki::Ca::load(&cert, &key)?
+        } else {
+            let ca = halyard_pki::Ca::generate("Halyard Manager CA", 3650)?;
+            ca.save(&dir)?;
+            info!(dir = %dir.display(), "created the Manager's CA");
+            ca
+        };
+        let mut names = cfg.names.clone();
+        if names.is_empty() {
+            names = halyard_pki::default_host_names(&[]);
+        }
+        // The HTTPS certificate is re-issued at each start (names may change).
+        ca.issue(&names, halyard_pki::Usage::Server, 825)?
+            .save(&dir, "engine")?;
+        if !dir.join("manager-client.pem").exists() {
+            ca.issue(&["halyard-manager".to_string()], halyard_pki::Usage::Client, 825)?
+                .save(&dir, "manager-client")?;
+        }
+        let host_client = halyard_pki::client_config(&halyard_pki::TlsFiles {
+            cert: dir.join("manager-client.pem"),
+            key: dir.join("manager-client.key"),
+            ca: cert.clone(),
+        })?;
+        let ca_fingerprint = fingerprint(ca.cert_pem());
+        Ok(Pki {
+            ca,
+            dir,
+            host_client,
+            ca_fingerprint,
+        })
+    }
+
+    pub fn engine_tls(&self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        use rustls::pki_types::pem::PemObject;
+        let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(self.pki.dir.join("engine.pem"))?
+            .collect::<Result<_, _>>()?;
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(self.pki.dir.join("engine.key"))?;
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+        Ok(Arc::new(cfg))
+    }
+
+    async fn init_admin(&self) -> anyhow::Result<()> {
+        if self.db.get::<User>("user", "admin@internal").await?.is_some() {
+            return Ok(());
+        }
+        let (password, from_file) = match &self.cfg.admin_password_file {
+            Some(p) if p.exists() => (std::fs::read_to_string(p)?.trim().to_string(), true),
+            _ => (random_hex(12), false),
+        };
+        if password.len() < 8 {
+            anyhow::bail!("the admin password must have at least 8 characters");
+        }
+        let user = User {
+            name: "admin@internal".into(),
+            hash: hash_password(&password)?,
+        };
+        self.db.put("user", &user.name, &user).await?;
+        if !from_file {
+            let path = self.cfg.data_dir.join("admin-password");
+            halyard_common::fsutil::write_atomic(&path, format!("{password}\n").as_bytes(), 0o600)?;
+            println!("admin@internal password: {password}");
+            println!("(also in {}, readable by root only)", path.display());
+        }
+        Ok(())
+    }
+
+    async fn load(&self) -> anyhow::Result<()> {
+        let mut inv = Inventory::default();
+        for d in self.db.all::<DataCenter>("datacenter").await? {
+            inv.data_centers.insert(d.id.clone(), d);
+        }
+        for c in self.db.all::<Cluster>("cluster").await? {
+            inv.clusters.insert(c.id.clone(), c);
+        }
+        for n in self.db.all::<Network>("network").await? {
+            inv.networks.insert(n.id.clone(), n);
+        }
+        for h in self.db.all::<Host>("host").await? {
+            inv.hosts.insert(h.id.clone(), h);
+        }
+        for v in self.db.all::<Vm>("vm").await? {
+            inv.vms.insert(v.id.clone(), v);
+        }
+        for n in self.db.all::<Nic>("nic").await? {
+            inv.nics.insert(n.id.clone(), n);
+        }
+        for j in self.db.all::<Job>("job").await? {
+            inv.jobs.insert(j.id.clone(), j);
+        }
+        inv.events = self
+            .db
+            .recent_events::<Event>(EVENTS_IN_MEMORY as i64)
+            .await?
+            .into();
+        inv.next_event_id = self.db.max_event_id().await? + 1;
+        let empty = inv.data_centers.is_empty();
+        *self.inv.write().unwrap_or_else(|p| p.into_inner()) = inv;
+        if empty {
+            self.create_defaults().await?;
+        }
+        Ok(())
+    }
+
+    /// The Default data center with its Default cluster and ovirtmgmt network.
+    async fn create_defaults(&self) -> anyhow::Result<()> {
+        let dc = DataCenter {
+            id: uuid::Uuid::new_v4().to_string(),
+            name: "Default".into(),
+            description: "The default Data Center".into(),
+            local: false,
+            status: "uninitialized".into(),
+        };
+        let cl = Cluster {
+            id: uuid::Uuid::new_v4().to_string(),
+            name: "Default".into(),
+            description: "The default server cluster".into(),
+            data_center: dc.id.clone(),
+            cpu_type: "Halyard Any CPU".into(),
+        };
+        let net = Network {
+            id: uuid::Uuid::new_v4().to_string(),
+            name: "ovirtmgmt".into(),
+            description: "Management Network".into(),
+            data_center: dc.id.clone(),
+            mtu: 0,
+        };
+        self.db.put("datacenter", &dc.id, &dc).await?;
+        self.db.put("cluster", &cl.id, &cl).await?;
+        self.db.put("network", &net.id, &net).await?;
+        let mut inv = self.inv.write().unwrap_or_else(|p| p.into_inner());
+        inv.data_centers.insert(dc.id.clone(), dc);
+        inv.clusters.insert(cl.id.clone(), cl);
+        inv.networks.insert(net.id.clone(), net);
+        Ok(())
+    }
+
+    // ----- auth ------------------------------------------------------------------------
+
+    /// Checks a password; returns a new token.
+    pub async fn login(&self, user: &str, password: &str) -> Option<(String, Duration)> {
+        let u = self.db.get::<User>("user", user).await.ok().flatten()?;
+        if !verify_password(password, &u.hash) {
+            return None;
+        }
+        let token = random_hex(32);
+        let ttl = Duration::from_secs(self.cfg.token_lifetime_secs);
+        let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        t.retain(|_, v| v.expires > now);
+        t.insert(
+            token.clone(),
+            Token {
+                user: u.name,
+                expires: now + ttl,
+            },
+        );
+        Some((token, ttl))
+    }
+
+    /// The user of a valid, unexpired token.
+    pub fn check_token(&self, token: &str) -> Option<String> {
+        let t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        t.get(token)
+            .filter(|v| v.expires > Instant::now())
+            .map(|v| v.user.clone())
+    }
+
+    pub fn logout(&self, token: &str) {
+        self.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(token);
+    }
+
+    /// Expires a token at once (tests of expiry).
+    pub fn expire_token(&self, token: &str) {
+        if let Some(t) = self
+            .tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(token)
+        {
+            t.expires = Instant::now();
+        }
+    }
+
+    // ----- events ----------------------------------------------------------------------
+
+    /// Records an event (audit log).
+    pub async fn event(
+        &self,
+        code: i64,
+        severity: &str,
+        description: String,
+        host: Option<&str>,
+        vm: Option<&str>,
+    ) {
+        let ev = {
+            let mut inv = self.inv.write().unwrap_or_else(|p| p.into_inner());
+            let id = inv.next_event_id.max(1);
+            inv.next_event_id = id + 1;
+            let cluster = vm
+                .and_then(|v| inv.vms.get(v).map(|v| v.cluster.clone()))
+                .or_else(|| host.and_then(|h| inv.hosts.get(h).map(|h| h.cluster.clone())));
+            let data_center = cluster
+                .as_ref()
+                .and_then(|c| inv.clusters.get(c).map(|c| c.data_center.clone()));
+            let ev = Event {
+                id,
+                code,
+                severity: severity.into(),
+                description,
+                time: now_ms(),
+                host: host.map(str::to_string),
+                vm: vm.map(str::to_string),
+                cluster,
+                data_center,
+                correlation_id: None,
+            };
+            inv.events.push_back(ev.clone());
+            while inv.events.len() > EVENTS_IN_MEMORY {
+                inv.events.pop_front();
+            }
+            ev
+        };
+        info!(code, severity, "{}", ev.description);
+        if let Err(e) = self.db.add_event(ev.id, &ev).await {
+            warn!(error = %e, "cannot store an event");
+        }
+    }
+
+    // ----- persistence helpers ---------------------------------------------------------
+
+    pub async fn save_host(&self, h: &Host) -> anyhow::Result<()> {
+        self.db.put("host", &h.id, h).await?;
+        self.inv
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .hosts
+            .insert(h.id.clone(), h.clone());
+        Ok(())
+    }
+
+    pub async fn save_vm(&self, v: &Vm) -> anyhow::Result<()> {
+        self.db.put("vm", &v.id, v).await?;
+        self.inv
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .vms
+            .insert(v.id.clone(), v.clone());
+        Ok(())
+    }
+
+    pub async fn save_job(&self, j: &Job) -> anyhow::Result<()> {
+        self.db.put("job", &j.id, j).await?;
+        self.inv
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .jobs
+            .insert(j.id.clone(), j.clone());
+        Ok(())
+    }
+
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Inventory> {
+        self.inv.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inventory> {
+        self.inv.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a job for an action; finish it with [`Manager::finish_job`].
+    pub async fn start_job(&self, description: String) -> String {
+        let j = Job {
+            id: uuid::Uuid::new_v4().to_string(),
+            description,
+            status: "started".into(),
+            start_time: now_ms(),
+            end_time: None,
+            steps: vec![],
+        };
+        let id = j.id.clone();
+        if let Err(e) = self.save_job(&j).await {
+            warn!(error = %e, "cannot store a job");
+        }
+        id
+    }
+
+    pub async fn finish_job(&self, id: &str, ok: bool) {
+        let j = self.read().jobs.get(id).cloned();
+        if let Some(mut j) = j {
+            j.status = if ok { "finished" } else { "failed" }.into();
+            j.end_time = Some(now_ms());
+            let _ = self.save_job(&j).await;
+        }
+    }
+}

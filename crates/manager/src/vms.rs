@@ -1,0 +1,359 @@
+//! VM lifecycle: the scheduler (up hosts of the VM's cluster with enough free memory,
+//! most free memory first), the libvirt domain XML with the `ovirt-vm` metadata, and
+//! the actions (start, stop, shutdown, reboot, suspend).
+
+use std::sync::Arc;
+
+use halyard_proto::vdsm::VmStats;
+use serde_json::json;
+use tracing::info;
+
+use crate::model::*;
+use crate::state::Manager;
+
+/// Why an action cannot run (becomes an API fault).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum VmError {
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&apos;")
+}
+
+/// The domain XML the Manager sends with VM.create.
+pub fn domain_xml(vm: &Vm, nics: &[(Nic, String)], console_dir: &str) -> String {
+    let mem_kib = vm.memory / 1024;
+    let vcpus = (vm.sockets * vm.cores * vm.threads).max(1);
+    let mut os = String::from("<type arch=\"x86_64\" machine=\"pc\">hvm</type>");
+    if !vm.kernel.is_empty() {
+        os.push_str(&format!("<kernel>{}</kernel>", esc(&vm.kernel)));
+        if !vm.initrd.is_empty() {
+            os.push_str(&format!("<initrd>{}</initrd>", esc(&vm.initrd)));
+        }
+        if !vm.cmdline.is_empty() {
+            os.push_str(&format!("<cmdline>{}</cmdline>", esc(&vm.cmdline)));
+        }
+    } else {
+        os.push_str("<boot dev=\"hd\"/>");
+    }
+    let mut devices = format!(
+        "<serial type=\"pty\"><log file=\"{dir}/{id}.log\" append=\"off\"/><target port=\"0\"/></serial>\
+         <console type=\"pty\"><target type=\"serial\" port=\"0\"/></console>\
+         <channel type=\"unix\"><target type=\"virtio\" name=\"org.qemu.guest_agent.0\"/></channel>\
+         <memballoon model=\"none\"/>",
+        dir = esc(console_dir.trim_end_matches('/')),
+        id = vm.id
+    );
+    let mut meta_devices = String::new();
+    for (n, bridge) in nics {
+        devices.push_str(&format!(
+            "<interface type=\"bridge\"><mac address=\"{mac}\"/><model type=\"{model}\"/><source bridge=\"{br}\"/><alias name=\"ua-{id}\"/></interface>",
+            mac = esc(&n.mac),
+            model = if n.interface == "virtio" { "virtio" } else { "e1000" },
+            br = esc(bridge),
+            id = n.id
+        ));
+        meta_devices.push_str(&format!(
+            "<ovirt-vm:device mac_address=\"{}\"><ovirt-vm:network>{}</ovirt-vm:network><ovirt-vm:custom/></ovirt-vm:device>",
+            esc(&n.mac),
+            esc(bridge)
+        ));
+    }
+    format!(
+        r#"<?xml version="1.0" encoding="utf-8"?>
+<domain xmlns:ovirt-tune="http://ovirt.org/vm/tune/1.0" xmlns:ovirt-vm="http://ovirt.org/vm/1.0" type="kvm">
+<name>{name}</name>
+<uuid>{id}</uuid>
+<memory>{mem_kib}</memory>
+<currentMemory>{mem_kib}</currentMemory>
+<vcpu current="{vcpus}">{vcpus}</vcpu>
+<metadata><ovirt-tune:qos/><ovirt-vm:vm><ovirt-vm:clusterVersion>4.7</ovirt-vm:clusterVersion><ovirt-vm:custom/>{meta_devices}<ovirt-vm:launchPaused>false</ovirt-vm:launchPaused><ovirt-vm:resumeBehavior>auto_resume</ovirt-vm:resumeBehavior></ovirt-vm:vm></metadata>
+<cpu match="exact" mode="host-passthrough"><topology cores="{cores}" sockets="{sockets}" threads="{threads}"/></cpu>
+<os>{os}</os>
+<features><acpi/><apic/></features>
+<clock offset="variable" adjustment="0"><timer name="rtc" tickpolicy="catchup"/><timer name="pit" tickpolicy="delay"/></clock>
+<on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>
+<devices>{devices}</devices>
+</domain>"#,
+        name = esc(&vm.name),
+        id = vm.id,
+        cores = vm.cores.max(1),
+        sockets = vm.sockets.max(1),
+        threads = vm.threads.max(1),
+    )
+}
+
+/// Guest agent details from a VM's stats.
+pub fn apply_guest_info(g: &mut GuestInfo, s: &VmStats) {
+    if let Some(f) = s.guest_fqdn.as_ref().filter(|f| !f.is_empty()) {
+        g.fqdn = f.clone();
+    }
+    if let Some(os) = &s.guest_os_info {
+        g.os = os
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+            .collect();
+    }
+    if let Some(tz) = &s.guest_timezone {
+        let name = tz.get("zone").and_then(|v| v.as_str()).unwrap_or("").to_string();
+        let off = tz.get("offset").and_then(|v| v.as_i64()).unwrap_or(0);
+        g.timezone = Some((name, off * 60));
+    }
+    if let Some(ifs) = &s.net_ifaces {
+        g.nics = ifs
+            .iter()
+            .map(|i| {
+                let name = i.get("name").and_then(|v| v.as_str()).unwrap_or("").to_string();
+                let hw = i.get("hw").and_then(|v| v.as_str()).unwrap_or("").to_string();
+                let mut ips: Vec<String> = Vec::new();
+                for k in ["inet", "inet6"] {
+                    if let Some(a) = i.get(k).and_then(|v| v.as_array()) {
+                        ips.extend(a.iter().filter_map(|x| x.as_str().map(str::to_string)));
+                    }
+                }
+                (name, hw, ips)
+            })
+            .collect();
+    }
+    if let Some(ips) = s.guest_ips.as_ref().filter(|s| !s.is_empty()) {
+        g.ips = ips.split_whitespace().map(str::to_string).collect();
+    }
+}
+
+/// A MAC in oVirt's default pool range, derived from the NIC id.
+pub fn mac_for(id: &str) -> String {
+    let b = uuid::Uuid::parse_str(id)
+        .map(|u| *u.as_bytes())
+        .unwrap_or([0u8; 16]);
+    format!("56:6f:{:02x}:{:02x}:{:02x}:{:02x}", b[12], b[13], b[14], b[15])
+}
+
+impl Manager {
+    /// Picks a host: up, in the VM's cluster, with enough free memory; the one with the
+    /// most free memory first.
+    pub fn schedule(&self, vm: &Vm) -> Result<String, VmError> {
+        let inv = self.read();
+        let committed = |h: &str| -> u64 {
+            inv.vms
+                .values()
+                .filter(|v| v.host.as_deref() == Some(h) && v.status == "wait_for_launch")
+                .map(|v| v.memory)
+                .sum()
+        };
+        let mut candidates: Vec<(&Host, u64)> = inv
+            .hosts
+            .values()
+            .filter(|h| h.status == "up" && h.cluster == vm.cluster)
+            .map(|h| (h, h.free_memory.saturating_sub(committed(&h.id))))
+            .collect();
+        if candidates.is_empty() {
+            return Err(VmError::Conflict(
+                "Cannot run VM. There is no host that satisfies current scheduling constraints: no host in the VM's cluster is up.".into(),
+            ));
+        }
+        candidates.retain(|(_, free)| *free >= vm.memory);
+        candidates.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.name.cmp(&b.0.name)));
+        candidates
+            .first()
+            .map(|(h, _)| h.id.clone())
+            .ok_or_else(|| {
+                VmError::Conflict(format!(
+                    "Cannot run VM. There is no host that satisfies current scheduling constraints: no host has {} MiB of free memory.",
+                    vm.memory >> 20
+                ))
+            })
+    }
+
+    fn vm(&self, id: &str) -> Result<Vm, VmError> {
+        self.read()
+            .vms
+            .get(id)
+            .cloned()
+            .ok_or_else(|| VmError::NotFound(format!("VM {id} not found")))
+    }
+
+    pub async fn vm_start(self: &Arc<Self>, id: &str) -> Result<(), VmError> {
+        let _g = self.write_lock.lock().await;
+        let mut vm = self.vm(id)?;
+        if vm.status != "down" {
+            return Err(VmError::Conflict(format!(
+                "Cannot run VM. VM {} is running.",
+                vm.name
+            )));
+        }
+        let host_id = self.schedule(&vm)?;
+        let client = self
+            .host_client(&host_id)
+            .await
+            .ok_or_else(|| VmError::Failed("the chosen host is not connected".into()))?;
+        let nics: Vec<(Nic, String)> = {
+            let inv = self.read();
+            inv.nics_of(id)
+                .into_iter()
+                .map(|n| {
+                    let bridge = inv
+                        .networks
+                        .get(&n.network)
+                        .map(|x| x.name.clone())
+                        .unwrap_or_else(|| "ovirtmgmt".into());
+                    (n.clone(), bridge)
+                })
+                .collect()
+        };
+        let xml = domain_xml(&vm, &nics, &self.cfg.vm_console_dir);
+        client
+            .call_value(
+                "VM.create",
+                json!({"vmID": vm.id, "vmParams": {"vmId": vm.id, "xml": xml}}),
+            )
+            .await
+            .map_err(|e| VmError::Failed(format!("VM.create failed on the host: {e}")))?;
+        vm.status = "wait_for_launch".into();
+        vm.host = Some(host_id.clone());
+        vm.start_time = Some(now_ms());
+        vm.stop_time = None;
+        vm.stop_reason.clear();
+        self.save_vm(&vm)
+            .await
+            .map_err(|e| VmError::Failed(e.to_string()))?;
+        let host = self.read().hosts.get(&host_id).map(|h| h.name.clone()).unwrap_or_default();
+        info!(vm = %vm.name, host = %host, "starting VM");
+        self.event(
+            153,
+            "normal",
+            format!("VM {} was started by admin@internal (Host: {host}).", vm.name),
+            Some(&host_id),
+            Some(id),
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn running_on(&self, id: &str) -> Result<(Vm, Arc<halyard_client::Client>), VmError> {
+        let vm = self.vm(id)?;
+        if vm.status == "down" {
+            return Err(VmError::Conflict(format!(
+                "Cannot stop VM. VM {} is not running.",
+                vm.name
+            )));
+        }
+        let host = vm
+            .host
+            .clone()
+            .ok_or_else(|| VmError::Conflict("the VM runs on no host".into()))?;
+        let c = self
+            .host_client(&host)
+            .await
+            .ok_or_else(|| VmError::Failed("the VM's host is not connected".into()))?;
+        Ok((vm, c))
+    }
+
+    /// Power off (VM.destroy).
+    pub async fn vm_stop(self: &Arc<Self>, id: &str) -> Result<(), VmError> {
+        let (vm, c) = self.running_on(id).await?;
+        c.call_value("VM.destroy", json!({"vmID": id}))
+            .await
+            .map_err(|e| VmError::Failed(format!("VM.destroy failed: {e}")))?;
+        self.vm_down(id, "Admin shut down from the engine".into(), true)
+            .await;
+        self.event(
+            33,
+            "normal",
+            format!("VM {} powered off by admin@internal.", vm.name),
+            None,
+            Some(id),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Guest shutdown (VM.shutdown), or reboot.
+    pub async fn vm_shutdown(self: &Arc<Self>, id: &str, reboot: bool) -> Result<(), VmError> {
+        let (mut vm, c) = self.running_on(id).await?;
+        c.call_value(
+            "VM.shutdown",
+            json!({"vmID": id, "delay": "30", "message": "System Administrator has initiated shutdown of this VM. Virtual Machine is shutting down.", "reboot": reboot, "timeout": 120, "force": !reboot}),
+        )
+        .await
+        .map_err(|e| VmError::Failed(format!("VM.shutdown failed: {e}")))?;
+        vm.status = if reboot { "reboot_in_progress" } else { "powering_down" }.into();
+        let _ = self.save_vm(&vm).await;
+        let what = if reboot { "reboot" } else { "shutdown" };
+        self.event(
+            if reboot { 157 } else { 73 },
+            "normal",
+            format!("VM {} {what} was initiated by admin@internal.", vm.name),
+            vm.host.as_deref(),
+            Some(id),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Suspend: the VM is paused on its host (memory is not saved to storage yet).
+    pub async fn vm_suspend(self: &Arc<Self>, id: &str) -> Result<(), VmError> {
+        let (mut vm, c) = self.running_on(id).await?;
+        c.call_value("VM.pause", json!({"vmID": id}))
+            .await
+            .map_err(|e| VmError::Failed(format!("VM.pause failed: {e}")))?;
+        vm.status = "paused".into();
+        let _ = self.save_vm(&vm).await;
+        self.event(
+            34,
+            "normal",
+            format!("VM {} was suspended by admin@internal.", vm.name),
+            vm.host.as_deref(),
+            Some(id),
+        )
+        .await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xml_is_valid_and_escaped() {
+        let vm = Vm {
+            id: "8d2e5c8a-3f0e-4b8c-9a1b-0123456789ab".into(),
+            name: "a<b>&\"c'".into(),
+            description: String::new(),
+            cluster: "c".into(),
+            template: BLANK_TEMPLATE.into(),
+            memory: 128 << 20,
+            sockets: 1,
+            cores: 2,
+            threads: 1,
+            os_type: "other_linux".into(),
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            cmdline: "console=ttyS0 a=<x>".into(),
+            status: "down".into(),
+            host: None,
+            start_time: None,
+            stop_time: None,
+            creation_time: 0,
+            stop_reason: String::new(),
+            vm_type: "server".into(),
+            guest: GuestInfo::default(),
+        };
+        let x = domain_xml(&vm, &[], "/var/log/halyard/vms");
+        let n = crate::api::node::Node::parse_xml(x.as_bytes()).expect("well-formed");
+        assert_eq!(n.text_of("name"), Some("a<b>&\"c'"));
+        assert_eq!(n.text_of("memory"), Some("131072"));
+        assert_eq!(n.text_of("vcpu"), Some("2"));
+        assert!(mac_for(&vm.id).starts_with("56:6f:"));
+    }
+}
