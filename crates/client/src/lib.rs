@@ -10,6 +10,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod http;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -47,6 +47,7 @@ fn virt_err(code: halyard_proto::vdsm::ErrorCode, e: &VirtError) -> RpcError {
 /// The agent.
 pub struct Agent {
     pub cfg: Config,
+    pub identity: Arc<crate::identity::Identity>,
     pub storage: Arc<halyard_storage::pool::StorageManager>,
     /// This agent's identity, kept in its state directory; written into the domains it
     /// starts so that recovery adopts exactly those.
@@ -61,7 +62,12 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn new(cfg: Config, agent_id: String, virt: Arc<Libvirt>) -> Arc<Agent> {
+    pub fn new(
+        cfg: Config,
+        identity: Arc<crate::identity::Identity>,
+        agent_id: String,
+        virt: Arc<Libvirt>,
+    ) -> Arc<Agent> {
         let (events, _) = broadcast::channel(4096);
         let sampler = HostSampler::new(cfg.disk_stats_paths.clone());
         let storage =
@@ -73,6 +79,7 @@ impl Agent {
             });
         Arc::new(Agent {
             cfg,
+            identity,
             storage,
             agent_id,
             virt,
@@ -517,6 +524,16 @@ impl Agent {
             domxml::set_disk_sources(&xml, &sources)
                 .map_err(|e| errors::INVALID_PARAMETER.rpc(Some(&e.to_string())))?
         };
+        // Serial console logs go to files whose directory may not exist yet.
+        if let Some(log) = domxml::parse(&xml).ok().and_then(|i| i.serial_log) {
+            if let Some(dir) = std::path::Path::new(&log).parent() {
+                if !dir.as_os_str().is_empty() && !dir.exists() {
+                    if let Err(e) = std::fs::create_dir_all(dir) {
+                        warn!(dir = %dir.display(), error = %e, "cannot create the console log directory");
+                    }
+                }
+            }
+        }
         let start_wall = clock::wall_secs();
         let prepared = domxml::prepare(
             &xml,

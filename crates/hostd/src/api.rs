@@ -62,7 +62,13 @@ pub async fn handle(agent: &Arc<Agent>, req: Request, flow_id: Option<String>) -
         } else {
             info!(id = ?req.id, "request");
         }
-        let outcome = if !agent.is_ready() {
+        let enrollment_verb = matches!(
+            req.method.as_str(),
+            "Host.ping2" | "Host.getCertificateRequest" | "Host.setCertificate"
+        );
+        let outcome = if agent.identity.enrolling() && !enrollment_verb {
+            Err(errors::INVALID_PARAMETER.rpc(Some("this host is not enrolled yet")))
+        } else if !agent.is_ready() {
             Err(errors::RECOVERY.rpc(None))
         } else {
             call(agent, &req.method, &req.params).await
@@ -108,6 +114,30 @@ async fn call(agent: &Arc<Agent>, method: &str, params: &Params) -> Result<Value
         verbs::HostGetVmFullList::METHOD => {
             let p = bind::<verbs::HostGetVmFullList>(params)?;
             to_value(agent.vm_list(&p.vm_list, true))
+        }
+        "Host.getCertificateRequest" => {
+            #[derive(serde::Deserialize)]
+            struct P {
+                #[serde(default)]
+                token: Option<String>,
+            }
+            let p: P = params.bind(&["token"])?;
+            to_value(agent.identity.certificate_request(p.token.as_deref())?)
+        }
+        "Host.setCertificate" => {
+            #[derive(serde::Deserialize)]
+            struct P {
+                certificate: String,
+                #[serde(default)]
+                ca: Option<String>,
+                #[serde(default)]
+                token: Option<String>,
+            }
+            let p: P = params.bind(&["certificate", "ca", "token"])?;
+            agent
+                .identity
+                .set_certificate(p.token.as_deref(), &p.certificate, p.ca.as_deref())?;
+            to_value(true)
         }
         verbs::HostGetJobs::METHOD => {
             let p = bind::<verbs::HostGetJobs>(params)?;

@@ -16,6 +16,10 @@ pub struct Config {
     pub limits: Limits,
     pub vm: VmPolicy,
     pub storage: Storage,
+    pub manager: ManagerLink,
+    /// One-time token that lets a Manager enroll this agent (POST /hosts with the token
+    /// as root_password) when it has no certificate yet.
+    pub enroll_token: Option<String>,
     /// Where the agent keeps its state (the bound address is written to
     /// `<state_dir>/listen.addr` once listening).
     pub state_dir: PathBuf,
@@ -100,6 +104,38 @@ pub struct Storage {
     pub spm_watchdog_interval_secs: u64,
 }
 
+/// Registration with a Manager.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ManagerLink {
+    /// `https://manager:port`; when set and no certificate exists yet, the agent
+    /// registers and waits for approval.
+    pub url: String,
+    /// SHA-256 fingerprint of the Manager's CA (`AB:CD:...`); unset = trust on first use.
+    pub ca_fingerprint: Option<String>,
+    /// Name to register as (default: the host name).
+    pub host_name: String,
+    /// Address the Manager should connect to (default: the host name).
+    pub address: String,
+    /// Seconds between checks for approval.
+    pub poll_secs: u64,
+}
+
+impl Default for ManagerLink {
+    fn default() -> Self {
+        let h = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into());
+        ManagerLink {
+            url: String::new(),
+            ca_fingerprint: None,
+            host_name: h.clone(),
+            address: h,
+            poll_secs: 3,
+        }
+    }
+}
+
 impl Default for Storage {
     fn default() -> Self {
         Storage {
@@ -121,6 +157,8 @@ impl Default for Config {
             limits: Limits::default(),
             vm: VmPolicy::default(),
             storage: Storage::default(),
+            manager: ManagerLink::default(),
+            enroll_token: None,
             state_dir: PathBuf::from("/var/lib/halyard/hostd"),
             disk_stats_paths: vec![
                 PathBuf::from("/var/log"),

@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use halyard_hostd::agent::Agent;
 use halyard_hostd::config::Config;
+use halyard_hostd::identity::Identity;
 use halyard_hostd::libvirt::Libvirt;
 use tracing::{info, warn};
 
@@ -42,6 +43,20 @@ struct RunArgs {
     /// Directory holding hostd.pem, hostd.key and ca.pem (overrides the config).
     #[arg(long)]
     pki_dir: Option<PathBuf>,
+    /// Register with this Manager (https://host:port) when there is no certificate yet.
+    #[arg(long)]
+    manager: Option<String>,
+    /// SHA-256 fingerprint of the Manager's CA to check at registration.
+    #[arg(long)]
+    manager_ca_fingerprint: Option<String>,
+    /// Name and address to register with (default: the host name).
+    #[arg(long)]
+    host_name: Option<String>,
+    #[arg(long)]
+    address: Option<String>,
+    /// Wait for enrollment by a Manager that presents this one-time token.
+    #[arg(long)]
+    enroll_token: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -137,6 +152,21 @@ fn load_config(args: &RunArgs) -> anyhow::Result<Config> {
         cfg.tls.key = d.join("hostd.key");
         cfg.tls.ca = d.join("ca.pem");
     }
+    if let Some(m) = &args.manager {
+        cfg.manager.url = m.clone();
+    }
+    if let Some(f) = &args.manager_ca_fingerprint {
+        cfg.manager.ca_fingerprint = Some(f.clone());
+    }
+    if let Some(n) = &args.host_name {
+        cfg.manager.host_name = n.clone();
+    }
+    if let Some(a) = &args.address {
+        cfg.manager.address = a.clone();
+    }
+    if let Some(t) = &args.enroll_token {
+        cfg.enroll_token = Some(t.clone());
+    }
     cfg.validate()?;
     Ok(cfg)
 }
@@ -153,12 +183,27 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
-    let tls = halyard_pki::server_config(&halyard_pki::TlsFiles {
-        cert: cfg.tls.cert.clone(),
-        key: cfg.tls.key.clone(),
-        ca: cfg.tls.ca.clone(),
-    })
-    .context("loading the TLS identity (create a development one with `halyard-hostd pki init`)")?;
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+    let agent_id = agent_id(&cfg.state_dir)?;
+    let identity = if Identity::files_exist(&cfg) {
+        Identity::load(&cfg).context("loading the TLS identity")?
+    } else if !cfg.manager.url.is_empty() {
+        halyard_hostd::identity::register(&cfg, &agent_id)
+            .await
+            .context("registering with the Manager")?;
+        Identity::load(&cfg).context("loading the certificate from the Manager")?
+    } else if let Some(t) = cfg.enroll_token.clone() {
+        info!("no certificate yet: waiting for enrollment by a Manager");
+        Identity::enrollment(&cfg, t)?
+    } else {
+        bail!(
+            "no TLS identity in {}: create a development one with `halyard-hostd pki init`, \
+             register with `--manager https://...`, or wait for enrollment with `--enroll-token`",
+            cfg.tls.cert.display()
+        );
+    };
+    let identity = Arc::new(identity);
     let uri = cfg.libvirt.uri.clone();
     let virt = tokio::task::spawn_blocking(move || Libvirt::open(&uri))
         .await?
@@ -171,17 +216,14 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {addr}"))?;
     let bound = listener.local_addr()?;
-    std::fs::create_dir_all(&cfg.state_dir)
-        .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
     halyard_common::fsutil::write_atomic(
         &cfg.state_dir.join("listen.addr"),
         bound.to_string().as_bytes(),
         0o644,
     )?;
-    let agent_id = agent_id(&cfg.state_dir)?;
     info!(%bound, domain_type = %cfg.libvirt.domain_type, libvirt = %cfg.libvirt.uri, %agent_id, "listening");
-    let agent = Agent::new(cfg, agent_id, virt);
-    tokio::spawn(halyard_hostd::server::serve(agent.clone(), listener, tls));
+    let agent = Agent::new(cfg, identity, agent_id, virt);
+    tokio::spawn(halyard_hostd::server::serve(agent.clone(), listener));
     match agent.recover().await {
         Ok(n) => info!(adopted = n, "recovery done; ready"),
         Err(e) => bail!("recovery failed: {}", e.message),

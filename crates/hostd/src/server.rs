@@ -21,8 +21,7 @@ use crate::agent::Agent;
 use crate::api;
 
 /// Accepts connections until the process ends.
-pub async fn serve(agent: Arc<Agent>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+pub async fn serve(agent: Arc<Agent>, listener: TcpListener) {
     let active = Arc::new(AtomicUsize::new(0));
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -40,7 +39,8 @@ pub async fn serve(agent: Arc<Agent>, listener: TcpListener, tls: Arc<rustls::Se
         }
         let _ = tcp.set_nodelay(true);
         let agent = agent.clone();
-        let acceptor = acceptor.clone();
+        // The configuration of the moment: certificates can change while we run.
+        let acceptor = tokio_rustls::TlsAcceptor::from(agent.identity.server_config());
         let active = active.clone();
         active.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(

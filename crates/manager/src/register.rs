@@ -213,43 +213,6 @@ pub async fn approve(m: &Arc<Manager>, id: &str, cluster: Option<String>) -> any
     Ok(())
 }
 
-/// A server-certificate verifier that accepts any certificate: only for talking to an
-/// agent in enrollment mode, which proves itself with its one-time token instead.
-#[derive(Debug)]
-struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// `POST /hosts`: enrolls an agent that waits with a one-time token.
 pub async fn enroll_host(
     m: &Arc<Manager>,
@@ -262,16 +225,12 @@ pub async fn enroll_host(
     if token.is_empty() {
         anyhow::bail!("root_password must be the agent's enrollment token (halyard-hostd --enroll-token)");
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
-        .with_no_client_auth();
-    tls.enable_sni = false;
+    // The agent in enrollment mode has a self-signed certificate: the token it demands
+    // is what makes this contact trustworthy.
+    let tls = halyard_pki::client_config_unverified(None)?;
     let c = tokio::time::timeout(
         std::time::Duration::from_secs(10),
-        halyard_client::Client::connect(address, port, Arc::new(tls)),
+        halyard_client::Client::connect(address, port, tls),
     )
     .await
     .map_err(|_| anyhow::anyhow!("{address}:{port} did not answer"))?

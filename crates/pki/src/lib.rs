@@ -413,3 +413,206 @@ mod tests {
             .is_err());
     }
 }
+
+/// A new key and a certificate signing request for `names` (PEM: csr, key).
+pub fn make_csr(names: &[String]) -> Result<(String, String)> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(names.to_vec())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(
+        DnType::CommonName,
+        names.first().cloned().unwrap_or_else(|| "halyard-host".into()),
+    );
+    params.distinguished_name = dn;
+    let csr = params.serialize_request(&key)?.pem()?;
+    Ok((csr, key.serialize_pem()))
+}
+
+/// The DER of the first certificate in a PEM text.
+fn first_cert_der(pem: &str) -> Option<Vec<u8>> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .and_then(|c| c.ok())
+        .map(|c| c.to_vec())
+}
+
+/// Whether the certificate carries the public key of the private key.
+pub fn cert_matches_key(cert_pem: &str, key_pem: &str) -> bool {
+    let Ok(key) = KeyPair::from_pem(key_pem) else {
+        return false;
+    };
+    let Some(der) = first_cert_der(cert_pem) else {
+        return false;
+    };
+    match x509_parser::parse_x509_certificate(&der) {
+        Ok((_, cert)) => cert.public_key().subject_public_key.data.as_ref() == key.public_key_raw(),
+        Err(_) => false,
+    }
+}
+
+/// Seconds since the epoch at which the certificate expires.
+pub fn cert_not_after(cert_pem: &str) -> Option<i64> {
+    let der = first_cert_der(cert_pem)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
+/// Whether `cert_pem` was issued by the CA in `ca_pem` (signature check).
+pub fn issued_by(cert_pem: &str, ca_pem: &str) -> bool {
+    let (Some(c), Some(a)) = (first_cert_der(cert_pem), first_cert_der(ca_pem)) else {
+        return false;
+    };
+    match (
+        x509_parser::parse_x509_certificate(&c),
+        x509_parser::parse_x509_certificate(&a),
+    ) {
+        (Ok((_, cert)), Ok((_, ca))) => cert.verify_signature(Some(ca.public_key())).is_ok(),
+        _ => false,
+    }
+}
+
+/// SHA-256 fingerprint of a PEM certificate, as `AB:CD:...`.
+pub fn fingerprint(pem: &str) -> String {
+    use sha2::Digest;
+    let der = first_cert_der(pem).unwrap_or_default();
+    sha2::Sha256::digest(&der)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// A self-signed certificate (the agent's identity before it is enrolled).
+pub fn self_signed(names: &[String]) -> Result<Issued> {
+    let key = KeyPair::generate()?;
+    let params = CertificateParams::new(names.to_vec())?;
+    let cert = params.self_signed(&key)?;
+    Ok(Issued {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// A server configuration from PEM texts, requiring client certificates signed by `ca`
+/// (or none when `ca` is `None`: enrollment mode).
+pub fn server_config_pem(cert_pem: &str, key_pem: &str, ca_pem: Option<&str>) -> Result<Arc<rustls::ServerConfig>> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| PkiError::Pem {
+            path: PathBuf::from("<certificate>"),
+            detail: e.to_string(),
+        })?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|_| PkiError::NoKey(PathBuf::from("<key>")))?;
+    let b = rustls::ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let cfg = match ca_pem {
+        Some(ca) => {
+            let mut store = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+                let c = c.map_err(|e| PkiError::Pem {
+                    path: PathBuf::from("<ca>"),
+                    detail: e.to_string(),
+                })?;
+                store.add(c)?;
+            }
+            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider())
+                .build()
+                .map_err(|e| PkiError::Verifier(e.to_string()))?;
+            b.with_client_cert_verifier(v).with_single_cert(certs, key)?
+        }
+        None => b.with_no_client_auth().with_single_cert(certs, key)?,
+    };
+    Ok(Arc::new(cfg))
+}
+
+/// A client configuration that trusts `ca_pem` only, presenting no certificate.
+pub fn client_config_trusting(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>> {
+    let mut store = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let c = c.map_err(|e| PkiError::Pem {
+            path: PathBuf::from("<ca>"),
+            detail: e.to_string(),
+        })?;
+        store.add(c)?;
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
+/// Accepts any server certificate. Only for a first contact whose trust comes from
+/// elsewhere: the CA fingerprint an agent checks, or the one-time token an agent in
+/// enrollment mode demands.
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// See [`AcceptAny`]; `client` adds a client certificate.
+pub fn client_config_unverified(client: Option<&TlsFiles>) -> Result<Arc<rustls::ClientConfig>> {
+    let p = provider();
+    let b = rustls::ClientConfig::builder_with_provider(p.clone())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(p)));
+    let cfg = match client {
+        Some(f) => b.with_client_auth_cert(load_certs(&f.cert)?, load_key(&f.key)?)?,
+        None => b.with_no_client_auth(),
+    };
+    Ok(Arc::new(cfg))
+}
+
+#[cfg(test)]
+mod more_tests {
+    use super::*;
+
+    #[test]
+    fn csr_key_match_and_issuer() {
+        let ca = Ca::generate("t", 1).expect("ca");
+        let (csr, key) = make_csr(&["h1".into()]).expect("csr");
+        let cert = ca.sign_csr(&csr, &["h1".into()], Usage::Server, 1).expect("signed");
+        assert!(cert_matches_key(&cert, &key));
+        let (_, other) = make_csr(&["h1".into()]).expect("csr");
+        assert!(!cert_matches_key(&cert, &other));
+        assert!(issued_by(&cert, ca.cert_pem()));
+        let ca2 = Ca::generate("t2", 1).expect("ca");
+        assert!(!issued_by(&cert, ca2.cert_pem()));
+        assert!(cert_not_after(&cert).expect("date") > 0);
+        assert_eq!(fingerprint(ca.cert_pem()).len(), 95);
+        server_config_pem(&cert, &key, Some(ca.cert_pem())).expect("server config");
+        let s = self_signed(&["x".into()]).expect("self-signed");
+        server_config_pem(&s.cert_pem, &s.key_pem, None).expect("enrollment config");
+    }
+}
