@@ -380,15 +380,20 @@ impl Manager {
 
     /// Marks a VM down.
     pub async fn vm_down(&self, vm_id: &str, message: String, admin: bool) {
-        let v = self.read().vms.get(vm_id).cloned();
-        let Some(mut v) = v else { return };
-        if v.status == "down" {
-            return;
-        }
-        let host = v.host.take();
-        v.status = "down".into();
-        v.stop_time = Some(now_ms());
-        v.stop_reason = message.clone();
+        // Check and set in one step: the host's Down event and the action that caused
+        // it may both get here.
+        let (v, host) = {
+            let mut inv = self.write();
+            let Some(v) = inv.vms.get_mut(vm_id) else { return };
+            if v.status == "down" {
+                return;
+            }
+            let host = v.host.take();
+            v.status = "down".into();
+            v.stop_time = Some(now_ms());
+            v.stop_reason = message.clone();
+            (v.clone(), host)
+        };
         let _ = self.save_vm(&v).await;
         let desc = if admin {
             format!("VM {} is down.", v.name)

@@ -81,7 +81,7 @@ pub fn host(h: &Host) -> Node {
         .with(
             Node::new("cpu")
                 .with(Node::leaf("name", &h.cpu_model))
-                .with(Node::leaf("speed", h.cpu_speed.split('.').next().unwrap_or("0")))
+                .opt("speed", h.cpu_speed.trim().parse::<f64>().ok().map(|v| v.round() as i64))
                 .with(
                     Node::new("topology")
                         .with(Node::leaf("cores", h.cpu_cores.max(1)))
