@@ -62,8 +62,14 @@ fn find(h: &[u8], pat: &[u8]) -> Option<usize> {
 fn dechunk(mut b: &[u8]) -> Result<Vec<u8>, ClientError> {
     let mut out = Vec::new();
     loop {
-        let nl = find(b, b"\r\n").ok_or_else(|| ClientError::Protocol("bad chunked body".into()))?;
-        let size_s = std::str::from_utf8(&b[..nl]).unwrap_or("").split(';').next().unwrap_or("").trim();
+        let nl =
+            find(b, b"\r\n").ok_or_else(|| ClientError::Protocol("bad chunked body".into()))?;
+        let size_s = std::str::from_utf8(&b[..nl])
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim();
         let size = usize::from_str_radix(size_s, 16)
             .map_err(|_| ClientError::Protocol("bad chunk size".into()))?;
         b = &b[nl + 2..];
@@ -116,7 +122,8 @@ pub async fn request(
         .await
         .map_err(|_| ClientError::Timeout(Duration::from_secs(120)))?
         .map_err(ClientError::Tls)?;
-    let end = find(&buf, b"\r\n\r\n").ok_or_else(|| ClientError::Protocol("no HTTP header".into()))?;
+    let end =
+        find(&buf, b"\r\n\r\n").ok_or_else(|| ClientError::Protocol("no HTTP header".into()))?;
     let head = String::from_utf8_lossy(&buf[..end]).into_owned();
     let mut lines = head.lines();
     let status: u16 = lines
@@ -150,9 +157,15 @@ mod tests {
             split_url("https://m.example:8443/ovirt-engine/api?x=1").expect("ok"),
             ("m.example".into(), 8443, "/ovirt-engine/api?x=1".into())
         );
-        assert_eq!(split_url("https://[::1]/").expect("ok"), ("::1".into(), 443, "/".into()));
+        assert_eq!(
+            split_url("https://[::1]/").expect("ok"),
+            ("::1".into(), 443, "/".into())
+        );
         assert!(split_url("http://x/").is_err());
-        assert_eq!(dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").expect("ok"), b"abcde");
+        assert_eq!(
+            dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").expect("ok"),
+            b"abcde"
+        );
         assert!(dechunk(b"zz\r\n").is_err());
     }
 }

@@ -117,7 +117,12 @@ impl Identity {
 
     /// Host.setCertificate: installs a certificate for the pending key (and the CA, on
     /// enrollment), then serves with it.
-    pub fn set_certificate(&self, token: Option<&str>, cert: &str, ca: Option<&str>) -> Result<(), RpcError> {
+    pub fn set_certificate(
+        &self,
+        token: Option<&str>,
+        cert: &str,
+        ca: Option<&str>,
+    ) -> Result<(), RpcError> {
         self.check_token(token)?;
         let key = self
             .pending_key
@@ -129,14 +134,16 @@ impl Identity {
             return Err(denied("the certificate is not for the requested key"));
         }
         let ca_pem = if self.enrolling() {
-            ca.ok_or_else(|| denied("enrollment needs the CA certificate"))?.to_string()
+            ca.ok_or_else(|| denied("enrollment needs the CA certificate"))?
+                .to_string()
         } else {
             read(&self.ca).map_err(RpcError::internal)?
         };
         if !halyard_pki::issued_by(cert, &ca_pem) {
             return Err(denied("the certificate is not signed by the CA"));
         }
-        let server = halyard_pki::server_config_pem(cert, &key, Some(&ca_pem)).map_err(RpcError::internal)?;
+        let server = halyard_pki::server_config_pem(cert, &key, Some(&ca_pem))
+            .map_err(RpcError::internal)?;
         for (p, data, mode) in [
             (&self.key, key.as_str(), 0o600),
             (&self.ca, ca_pem.as_str(), 0o644),
@@ -145,7 +152,8 @@ impl Identity {
             if let Some(d) = p.parent() {
                 let _ = std::fs::create_dir_all(d);
             }
-            halyard_common::fsutil::write_atomic(p, data.as_bytes(), mode).map_err(RpcError::internal)?;
+            halyard_common::fsutil::write_atomic(p, data.as_bytes(), mode)
+                .map_err(RpcError::internal)?;
         }
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = server;
         *self.pending_key.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -161,17 +169,28 @@ impl Identity {
 }
 
 fn constant_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// Registers with the Manager at `cfg.manager.url` and stores the signed certificate,
 /// the key and the Manager's CA in the configured files. Waits for approval.
-pub async fn register(cfg: &Config, unique_id: &str) -> anyhow::Result<()> {
+pub async fn register(cfg: &Config, unique_id: &str, port: u16) -> anyhow::Result<()> {
     let url = cfg.manager.url.trim_end_matches('/').to_string();
     let base = format!("{url}/ovirt-engine/services/host-register");
     // 1. The Manager's CA, checked against the configured fingerprint.
     let first = halyard_pki::client_config_unverified(None)?;
-    let r = halyard_client::http::request(first, "GET", &format!("{base}?command=get-pki-trust"), &[], b"").await?;
+    let r = halyard_client::http::request(
+        first,
+        "GET",
+        &format!("{base}?command=get-pki-trust"),
+        &[],
+        b"",
+    )
+    .await?;
     if r.status != 200 {
         anyhow::bail!("get-pki-trust: HTTP {}: {}", r.status, r.text());
     }
@@ -182,7 +201,9 @@ pub async fn register(cfg: &Config, unique_id: &str) -> anyhow::Result<()> {
             anyhow::bail!("the Manager's CA fingerprint is {fp}, not the configured {want}: refusing to register")
         }
         Some(_) => info!(fingerprint = %fp, "Manager CA matches the configured fingerprint"),
-        None => warn!(fingerprint = %fp, "trusting the Manager's CA on first use (set manager.ca_fingerprint to pin it)"),
+        None => {
+            warn!(fingerprint = %fp, "trusting the Manager's CA on first use (set manager.ca_fingerprint to pin it)")
+        }
     }
     let trusted = halyard_pki::client_config_trusting(&ca)?;
     // 2. The CSR.
@@ -204,10 +225,17 @@ pub async fn register(cfg: &Config, unique_id: &str) -> anyhow::Result<()> {
         "{base}?command=register&name={}&address={}&port={}&uniqueId={}",
         q(&cfg.manager.host_name),
         q(&cfg.manager.address),
-        cfg.listen.port,
+        port,
         q(unique_id)
     );
-    let r = halyard_client::http::request(trusted.clone(), "POST", &reg, &[("Content-Type", "application/x-pem-file")], csr.as_bytes()).await?;
+    let r = halyard_client::http::request(
+        trusted.clone(),
+        "POST",
+        &reg,
+        &[("Content-Type", "application/x-pem-file")],
+        csr.as_bytes(),
+    )
+    .await?;
     if r.status != 200 {
         anyhow::bail!("register: HTTP {}: {}", r.status, r.text());
     }
@@ -218,10 +246,18 @@ pub async fn register(cfg: &Config, unique_id: &str) -> anyhow::Result<()> {
         match halyard_client::http::request(trusted.clone(), "GET", &get, &[], b"").await {
             Ok(r) if r.status == 200 => {
                 let cert = r.text();
-                if !halyard_pki::cert_matches_key(&cert, &key) || !halyard_pki::issued_by(&cert, &ca) {
-                    anyhow::bail!("the Manager sent a certificate that does not match our key or its CA");
+                if !halyard_pki::cert_matches_key(&cert, &key)
+                    || !halyard_pki::issued_by(&cert, &ca)
+                {
+                    anyhow::bail!(
+                        "the Manager sent a certificate that does not match our key or its CA"
+                    );
                 }
-                for (p, data, mode) in [(&cfg.tls.key, key.as_str(), 0o600), (&cfg.tls.ca, ca.as_str(), 0o644), (&cfg.tls.cert, cert.as_str(), 0o644)] {
+                for (p, data, mode) in [
+                    (&cfg.tls.key, key.as_str(), 0o600),
+                    (&cfg.tls.ca, ca.as_str(), 0o644),
+                    (&cfg.tls.cert, cert.as_str(), 0o644),
+                ] {
                     if let Some(d) = p.parent() {
                         std::fs::create_dir_all(d)?;
                     }

@@ -185,11 +185,21 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+    let addr = cfg.listen_addr()?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let bound = listener.local_addr()?;
+    halyard_common::fsutil::write_atomic(
+        &cfg.state_dir.join("listen.addr"),
+        bound.to_string().as_bytes(),
+        0o644,
+    )?;
     let agent_id = agent_id(&cfg.state_dir)?;
     let identity = if Identity::files_exist(&cfg) {
         Identity::load(&cfg).context("loading the TLS identity")?
     } else if !cfg.manager.url.is_empty() {
-        halyard_hostd::identity::register(&cfg, &agent_id)
+        halyard_hostd::identity::register(&cfg, &agent_id, bound.port())
             .await
             .context("registering with the Manager")?;
         Identity::load(&cfg).context("loading the certificate from the Manager")?
@@ -211,16 +221,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     virt.subscribe(tx)
         .context("registering libvirt event callbacks")?;
-    let addr = cfg.listen_addr()?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
-    let bound = listener.local_addr()?;
-    halyard_common::fsutil::write_atomic(
-        &cfg.state_dir.join("listen.addr"),
-        bound.to_string().as_bytes(),
-        0o644,
-    )?;
     info!(%bound, domain_type = %cfg.libvirt.domain_type, libvirt = %cfg.libvirt.uri, %agent_id, "listening");
     let agent = Agent::new(cfg, identity, agent_id, virt);
     tokio::spawn(halyard_hostd::server::serve(agent.clone(), listener));

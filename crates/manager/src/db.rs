@@ -55,8 +55,12 @@ impl Db {
             .connect(url)
             .await?;
         if backend == "sqlite" {
-            sqlx::query("PRAGMA journal_mode=WAL").execute(&pool).await?;
-            sqlx::query("PRAGMA synchronous=FULL").execute(&pool).await?;
+            sqlx::query("PRAGMA journal_mode=WAL")
+                .execute(&pool)
+                .await?;
+            sqlx::query("PRAGMA synchronous=FULL")
+                .execute(&pool)
+                .await?;
         }
         let db = Db { pool, backend };
         db.migrate().await?;
@@ -127,11 +131,13 @@ impl Db {
         for r in rows {
             let id: String = r.try_get(0)?;
             let data: String = r.try_get(1)?;
-            out.push(serde_json::from_str(&data).map_err(|source| DbError::Document {
-                kind: kind.into(),
-                id,
-                source,
-            })?);
+            out.push(
+                serde_json::from_str(&data).map_err(|source| DbError::Document {
+                    kind: kind.into(),
+                    id,
+                    source,
+                })?,
+            );
         }
         Ok(out)
     }
@@ -181,11 +187,13 @@ impl Db {
         for r in rows.into_iter().rev() {
             let id: i64 = r.try_get(0)?;
             let data: String = r.try_get(1)?;
-            out.push(serde_json::from_str(&data).map_err(|source| DbError::Document {
-                kind: "event".into(),
-                id: id.to_string(),
-                source,
-            })?);
+            out.push(
+                serde_json::from_str(&data).map_err(|source| DbError::Document {
+                    kind: "event".into(),
+                    id: id.to_string(),
+                    source,
+                })?,
+            );
         }
         Ok(out)
     }
@@ -207,16 +215,26 @@ mod tests {
         let d = tempfile::tempdir().expect("tmp");
         let url = format!("sqlite://{}?mode=rwc", d.path().join("m.db").display());
         let db = Db::open(&url).await.expect("opens");
-        db.put("vm", "a", &serde_json::json!({"name": "x"})).await.expect("put");
-        db.put("vm", "a", &serde_json::json!({"name": "y"})).await.expect("upsert");
+        db.put("vm", "a", &serde_json::json!({"name": "x"}))
+            .await
+            .expect("put");
+        db.put("vm", "a", &serde_json::json!({"name": "y"}))
+            .await
+            .expect("upsert");
         let all: Vec<serde_json::Value> = db.all("vm").await.expect("all");
         assert_eq!(all, vec![serde_json::json!({"name": "y"})]);
-        db.add_event(1, &serde_json::json!({"d": 1})).await.expect("event");
+        db.add_event(1, &serde_json::json!({"d": 1}))
+            .await
+            .expect("event");
         assert_eq!(db.max_event_id().await.expect("max"), 1);
         db.delete("vm", "a").await.expect("delete");
         // Reopening runs no migration twice.
         drop(db);
         let db = Db::open(&url).await.expect("reopens");
-        assert!(db.get::<serde_json::Value>("vm", "a").await.expect("get").is_none());
+        assert!(db
+            .get::<serde_json::Value>("vm", "a")
+            .await
+            .expect("get")
+            .is_none());
     }
 }

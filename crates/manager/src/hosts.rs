@@ -130,7 +130,10 @@ impl Manager {
             let Some(host) = self.read().hosts.get(&host_id).cloned() else {
                 return;
             };
-            if matches!(host.status.as_str(), "pending_approval" | "maintenance" | "installing") {
+            if matches!(
+                host.status.as_str(),
+                "pending_approval" | "maintenance" | "installing"
+            ) {
                 continue;
             }
             let current = slot.read().await.clone();
@@ -154,15 +157,18 @@ impl Manager {
                     }
                     Err(_) => false,
                 },
-                Some(c) => match tokio::time::timeout(timeout, c.call_value("Host.ping2", json!({}))).await {
-                    Ok(Ok(_)) => true,
-                    Ok(Err(e)) => {
-                        debug!(error = %e, "ping failed");
-                        *slot.write().await = None;
-                        false
+                Some(c) => {
+                    match tokio::time::timeout(timeout, c.call_value("Host.ping2", json!({}))).await
+                    {
+                        Ok(Ok(_)) => true,
+                        Ok(Err(e)) => {
+                            debug!(error = %e, "ping failed");
+                            *slot.write().await = None;
+                            false
+                        }
+                        Err(_) => false,
                     }
-                    Err(_) => false,
-                },
+                }
             };
             if ok {
                 if missed >= mc.missed_pings {
@@ -219,7 +225,12 @@ impl Manager {
         if let Ok(caps) = c.call_value("Host.getCapabilities", json!({})).await {
             let h = self.read().hosts.get(host_id).cloned();
             if let Some(mut h) = h {
-                let s = |k: &str| caps.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                let s = |k: &str| {
+                    caps.get(k)
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string()
+                };
                 let n = |k: &str| s(k).parse::<u32>().unwrap_or(0);
                 h.cpu_model = s("cpuModel");
                 h.cpu_speed = s("cpuSpeed");
@@ -281,7 +292,10 @@ impl Manager {
             let h = self.read().hosts.get(host_id).cloned();
             if let Some(mut h) = h {
                 let free = st["memFree"].as_u64().unwrap_or(0) * 1024 * 1024;
-                let idle = st["cpuIdle"].as_str().and_then(|s| s.parse().ok()).unwrap_or(100.0);
+                let idle = st["cpuIdle"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(100.0);
                 if h.free_memory != free || (h.cpu_idle - idle).abs() > 0.5 {
                     h.free_memory = free;
                     h.cpu_idle = idle;
@@ -319,13 +333,20 @@ impl Manager {
             let launching = v.status == "wait_for_launch"
                 && v.start_time.is_some_and(|t| now_ms() - t < 60_000);
             if !launching && v.status != "down" {
-                self.vm_down(&v.id, "The VM is no longer on its host".into(), false).await;
+                self.vm_down(&v.id, "The VM is no longer on its host".into(), false)
+                    .await;
             }
         }
     }
 
     /// A VM's status as a host reports it (stats or event).
-    pub async fn vm_report(self: &Arc<Self>, host_id: &str, vm_id: &str, st: &Value, from_event: bool) {
+    pub async fn vm_report(
+        self: &Arc<Self>,
+        host_id: &str,
+        vm_id: &str,
+        st: &Value,
+        from_event: bool,
+    ) {
         let Some(vdsm) = st.get("status").and_then(Value::as_str) else {
             return;
         };
@@ -362,7 +383,12 @@ impl Manager {
             }
             let _ = self.save_vm(&v).await;
             if new == "up" {
-                let host = self.read().hosts.get(host_id).map(|h| h.name.clone()).unwrap_or_default();
+                let host = self
+                    .read()
+                    .hosts
+                    .get(host_id)
+                    .map(|h| h.name.clone())
+                    .unwrap_or_default();
                 self.event(
                     32,
                     "normal",
@@ -384,7 +410,9 @@ impl Manager {
         // it may both get here.
         let (v, host) = {
             let mut inv = self.write();
-            let Some(v) = inv.vms.get_mut(vm_id) else { return };
+            let Some(v) = inv.vms.get_mut(vm_id) else {
+                return;
+            };
             if v.status == "down" {
                 return;
             }
@@ -402,7 +430,8 @@ impl Manager {
         } else {
             format!("VM {} is down. Exit message: {message}", v.name)
         };
-        self.event(61, "normal", desc, host.as_deref(), Some(vm_id)).await;
+        self.event(61, "normal", desc, host.as_deref(), Some(vm_id))
+            .await;
     }
 
     /// A host stopped answering: its VMs are unknown until it answers again.
@@ -443,7 +472,12 @@ impl Manager {
             let cert = self
                 .pki
                 .ca
-                .sign_csr(&csr, &names, halyard_pki::Usage::Server, self.cfg.host_cert_days)
+                .sign_csr(
+                    &csr,
+                    &names,
+                    halyard_pki::Usage::Server,
+                    self.cfg.host_cert_days,
+                )
                 .map_err(|e| halyard_client::ClientError::Protocol(e.to_string()))?;
             c.call_value(
                 "Host.setCertificate",

@@ -9,7 +9,10 @@ use halyard_manager::state::Manager;
 use tracing::info;
 
 #[derive(Parser)]
-#[command(version, about = "Halyard Manager: oVirt Engine API v4, host registration and monitoring")]
+#[command(
+    version,
+    about = "Halyard Manager: oVirt Engine API v4, host registration and monitoring"
+)]
 struct Cli {
     /// Configuration file (TOML).
     #[arg(long, short)]

@@ -31,7 +31,10 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response {
 }
 
 fn valid_field(s: &str, max: usize) -> bool {
-    !s.is_empty() && s.len() <= max && s.chars().all(|c| c.is_ascii_alphanumeric() || "-._:".contains(c))
+    !s.is_empty()
+        && s.len() <= max
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._:".contains(c))
 }
 
 /// `/ovirt-engine/services/host-register`.
@@ -47,13 +50,23 @@ pub async fn handle(m: &Arc<Manager>, q: &HashMap<String, String>, body: &[u8]) 
             .into_response(),
         "register" => {
             let (name, address, unique) = (arg("name"), arg("address"), arg("uniqueId"));
-            let port: u16 = arg("port").parse().unwrap_or(54321);
+            let port: u16 = q
+                .get("port")
+                .or_else(|| q.get("vdsPort"))
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(54321);
             if !valid_field(name, 255) || !valid_field(address, 255) || !valid_field(unique, 128) {
-                return text(StatusCode::BAD_REQUEST, "name, address and uniqueId are required (letters, digits, - . _ :)");
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "name, address and uniqueId are required (letters, digits, - . _ :)",
+                );
             }
             let csr = String::from_utf8_lossy(body).to_string();
             if !csr.contains("BEGIN CERTIFICATE REQUEST") || csr.len() > 16 * 1024 {
-                return text(StatusCode::BAD_REQUEST, "a PEM certificate signing request is required as the body");
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "a PEM certificate signing request is required as the body",
+                );
             }
             match register(m, name, address, port, unique, csr).await {
                 Ok(id) => text(StatusCode::OK, id),
@@ -62,7 +75,12 @@ pub async fn handle(m: &Arc<Manager>, q: &HashMap<String, String>, body: &[u8]) 
         }
         "get-certificate" => {
             let unique = arg("uniqueId");
-            let h = m.read().hosts.values().find(|h| h.unique_id == unique).cloned();
+            let h = m
+                .read()
+                .hosts
+                .values()
+                .find(|h| h.unique_id == unique)
+                .cloned();
             match h {
                 None => text(StatusCode::NOT_FOUND, "unknown host"),
                 Some(h) => match h.certificate {
@@ -76,7 +94,10 @@ pub async fn handle(m: &Arc<Manager>, q: &HashMap<String, String>, body: &[u8]) 
                 },
             }
         }
-        other => text(StatusCode::BAD_REQUEST, format!("unknown command {other:?}")),
+        other => text(
+            StatusCode::BAD_REQUEST,
+            format!("unknown command {other:?}"),
+        ),
     }
 }
 
@@ -89,7 +110,12 @@ async fn register(
     csr: String,
 ) -> anyhow::Result<String> {
     let _g = m.write_lock.lock().await;
-    let existing = m.read().hosts.values().find(|h| h.unique_id == unique).cloned();
+    let existing = m
+        .read()
+        .hosts
+        .values()
+        .find(|h| h.unique_id == unique)
+        .cloned();
     let id = match existing {
         Some(mut h) => {
             // A host registering again (new key): back to pending unless auto-approved.
@@ -132,14 +158,26 @@ async fn register(
         .auto_approve
         .iter()
         .any(|p| glob(p, name) || glob(p, address));
-    let status = m.read().hosts.get(&id).map(|h| h.status.clone()).unwrap_or_default();
+    let status = m
+        .read()
+        .hosts
+        .get(&id)
+        .map(|h| h.status.clone())
+        .unwrap_or_default();
     if auto && status == "pending_approval" {
         approve(m, &id, None).await?;
     }
     Ok(id)
 }
 
-fn new_host(name: &str, address: &str, port: u16, unique: &str, cluster: &str, csr: Option<String>) -> Host {
+fn new_host(
+    name: &str,
+    address: &str,
+    port: u16,
+    unique: &str,
+    cluster: &str,
+    csr: Option<String>,
+) -> Host {
     Host {
         id: uuid::Uuid::new_v4().to_string(),
         name: name.to_string(),
@@ -181,7 +219,11 @@ pub async fn approve(m: &Arc<Manager>, id: &str, cluster: Option<String>) -> any
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("host {id} not found"))?;
     if h.status != "pending_approval" {
-        anyhow::bail!("Cannot approve Host {}: it is {}, not pending approval.", h.name, h.status);
+        anyhow::bail!(
+            "Cannot approve Host {}: it is {}, not pending approval.",
+            h.name,
+            h.status
+        );
     }
     if let Some(c) = cluster {
         if !m.read().clusters.contains_key(&c) {
@@ -189,12 +231,17 @@ pub async fn approve(m: &Arc<Manager>, id: &str, cluster: Option<String>) -> any
         }
         h.cluster = c;
     }
-    let csr = h.csr.clone().ok_or_else(|| anyhow::anyhow!("the host sent no certificate request"))?;
+    let csr = h
+        .csr
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("the host sent no certificate request"))?;
     let names = vec![h.address.clone(), h.name.clone()];
-    let cert = m
-        .pki
-        .ca
-        .sign_csr(&csr, &names, halyard_pki::Usage::Server, m.cfg.host_cert_days)?;
+    let cert = m.pki.ca.sign_csr(
+        &csr,
+        &names,
+        halyard_pki::Usage::Server,
+        m.cfg.host_cert_days,
+    )?;
     h.certificate = Some(cert);
     h.cert_not_after = now_ms() + m.cfg.host_cert_days * 86_400_000;
     h.status = "connecting".into();
@@ -223,7 +270,9 @@ pub async fn enroll_host(
     token: &str,
 ) -> anyhow::Result<Host> {
     if token.is_empty() {
-        anyhow::bail!("root_password must be the agent's enrollment token (halyard-hostd --enroll-token)");
+        anyhow::bail!(
+            "root_password must be the agent's enrollment token (halyard-hostd --enroll-token)"
+        );
     }
     // The agent in enrollment mode has a self-signed certificate: the token it demands
     // is what makes this contact trustworthy.
@@ -241,10 +290,12 @@ pub async fn enroll_host(
         .map_err(|e| anyhow::anyhow!("the agent refused enrollment: {e}"))?;
     let csr = csr.as_str().unwrap_or_default().to_string();
     let names = vec![address.to_string(), name.to_string()];
-    let cert = m
-        .pki
-        .ca
-        .sign_csr(&csr, &names, halyard_pki::Usage::Server, m.cfg.host_cert_days)?;
+    let cert = m.pki.ca.sign_csr(
+        &csr,
+        &names,
+        halyard_pki::Usage::Server,
+        m.cfg.host_cert_days,
+    )?;
     c.call_value(
         "Host.setCertificate",
         json!({"token": token, "certificate": cert, "ca": m.pki.ca.cert_pem()}),
@@ -252,7 +303,14 @@ pub async fn enroll_host(
     .await
     .map_err(|e| anyhow::anyhow!("the agent refused the certificate: {e}"))?;
     c.close().await;
-    let mut h = new_host(name, address, port, &uuid::Uuid::new_v4().to_string(), cluster, None);
+    let mut h = new_host(
+        name,
+        address,
+        port,
+        &uuid::Uuid::new_v4().to_string(),
+        cluster,
+        None,
+    );
     h.certificate = Some(cert);
     h.cert_not_after = now_ms() + m.cfg.host_cert_days * 86_400_000;
     h.status = "connecting".into();

@@ -30,7 +30,9 @@ pub fn form_decode(s: &str) -> HashMap<String, String> {
             match b[i] {
                 b'+' => out.push(b' '),
                 b'%' if i + 2 < b.len() => {
-                    let h = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                    let h = std::str::from_utf8(&b[i + 1..i + 3])
+                        .ok()
+                        .and_then(|h| u8::from_str_radix(h, 16).ok());
                     match h {
                         Some(v) => {
                             out.push(v);
@@ -70,7 +72,14 @@ async fn read_body(m: &Manager, body: Body) -> Result<Vec<u8>, ApiError> {
 async fn token(State(m): State<Arc<Manager>>, req: Request<Body>) -> Response {
     let body = match read_body(&m, req.into_body()).await {
         Ok(b) => b,
-        Err(_) => return (StatusCode::PAYLOAD_TOO_LARGE, [("content-type", "application/json")], "{}").into_response(),
+        Err(_) => {
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                [("content-type", "application/json")],
+                "{}",
+            )
+                .into_response()
+        }
     };
     let f = form_decode(&String::from_utf8_lossy(&body));
     let bad = |msg: String| {
@@ -104,7 +113,10 @@ async fn token(State(m): State<Arc<Manager>>, req: Request<Body>) -> Response {
             m.event(
                 1004,
                 "warning",
-                format!("User {} failed to log in: invalid credentials.", user.chars().take(64).collect::<String>()),
+                format!(
+                    "User {} failed to log in: invalid credentials.",
+                    user.chars().take(64).collect::<String>()
+                ),
                 None,
                 None,
             )
@@ -136,7 +148,12 @@ async fn pki_resource(State(m): State<Arc<Manager>>, uri: Uri) -> Response {
             m.pki.ca.cert_pem().to_string(),
         )
             .into_response(),
-        _ => (StatusCode::NOT_FOUND, [("content-type", "text/plain")], "unknown resource").into_response(),
+        _ => (
+            StatusCode::NOT_FOUND,
+            [("content-type", "text/plain")],
+            "unknown resource",
+        )
+            .into_response(),
     }
 }
 
@@ -159,12 +176,22 @@ async fn api(State(m): State<Arc<Manager>>, req: Request<Body>) -> Response {
     let user = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .and_then(|t| m.check_token(t.trim()));
     if user.is_none() {
-        let e = ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "a valid access token is required (POST /ovirt-engine/sso/oauth/token)");
+        let e = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "a valid access token is required (POST /ovirt-engine/sso/oauth/token)",
+        );
         let mut r = handlers::fault(&e, f);
-        r.headers_mut().insert("www-authenticate", "Bearer realm=\"ovirt\"".parse().expect("static header"));
+        r.headers_mut().insert(
+            "www-authenticate",
+            "Bearer realm=\"ovirt\"".parse().expect("static header"),
+        );
         return r;
     }
     let json_body = headers
@@ -182,7 +209,9 @@ async fn api(State(m): State<Arc<Manager>>, req: Request<Body>) -> Response {
     let segments: Vec<String> = if rest.is_empty() {
         vec![]
     } else {
-        rest.split('/').map(|s| form_decode(s).into_keys().next().unwrap_or_default()).collect()
+        rest.split('/')
+            .map(|s| form_decode(s).into_keys().next().unwrap_or_default())
+            .collect()
     };
     debug!(%method, %path, "api");
     handlers::dispatch(
@@ -209,7 +238,10 @@ pub fn router(m: Arc<Manager>) -> Router {
         .route("/ovirt-engine/sso/oauth/token", post(token))
         .route("/ovirt-engine/services/sso-logout", post(logout))
         .route("/ovirt-engine/services/pki-resource", get(pki_resource))
-        .route("/ovirt-engine/services/host-register", get(register).post(register))
+        .route(
+            "/ovirt-engine/services/host-register",
+            get(register).post(register),
+        )
         .route("/ovirt-engine/api", any(api))
         .route("/ovirt-engine/api/", any(api))
         .route("/ovirt-engine/api/{*rest}", any(api))
@@ -224,7 +256,11 @@ pub async fn serve(m: Arc<Manager>) -> anyhow::Result<()> {
     let ip: std::net::IpAddr = m.cfg.address.trim_matches(['[', ']']).parse()?;
     let listener = tokio::net::TcpListener::bind((ip, m.cfg.port)).await?;
     let bound = listener.local_addr()?;
-    halyard_common::fsutil::write_atomic(&m.cfg.data_dir.join("listen.addr"), bound.to_string().as_bytes(), 0o644)?;
+    halyard_common::fsutil::write_atomic(
+        &m.cfg.data_dir.join("listen.addr"),
+        bound.to_string().as_bytes(),
+        0o644,
+    )?;
     info!(%bound, "Manager API listening");
     let app = router(m.clone());
     loop {
@@ -239,14 +275,15 @@ pub async fn serve(m: Arc<Manager>) -> anyhow::Result<()> {
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
             let svc = TowerToHyperService::new(app);
             let r = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(tls), svc)

@@ -135,8 +135,12 @@ impl Manager {
         ca.issue(&names, halyard_pki::Usage::Server, 825)?
             .save(&dir, "engine")?;
         if !dir.join("manager-client.pem").exists() {
-            ca.issue(&["halyard-manager".to_string()], halyard_pki::Usage::Client, 825)?
-                .save(&dir, "manager-client")?;
+            ca.issue(
+                &["halyard-manager".to_string()],
+                halyard_pki::Usage::Client,
+                825,
+            )?
+            .save(&dir, "manager-client")?;
         }
         let host_client = halyard_pki::client_config(&halyard_pki::TlsFiles {
             cert: dir.join("manager-client.pem"),
@@ -154,8 +158,9 @@ impl Manager {
 
     pub fn engine_tls(&self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
         use rustls::pki_types::pem::PemObject;
-        let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(self.pki.dir.join("engine.pem"))?
-            .collect::<Result<_, _>>()?;
+        let certs: Vec<_> =
+            rustls::pki_types::CertificateDer::pem_file_iter(self.pki.dir.join("engine.pem"))?
+                .collect::<Result<_, _>>()?;
         let key = rustls::pki_types::PrivateKeyDer::from_pem_file(self.pki.dir.join("engine.key"))?;
         let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -167,7 +172,12 @@ impl Manager {
     }
 
     async fn init_admin(&self) -> anyhow::Result<()> {
-        if self.db.get::<User>("user", "admin@internal").await?.is_some() {
+        if self
+            .db
+            .get::<User>("user", "admin@internal")
+            .await?
+            .is_some()
+        {
             return Ok(());
         }
         let (password, from_file) = match &self.cfg.admin_password_file {

@@ -101,11 +101,22 @@ pub fn apply_guest_info(g: &mut GuestInfo, s: &VmStats) {
     if let Some(os) = &s.guest_os_info {
         g.os = os
             .iter()
-            .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string()),
+                )
+            })
             .collect();
     }
     if let Some(tz) = &s.guest_timezone {
-        let name = tz.get("zone").and_then(|v| v.as_str()).unwrap_or("").to_string();
+        let name = tz
+            .get("zone")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string();
         let off = tz.get("offset").and_then(|v| v.as_i64()).unwrap_or(0);
         g.timezone = Some((name, off * 60));
     }
@@ -113,8 +124,16 @@ pub fn apply_guest_info(g: &mut GuestInfo, s: &VmStats) {
         g.nics = ifs
             .iter()
             .map(|i| {
-                let name = i.get("name").and_then(|v| v.as_str()).unwrap_or("").to_string();
-                let hw = i.get("hw").and_then(|v| v.as_str()).unwrap_or("").to_string();
+                let name = i
+                    .get("name")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("")
+                    .to_string();
+                let hw = i
+                    .get("hw")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("")
+                    .to_string();
                 let mut ips: Vec<String> = Vec::new();
                 for k in ["inet", "inet6"] {
                     if let Some(a) = i.get(k).and_then(|v| v.as_array()) {
@@ -135,7 +154,10 @@ pub fn mac_for(id: &str) -> String {
     let b = uuid::Uuid::parse_str(id)
         .map(|u| *u.as_bytes())
         .unwrap_or([0u8; 16]);
-    format!("56:6f:{:02x}:{:02x}:{:02x}:{:02x}", b[12], b[13], b[14], b[15])
+    format!(
+        "56:6f:{:02x}:{:02x}:{:02x}:{:02x}",
+        b[12], b[13], b[14], b[15]
+    )
 }
 
 impl Manager {
@@ -226,12 +248,20 @@ impl Manager {
         self.save_vm(&vm)
             .await
             .map_err(|e| VmError::Failed(e.to_string()))?;
-        let host = self.read().hosts.get(&host_id).map(|h| h.name.clone()).unwrap_or_default();
+        let host = self
+            .read()
+            .hosts
+            .get(&host_id)
+            .map(|h| h.name.clone())
+            .unwrap_or_default();
         info!(vm = %vm.name, host = %host, "starting VM");
         self.event(
             153,
             "normal",
-            format!("VM {} was started by admin@internal (Host: {host}).", vm.name),
+            format!(
+                "VM {} was started by admin@internal (Host: {host}).",
+                vm.name
+            ),
             Some(&host_id),
             Some(id),
         )
@@ -286,7 +316,12 @@ impl Manager {
         )
         .await
         .map_err(|e| VmError::Failed(format!("VM.shutdown failed: {e}")))?;
-        vm.status = if reboot { "reboot_in_progress" } else { "powering_down" }.into();
+        vm.status = if reboot {
+            "reboot_in_progress"
+        } else {
+            "powering_down"
+        }
+        .into();
         let _ = self.save_vm(&vm).await;
         let what = if reboot { "reboot" } else { "shutdown" };
         self.event(

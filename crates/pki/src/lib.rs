@@ -421,7 +421,10 @@ pub fn make_csr(names: &[String]) -> Result<(String, String)> {
     let mut dn = DistinguishedName::new();
     dn.push(
         DnType::CommonName,
-        names.first().cloned().unwrap_or_else(|| "halyard-host".into()),
+        names
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "halyard-host".into()),
     );
     params.distinguished_name = dn;
     let csr = params.serialize_request(&key)?.pem()?;
@@ -495,7 +498,11 @@ pub fn self_signed(names: &[String]) -> Result<Issued> {
 
 /// A server configuration from PEM texts, requiring client certificates signed by `ca`
 /// (or none when `ca` is `None`: enrollment mode).
-pub fn server_config_pem(cert_pem: &str, key_pem: &str, ca_pem: Option<&str>) -> Result<Arc<rustls::ServerConfig>> {
+pub fn server_config_pem(
+    cert_pem: &str,
+    key_pem: &str,
+    ca_pem: Option<&str>,
+) -> Result<Arc<rustls::ServerConfig>> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<std::result::Result<_, _>>()
         .map_err(|e| PkiError::Pem {
@@ -504,7 +511,8 @@ pub fn server_config_pem(cert_pem: &str, key_pem: &str, ca_pem: Option<&str>) ->
         })?;
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
         .map_err(|_| PkiError::NoKey(PathBuf::from("<key>")))?;
-    let b = rustls::ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let b = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?;
     let cfg = match ca_pem {
         Some(ca) => {
             let mut store = rustls::RootCertStore::empty();
@@ -515,10 +523,14 @@ pub fn server_config_pem(cert_pem: &str, key_pem: &str, ca_pem: Option<&str>) ->
                 })?;
                 store.add(c)?;
             }
-            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider())
-                .build()
-                .map_err(|e| PkiError::Verifier(e.to_string()))?;
-            b.with_client_cert_verifier(v).with_single_cert(certs, key)?
+            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(store),
+                provider(),
+            )
+            .build()
+            .map_err(|e| PkiError::Verifier(e.to_string()))?;
+            b.with_client_cert_verifier(v)
+                .with_single_cert(certs, key)?
         }
         None => b.with_no_client_auth().with_single_cert(certs, key)?,
     };
@@ -565,7 +577,12 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
     fn verify_tls13_signature(
         &self,
@@ -573,7 +590,12 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
@@ -602,7 +624,9 @@ mod more_tests {
     fn csr_key_match_and_issuer() {
         let ca = Ca::generate("t", 1).expect("ca");
         let (csr, key) = make_csr(&["h1".into()]).expect("csr");
-        let cert = ca.sign_csr(&csr, &["h1".into()], Usage::Server, 1).expect("signed");
+        let cert = ca
+            .sign_csr(&csr, &["h1".into()], Usage::Server, 1)
+            .expect("signed");
         assert!(cert_matches_key(&cert, &key));
         let (_, other) = make_csr(&["h1".into()]).expect("csr");
         assert!(!cert_matches_key(&cert, &other));

@@ -14,6 +14,7 @@
 pub mod cluster;
 pub mod env;
 pub mod guest;
+pub mod manager;
 pub mod storage;
 
 use std::path::{Path, PathBuf};
@@ -50,6 +51,10 @@ pub struct HostOptions {
     pub storage_io_timeout: u32,
     /// Start a sanlock daemon for the agent (storage tests).
     pub sanlock: bool,
+    /// Register with this Manager instead of using a development PKI.
+    pub manager_url: Option<String>,
+    /// Name to register as.
+    pub host_name: String,
 }
 
 impl HostOptions {
@@ -63,6 +68,8 @@ impl HostOptions {
             log_filter: "info,halyard_hostd=debug,halyard_storage=debug".into(),
             storage_io_timeout: 1,
             sanlock: false,
+            manager_url: None,
+            host_name: String::new(),
         }
     }
 }
@@ -93,12 +100,35 @@ impl TestHost {
             .join(format!("host-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         env::mkdir_public(&dir);
-        let pki = halyard_pki::init_dev_pki(
-            &dir.join("pki"),
-            &halyard_pki::default_host_names(&[]),
-            false,
-        )
-        .expect("creating the test PKI");
+        let pki = if opts.manager_url.is_some() {
+            // Certificates come from the Manager at registration.
+            halyard_pki::DevPki {
+                hostd: halyard_pki::TlsFiles {
+                    cert: dir.join("pki/hostd.pem"),
+                    key: dir.join("pki/hostd.key"),
+                    ca: dir.join("pki/ca.pem"),
+                },
+                client: halyard_pki::TlsFiles {
+                    cert: dir.join("pki/client.pem"),
+                    key: dir.join("pki/client.key"),
+                    ca: dir.join("pki/ca.pem"),
+                },
+            }
+        } else {
+            halyard_pki::init_dev_pki(
+                &dir.join("pki"),
+                &halyard_pki::default_host_names(&[]),
+                false,
+            )
+            .expect("creating the test PKI")
+        };
+        let manager_section = match &opts.manager_url {
+            Some(u) => format!(
+                "[manager]\nurl = \"{u}\"\nhost_name = \"{}\"\naddress = \"127.0.0.1\"\npoll_secs = 1\n",
+                if opts.host_name.is_empty() { prefix.trim_end_matches('-').to_string() } else { opts.host_name.clone() }
+            ),
+            None => String::new(),
+        };
         let config = format!(
             r#"state_dir = "{state}"
 disk_stats_paths = ["/tmp"]
@@ -121,6 +151,7 @@ run_dir = "{srun}"
 io_timeout = {iot}
 monitor_interval_secs = 2
 spm_watchdog_interval_secs = 1
+{manager_section}
 {extra}
 "#,
             state = dir.join("state").display(),
@@ -133,6 +164,7 @@ spm_watchdog_interval_secs = 1
             mf = opts.max_frame_bytes,
             srun = dir.join("storage-run").display(),
             iot = opts.storage_io_timeout,
+            manager_section = manager_section,
             extra = opts.extra_config,
         );
         std::fs::write(dir.join("hostd.toml"), config).expect("writing the agent config");
@@ -183,6 +215,14 @@ spm_watchdog_interval_secs = 1
             if let Ok(s) = std::fs::read_to_string(&addr_file) {
                 if let Some(p) = s.trim().rsplit(':').next().and_then(|p| p.parse().ok()) {
                     self.port = p;
+                    // A restarted agent keeps its port, as a real one does.
+                    let cfg = self.dir.join("hostd.toml");
+                    if let Ok(t) = std::fs::read_to_string(&cfg) {
+                        let _ = std::fs::write(
+                            &cfg,
+                            t.replacen("port = 0\n", &format!("port = {p}\n"), 1),
+                        );
+                    }
                     break;
                 }
             }
@@ -197,6 +237,10 @@ spm_watchdog_interval_secs = 1
                 self.log()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if self.opts.manager_url.is_some() {
+            // Registered hosts are reached through the Manager.
+            return;
         }
         // Wait until recovery finished (ping answers true, not 99).
         let deadline = Instant::now() + Duration::from_secs(30);

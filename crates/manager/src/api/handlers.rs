@@ -40,7 +40,11 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, "Operation Failed", detail)
     }
     pub fn internal(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "Operation Failed", detail)
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Operation Failed",
+            detail,
+        )
     }
     pub fn node(&self) -> Node {
         Node::new("fault")
@@ -145,55 +149,218 @@ impl Req {
     }
 
     fn search(&self, fields: &[&str]) -> Result<search::Query, ApiError> {
-        search::parse(self.query.get("search").map(String::as_str).unwrap_or(""), fields)
-            .map_err(|e| ApiError::bad(e.to_string()))
+        search::parse(
+            self.query.get("search").map(String::as_str).unwrap_or(""),
+            fields,
+        )
+        .map_err(|e| ApiError::bad(e.to_string()))
     }
 }
 
 /// Elements the oVirt model defines for documents clients send (others are refused).
 const VM_FIELDS: &[&str] = &[
-    "name", "description", "comment", "cluster", "template", "memory", "memory_policy", "cpu",
-    "os", "type", "high_availability", "stateless", "delete_protected", "bios", "console",
-    "cpu_shares", "custom_properties", "display", "initialization", "io", "large_icon",
-    "small_icon", "migration", "placement_policy", "rng_device", "serial_number", "soundcard_enabled",
-    "sso", "start_paused", "time_zone", "usb", "virtio_scsi", "instance_type", "cpu_profile",
-    "nics", "disk_attachments", "original_template", "quota", "storage_domain", "origin",
-    "custom_cpu_model", "custom_emulated_machine", "multi_queues_enabled", "tpm_enabled", "lease",
-    "status", "id", "href", "link", "host", "creation_time", "start_time", "stop_time", "run_once",
-    "use_latest_template_version", "vm_pool", "auto_pinning_policy", "cpu_pinning_policy",
-    "storage_error_resume_behaviour", "tunnel_migration", "numa_tune_mode", "payloads",
-    "virtio_scsi_multi_queues", "virtio_scsi_multi_queues_enabled", "fqdn",
-    "guest_operating_system", "guest_time_zone", "next_run_configuration_exists",
-    "has_illegal_images", "migration_downtime", "custom_compatibility_version", "domain",
-    "stop_reason", "status_detail", "tags", "permissions",
+    "name",
+    "description",
+    "comment",
+    "cluster",
+    "template",
+    "memory",
+    "memory_policy",
+    "cpu",
+    "os",
+    "type",
+    "high_availability",
+    "stateless",
+    "delete_protected",
+    "bios",
+    "console",
+    "cpu_shares",
+    "custom_properties",
+    "display",
+    "initialization",
+    "io",
+    "large_icon",
+    "small_icon",
+    "migration",
+    "placement_policy",
+    "rng_device",
+    "serial_number",
+    "soundcard_enabled",
+    "sso",
+    "start_paused",
+    "time_zone",
+    "usb",
+    "virtio_scsi",
+    "instance_type",
+    "cpu_profile",
+    "nics",
+    "disk_attachments",
+    "original_template",
+    "quota",
+    "storage_domain",
+    "origin",
+    "custom_cpu_model",
+    "custom_emulated_machine",
+    "multi_queues_enabled",
+    "tpm_enabled",
+    "lease",
+    "status",
+    "id",
+    "href",
+    "link",
+    "host",
+    "creation_time",
+    "start_time",
+    "stop_time",
+    "run_once",
+    "use_latest_template_version",
+    "vm_pool",
+    "auto_pinning_policy",
+    "cpu_pinning_policy",
+    "storage_error_resume_behaviour",
+    "tunnel_migration",
+    "numa_tune_mode",
+    "payloads",
+    "virtio_scsi_multi_queues",
+    "virtio_scsi_multi_queues_enabled",
+    "fqdn",
+    "guest_operating_system",
+    "guest_time_zone",
+    "next_run_configuration_exists",
+    "has_illegal_images",
+    "migration_downtime",
+    "custom_compatibility_version",
+    "domain",
+    "stop_reason",
+    "status_detail",
+    "tags",
+    "permissions",
 ];
 const HOST_FIELDS: &[&str] = &[
-    "name", "description", "comment", "address", "port", "root_password", "cluster", "ssh",
-    "spm", "power_management", "override_iptables", "display", "os", "type", "protocol",
-    "certificate", "cpu", "memory", "status", "id", "href", "link", "external_status",
-    "hosted_engine", "kdump_status", "ksm", "vgpu_placement", "reinstallation_required",
+    "name",
+    "description",
+    "comment",
+    "address",
+    "port",
+    "root_password",
+    "cluster",
+    "ssh",
+    "spm",
+    "power_management",
+    "override_iptables",
+    "display",
+    "os",
+    "type",
+    "protocol",
+    "certificate",
+    "cpu",
+    "memory",
+    "status",
+    "id",
+    "href",
+    "link",
+    "external_status",
+    "hosted_engine",
+    "kdump_status",
+    "ksm",
+    "vgpu_placement",
+    "reinstallation_required",
 ];
 const NIC_FIELDS: &[&str] = &[
-    "name", "interface", "mac", "network", "vnic_profile", "linked", "plugged", "description",
-    "comment", "boot_protocol", "on_boot", "id", "href", "link", "vm",
+    "name",
+    "interface",
+    "mac",
+    "network",
+    "vnic_profile",
+    "linked",
+    "plugged",
+    "description",
+    "comment",
+    "boot_protocol",
+    "on_boot",
+    "id",
+    "href",
+    "link",
+    "vm",
 ];
 const ACTION_FIELDS: &[&str] = &[
-    "async", "cluster", "host", "force", "reason", "vm", "use_cloud_init", "use_sysprep",
-    "use_ignition", "use_initialization", "volatile", "pause", "filter", "correlation_id",
-    "fence_type", "maintenance_after_restart", "stop_gluster_service", "grace_period",
-    "restore_memory", "root_password", "ssh", "activate", "reboot", "deploy_hosted_engine",
-    "undeploy_hosted_engine", "timeout", "authorized_key", "status", "details", "job",
-    "description", "storage_domain", "template", "disks", "snapshot", "name", "comment",
+    "async",
+    "cluster",
+    "host",
+    "force",
+    "reason",
+    "vm",
+    "use_cloud_init",
+    "use_sysprep",
+    "use_ignition",
+    "use_initialization",
+    "volatile",
+    "pause",
+    "filter",
+    "correlation_id",
+    "fence_type",
+    "maintenance_after_restart",
+    "stop_gluster_service",
+    "grace_period",
+    "restore_memory",
+    "root_password",
+    "ssh",
+    "activate",
+    "reboot",
+    "deploy_hosted_engine",
+    "undeploy_hosted_engine",
+    "timeout",
+    "authorized_key",
+    "status",
+    "details",
+    "job",
+    "description",
+    "storage_domain",
+    "template",
+    "disks",
+    "snapshot",
+    "name",
+    "comment",
 ];
 const DC_FIELDS: &[&str] = &[
-    "name", "description", "comment", "local", "version", "storage_format", "quota_mode",
-    "mac_pool", "id", "href", "link", "status", "supported_versions",
+    "name",
+    "description",
+    "comment",
+    "local",
+    "version",
+    "storage_format",
+    "quota_mode",
+    "mac_pool",
+    "id",
+    "href",
+    "link",
+    "status",
+    "supported_versions",
 ];
 const CLUSTER_FIELDS: &[&str] = &[
-    "name", "description", "comment", "data_center", "cpu", "version", "management_network",
-    "ballooning_enabled", "memory_policy", "scheduling_policy", "threads_as_cores",
-    "virt_service", "gluster_service", "mac_pool", "id", "href", "link", "bios_type",
-    "firewall_type", "fencing_policy", "migration", "error_handling", "ksm",
+    "name",
+    "description",
+    "comment",
+    "data_center",
+    "cpu",
+    "version",
+    "management_network",
+    "ballooning_enabled",
+    "memory_policy",
+    "scheduling_policy",
+    "threads_as_cores",
+    "virt_service",
+    "gluster_service",
+    "mac_pool",
+    "id",
+    "href",
+    "link",
+    "bios_type",
+    "firewall_type",
+    "fencing_policy",
+    "migration",
+    "error_handling",
+    "ksm",
 ];
 
 fn check_fields(n: &Node, allowed: &[&str]) -> Result<(), ApiError> {
@@ -238,16 +405,20 @@ fn list(name: &str, items: Vec<Node>, max: Option<usize>) -> Node {
 fn parse_u64(n: &Node, k: &str) -> Result<Option<u64>, ApiError> {
     match n.text_of(k) {
         None => Ok(None),
-        Some(v) => v
-            .trim()
-            .parse::<u64>()
-            .map(Some)
-            .map_err(|_| ApiError::bad(format!("<{k}> must be a non-negative integer, got {v:?}"))),
+        Some(v) => {
+            v.trim().parse::<u64>().map(Some).map_err(|_| {
+                ApiError::bad(format!("<{k}> must be a non-negative integer, got {v:?}"))
+            })
+        }
     }
 }
 
 /// Resolves a reference `<cluster id=".."/>` or `<cluster><name>..</name></cluster>`.
-fn ref_id(n: Option<&Node>, by_name: impl Fn(&str) -> Option<String>, what: &str) -> Result<Option<String>, ApiError> {
+fn ref_id(
+    n: Option<&Node>,
+    by_name: impl Fn(&str) -> Option<String>,
+    what: &str,
+) -> Result<Option<String>, ApiError> {
     let Some(n) = n else { return Ok(None) };
     if let Some(id) = n.id() {
         return Ok(Some(id.to_string()));
@@ -302,11 +473,27 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
         }
         ["datacenters", id, "clusters"] if get => {
             let inv = m.read();
-            ok(list("clusters", inv.clusters.values().filter(|c| c.data_center == *id).map(render::cluster).collect(), None))
+            ok(list(
+                "clusters",
+                inv.clusters
+                    .values()
+                    .filter(|c| c.data_center == *id)
+                    .map(render::cluster)
+                    .collect(),
+                None,
+            ))
         }
         ["datacenters", id, "networks"] if get => {
             let inv = m.read();
-            ok(list("networks", inv.networks.values().filter(|c| c.data_center == *id).map(render::network).collect(), None))
+            ok(list(
+                "networks",
+                inv.networks
+                    .values()
+                    .filter(|c| c.data_center == *id)
+                    .map(render::network)
+                    .collect(),
+                None,
+            ))
         }
         ["datacenters", _, "storagedomains"] if get => ok(Node::new("storage_domains")),
         ["clusters"] if get => clusters(m, r),
@@ -322,8 +509,20 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
         }
         ["clusters", id, "networks"] if get => {
             let inv = m.read();
-            let dc = inv.clusters.get(*id).map(|c| c.data_center.clone()).unwrap_or_default();
-            ok(list("networks", inv.networks.values().filter(|n| n.data_center == dc).map(render::network).collect(), None))
+            let dc = inv
+                .clusters
+                .get(*id)
+                .map(|c| c.data_center.clone())
+                .unwrap_or_default();
+            ok(list(
+                "networks",
+                inv.networks
+                    .values()
+                    .filter(|n| n.data_center == dc)
+                    .map(render::network)
+                    .collect(),
+                None,
+            ))
         }
         ["networks"] if get => {
             let q = r.search(&["name", "datacenter", "id"])?;
@@ -335,7 +534,11 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
                     q.matches(|f| match f {
                         "name" => vec![n.name.clone()],
                         "id" => vec![n.id.clone()],
-                        _ => inv.data_centers.get(&n.data_center).map(|d| vec![d.name.clone()]).unwrap_or_default(),
+                        _ => inv
+                            .data_centers
+                            .get(&n.data_center)
+                            .map(|d| vec![d.name.clone()])
+                            .unwrap_or_default(),
                     })
                 })
                 .map(render::network)
@@ -411,7 +614,11 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
             if !inv.vms.contains_key(*id) {
                 return Err(ApiError::not_found(format!("VM {id} not found")));
             }
-            ok(list("nics", inv.nics_of(id).into_iter().map(render::nic).collect(), None))
+            ok(list(
+                "nics",
+                inv.nics_of(id).into_iter().map(render::nic).collect(),
+                None,
+            ))
         }
         ["vms", id, "nics"] if post => add_nic(m, id, r).await,
         ["vms", vid, "nics", nid] if get => {
@@ -446,7 +653,9 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
         ["vms", _, sub, id] if get => Err(ApiError::not_found(format!("{sub} {id} not found"))),
         ["events"] if get => events(m, r),
         ["events", id] if get => {
-            let id: i64 = id.parse().map_err(|_| ApiError::not_found(format!("Event {id} not found")))?;
+            let id: i64 = id
+                .parse()
+                .map_err(|_| ApiError::not_found(format!("Event {id} not found")))?;
             let inv = m.read();
             inv.events
                 .iter()
@@ -459,7 +668,11 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
             let inv = m.read();
             let mut js: Vec<&Job> = inv.jobs.values().collect();
             js.sort_by_key(|j| std::cmp::Reverse(j.start_time));
-            ok(list("jobs", js.into_iter().map(render::job).collect(), r.max()?))
+            ok(list(
+                "jobs",
+                js.into_iter().map(render::job).collect(),
+                r.max()?,
+            ))
         }
         ["jobs", id] if get => {
             let inv = m.read();
@@ -497,13 +710,28 @@ fn root(m: &Arc<Manager>) -> Node {
     let inv = m.read();
     let mut n = Node::new("api");
     for rel in [
-        "clusters", "datacenters", "events", "hosts", "jobs", "networks", "templates", "vms",
-        "operatingsystems", "storagedomains", "disks",
+        "clusters",
+        "datacenters",
+        "events",
+        "hosts",
+        "jobs",
+        "networks",
+        "templates",
+        "vms",
+        "operatingsystems",
+        "storagedomains",
+        "disks",
     ] {
         n.push(Node::link(rel, &format!("{}/{rel}", render::BASE)));
     }
-    n.push(Node::link("vms/search", &format!("{}/vms?search={{query}}", render::BASE)));
-    n.push(Node::link("hosts/search", &format!("{}/hosts?search={{query}}", render::BASE)));
+    n.push(Node::link(
+        "vms/search",
+        &format!("{}/vms?search={{query}}", render::BASE),
+    ));
+    n.push(Node::link(
+        "hosts/search",
+        &format!("{}/hosts?search={{query}}", render::BASE),
+    ));
     n.push(
         Node::new("product_info")
             .with(Node::leaf("instance_id", &m.pki.ca_fingerprint))
@@ -518,22 +746,32 @@ fn root(m: &Arc<Manager>) -> Node {
                     .with(Node::leaf("revision", 0)),
             ),
     );
-    n.push(
-        Node::new("special_objects").with(Node::reference(
-            "blank_template",
-            &href("templates", BLANK_TEMPLATE),
-            BLANK_TEMPLATE,
-        )),
-    );
+    n.push(Node::new("special_objects").with(Node::reference(
+        "blank_template",
+        &href("templates", BLANK_TEMPLATE),
+        BLANK_TEMPLATE,
+    )));
     let up_hosts = inv.hosts.values().filter(|h| h.status == "up").count();
     let up_vms = inv.vms.values().filter(|v| v.status == "up").count();
     n.push(
         Node::new("summary")
-            .with(Node::new("hosts").with(Node::leaf("active", up_hosts)).with(Node::leaf("total", inv.hosts.len())))
-            .with(Node::new("vms").with(Node::leaf("active", up_vms)).with(Node::leaf("total", inv.vms.len()))),
+            .with(
+                Node::new("hosts")
+                    .with(Node::leaf("active", up_hosts))
+                    .with(Node::leaf("total", inv.hosts.len())),
+            )
+            .with(
+                Node::new("vms")
+                    .with(Node::leaf("active", up_vms))
+                    .with(Node::leaf("total", inv.vms.len())),
+            ),
     );
     n.push(Node::leaf("time", iso8601(now_ms())));
-    n.push(Node::reference("authenticated_user", &format!("{}/users/admin", render::BASE), "admin"));
+    n.push(Node::reference(
+        "authenticated_user",
+        &format!("{}/users/admin", render::BASE),
+        "admin",
+    ));
     n
 }
 
@@ -562,7 +800,9 @@ async fn add_dc(m: &Arc<Manager>, r: &Req) -> Out {
     check_name(&name, "data center")?;
     let _g = m.write_lock.lock().await;
     if m.read().dc_by_name(&name).is_some() {
-        return Err(ApiError::conflict(format!("Cannot add Data Center. The name {name:?} is already in use.")));
+        return Err(ApiError::conflict(format!(
+            "Cannot add Data Center. The name {name:?} is already in use."
+        )));
     }
     let dc = DataCenter {
         id: uuid::Uuid::new_v4().to_string(),
@@ -578,14 +818,25 @@ async fn add_dc(m: &Arc<Manager>, r: &Req) -> Out {
         data_center: dc.id.clone(),
         mtu: 0,
     };
-    m.db.put("datacenter", &dc.id, &dc).await.map_err(|e| ApiError::internal(e.to_string()))?;
-    m.db.put("network", &net.id, &net).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    m.db.put("datacenter", &dc.id, &dc)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    m.db.put("network", &net.id, &net)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     {
         let mut inv = m.write();
         inv.data_centers.insert(dc.id.clone(), dc.clone());
         inv.networks.insert(net.id.clone(), net);
     }
-    m.event(950, "normal", format!("Data Center {} was added by admin@internal.", dc.name), None, None).await;
+    m.event(
+        950,
+        "normal",
+        format!("Data Center {} was added by admin@internal.", dc.name),
+        None,
+        None,
+    )
+    .await;
     Ok((StatusCode::CREATED, render::data_center(&dc)))
 }
 
@@ -599,7 +850,11 @@ fn clusters(m: &Arc<Manager>, r: &Req) -> Out {
             q.matches(|f| match f {
                 "name" => vec![c.name.clone()],
                 "id" => vec![c.id.clone()],
-                _ => inv.data_centers.get(&c.data_center).map(|d| vec![d.name.clone()]).unwrap_or_default(),
+                _ => inv
+                    .data_centers
+                    .get(&c.data_center)
+                    .map(|d| vec![d.name.clone()])
+                    .unwrap_or_default(),
             })
         })
         .map(render::cluster)
@@ -615,25 +870,44 @@ async fn add_cluster(m: &Arc<Manager>, r: &Req) -> Out {
     let _g = m.write_lock.lock().await;
     let dc = {
         let inv = m.read();
-        ref_id(n.get("data_center"), |x| inv.dc_by_name(x).map(|d| d.id.clone()), "data center")?
-            .ok_or_else(|| ApiError::bad("a cluster needs a data_center"))?
+        ref_id(
+            n.get("data_center"),
+            |x| inv.dc_by_name(x).map(|d| d.id.clone()),
+            "data center",
+        )?
+        .ok_or_else(|| ApiError::bad("a cluster needs a data_center"))?
     };
     if !m.read().data_centers.contains_key(&dc) {
         return Err(ApiError::not_found(format!("Data center {dc} not found")));
     }
     if m.read().cluster_by_name(&name).is_some() {
-        return Err(ApiError::conflict(format!("Cannot add Cluster. The name {name:?} is already in use.")));
+        return Err(ApiError::conflict(format!(
+            "Cannot add Cluster. The name {name:?} is already in use."
+        )));
     }
     let c = Cluster {
         id: uuid::Uuid::new_v4().to_string(),
         name,
         description: n.text_of("description").unwrap_or("").to_string(),
         data_center: dc,
-        cpu_type: n.get("cpu").and_then(|c| c.text_of("type")).unwrap_or("Halyard Any CPU").to_string(),
+        cpu_type: n
+            .get("cpu")
+            .and_then(|c| c.text_of("type"))
+            .unwrap_or("Halyard Any CPU")
+            .to_string(),
     };
-    m.db.put("cluster", &c.id, &c).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    m.db.put("cluster", &c.id, &c)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     m.write().clusters.insert(c.id.clone(), c.clone());
-    m.event(809, "normal", format!("Cluster {} was added by admin@internal.", c.name), None, None).await;
+    m.event(
+        809,
+        "normal",
+        format!("Cluster {} was added by admin@internal.", c.name),
+        None,
+        None,
+    )
+    .await;
     Ok((StatusCode::CREATED, render::cluster(&c)))
 }
 
@@ -649,7 +923,11 @@ fn hosts(m: &Arc<Manager>, r: &Req) -> Out {
                 "id" => vec![h.id.clone()],
                 "status" => vec![h.status.clone()],
                 "address" => vec![h.address.clone()],
-                "cluster" => inv.clusters.get(&h.cluster).map(|c| vec![c.name.clone()]).unwrap_or_default(),
+                "cluster" => inv
+                    .clusters
+                    .get(&h.cluster)
+                    .map(|c| vec![c.name.clone()])
+                    .unwrap_or_default(),
                 _ => inv
                     .clusters
                     .get(&h.cluster)
@@ -681,15 +959,21 @@ async fn add_host(m: &Arc<Manager>, r: &Req) -> Out {
     let _g = m.write_lock.lock().await;
     let cluster = {
         let inv = m.read();
-        ref_id(n.get("cluster"), |x| inv.cluster_by_name(x).map(|c| c.id.clone()), "cluster")?
-            .or_else(|| inv.clusters.keys().next().cloned())
-            .ok_or_else(|| ApiError::bad("no cluster"))?
+        ref_id(
+            n.get("cluster"),
+            |x| inv.cluster_by_name(x).map(|c| c.id.clone()),
+            "cluster",
+        )?
+        .or_else(|| inv.clusters.keys().next().cloned())
+        .ok_or_else(|| ApiError::bad("no cluster"))?
     };
     if !m.read().clusters.contains_key(&cluster) {
         return Err(ApiError::not_found(format!("Cluster {cluster} not found")));
     }
     if m.read().host_by_name(&name).is_some() {
-        return Err(ApiError::conflict(format!("Cannot add Host. The Host name {name:?} is already in use.")));
+        return Err(ApiError::conflict(format!(
+            "Cannot add Host. The Host name {name:?} is already in use."
+        )));
     }
     let h = crate::register::enroll_host(m, &name, &address, port as u16, &cluster, &token)
         .await
@@ -702,13 +986,20 @@ async fn update_host(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
     let n = r.body_node("host")?;
     check_fields(&n, HOST_FIELDS)?;
     let _g = m.write_lock.lock().await;
-    let mut h = m.read().hosts.get(id).cloned().ok_or_else(|| ApiError::not_found(format!("Host {id} not found")))?;
+    let mut h = m
+        .read()
+        .hosts
+        .get(id)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("Host {id} not found")))?;
     if let Some(name) = n.text_of("name") {
         check_name(name, "host")?;
         h.name = name.to_string();
     }
     if let Some(p) = n.get("spm").and_then(|s| s.text_of("priority")) {
-        let p: i32 = p.parse().map_err(|_| ApiError::bad("spm priority must be an integer"))?;
+        let p: i32 = p
+            .parse()
+            .map_err(|_| ApiError::bad("spm priority must be an integer"))?;
         if !(-1..=10).contains(&p) {
             return Err(ApiError::bad("spm priority must be between -1 and 10"));
         }
@@ -721,62 +1012,131 @@ async fn update_host(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
 async fn remove_host(m: &Arc<Manager>, id: &str) -> Out {
     check_id(id)?;
     let _g = m.write_lock.lock().await;
-    let h = m.read().hosts.get(id).cloned().ok_or_else(|| ApiError::not_found(format!("Host {id} not found")))?;
-    if m.read().vms.values().any(|v| v.host.as_deref() == Some(id) && v.status != "down") {
-        return Err(ApiError::conflict(format!("Cannot remove Host. Host {} has running VMs.", h.name)));
+    let h = m
+        .read()
+        .hosts
+        .get(id)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("Host {id} not found")))?;
+    if m.read()
+        .vms
+        .values()
+        .any(|v| v.host.as_deref() == Some(id) && v.status != "down")
+    {
+        return Err(ApiError::conflict(format!(
+            "Cannot remove Host. Host {} has running VMs.",
+            h.name
+        )));
     }
-    if !matches!(h.status.as_str(), "maintenance" | "pending_approval" | "non_responsive" | "install_failed" | "down") {
+    if !matches!(
+        h.status.as_str(),
+        "maintenance" | "pending_approval" | "non_responsive" | "install_failed" | "down"
+    ) {
         return Err(ApiError::conflict(format!(
             "Cannot remove Host. Host {} is {}; move it to maintenance first.",
             h.name, h.status
         )));
     }
     m.unmonitor(id);
-    m.db.delete("host", id).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    m.db.delete("host", id)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     m.write().hosts.remove(id);
-    m.event(42, "normal", format!("Host {} was removed by admin@internal.", h.name), None, None).await;
+    m.event(
+        42,
+        "normal",
+        format!("Host {} was removed by admin@internal.", h.name),
+        None,
+        None,
+    )
+    .await;
     ok(Node::new("action").with(Node::leaf("status", "complete")))
 }
 
 async fn host_action(m: &Arc<Manager>, id: &str, action: &str, r: &Req) -> Out {
     check_id(id)?;
-    let body = if r.body.is_empty() { Node::new("action") } else { r.body_node("action")? };
+    let body = if r.body.is_empty() {
+        Node::new("action")
+    } else {
+        r.body_node("action")?
+    };
     check_fields(&body, ACTION_FIELDS)?;
-    let h = m.read().hosts.get(id).cloned().ok_or_else(|| ApiError::not_found(format!("Host {id} not found")))?;
+    let h = m
+        .read()
+        .hosts
+        .get(id)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("Host {id} not found")))?;
     let job = m.start_job(format!("Host {action}: {}", h.name)).await;
     let result = match action {
         "approve" => {
             let cluster = {
                 let inv = m.read();
-                ref_id(body.get("cluster"), |x| inv.cluster_by_name(x).map(|c| c.id.clone()), "cluster")?
+                ref_id(
+                    body.get("cluster"),
+                    |x| inv.cluster_by_name(x).map(|c| c.id.clone()),
+                    "cluster",
+                )?
             };
-            crate::register::approve(m, id, cluster).await.map_err(|e| ApiError::conflict(e.to_string()))
+            crate::register::approve(m, id, cluster)
+                .await
+                .map_err(|e| ApiError::conflict(e.to_string()))
         }
         "deactivate" => {
-            if m.read().vms.values().any(|v| v.host.as_deref() == Some(id) && v.status != "down") {
-                Err(ApiError::conflict(format!("Cannot switch Host {} to Maintenance mode: it runs VMs.", h.name)))
+            if m.read()
+                .vms
+                .values()
+                .any(|v| v.host.as_deref() == Some(id) && v.status != "down")
+            {
+                Err(ApiError::conflict(format!(
+                    "Cannot switch Host {} to Maintenance mode: it runs VMs.",
+                    h.name
+                )))
             } else {
                 let mut h2 = h.clone();
                 h2.status = "maintenance".into();
                 m.save_host(&h2).await?;
-                m.event(16, "normal", format!("Host {} was switched to Maintenance Mode by admin@internal.", h.name), Some(id), None).await;
+                m.event(
+                    16,
+                    "normal",
+                    format!(
+                        "Host {} was switched to Maintenance Mode by admin@internal.",
+                        h.name
+                    ),
+                    Some(id),
+                    None,
+                )
+                .await;
                 Ok(())
             }
         }
         "activate" => {
             if h.status == "pending_approval" {
-                Err(ApiError::conflict(format!("Cannot activate Host {}: it is pending approval.", h.name)))
+                Err(ApiError::conflict(format!(
+                    "Cannot activate Host {}: it is pending approval.",
+                    h.name
+                )))
             } else {
                 let mut h2 = h.clone();
                 h2.status = "connecting".into();
                 m.save_host(&h2).await?;
                 m.monitor(id);
-                m.event(17, "normal", format!("Host {} was activated by admin@internal.", h.name), Some(id), None).await;
+                m.event(
+                    17,
+                    "normal",
+                    format!("Host {} was activated by admin@internal.", h.name),
+                    Some(id),
+                    None,
+                )
+                .await;
                 Ok(())
             }
         }
         "refresh" => Ok(()),
-        "forceselectspm" | "fence" => Err(ApiError::conflict(format!("{action} needs storage (not available on host {})", h.name))),
+        "forceselectspm" | "fence" => Err(ApiError::conflict(format!(
+            "{action} needs storage (not available on host {})",
+            h.name
+        ))),
         other => Err(ApiError::not_found(format!("No action {other} on hosts"))),
     };
     m.finish_job(&job, result.is_ok()).await;
@@ -785,7 +1145,15 @@ async fn host_action(m: &Arc<Manager>, id: &str, action: &str, r: &Req) -> Out {
 }
 
 fn vms(m: &Arc<Manager>, r: &Req) -> Out {
-    let q = r.search(&["name", "id", "status", "cluster", "host", "datacenter", "template"])?;
+    let q = r.search(&[
+        "name",
+        "id",
+        "status",
+        "cluster",
+        "host",
+        "datacenter",
+        "template",
+    ])?;
     let inv = m.read();
     let items = inv
         .vms
@@ -795,8 +1163,17 @@ fn vms(m: &Arc<Manager>, r: &Req) -> Out {
                 "name" => vec![v.name.clone()],
                 "id" => vec![v.id.clone()],
                 "status" => vec![v.status.clone()],
-                "cluster" => inv.clusters.get(&v.cluster).map(|c| vec![c.name.clone()]).unwrap_or_default(),
-                "host" => v.host.as_ref().and_then(|h| inv.hosts.get(h)).map(|h| vec![h.name.clone()]).unwrap_or_default(),
+                "cluster" => inv
+                    .clusters
+                    .get(&v.cluster)
+                    .map(|c| vec![c.name.clone()])
+                    .unwrap_or_default(),
+                "host" => v
+                    .host
+                    .as_ref()
+                    .and_then(|h| inv.hosts.get(h))
+                    .map(|h| vec![h.name.clone()])
+                    .unwrap_or_default(),
                 "template" => vec!["Blank".into()],
                 _ => inv
                     .clusters
@@ -826,7 +1203,9 @@ fn vm_spec(n: &Node) -> Result<VmSpec, ApiError> {
     let memory = parse_u64(n, "memory")?;
     if let Some(mem) = memory {
         if !(1 << 20..=16 << 40).contains(&mem) {
-            return Err(ApiError::bad(format!("memory {mem} is outside 1 MiB .. 16 TiB")));
+            return Err(ApiError::bad(format!(
+                "memory {mem} is outside 1 MiB .. 16 TiB"
+            )));
         }
     }
     let topo = n.get("cpu").and_then(|c| c.get("topology"));
@@ -835,7 +1214,9 @@ fn vm_spec(n: &Node) -> Result<VmSpec, ApiError> {
             None => Ok(None),
             Some(v) => match v.parse::<u32>() {
                 Ok(x) if (1..=256).contains(&x) => Ok(Some(x)),
-                _ => Err(ApiError::bad(format!("cpu topology {k} must be 1..256, got {v:?}"))),
+                _ => Err(ApiError::bad(format!(
+                    "cpu topology {k} must be 1..256, got {v:?}"
+                ))),
             },
         }
     };
@@ -844,15 +1225,24 @@ fn vm_spec(n: &Node) -> Result<VmSpec, ApiError> {
         match os.and_then(|o| o.text_of(k)) {
             None => Ok(None),
             Some(p) if p.is_empty() => Ok(Some(String::new())),
-            Some(p) if p.starts_with('/') && !p.contains("..") && p.len() < 4096 && !p.chars().any(char::is_control) => {
+            Some(p)
+                if p.starts_with('/')
+                    && !p.contains("..")
+                    && p.len() < 4096
+                    && !p.chars().any(char::is_control) =>
+            {
                 Ok(Some(p.to_string()))
             }
-            Some(p) => Err(ApiError::bad(format!("os {k} must be an absolute path without '..', got {p:?}"))),
+            Some(p) => Err(ApiError::bad(format!(
+                "os {k} must be an absolute path without '..', got {p:?}"
+            ))),
         }
     };
     let cmdline = match os.and_then(|o| o.text_of("cmdline")) {
         Some(c) if c.len() > 4096 || c.chars().any(char::is_control) => {
-            return Err(ApiError::bad("os cmdline: at most 4096 printable characters"))
+            return Err(ApiError::bad(
+                "os cmdline: at most 4096 printable characters",
+            ))
         }
         c => c.map(str::to_string),
     };
@@ -877,20 +1267,32 @@ async fn add_vm(m: &Arc<Manager>, r: &Req) -> Out {
     let _g = m.write_lock.lock().await;
     let (cluster, template) = {
         let inv = m.read();
-        let cluster = ref_id(n.get("cluster"), |x| inv.cluster_by_name(x).map(|c| c.id.clone()), "cluster")?
-            .ok_or_else(|| ApiError::bad("Cannot add VM. The cluster is required."))?;
-        let template = ref_id(n.get("template"), |x| (x == "Blank").then(|| BLANK_TEMPLATE.to_string()), "template")?
-            .unwrap_or_else(|| BLANK_TEMPLATE.to_string());
+        let cluster = ref_id(
+            n.get("cluster"),
+            |x| inv.cluster_by_name(x).map(|c| c.id.clone()),
+            "cluster",
+        )?
+        .ok_or_else(|| ApiError::bad("Cannot add VM. The cluster is required."))?;
+        let template = ref_id(
+            n.get("template"),
+            |x| (x == "Blank").then(|| BLANK_TEMPLATE.to_string()),
+            "template",
+        )?
+        .unwrap_or_else(|| BLANK_TEMPLATE.to_string());
         (cluster, template)
     };
     if !m.read().clusters.contains_key(&cluster) {
         return Err(ApiError::not_found(format!("Cluster {cluster} not found")));
     }
     if template != BLANK_TEMPLATE {
-        return Err(ApiError::not_found(format!("Template {template} not found")));
+        return Err(ApiError::not_found(format!(
+            "Template {template} not found"
+        )));
     }
     if m.read().vm_by_name(&name).is_some() {
-        return Err(ApiError::conflict(format!("Cannot add VM. The VM name {name:?} is already in use.")));
+        return Err(ApiError::conflict(format!(
+            "Cannot add VM. The VM name {name:?} is already in use."
+        )));
     }
     let vm = Vm {
         id: uuid::Uuid::new_v4().to_string(),
@@ -916,7 +1318,14 @@ async fn add_vm(m: &Arc<Manager>, r: &Req) -> Out {
         guest: GuestInfo::default(),
     };
     m.save_vm(&vm).await?;
-    m.event(34, "normal", format!("VM {} was created by admin@internal.", vm.name), None, Some(&vm.id)).await;
+    m.event(
+        34,
+        "normal",
+        format!("VM {} was created by admin@internal.", vm.name),
+        None,
+        Some(&vm.id),
+    )
+    .await;
     Ok((StatusCode::CREATED, render::vm(&vm, &[])))
 }
 
@@ -926,11 +1335,18 @@ async fn update_vm(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
     check_fields(&n, VM_FIELDS)?;
     let spec = vm_spec(&n)?;
     let _g = m.write_lock.lock().await;
-    let mut vm = m.read().vms.get(id).cloned().ok_or_else(|| ApiError::not_found(format!("VM {id} not found")))?;
+    let mut vm = m
+        .read()
+        .vms
+        .get(id)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("VM {id} not found")))?;
     if let Some(name) = n.text_of("name") {
         check_name(name, "VM")?;
         if name != vm.name && m.read().vm_by_name(name).is_some() {
-            return Err(ApiError::conflict(format!("Cannot edit VM. The VM name {name:?} is already in use.")));
+            return Err(ApiError::conflict(format!(
+                "Cannot edit VM. The VM name {name:?} is already in use."
+            )));
         }
         vm.name = name.to_string();
     }
@@ -960,15 +1376,27 @@ async fn update_vm(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
 async fn remove_vm(m: &Arc<Manager>, id: &str) -> Out {
     check_id(id)?;
     let _g = m.write_lock.lock().await;
-    let vm = m.read().vms.get(id).cloned().ok_or_else(|| ApiError::not_found(format!("VM {id} not found")))?;
+    let vm = m
+        .read()
+        .vms
+        .get(id)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("VM {id} not found")))?;
     if vm.status != "down" {
-        return Err(ApiError::conflict(format!("Cannot remove VM. VM {} is running.", vm.name)));
+        return Err(ApiError::conflict(format!(
+            "Cannot remove VM. VM {} is running.",
+            vm.name
+        )));
     }
     let nics: Vec<String> = m.read().nics_of(id).iter().map(|n| n.id.clone()).collect();
     for n in &nics {
-        m.db.delete("nic", n).await.map_err(|e| ApiError::internal(e.to_string()))?;
+        m.db.delete("nic", n)
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
     }
-    m.db.delete("vm", id).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    m.db.delete("vm", id)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     {
         let mut inv = m.write();
         inv.vms.remove(id);
@@ -976,15 +1404,31 @@ async fn remove_vm(m: &Arc<Manager>, id: &str) -> Out {
             inv.nics.remove(n);
         }
     }
-    m.event(113, "normal", format!("VM {} was removed by admin@internal.", vm.name), None, None).await;
+    m.event(
+        113,
+        "normal",
+        format!("VM {} was removed by admin@internal.", vm.name),
+        None,
+        None,
+    )
+    .await;
     ok(Node::new("action").with(Node::leaf("status", "complete")))
 }
 
 async fn vm_action(m: &Arc<Manager>, id: &str, action: &str, r: &Req) -> Out {
     check_id(id)?;
-    let body = if r.body.is_empty() { Node::new("action") } else { r.body_node("action")? };
+    let body = if r.body.is_empty() {
+        Node::new("action")
+    } else {
+        r.body_node("action")?
+    };
     check_fields(&body, ACTION_FIELDS)?;
-    let name = m.read().vms.get(id).map(|v| v.name.clone()).ok_or_else(|| ApiError::not_found(format!("VM {id} not found")))?;
+    let name = m
+        .read()
+        .vms
+        .get(id)
+        .map(|v| v.name.clone())
+        .ok_or_else(|| ApiError::not_found(format!("VM {id} not found")))?;
     let job = m.start_job(format!("{} VM {name}", action)).await;
     let r = match action {
         "start" => m.vm_start(id).await,
@@ -1010,17 +1454,37 @@ async fn add_nic(m: &Arc<Manager>, vm: &str, r: &Req) -> Out {
     check_name(&name, "NIC")?;
     let interface = n.text_of("interface").unwrap_or("virtio").to_string();
     if !["virtio", "e1000", "rtl8139"].contains(&interface.as_str()) {
-        return Err(ApiError::bad(format!("interface {interface:?} is not supported")));
+        return Err(ApiError::bad(format!(
+            "interface {interface:?} is not supported"
+        )));
     }
     let _g = m.write_lock.lock().await;
-    let v = m.read().vms.get(vm).cloned().ok_or_else(|| ApiError::not_found(format!("VM {vm} not found")))?;
+    let v = m
+        .read()
+        .vms
+        .get(vm)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("VM {vm} not found")))?;
     let network = {
         let inv = m.read();
-        let dc = inv.clusters.get(&v.cluster).map(|c| c.data_center.clone()).unwrap_or_default();
-        let by_name = |x: &str| inv.networks.values().find(|n| n.name == x && n.data_center == dc).map(|n| n.id.clone());
-        ref_id(n.get("network").or(n.get("vnic_profile")), by_name, "network")?
-            .or_else(|| by_name("ovirtmgmt"))
-            .ok_or_else(|| ApiError::bad("the data center has no management network"))?
+        let dc = inv
+            .clusters
+            .get(&v.cluster)
+            .map(|c| c.data_center.clone())
+            .unwrap_or_default();
+        let by_name = |x: &str| {
+            inv.networks
+                .values()
+                .find(|n| n.name == x && n.data_center == dc)
+                .map(|n| n.id.clone())
+        };
+        ref_id(
+            n.get("network").or(n.get("vnic_profile")),
+            by_name,
+            "network",
+        )?
+        .or_else(|| by_name("ovirtmgmt"))
+        .ok_or_else(|| ApiError::bad("the data center has no management network"))?
     };
     if !m.read().networks.contains_key(&network) {
         return Err(ApiError::not_found(format!("Network {network} not found")));
@@ -1028,7 +1492,9 @@ async fn add_nic(m: &Arc<Manager>, vm: &str, r: &Req) -> Out {
     let id = uuid::Uuid::new_v4().to_string();
     let mac = match n.get("mac").and_then(|x| x.text_of("address")) {
         Some(a) => {
-            let ok = a.len() == 17 && a.split(':').all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok());
+            let ok = a.len() == 17
+                && a.split(':')
+                    .all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok());
             if !ok {
                 return Err(ApiError::bad(format!("invalid MAC address {a:?}")));
             }
@@ -1046,7 +1512,9 @@ async fn add_nic(m: &Arc<Manager>, vm: &str, r: &Req) -> Out {
         plugged: true,
         linked: true,
     };
-    m.db.put("nic", &nic.id, &nic).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    m.db.put("nic", &nic.id, &nic)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     m.write().nics.insert(nic.id.clone(), nic.clone());
     Ok((StatusCode::CREATED, render::nic(&nic)))
 }
@@ -1057,20 +1525,29 @@ async fn remove_nic(m: &Arc<Manager>, vm: &str, nic: &str) -> Out {
     if !exists {
         return Err(ApiError::not_found(format!("NIC {nic} not found")));
     }
-    m.db.delete("nic", nic).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    m.db.delete("nic", nic)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     m.write().nics.remove(nic);
     ok(Node::new("action").with(Node::leaf("status", "complete")))
 }
 
 fn reported_devices(m: &Arc<Manager>, id: &str) -> Out {
     let inv = m.read();
-    let v = inv.vms.get(id).ok_or_else(|| ApiError::not_found(format!("VM {id} not found")))?;
+    let v = inv
+        .vms
+        .get(id)
+        .ok_or_else(|| ApiError::not_found(format!("VM {id} not found")))?;
     let mut n = Node::new("reported_devices");
     for (i, (name, hw, ips)) in v.guest.nics.iter().enumerate() {
         let mut ipn = Node::new("ips");
         for ip in ips {
             let version = if ip.contains(':') { "v6" } else { "v4" };
-            ipn.push(Node::new("ip").with(Node::leaf("address", ip)).with(Node::leaf("version", version)));
+            ipn.push(
+                Node::new("ip")
+                    .with(Node::leaf("address", ip))
+                    .with(Node::leaf("version", version)),
+            );
         }
         n.push(
             Node::new("reported_device")
@@ -1088,10 +1565,21 @@ fn reported_devices(m: &Arc<Manager>, id: &str) -> Out {
 }
 
 fn events(m: &Arc<Manager>, r: &Req) -> Out {
-    let q = r.search(&["severity", "type", "host", "vm", "id", "description", "code"])?;
+    let q = r.search(&[
+        "severity",
+        "type",
+        "host",
+        "vm",
+        "id",
+        "description",
+        "code",
+    ])?;
     let from: Option<i64> = match r.query.get("from").map(String::as_str) {
         None | Some("") => None,
-        Some(v) => Some(v.parse().map_err(|_| ApiError::bad(format!("from={v:?} is not a number")))?),
+        Some(v) => Some(
+            v.parse()
+                .map_err(|_| ApiError::bad(format!("from={v:?} is not a number")))?,
+        ),
     };
     let inv = m.read();
     let items: Vec<Node> = inv
@@ -1105,8 +1593,18 @@ fn events(m: &Arc<Manager>, r: &Req) -> Out {
                 "type" | "code" => vec![e.code.to_string()],
                 "id" => vec![e.id.to_string()],
                 "description" => vec![e.description.clone()],
-                "host" => e.host.as_ref().and_then(|h| inv.hosts.get(h)).map(|h| vec![h.name.clone()]).unwrap_or_default(),
-                _ => e.vm.as_ref().and_then(|v| inv.vms.get(v)).map(|v| vec![v.name.clone()]).unwrap_or_default(),
+                "host" => e
+                    .host
+                    .as_ref()
+                    .and_then(|h| inv.hosts.get(h))
+                    .map(|h| vec![h.name.clone()])
+                    .unwrap_or_default(),
+                _ => {
+                    e.vm.as_ref()
+                        .and_then(|v| inv.vms.get(v))
+                        .map(|v| vec![v.name.clone()])
+                        .unwrap_or_default()
+                }
             })
         })
         .map(render::event)

@@ -155,7 +155,8 @@ impl Node {
             }
         }
         // Collections are lists even with one element.
-        let collection = top && self.attrs.is_empty() && names.len() <= 1 && self.name.ends_with('s');
+        let collection =
+            top && self.attrs.is_empty() && names.len() <= 1 && self.name.ends_with('s');
         for n in names {
             let items: Vec<Value> = self
                 .children
@@ -164,7 +165,10 @@ impl Node {
                 .map(|c| c.json_value(false))
                 .collect();
             if items.len() == 1 && !collection && n != "link" {
-                m.insert(n.to_string(), items.into_iter().next().unwrap_or(Value::Null));
+                m.insert(
+                    n.to_string(),
+                    items.into_iter().next().unwrap_or(Value::Null),
+                );
             } else {
                 m.insert(n.to_string(), Value::Array(items));
             }
@@ -180,7 +184,8 @@ impl Node {
     /// Parses an XML request body: no DOCTYPE (so no entity expansion), bounded depth
     /// and size, well-formed or an error.
     pub fn parse_xml(data: &[u8]) -> Result<Node, ParseError> {
-        let text = std::str::from_utf8(data).map_err(|_| ParseError("the body is not UTF-8".into()))?;
+        let text =
+            std::str::from_utf8(data).map_err(|_| ParseError("the body is not UTF-8".into()))?;
         let mut r = Reader::from_str(text);
         r.config_mut().check_end_names = true;
         let mut stack: Vec<Node> = Vec::new();
@@ -259,9 +264,7 @@ impl Node {
                             };
                             match code.and_then(char::from_u32) {
                                 Some(c) => c.to_string(),
-                                None => {
-                                    return Err(ParseError(format!("unknown entity &{s};")))
-                                }
+                                None => return Err(ParseError(format!("unknown entity &{s};"))),
                             }
                         }
                     };
@@ -282,7 +285,8 @@ impl Node {
 
     /// Parses a JSON request body as an element named `name`.
     pub fn parse_json(name: &str, data: &[u8]) -> Result<Node, ParseError> {
-        let v: Value = serde_json::from_slice(data).map_err(|e| ParseError(format!("malformed JSON: {e}")))?;
+        let v: Value =
+            serde_json::from_slice(data).map_err(|e| ParseError(format!("malformed JSON: {e}")))?;
         let mut count = 0;
         from_json(name, &v, 0, &mut count)
     }

@@ -50,7 +50,11 @@ pub fn cluster(c: &Cluster) -> Node {
         )
         .with(Node::leaf("ballooning_enabled", false))
         .with(version(4, 7))
-        .with(Node::reference("data_center", &href("datacenters", &c.data_center), &c.data_center))
+        .with(Node::reference(
+            "data_center",
+            &href("datacenters", &c.data_center),
+            &c.data_center,
+        ))
 }
 
 pub fn network(n: &Network) -> Node {
@@ -59,14 +63,32 @@ pub fn network(n: &Network) -> Node {
         .with(Node::leaf("description", &n.description))
         .with(Node::leaf("mtu", n.mtu))
         .with(Node::leaf("stp", false))
-        .with(Node::new("usages").with(Node::leaf("usage", "vm")).with(Node::leaf("usage", "management")))
-        .with(Node::reference("data_center", &href("datacenters", &n.data_center), &n.data_center))
+        .with(
+            Node::new("usages")
+                .with(Node::leaf("usage", "vm"))
+                .with(Node::leaf("usage", "management")),
+        )
+        .with(Node::reference(
+            "data_center",
+            &href("datacenters", &n.data_center),
+            &n.data_center,
+        ))
 }
 
 pub fn host(h: &Host) -> Node {
     let hr = href("hosts", &h.id);
     let mut n = obj("host", "hosts", &h.id);
-    for rel in ["nics", "statistics", "storage", "networkattachments", "numanodes", "devices", "hooks", "tags", "permissions"] {
+    for rel in [
+        "nics",
+        "statistics",
+        "storage",
+        "networkattachments",
+        "numanodes",
+        "devices",
+        "hooks",
+        "tags",
+        "permissions",
+    ] {
         n.push(Node::link(rel, &format!("{hr}/{rel}")));
     }
     n = n
@@ -81,7 +103,14 @@ pub fn host(h: &Host) -> Node {
         .with(
             Node::new("cpu")
                 .with(Node::leaf("name", &h.cpu_model))
-                .opt("speed", h.cpu_speed.trim().parse::<f64>().ok().map(|v| v.round() as i64))
+                .opt(
+                    "speed",
+                    h.cpu_speed
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                        .map(|v| v.round() as i64),
+                )
                 .with(
                     Node::new("topology")
                         .with(Node::leaf("cores", h.cpu_cores.max(1)))
@@ -105,11 +134,18 @@ pub fn host(h: &Host) -> Node {
                 .with(Node::leaf("priority", h.spm_priority))
                 .with(Node::leaf(
                     "status",
-                    if h.spm_status.is_empty() { "none" } else { &h.spm_status },
+                    if h.spm_status.is_empty() {
+                        "none"
+                    } else {
+                        &h.spm_status
+                    },
                 )),
         )
         .with(Node::leaf("status", &h.status))
-        .opt("status_detail", (!h.status_detail.is_empty()).then_some(&h.status_detail))
+        .opt(
+            "status_detail",
+            (!h.status_detail.is_empty()).then_some(&h.status_detail),
+        )
         .with(Node::leaf("type", "rhel"))
         .with(Node::leaf("update_available", false))
         .with(
@@ -117,11 +153,12 @@ pub fn host(h: &Host) -> Node {
                 .with(Node::leaf("full_version", &h.vdsm_version))
                 .with(Node::leaf("major", 4)),
         )
-        .with(
-            Node::new("libvirt_version")
-                .with(Node::leaf("full_version", &h.libvirt_version)),
-        )
-        .with(Node::reference("cluster", &href("clusters", &h.cluster), &h.cluster));
+        .with(Node::new("libvirt_version").with(Node::leaf("full_version", &h.libvirt_version)))
+        .with(Node::reference(
+            "cluster",
+            &href("clusters", &h.cluster),
+            &h.cluster,
+        ));
     n
 }
 
@@ -129,9 +166,23 @@ pub fn vm(v: &Vm, nics: &[&Nic]) -> Node {
     let hr = href("vms", &v.id);
     let mut n = obj("vm", "vms", &v.id);
     for rel in [
-        "nics", "diskattachments", "snapshots", "numanodes", "statistics", "reporteddevices",
-        "applications", "cdroms", "graphicsconsoles", "hostdevices", "permissions", "tags",
-        "watchdogs", "sessions", "katelloerrata", "affinitylabels", "mediateddevices",
+        "nics",
+        "diskattachments",
+        "snapshots",
+        "numanodes",
+        "statistics",
+        "reporteddevices",
+        "applications",
+        "cdroms",
+        "graphicsconsoles",
+        "hostdevices",
+        "permissions",
+        "tags",
+        "watchdogs",
+        "sessions",
+        "katelloerrata",
+        "affinitylabels",
+        "mediateddevices",
     ] {
         n.push(Node::link(rel, &format!("{hr}/{rel}")));
     }
@@ -172,14 +223,32 @@ pub fn vm(v: &Vm, nics: &[&Nic]) -> Node {
                 .opt("cmdline", (!v.cmdline.is_empty()).then_some(&v.cmdline)),
         )
         .with(Node::leaf("stateless", false))
-        .with(Node::leaf("type", if v.vm_type.is_empty() { "server" } else { &v.vm_type }))
+        .with(Node::leaf(
+            "type",
+            if v.vm_type.is_empty() {
+                "server"
+            } else {
+                &v.vm_type
+            },
+        ))
         .with(Node::leaf("status", &v.status))
         .opt("start_time", v.start_time.map(iso8601))
         .opt("stop_time", v.stop_time.map(iso8601))
-        .opt("stop_reason", (!v.stop_reason.is_empty()).then_some(&v.stop_reason))
+        .opt(
+            "stop_reason",
+            (!v.stop_reason.is_empty()).then_some(&v.stop_reason),
+        )
         .with(Node::leaf("run_once", false))
-        .with(Node::reference("cluster", &href("clusters", &v.cluster), &v.cluster))
-        .with(Node::reference("template", &href("templates", &v.template), &v.template))
+        .with(Node::reference(
+            "cluster",
+            &href("clusters", &v.cluster),
+            &v.cluster,
+        ))
+        .with(Node::reference(
+            "template",
+            &href("templates", &v.template),
+            &v.template,
+        ))
         .with(Node::reference(
             "original_template",
             &href("templates", &v.template),
@@ -200,7 +269,10 @@ pub fn vm(v: &Vm, nics: &[&Nic]) -> Node {
                 .with(Node::leaf("codename", get("codename")))
                 .with(Node::leaf("distribution", get("distribution")))
                 .with(Node::leaf("family", get("family")))
-                .with(Node::new("kernel").with(Node::new("version").with(Node::leaf("full_version", get("kernel")))))
+                .with(
+                    Node::new("kernel")
+                        .with(Node::new("version").with(Node::leaf("full_version", get("kernel")))),
+                )
                 .with(Node::new("version").with(Node::leaf("full_version", get("version")))),
         );
     }
@@ -210,7 +282,10 @@ pub fn vm(v: &Vm, nics: &[&Nic]) -> Node {
         n.push(
             Node::new("guest_time_zone")
                 .with(Node::leaf("name", name))
-                .with(Node::leaf("utc_offset", format!("{sign}{:02}:{:02}", o / 3600, (o / 60) % 60))),
+                .with(Node::leaf(
+                    "utc_offset",
+                    format!("{sign}{:02}:{:02}", o / 3600, (o / 60) % 60),
+                )),
         );
     }
     let _ = nics;
@@ -226,7 +301,11 @@ pub fn nic(x: &Nic) -> Node {
         .with(Node::leaf("linked", x.linked))
         .with(Node::new("mac").with(Node::leaf("address", &x.mac)))
         .with(Node::leaf("plugged", x.plugged))
-        .with(Node::reference("network", &href("networks", &x.network), &x.network))
+        .with(Node::reference(
+            "network",
+            &href("networks", &x.network),
+            &x.network,
+        ))
         .with(Node::reference(
             "vnic_profile",
             &href("vnicprofiles", &x.network),
@@ -249,7 +328,11 @@ pub fn blank_template(cluster: Option<&str>) -> Node {
             Node::new("version")
                 .with(Node::leaf("version_name", "base version"))
                 .with(Node::leaf("version_number", 1))
-                .with(Node::reference("base_template", &href("templates", BLANK_TEMPLATE), BLANK_TEMPLATE)),
+                .with(Node::reference(
+                    "base_template",
+                    &href("templates", BLANK_TEMPLATE),
+                    BLANK_TEMPLATE,
+                )),
         );
     if let Some(c) = cluster {
         n.push(Node::reference("cluster", &href("clusters", c), c));
@@ -289,11 +372,18 @@ pub fn job(j: &Job) -> Node {
         .with(Node::leaf("description", &j.description))
         .with(Node::leaf("auto_cleared", true))
         .with(Node::leaf("external", false))
-        .with(Node::leaf("last_updated", iso8601(j.end_time.unwrap_or(j.start_time))))
+        .with(Node::leaf(
+            "last_updated",
+            iso8601(j.end_time.unwrap_or(j.start_time)),
+        ))
         .with(Node::leaf("start_time", iso8601(j.start_time)))
         .opt("end_time", j.end_time.map(iso8601))
         .with(Node::leaf("status", &j.status))
-        .with(Node::reference("owner", &format!("{BASE}/users/admin"), "admin"))
+        .with(Node::reference(
+            "owner",
+            &format!("{BASE}/users/admin"),
+            "admin",
+        ))
 }
 
 /// `<action><status>complete</status></action>` (with a job link when given).

@@ -147,7 +147,14 @@ mod tests {
 
     #[test]
     fn parses_what_clients_send() {
-        let f = &["name", "status", "cluster", "datacenter", "storage.name", "vm_names"];
+        let f = &[
+            "name",
+            "status",
+            "cluster",
+            "datacenter",
+            "storage.name",
+            "vm_names",
+        ];
         let q = parse("name=web*", f).expect("ok");
         assert!(q.matches(|_| vec!["Web01".into()]));
         assert!(!q.matches(|_| vec!["db".into()]));

@@ -1,0 +1,155 @@
+//! The Manager driven by the unmodified ovirt-engine-sdk-python from PyPI, with a real
+//! host agent that registers and a real guest, on SQLite and on PostgreSQL.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use halyard_testinfra::manager::{workspace_bin, Database, ManagerProc, Postgres};
+use halyard_testinfra::{HostOptions, TestHost};
+
+fn script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sdk")
+        .join(name)
+}
+
+fn guest_env(host: &str, vm: &str) -> Vec<(&'static str, String)> {
+    let img = halyard_testinfra::env::Env::get().guest_image().clone();
+    vec![
+        ("HALYARD_HOST_NAME", host.to_string()),
+        ("HALYARD_VM_NAME", vm.to_string()),
+        ("HALYARD_KERNEL", img.kernel.to_string_lossy().into_owned()),
+        ("HALYARD_INITRD", img.initrd.to_string_lossy().into_owned()),
+    ]
+}
+
+async fn registering_host(m: &ManagerProc, name: &str) -> TestHost {
+    let mut o = HostOptions::new(workspace_bin("halyard-hostd", "halyard-hostd"));
+    o.manager_url = Some(m.url());
+    o.host_name = name.to_string();
+    TestHost::start(o).await
+}
+
+async fn flow(db: Database<'_>) {
+    let m = ManagerProc::start(db, "").await;
+    let name = format!("h{}", std::process::id());
+    let host = registering_host(&m, &name).await;
+    // Named with the test host's prefix: the harness destroys it whatever happens.
+    let out = m.run_sdk(
+        &script("flow.py"),
+        &guest_env(&name, &host.domain_name("sdk-vm")),
+    );
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    assert!(
+        out.status.success() && text.contains("FLOW OK"),
+        "SDK flow failed:\n{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_flow_on_sqlite() {
+    flow(Database::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_flow_on_postgresql() {
+    let pg = Postgres::start();
+    flow(Database::Postgres(&pg)).await;
+}
+
+/// Kill the host agent: the host is non_responsive within 15 s and its VM unknown;
+/// restart it: both recover, and the guest was never restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_failure_and_recovery() {
+    let m = ManagerProc::start(Database::Sqlite, "").await;
+    let name = format!("f{}", std::process::id());
+    let mut host = registering_host(&m, &name).await;
+    let vm_name = host.domain_name("sdk-vm");
+    let mut env = guest_env(&name, &vm_name);
+    env.push(("HALYARD_KEEP_VM", "1".into()));
+    let out = m.run_sdk(&script("flow.py"), &env);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let vm_id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("VM_ID="))
+        .expect("the VM id")
+        .to_string();
+    let qemu_pid = |h: &TestHost| {
+        String::from_utf8_lossy(&h.virsh(&["domid", &vm_name]).stdout)
+            .trim()
+            .to_string()
+    };
+    let pid_before = qemu_pid(&host);
+    assert!(!pid_before.is_empty());
+    let token = m.token().await;
+    let status_of = |xml: &str| {
+        halyard_manager::api::node::Node::parse_xml(xml.as_bytes())
+            .ok()
+            .and_then(|n| n.text_of("status").map(str::to_string))
+            .unwrap_or_default()
+    };
+    let host_id = {
+        let (_, body) = m
+            .api(&token, "GET", &format!("/hosts?search=name%3D{name}"), "")
+            .await;
+        let i = body.find(" id=\"").expect("host id") + 5;
+        body[i..i + 36].to_string()
+    };
+
+    host.kill9();
+    let killed = Instant::now();
+    let mut non_responsive = None;
+    while killed.elapsed() < Duration::from_secs(30) {
+        let (_, body) = m.api(&token, "GET", &format!("/hosts/{host_id}"), "").await;
+        if status_of(&body) == "non_responsive" {
+            non_responsive = Some(killed.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let t = non_responsive.expect("the host turns non_responsive");
+    eprintln!("non_responsive after {t:?}");
+    assert!(t <= Duration::from_secs(15), "took {t:?}");
+    let (_, body) = m.api(&token, "GET", &format!("/vms/{vm_id}"), "").await;
+    assert_eq!(status_of(&body), "unknown", "{body}");
+
+    host.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, h) = m.api(&token, "GET", &format!("/hosts/{host_id}"), "").await;
+        let (_, v) = m.api(&token, "GET", &format!("/vms/{vm_id}"), "").await;
+        if status_of(&h) == "up" && status_of(&v) == "up" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no recovery: host {} vm {}",
+            status_of(&h),
+            status_of(&v)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        qemu_pid(&host),
+        pid_before,
+        "the guest must not be restarted"
+    );
+    let (_, ev) = m.api(&token, "GET", "/events?max=50", "").await;
+    assert!(ev.contains("is not responding"), "{ev}");
+    assert!(ev.contains("is responding again"), "{ev}");
+    // Clean up the guest.
+    let (code, _) = m
+        .api(&token, "POST", &format!("/vms/{vm_id}/stop"), "<action/>")
+        .await;
+    assert_eq!(code, 200);
+}
