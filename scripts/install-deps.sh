@@ -8,7 +8,9 @@ PKGS=(
   libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
   busybox-static qemu-guest-agent xz-utils   # the test guest
   sanlock libsanlock-dev                # host ids and the SPM lease
-  iproute2 procps ca-certificates
+  iproute2 procps ca-certificates util-linux
+  postgresql                            # the Manager's production database (tests run their own)
+  gcc python3-dev python3-venv libxml2-dev   # ovirt-engine-sdk-python for the API tests
 )
 
 missing=()
@@ -36,6 +38,7 @@ if ((${#missing[@]})); then
   fi
   apt-get install -y -q --no-install-recommends --allow-downgrades "${args[@]}"
 fi
+# Debian starts PostgreSQL's default cluster only through systemd; nothing here needs it.
 
 if ! command -v cargo >/dev/null; then
   echo "error: cargo (Rust 1.80 or newer) is required; install it with rustup" >&2

@@ -1,30 +1,42 @@
 #!/bin/bash
-# Halyard quick start on a fresh Debian 12 machine (as root):
+# Halyard quick start on a fresh Debian 12 machine (as root): an all-in-one Manager + host.
 #   installs the packages, builds Halyard, starts virtlogd + libvirtd if they are not
-#   running, starts the host agent on port 54321, builds the tiny test guest and boots
-#   it through the agent over VDSM's protocol, then shows the guest's ready line.
+#   running, starts the Manager (oVirt Engine API v4 on https://localhost:8443, SQLite),
+#   starts the host agent which registers with the Manager (auto-approved), then adds the
+#   tiny test guest as a VM through the REST API, starts it and shows its ready line.
 #
 # Environment:
 #   HALYARD_DOMAIN_TYPE  kvm or qemu (default qemu: TCG works everywhere; use kvm on
 #                        hosts whose KVM boots stock kernels)
 #   HALYARD_STATE        where logs and state go (default /var/lib/halyard)
+#   HALYARD_PORT         the Manager's HTTPS port (default 8443)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$PWD
 STATE=${HALYARD_STATE:-/var/lib/halyard}
 DOMAIN_TYPE=${HALYARD_DOMAIN_TYPE:-qemu}
-PKI=/etc/halyard/pki
+PORT=${HALYARD_PORT:-8443}
+MGR=$STATE/manager
+HOST_PKI=$STATE/host-pki
 BRIDGE=ovirtmgmt
 step() { echo; echo "==> $*"; }
+
+stop_pidfile() {
+  if [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; then
+    kill "$(cat "$1")"
+    for _ in $(seq 50); do kill -0 "$(cat "$1")" 2>/dev/null || break; sleep 0.1; done
+  fi
+  rm -f "$1"
+}
 
 step "installing packages"
 ./scripts/install-deps.sh
 
 step "building (release)"
-cargo build --release --locked -p halyard-hostd -p halyard-cli -p halyard-testguest
-install -m 0755 target/release/halyard-hostd target/release/halyard target/release/halyard-testguest /usr/local/bin/
+cargo build --release --locked -p halyard-manager -p halyard-hostd -p halyard-cli -p halyard-testguest
+install -m 0755 target/release/halyard-manager target/release/halyard-hostd target/release/halyard \
+  target/release/halyard-testguest /usr/local/bin/
 
-mkdir -p "$STATE/run" "$STATE/vms" && chmod 0755 "$STATE" "$STATE/vms"
+mkdir -p "$STATE/run" "$MGR" /var/log/halyard/vms && chmod 0755 "$STATE"
 
 step "starting virtlogd and libvirtd (if not running)"
 # No udev here: give /dev/kvm the group and mode udev would.
@@ -43,19 +55,31 @@ if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
   ip link set "$BRIDGE" up
 fi
 
-step "host agent (development PKI in $PKI)"
-halyard-hostd pki init --dir "$PKI" >/dev/null
-if [ -f "$STATE/run/hostd.pid" ] && kill -0 "$(cat "$STATE/run/hostd.pid")" 2>/dev/null; then
-  kill "$(cat "$STATE/run/hostd.pid")"; sleep 0.5
-fi
+step "Manager (https://localhost:$PORT/ovirt-engine/api, data in $MGR)"
+stop_pidfile "$STATE/run/hostd.pid"
+stop_pidfile "$STATE/run/manager.pid"
+rm -f "$MGR/listen.addr"
+setsid halyard-manager --data-dir "$MGR" --port "$PORT" --auto-approve 127.0.0.1 \
+  </dev/null >>"$STATE/manager.log" 2>&1 &
+echo $! > "$STATE/run/manager.pid"
+for _ in $(seq 300); do [ -f "$MGR/listen.addr" ] && break; sleep 0.1; done
+[ -f "$MGR/listen.addr" ] || { echo "the Manager did not start; see $STATE/manager.log"; exit 1; }
+export HALYARD_URL=https://localhost:$PORT HALYARD_PASSWORD_FILE=$MGR/admin-password HALYARD_CA=$MGR/pki/ca.pem
+
+step "host agent (registers with the Manager; certificate in $HOST_PKI)"
 rm -f "$STATE/hostd/listen.addr"
-setsid halyard-hostd --pki-dir "$PKI" --domain-type "$DOMAIN_TYPE" --state-dir "$STATE/hostd" \
+setsid halyard-hostd --pki-dir "$HOST_PKI" --domain-type "$DOMAIN_TYPE" --state-dir "$STATE/hostd" \
+  --manager "https://localhost:$PORT" --address 127.0.0.1 \
   </dev/null >>"$STATE/hostd.log" 2>&1 &
 echo $! > "$STATE/run/hostd.pid"
-for _ in $(seq 100); do [ -f "$STATE/hostd/listen.addr" ] && break; sleep 0.1; done
-export HALYARD_PKI_DIR=$PKI
-halyard rpc Host.ping2 >/dev/null
-echo "halyard-hostd is listening on port 54321 (log: $STATE/hostd.log)"
+HOSTNAME_=$(hostname)
+# It registers (CSR), is auto-approved (--auto-approve 127.0.0.1), gets its certificate,
+# then the Manager connects to it over VDSM's protocol and marks it up.
+for _ in $(seq 600); do
+  halyard hosts show "$HOSTNAME_" --json 2>/dev/null | grep -q '"status": "up"' && break; sleep 0.2
+done
+halyard hosts list
+halyard hosts show "$HOSTNAME_" --json | grep -q '"status": "up"' || { echo "the host is not up; see $STATE/hostd.log"; exit 1; }
 
 step "test guest"
 GUEST=$(halyard-testguest --json)
@@ -64,20 +88,29 @@ INITRD=$(echo "$GUEST" | sed -n 's/.*"initrd":"\([^"]*\)".*/\1/p')
 echo "kernel $KERNEL"
 echo "initrd $INITRD"
 
-step "booting the guest through the agent (VM.create over TLS + STOMP + JSON-RPC)"
-VM_ID=$(cat /proc/sys/kernel/random/uuid)
-NAME=quickstart-$(echo "$VM_ID" | cut -c1-8)
-LOG="$STATE/vms/$NAME.console.log"
-XML="$STATE/vms/$NAME.xml"
-sed -e "s|@ID@|$VM_ID|; s|@NAME@|$NAME|; s|@KERNEL@|$KERNEL|; s|@INITRD@|$INITRD|; s|@LOG@|$LOG|; s|@BRIDGE@|$BRIDGE|" \
-  "$ROOT/scripts/quickstart-vm.xml" > "$XML"
-halyard rpc VM.create --xml "$XML" --flow-id quickstart | grep -E '"(status|vmId)"'
+step "adding and starting a VM through the REST API"
+NAME=quickstart-$(cut -c1-8 /proc/sys/kernel/random/uuid)
+halyard vms add "$NAME" --memory 256M --kernel "$KERNEL" --initrd "$INITRD" --nic \
+  --cmdline "console=ttyS0 quiet panic=-1 halyard.ip=192.168.222.10/24 halyard.gw=192.168.222.1"
+halyard vms start "$NAME"
+VM_ID=$(halyard vms show "$NAME" --json | sed -n 's/^  "id": "\([^"]*\)".*/\1/p')
+LOG=/var/log/halyard/vms/$VM_ID.log
 for _ in $(seq 1200); do grep -q 'HALYARD-GUEST ready' "$LOG" 2>/dev/null && break; sleep 0.1; done
 echo
 grep 'HALYARD-GUEST ready' "$LOG" || { echo "the guest did not come up; see $LOG and $STATE/hostd.log"; exit 1; }
 echo
-echo "The VM $NAME ($VM_ID) runs. Try:"
-echo "  export HALYARD_PKI_DIR=$PKI"
-echo "  halyard rpc Host.getAllVmStats"
-echo "  halyard rpc VM.shutdown vmID=$VM_ID"
-echo "  halyard rpc VM.destroy vmID=$VM_ID"
+halyard vms list
+cat <<MSG
+
+The Manager runs at https://localhost:$PORT/ovirt-engine/api
+  user admin@internal, password in $MGR/admin-password, CA at $MGR/pki/ca.pem
+  (or https://localhost:$PORT/ovirt-engine/services/pki-resource?resource=ca-certificate&format=X509-PEM-CA)
+Try:
+  export HALYARD_URL=$HALYARD_URL HALYARD_PASSWORD_FILE=$HALYARD_PASSWORD_FILE HALYARD_CA=$HALYARD_CA
+  halyard hosts list
+  halyard vms list
+  halyard vms shutdown $NAME
+  halyard events list
+or the oVirt Python SDK (ovirtsdk4) with url=https://localhost:$PORT/ovirt-engine/api.
+Logs: $STATE/manager.log, $STATE/hostd.log, console $LOG
+MSG

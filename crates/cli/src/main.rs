@@ -3,6 +3,8 @@
 //! `halyard rpc [--host H] METHOD [key=value ...]` calls a host agent verb over VDSM's
 //! protocol (as `vdsm-client` does) and prints the result as JSON.
 
+mod rest;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -64,13 +66,121 @@ enum Cmd {
         #[arg(long, default_value_t = 120)]
         timeout: u64,
     },
-    /// Print the agent's events as they arrive (one JSON object per line).
-    Events {
+    /// Print a host agent's events as they arrive (one JSON object per line).
+    AgentEvents {
         #[command(flatten)]
         conn: Conn,
         /// Stop after this many events.
         #[arg(long)]
         count: Option<usize>,
+    },
+    /// Hosts of the Manager.
+    Hosts {
+        #[command(flatten)]
+        api: rest::Api,
+        #[command(subcommand)]
+        cmd: HostCmd,
+    },
+    /// VMs of the Manager.
+    Vms {
+        #[command(flatten)]
+        api: rest::Api,
+        #[command(subcommand)]
+        cmd: VmCmd,
+    },
+    /// The Manager's events.
+    Events {
+        #[command(flatten)]
+        api: rest::Api,
+        #[command(subcommand)]
+        cmd: EventCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum HostCmd {
+    List,
+    Show {
+        name: String,
+    },
+    /// Add a host whose agent waits with an enrollment token.
+    Add {
+        name: String,
+        #[arg(long)]
+        address: String,
+        #[arg(long)]
+        token: String,
+        #[arg(long, default_value = "Default")]
+        cluster: String,
+    },
+    /// Approve a registered host.
+    Approve {
+        name: String,
+        #[arg(long, default_value = "Default")]
+        cluster: String,
+    },
+    /// Move a host to maintenance.
+    Stop {
+        name: String,
+    },
+    /// Activate a host.
+    Start {
+        name: String,
+    },
+    Remove {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum VmCmd {
+    List,
+    Show {
+        name: String,
+    },
+    /// Add a VM from Blank (direct kernel boot with --kernel/--initrd/--cmdline).
+    Add {
+        name: String,
+        #[arg(long, default_value = "Default")]
+        cluster: String,
+        #[arg(long, default_value = "512M")]
+        memory: String,
+        #[arg(long, default_value_t = 1)]
+        cpus: u32,
+        #[arg(long)]
+        kernel: Option<String>,
+        #[arg(long)]
+        initrd: Option<String>,
+        #[arg(long)]
+        cmdline: Option<String>,
+        /// Add a virtio NIC on the management network.
+        #[arg(long)]
+        nic: bool,
+    },
+    /// Start and wait until it is up.
+    Start {
+        name: String,
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+    /// Power off and wait until it is down.
+    Stop {
+        name: String,
+    },
+    /// Shut down through the guest and wait until it is down.
+    Shutdown {
+        name: String,
+    },
+    Remove {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventCmd {
+    List {
+        #[arg(long, default_value_t = 30)]
+        max: usize,
     },
 }
 
@@ -182,7 +292,157 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Err(e) => Err(e.into()),
             }
         }
-        Cmd::Events { conn, count } => {
+        Cmd::Hosts { api, cmd } => {
+            let sess = rest::Session::open(api).await?;
+            match cmd {
+                HostCmd::List => rest::hosts_list(&sess).await,
+                HostCmd::Show { name } => {
+                    let h = sess.find("hosts", "host", &name).await?;
+                    rest::show(&sess, &h)
+                }
+                HostCmd::Add {
+                    name,
+                    address,
+                    token,
+                    cluster,
+                } => {
+                    let h = sess
+                        .call("POST", "/hosts", Some(json!({"name": name, "address": address, "root_password": token, "cluster": {"name": cluster}})))
+                        .await?;
+                    let id = h["id"].as_str().unwrap_or_default().to_string();
+                    rest::wait_status(
+                        &sess,
+                        &format!("host {name}"),
+                        &format!("/hosts/{id}"),
+                        &["up"],
+                        Duration::from_secs(120),
+                    )
+                    .await
+                }
+                HostCmd::Approve { name, cluster } => {
+                    let h = sess.find("hosts", "host", &name).await?;
+                    let id = h["id"].as_str().unwrap_or_default().to_string();
+                    sess.call(
+                        "POST",
+                        &format!("/hosts/{id}/approve"),
+                        Some(json!({"cluster": {"name": cluster}})),
+                    )
+                    .await?;
+                    rest::wait_status(
+                        &sess,
+                        &format!("host {name}"),
+                        &format!("/hosts/{id}"),
+                        &["up"],
+                        Duration::from_secs(120),
+                    )
+                    .await
+                }
+                HostCmd::Stop { ref name }
+                | HostCmd::Start { ref name }
+                | HostCmd::Remove { ref name } => {
+                    let h = sess.find("hosts", "host", name).await?;
+                    let id = h["id"].as_str().unwrap_or_default().to_string();
+                    let (m, path) = match &cmd {
+                        HostCmd::Stop { .. } => ("POST", format!("/hosts/{id}/deactivate")),
+                        HostCmd::Start { .. } => ("POST", format!("/hosts/{id}/activate")),
+                        _ => ("DELETE", format!("/hosts/{id}")),
+                    };
+                    sess.call(m, &path, if m == "POST" { Some(json!({})) } else { None })
+                        .await?;
+                    out(&format!("host {name}: done"));
+                    Ok(())
+                }
+            }
+        }
+        Cmd::Vms { api, cmd } => {
+            let sess = rest::Session::open(api).await?;
+            match cmd {
+                VmCmd::List => rest::vms_list(&sess).await,
+                VmCmd::Show { name } => {
+                    let v = sess.find("vms", "vm", &name).await?;
+                    rest::show(&sess, &v)
+                }
+                VmCmd::Add {
+                    name,
+                    cluster,
+                    memory,
+                    cpus,
+                    kernel,
+                    initrd,
+                    cmdline,
+                    nic,
+                } => {
+                    let body = rest::vm_body(
+                        &name,
+                        &cluster,
+                        rest::parse_size(&memory)?,
+                        cpus,
+                        kernel.as_deref(),
+                        initrd.as_deref(),
+                        cmdline.as_deref(),
+                    );
+                    let v = sess.call("POST", "/vms", Some(body)).await?;
+                    let id = v["id"].as_str().unwrap_or_default().to_string();
+                    if nic {
+                        sess.call(
+                            "POST",
+                            &format!("/vms/{id}/nics"),
+                            Some(json!({"name": "nic1", "interface": "virtio"})),
+                        )
+                        .await?;
+                    }
+                    out(&format!("vm {name} added: {id}"));
+                    Ok(())
+                }
+                VmCmd::Start { name, timeout } => {
+                    let v = sess.find("vms", "vm", &name).await?;
+                    let id = v["id"].as_str().unwrap_or_default().to_string();
+                    sess.call("POST", &format!("/vms/{id}/start"), Some(json!({})))
+                        .await?;
+                    rest::wait_status(
+                        &sess,
+                        &format!("vm {name}"),
+                        &format!("/vms/{id}"),
+                        &["up"],
+                        Duration::from_secs(timeout),
+                    )
+                    .await
+                }
+                VmCmd::Stop { ref name } | VmCmd::Shutdown { ref name } => {
+                    let v = sess.find("vms", "vm", name).await?;
+                    let id = v["id"].as_str().unwrap_or_default().to_string();
+                    let action = if matches!(cmd, VmCmd::Stop { .. }) {
+                        "stop"
+                    } else {
+                        "shutdown"
+                    };
+                    sess.call("POST", &format!("/vms/{id}/{action}"), Some(json!({})))
+                        .await?;
+                    rest::wait_status(
+                        &sess,
+                        &format!("vm {name}"),
+                        &format!("/vms/{id}"),
+                        &["down"],
+                        Duration::from_secs(180),
+                    )
+                    .await
+                }
+                VmCmd::Remove { name } => {
+                    let v = sess.find("vms", "vm", &name).await?;
+                    let id = v["id"].as_str().unwrap_or_default().to_string();
+                    sess.call("DELETE", &format!("/vms/{id}"), None).await?;
+                    out(&format!("vm {name} removed"));
+                    Ok(())
+                }
+            }
+        }
+        Cmd::Events { api, cmd } => {
+            let sess = rest::Session::open(api).await?;
+            match cmd {
+                EventCmd::List { max } => rest::events_list(&sess, max).await,
+            }
+        }
+        Cmd::AgentEvents { conn, count } => {
             let c = connect(&conn).await?;
             let mut rx = c.events();
             let mut n = 0;

@@ -91,7 +91,7 @@ impl Manager {
         g.clone()
     }
 
-    async fn set_host_status(&self, host_id: &str, status: &str) -> bool {
+    pub async fn set_host_status(&self, host_id: &str, status: &str) -> bool {
         let h = self.read().hosts.get(host_id).cloned();
         let Some(mut h) = h else { return false };
         if h.status == status {
@@ -182,6 +182,13 @@ impl Manager {
                     .await;
                 }
                 missed = 0;
+                // Sample before marking the host up, so the scheduler sees its free memory.
+                if last_stats.is_none_or(|t| t.elapsed() >= stats_every) {
+                    if let Some(c) = slot.read().await.clone() {
+                        self.sample(&host_id, &c).await;
+                    }
+                    last_stats = Some(Instant::now());
+                }
                 if host.status != "up" && host.status != "non_operational" {
                     self.set_host_status(&host_id, "up").await;
                     if host.status != "up" {
@@ -194,12 +201,6 @@ impl Manager {
                         )
                         .await;
                     }
-                }
-                if last_stats.is_none_or(|t| t.elapsed() >= stats_every) {
-                    if let Some(c) = slot.read().await.clone() {
-                        self.sample(&host_id, &c).await;
-                    }
-                    last_stats = Some(Instant::now());
                 }
             } else {
                 missed += 1;

@@ -62,14 +62,19 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         let m = Manager::open(cfg).await?;
         // Resume monitoring of the hosts it knows.
-        let hosts: Vec<String> = m
+        // Until the first answer, a host that was up shows as connecting: the scheduler
+        // places VMs only on hosts whose state and free memory are known.
+        let hosts: Vec<(String, String)> = m
             .read()
             .hosts
             .values()
             .filter(|h| !matches!(h.status.as_str(), "pending_approval" | "maintenance"))
-            .map(|h| h.id.clone())
+            .map(|h| (h.id.clone(), h.status.clone()))
             .collect();
-        for h in hosts {
+        for (h, status) in hosts {
+            if status == "up" {
+                m.set_host_status(&h, "connecting").await;
+            }
             m.monitor(&h);
         }
         info!("Manager ready");
