@@ -73,7 +73,7 @@ impl Identity {
         if token.len() < 8 {
             anyhow::bail!("the enrollment token must have at least 8 characters");
         }
-        let names = halyard_pki::default_host_names(&[cfg.manager.address.clone()]);
+        let names = halyard_pki::default_host_names(std::slice::from_ref(&cfg.manager.address));
         let s = halyard_pki::self_signed(&names)?;
         let server = halyard_pki::server_config_pem(&s.cert_pem, &s.key_pem, None)?;
         Ok(Identity::new(cfg, server, Some(token)))
@@ -110,7 +110,7 @@ impl Identity {
     /// CSR.
     pub fn certificate_request(&self, token: Option<&str>) -> Result<String, RpcError> {
         self.check_token(token)?;
-        let (csr, key) = halyard_pki::make_csr(&self.names).map_err(|e| RpcError::internal(e))?;
+        let (csr, key) = halyard_pki::make_csr(&self.names).map_err(RpcError::internal)?;
         *self.pending_key.lock().unwrap_or_else(|p| p.into_inner()) = Some(key);
         Ok(csr)
     }

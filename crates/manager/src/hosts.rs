@@ -424,9 +424,7 @@ impl Manager {
             (v.clone(), host)
         };
         let _ = self.save_vm(&v).await;
-        let desc = if admin {
-            format!("VM {} is down.", v.name)
-        } else if message.is_empty() {
+        let desc = if admin || message.is_empty() {
             format!("VM {} is down.", v.name)
         } else {
             format!("VM {} is down. Exit message: {message}", v.name)

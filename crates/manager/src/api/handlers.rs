@@ -1224,7 +1224,7 @@ fn vm_spec(n: &Node) -> Result<VmSpec, ApiError> {
     let path = |k: &str| -> Result<Option<String>, ApiError> {
         match os.and_then(|o| o.text_of(k)) {
             None => Ok(None),
-            Some(p) if p.is_empty() => Ok(Some(String::new())),
+            Some("") => Ok(Some(String::new())),
             Some(p)
                 if p.starts_with('/')
                     && !p.contains("..")
