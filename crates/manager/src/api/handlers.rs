@@ -148,6 +148,24 @@ impl Req {
         }
     }
 
+    /// The `follow` parameter: links to embed, each one of `allowed`.
+    fn follow(&self, allowed: &[&str]) -> Result<Vec<String>, ApiError> {
+        let Some(f) = self.query.get("follow") else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for part in f.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            if !allowed.contains(&part) {
+                return Err(ApiError::bad(format!(
+                    "follow={part:?}: the link cannot be followed here (known: {})",
+                    allowed.join(", ")
+                )));
+            }
+            out.push(part.to_string());
+        }
+        Ok(out)
+    }
+
     fn search(&self, fields: &[&str]) -> Result<search::Query, ApiError> {
         search::parse(
             self.query.get("search").map(String::as_str).unwrap_or(""),
@@ -394,6 +412,45 @@ fn check_id(id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+const VM_FOLLOW: &[&str] = &["nics", "cluster", "host", "template"];
+const HOST_FOLLOW: &[&str] = &["cluster"];
+
+/// A VM with the links in `follow` embedded.
+fn vm_node(inv: &Inventory, v: &Vm, follow: &[String]) -> Node {
+    let want = |k: &str| follow.iter().any(|f| f == k);
+    let nics = if want("nics") {
+        inv.nics_of(&v.id)
+    } else {
+        Vec::new()
+    };
+    let mut n = render::vm(v, &nics);
+    if want("cluster") {
+        if let Some(c) = inv.clusters.get(&v.cluster) {
+            n.replace("cluster", render::cluster(c));
+        }
+    }
+    if want("host") {
+        if let Some(h) = v.host.as_ref().and_then(|h| inv.hosts.get(h)) {
+            n.replace("host", render::host(h));
+        }
+    }
+    if want("template") {
+        n.replace("template", render::blank_template(Some(&v.cluster)));
+    }
+    n
+}
+
+/// A host with the links in `follow` embedded.
+fn host_node(inv: &Inventory, h: &Host, follow: &[String]) -> Node {
+    let mut n = render::host(h);
+    if follow.iter().any(|f| f == "cluster") {
+        if let Some(c) = inv.clusters.get(&h.cluster) {
+            n.replace("cluster", render::cluster(c));
+        }
+    }
+    n
+}
+
 fn list(name: &str, items: Vec<Node>, max: Option<usize>) -> Node {
     let mut n = Node::new(name);
     for i in items.into_iter().take(max.unwrap_or(usize::MAX)) {
@@ -578,10 +635,11 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
         ["hosts"] if post => add_host(m, r).await,
         ["hosts", id] if get => {
             check_id(id)?;
+            let follow = r.follow(HOST_FOLLOW)?;
             let inv = m.read();
             inv.hosts
                 .get(*id)
-                .map(render::host)
+                .map(|h| host_node(&inv, h, &follow))
                 .map(ok)
                 .unwrap_or_else(|| Err(ApiError::not_found(format!("Host {id} not found"))))
         }
@@ -599,10 +657,11 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
         ["vms"] if post => add_vm(m, r).await,
         ["vms", id] if get => {
             check_id(id)?;
+            let follow = r.follow(VM_FOLLOW)?;
             let inv = m.read();
             inv.vms
                 .get(*id)
-                .map(|v| render::vm(v, &inv.nics_of(id)))
+                .map(|v| vm_node(&inv, v, &follow))
                 .map(ok)
                 .unwrap_or_else(|| Err(ApiError::not_found(format!("VM {id} not found"))))
         }
@@ -912,6 +971,7 @@ async fn add_cluster(m: &Arc<Manager>, r: &Req) -> Out {
 }
 
 fn hosts(m: &Arc<Manager>, r: &Req) -> Out {
+    let follow = r.follow(HOST_FOLLOW)?;
     let q = r.search(&["name", "id", "status", "cluster", "datacenter", "address"])?;
     let inv = m.read();
     let items = inv
@@ -936,7 +996,7 @@ fn hosts(m: &Arc<Manager>, r: &Req) -> Out {
                     .unwrap_or_default(),
             })
         })
-        .map(render::host)
+        .map(|h| host_node(&inv, h, &follow))
         .collect();
     ok(list("hosts", items, r.max()?))
 }
@@ -1145,6 +1205,8 @@ async fn host_action(m: &Arc<Manager>, id: &str, action: &str, r: &Req) -> Out {
 }
 
 fn vms(m: &Arc<Manager>, r: &Req) -> Out {
+    let follow = r.follow(VM_FOLLOW)?;
+    let max = r.max()?;
     let q = r.search(&[
         "name",
         "id",
@@ -1183,9 +1245,10 @@ fn vms(m: &Arc<Manager>, r: &Req) -> Out {
                     .unwrap_or_default(),
             })
         })
-        .map(|v| render::vm(v, &[]))
+        .take(max.unwrap_or(usize::MAX))
+        .map(|v| vm_node(&inv, v, &follow))
         .collect();
-    ok(list("vms", items, r.max()?))
+    ok(list("vms", items, None))
 }
 
 struct VmSpec {

@@ -72,6 +72,13 @@ impl Node {
         Node::new("link").attr("href", href).attr("rel", rel)
     }
 
+    /// Replaces the first child called `name` (a reference) with `with` (the object).
+    pub fn replace(&mut self, name: &str, with: Node) {
+        if let Some(c) = self.children.iter_mut().find(|c| c.name == name) {
+            *c = with;
+        }
+    }
+
     pub fn get(&self, name: &str) -> Option<&Node> {
         self.children.iter().find(|c| c.name == name)
     }

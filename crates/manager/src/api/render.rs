@@ -288,7 +288,13 @@ pub fn vm(v: &Vm, nics: &[&Nic]) -> Node {
                 )),
         );
     }
-    let _ = nics;
+    if !nics.is_empty() {
+        let mut l = Node::new("nics");
+        for x in nics {
+            l.push(nic(x));
+        }
+        n.push(l);
+    }
     n
 }
 

@@ -92,6 +92,16 @@ vm_service = vms.vm_service(vm.id)
 vm_service.nics_service().add(types.Nic(name="nic1", interface=types.NicInterface.VIRTIO))
 assert [n.name for n in vm_service.nics_service().list()] == ["nic1"]
 assert conn.follow_link(vm.cluster).name == "Default"
+# follow= embeds linked objects in one request
+fv = vms.list(search="name=%s" % VM, follow="nics,cluster")[0]
+assert [n.name for n in fv.nics] == ["nic1"], fv.nics
+assert fv.cluster.name == "Default"
+assert vm_service.get(follow="nics").nics[0].interface == types.NicInterface.VIRTIO
+try:
+    vms.list(follow="no_such_link")
+    raise AssertionError("an unknown follow link was accepted")
+except sdk.Error as e:
+    assert "400" in str(e) or "follow" in str(e), e
 assert vm_service.get().cpu.topology.cores == 1
 
 t0 = time.time()
