@@ -147,6 +147,27 @@ async fn host_failure_and_recovery() {
     let (_, ev) = m.api(&token, "GET", "/events?max=50", "").await;
     assert!(ev.contains("is not responding"), "{ev}");
     assert!(ev.contains("is responding again"), "{ev}");
+
+    // Changes made behind the Manager's back reach the API through the agent's
+    // |virt|VM_status| events, long before the next 15 s sample: within 2 s.
+    for (cmd, want) in [("suspend", "paused"), ("resume", "up")] {
+        let out = host.virsh(&[cmd, &vm_name]);
+        assert!(out.status.success(), "virsh {cmd}: {out:?}");
+        let t0 = Instant::now();
+        loop {
+            let (_, v) = m.api(&token, "GET", &format!("/vms/{vm_id}"), "").await;
+            if status_of(&v) == want {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(2),
+                "after virsh {cmd} the API still shows {}",
+                status_of(&v)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        eprintln!("virsh {cmd}: the API shows {want} after {:?}", t0.elapsed());
+    }
     // Clean up the guest.
     let (code, _) = m
         .api(&token, "POST", &format!("/vms/{vm_id}/stop"), "<action/>")
