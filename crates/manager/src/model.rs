@@ -252,7 +252,28 @@ pub struct Inventory {
     pub next_event_id: i64,
 }
 
+/// Memory kept back on every host for the host itself (oVirt's reserved memory).
+pub const HOST_RESERVED_MEMORY: u64 = 256 << 20;
+
 impl Inventory {
+    /// Memory committed to the VMs placed on `host` (every state but down).
+    pub fn committed_memory(&self, host: &str) -> u64 {
+        self.vms
+            .values()
+            .filter(|v| v.host.as_deref() == Some(host) && v.status != "down")
+            .map(|v| v.memory)
+            .sum()
+    }
+
+    /// oVirt's max_scheduling_memory: the host's memory less what its VMs are given
+    /// and less the host's reserve. It counts a VM from the moment it is placed, so
+    /// back-to-back starts never overbook a host between two samples.
+    pub fn scheduling_memory(&self, h: &Host) -> u64 {
+        h.memory
+            .saturating_sub(self.committed_memory(&h.id))
+            .saturating_sub(HOST_RESERVED_MEMORY)
+    }
+
     pub fn vm_by_name(&self, name: &str) -> Option<&Vm> {
         self.vms.values().find(|v| v.name == name)
     }

@@ -170,7 +170,7 @@ async fn register(
     Ok(id)
 }
 
-fn new_host(
+pub(crate) fn new_host(
     name: &str,
     address: &str,
     port: u16,

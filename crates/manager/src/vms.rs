@@ -160,40 +160,37 @@ pub fn mac_for(id: &str) -> String {
     )
 }
 
+/// Picks a host: up, in the VM's cluster, with enough free memory (oVirt's
+/// scheduling memory: physical memory less what its VMs are given and a reserve);
+/// the one with the most free memory first.
+pub fn pick_host(inv: &Inventory, vm: &Vm) -> Result<String, VmError> {
+    let mut candidates: Vec<(&Host, u64)> = inv
+        .hosts
+        .values()
+        .filter(|h| h.status == "up" && h.cluster == vm.cluster)
+        .map(|h| (h, inv.scheduling_memory(h)))
+        .collect();
+    if candidates.is_empty() {
+        return Err(VmError::Conflict(
+            "Cannot run VM. There is no host that satisfies current scheduling constraints: no host in the VM's cluster is up.".into(),
+        ));
+    }
+    candidates.retain(|(_, free)| *free >= vm.memory);
+    candidates.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.name.cmp(&b.0.name)));
+    candidates
+        .first()
+        .map(|(h, _)| h.id.clone())
+        .ok_or_else(|| {
+            VmError::Conflict(format!(
+                "Cannot run VM. There is no host that satisfies current scheduling constraints: no host has {} MiB of free memory.",
+                vm.memory >> 20
+            ))
+        })
+}
 impl Manager {
-    /// Picks a host: up, in the VM's cluster, with enough free memory; the one with the
-    /// most free memory first.
+    /// Picks a host for `vm` (see [`pick_host`]).
     pub fn schedule(&self, vm: &Vm) -> Result<String, VmError> {
-        let inv = self.read();
-        let committed = |h: &str| -> u64 {
-            inv.vms
-                .values()
-                .filter(|v| v.host.as_deref() == Some(h) && v.status == "wait_for_launch")
-                .map(|v| v.memory)
-                .sum()
-        };
-        let mut candidates: Vec<(&Host, u64)> = inv
-            .hosts
-            .values()
-            .filter(|h| h.status == "up" && h.cluster == vm.cluster)
-            .map(|h| (h, h.free_memory.saturating_sub(committed(&h.id))))
-            .collect();
-        if candidates.is_empty() {
-            return Err(VmError::Conflict(
-                "Cannot run VM. There is no host that satisfies current scheduling constraints: no host in the VM's cluster is up.".into(),
-            ));
-        }
-        candidates.retain(|(_, free)| *free >= vm.memory);
-        candidates.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.name.cmp(&b.0.name)));
-        candidates
-            .first()
-            .map(|(h, _)| h.id.clone())
-            .ok_or_else(|| {
-                VmError::Conflict(format!(
-                    "Cannot run VM. There is no host that satisfies current scheduling constraints: no host has {} MiB of free memory.",
-                    vm.memory >> 20
-                ))
-            })
+        pick_host(&self.read(), vm)
     }
 
     fn vm(&self, id: &str) -> Result<Vm, VmError> {
@@ -358,6 +355,77 @@ impl Manager {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn host(name: &str, memory: u64, status: &str) -> Host {
+        let mut h = crate::register::new_host(name, "10.0.0.1", 54321, name, "c", None);
+        h.id = name.into();
+        h.memory = memory;
+        h.status = status.into();
+        h
+    }
+
+    fn vm(id: &str, memory: u64, host: Option<&str>, status: &str) -> Vm {
+        Vm {
+            id: id.into(),
+            name: id.into(),
+            description: String::new(),
+            cluster: "c".into(),
+            template: BLANK_TEMPLATE.into(),
+            memory,
+            sockets: 1,
+            cores: 1,
+            threads: 1,
+            os_type: "other_linux".into(),
+            kernel: String::new(),
+            initrd: String::new(),
+            cmdline: String::new(),
+            status: status.into(),
+            host: host.map(str::to_string),
+            start_time: None,
+            stop_time: None,
+            creation_time: 0,
+            stop_reason: String::new(),
+            vm_type: "server".into(),
+            guest: GuestInfo::default(),
+        }
+    }
+
+    #[test]
+    fn scheduler_counts_placed_vms_and_refuses_when_full() {
+        const G: u64 = 1 << 30;
+        let mut inv = Inventory::default();
+        for h in [
+            host("a", 4 * G, "up"),
+            host("b", 3 * G, "up"),
+            host("m", 64 * G, "maintenance"),
+        ] {
+            inv.hosts.insert(h.id.clone(), h);
+        }
+        // Most free first: a (4 GiB), then, with 2 GiB placed on a, b.
+        let v = vm("v1", 2 * G, None, "down");
+        assert_eq!(pick_host(&inv, &v).expect("placed"), "a");
+        inv.vms
+            .insert("v1".into(), vm("v1", 2 * G, Some("a"), "wait_for_launch"));
+        assert_eq!(
+            pick_host(&inv, &vm("v2", G, None, "down")).expect("placed"),
+            "b"
+        );
+        // A VM that fits nowhere (b: 3 GiB - reserve; a: 2 GiB - reserve) gets a clear fault.
+        let err = pick_host(&inv, &vm("v3", 3 * G, None, "down")).expect_err("full");
+        assert!(err.to_string().contains("free memory"), "{err}");
+        // Down VMs do not count; VMs in other clusters are not placed.
+        inv.vms.insert("v1".into(), vm("v1", 2 * G, None, "down"));
+        assert_eq!(
+            pick_host(&inv, &vm("v4", 3 * G, None, "down")).expect("placed"),
+            "a"
+        );
+        let mut other = vm("v5", G, None, "down");
+        other.cluster = "elsewhere".into();
+        assert!(pick_host(&inv, &other)
+            .expect_err("no host")
+            .to_string()
+            .contains("is up"));
+    }
 
     #[test]
     fn xml_is_valid_and_escaped() {

@@ -431,7 +431,7 @@ fn vm_node(inv: &Inventory, v: &Vm, follow: &[String]) -> Node {
     }
     if want("host") {
         if let Some(h) = v.host.as_ref().and_then(|h| inv.hosts.get(h)) {
-            n.replace("host", render::host(h));
+            n.replace("host", render::host(h, inv.scheduling_memory(h)));
         }
     }
     if want("template") {
@@ -442,7 +442,7 @@ fn vm_node(inv: &Inventory, v: &Vm, follow: &[String]) -> Node {
 
 /// A host with the links in `follow` embedded.
 fn host_node(inv: &Inventory, h: &Host, follow: &[String]) -> Node {
-    let mut n = render::host(h);
+    let mut n = render::host(h, inv.scheduling_memory(h));
     if follow.iter().any(|f| f == "cluster") {
         if let Some(c) = inv.clusters.get(&h.cluster) {
             n.replace("cluster", render::cluster(c));
@@ -1038,7 +1038,8 @@ async fn add_host(m: &Arc<Manager>, r: &Req) -> Out {
     let h = crate::register::enroll_host(m, &name, &address, port as u16, &cluster, &token)
         .await
         .map_err(|e| ApiError::bad(format!("Cannot add Host. {e}")))?;
-    Ok((StatusCode::CREATED, render::host(&h)))
+    let sm = m.read().scheduling_memory(&h);
+    Ok((StatusCode::CREATED, render::host(&h, sm)))
 }
 
 async fn update_host(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
@@ -1066,7 +1067,8 @@ async fn update_host(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
         h.spm_priority = p;
     }
     m.save_host(&h).await?;
-    ok(render::host(&h))
+    let sm = m.read().scheduling_memory(&h);
+    ok(render::host(&h, sm))
 }
 
 async fn remove_host(m: &Arc<Manager>, id: &str) -> Out {

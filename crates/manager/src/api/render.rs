@@ -75,7 +75,8 @@ pub fn network(n: &Network) -> Node {
         ))
 }
 
-pub fn host(h: &Host) -> Node {
+/// A host; `scheduling_memory` from [`Inventory::scheduling_memory`].
+pub fn host(h: &Host, scheduling_memory: u64) -> Node {
     let hr = href("hosts", &h.id);
     let mut n = obj("host", "hosts", &h.id);
     for rel in [
@@ -121,7 +122,7 @@ pub fn host(h: &Host) -> Node {
         .with(Node::leaf("external_status", "ok"))
         .with(Node::new("hardware_information").with(Node::leaf("uuid", &h.hardware_uuid)))
         .with(Node::leaf("memory", h.memory))
-        .with(Node::leaf("max_scheduling_memory", h.free_memory))
+        .with(Node::leaf("max_scheduling_memory", scheduling_memory))
         .with(
             Node::new("os")
                 .with(Node::leaf("type", &h.os_name))
