@@ -223,11 +223,21 @@ pub struct ManagerProc {
     pub password: String,
     child: Option<Child>,
     args: Vec<String>,
+    log_filter: String,
 }
 
 impl ManagerProc {
     /// Starts a Manager; `extra_config` is appended to its TOML.
     pub async fn start(db: Database<'_>, extra_config: &str) -> ManagerProc {
+        ManagerProc::start_with_log(db, extra_config, "info,halyard_manager=debug").await
+    }
+
+    /// [`ManagerProc::start`] with a `RUST_LOG` filter of the caller's choice.
+    pub async fn start_with_log(
+        db: Database<'_>,
+        extra_config: &str,
+        log_filter: &str,
+    ) -> ManagerProc {
         let env = env::Env::get();
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -251,6 +261,7 @@ impl ManagerProc {
             port: 0,
             password: String::new(),
             child: None,
+            log_filter: log_filter.to_string(),
             args: vec![
                 "--config".into(),
                 dir.join("manager.toml").to_string_lossy().into_owned(),
@@ -274,7 +285,7 @@ impl ManagerProc {
             .expect("log");
         let child = Command::new(bin)
             .args(&self.args)
-            .env("RUST_LOG", "info,halyard_manager=debug")
+            .env("RUST_LOG", &self.log_filter)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("fd"))

@@ -1,0 +1,63 @@
+//! The Manager with 20 simulated hosts that speak the real protocol (TLS, STOMP,
+//! JSON-RPC): registration at scale, even VM placement, monitoring of 100 VMs, and a
+//! host that stops answering and comes back. The 200-host figures come from
+//! `cargo bench -p halyard-manager --bench scale`.
+
+mod fakehost;
+
+use std::time::{Duration, Instant};
+
+use halyard_testinfra::manager::{Database, ManagerProc};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_fake_hosts_hundred_vms() {
+    let m = ManagerProc::start(Database::Sqlite, "auto_approve = [\"fake-*\"]").await;
+    let dir = m.dir.join("fakehosts");
+    let hosts = fakehost::start_hosts(&m.url(), "fake", 20, &dir)
+        .await
+        .expect("fake hosts register");
+    let api = fakehost::Api::new(&m).await;
+    api.wait_count("hosts", "up", 20, Duration::from_secs(60))
+        .await
+        .expect("all hosts up");
+
+    let (added, started) = fakehost::add_and_start_vms(&api, "svm", 100, 8)
+        .await
+        .expect("VMs added and started");
+    eprintln!("100 VMs added in {added:?}, started in {started:?}");
+    api.wait_count("vms", "up", 100, Duration::from_secs(60))
+        .await
+        .expect("all VMs up");
+    // Equal hosts, equal VMs, most free memory first: 5 VMs on each.
+    let counts: Vec<usize> = hosts.iter().map(fakehost::FakeHost::vm_count).collect();
+    assert!(counts.iter().all(|c| *c == 5), "placement {counts:?}");
+
+    // One host stops answering: non_responsive, its VMs unknown, the others untouched.
+    let victim = &hosts[7];
+    victim.set_down(true);
+    let t0 = Instant::now();
+    loop {
+        let hs = api.statuses("hosts").await.expect("hosts");
+        if hs
+            .iter()
+            .any(|h| h.0 == victim.name && h.1 == "non_responsive")
+        {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "{hs:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!("{} non_responsive after {:?}", victim.name, t0.elapsed());
+    let vms = api.statuses("vms").await.expect("vms");
+    assert_eq!(vms.iter().filter(|v| v.1 == "unknown").count(), 5);
+    assert_eq!(vms.iter().filter(|v| v.1 == "up").count(), 95);
+
+    victim.set_down(false);
+    api.wait_count("vms", "up", 100, Duration::from_secs(30))
+        .await
+        .expect("the VMs recover");
+    api.wait_count("hosts", "up", 20, Duration::from_secs(30))
+        .await
+        .expect("the host recovers");
+    assert!(hosts.iter().all(|h| h.requests() > 0));
+}
