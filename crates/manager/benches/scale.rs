@@ -83,7 +83,7 @@ async fn run() -> anyhow::Result<()> {
     println!("Manager scale benchmark: {n_hosts} simulated hosts x {per_host} VMs = {n_vms} VMs ({db_name})");
 
     let t = Instant::now();
-    let hosts = fakehost::start_hosts(&m.url(), "fake", n_hosts, &m.dir.join("fakehosts")).await?;
+    let hosts = fakehost::start_hosts(&m, "fake", n_hosts, &m.dir.join("fakehosts")).await?;
     let registered = t.elapsed();
     let api = fakehost::Api::new(&m).await;
     api.wait_count("hosts", "up", n_hosts, Duration::from_secs(300))

@@ -13,7 +13,7 @@ use halyard_testinfra::manager::{Database, ManagerProc};
 async fn twenty_fake_hosts_hundred_vms() {
     let m = ManagerProc::start(Database::Sqlite, "auto_approve = [\"fake-*\"]").await;
     let dir = m.dir.join("fakehosts");
-    let hosts = fakehost::start_hosts(&m.url(), "fake", 20, &dir)
+    let hosts = fakehost::start_hosts(&m, "fake", 20, &dir)
         .await
         .expect("fake hosts register");
     let api = fakehost::Api::new(&m).await;

@@ -99,7 +99,7 @@ pub fn respond(status: StatusCode, n: &Node, f: Format) -> Response {
         Format::Json => (
             status,
             [("content-type", "application/json")],
-            n.to_json().to_string(),
+            n.to_json_string(),
         )
             .into_response(),
     }

@@ -67,7 +67,14 @@ impl Drop for FakeHost {
 impl FakeHost {
     /// Registers with the Manager at `manager_url` (which must approve it, e.g. by an
     /// auto-approve pattern) and starts serving. `dir` receives the key and certificate.
-    pub async fn start(manager_url: &str, name: &str, dir: &Path) -> anyhow::Result<FakeHost> {
+    /// `ca_fingerprint` pins the Manager's CA, as `manager.ca_fingerprint` does for the
+    /// real agent.
+    pub async fn start(
+        manager_url: &str,
+        ca_fingerprint: &str,
+        name: &str,
+        dir: &Path,
+    ) -> anyhow::Result<FakeHost> {
         std::fs::create_dir_all(dir)?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
@@ -79,6 +86,7 @@ impl FakeHost {
         cfg.manager.host_name = name.to_string();
         cfg.manager.address = "127.0.0.1".into();
         cfg.manager.poll_secs = 1;
+        cfg.manager.ca_fingerprint = Some(ca_fingerprint.to_string());
         if !halyard_hostd::identity::Identity::files_exist(&cfg) {
             halyard_hostd::identity::register(&cfg, &format!("fake-{name}"), port).await?;
         }
@@ -606,21 +614,24 @@ impl Api {
 
 /// Starts `n` fake hosts named `{prefix}-000`... concurrently (registration included).
 pub async fn start_hosts(
-    manager_url: &str,
+    m: &halyard_testinfra::manager::ManagerProc,
     prefix: &str,
     n: usize,
     dir: &Path,
 ) -> anyhow::Result<Vec<FakeHost>> {
+    let manager_url = m.url();
+    let fp = halyard_pki::fingerprint(&std::fs::read_to_string(m.ca())?);
     let mut set = tokio::task::JoinSet::new();
     let gate = Arc::new(tokio::sync::Semaphore::new(32));
     for i in 0..n {
-        let url = manager_url.to_string();
+        let url = manager_url.clone();
+        let fp = fp.clone();
         let name = format!("{prefix}-{i:03}");
         let d = dir.join(&name);
         let gate = gate.clone();
         set.spawn(async move {
             let _p = gate.acquire_owned().await;
-            FakeHost::start(&url, &name, &d).await.map(|h| (i, h))
+            FakeHost::start(&url, &fp, &name, &d).await.map(|h| (i, h))
         });
     }
     let mut hosts = Vec::with_capacity(n);
