@@ -136,7 +136,7 @@ impl Client {
         wr.flush().await.map_err(ClientError::Tls)?;
 
         let mut dec = stomp::Decoder::new(stomp::Limits::default());
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = vec![0u8; 16 * 1024];
         // Wait for CONNECTED.
         let connected = tokio::time::timeout(Duration::from_secs(10), async {
             loop {

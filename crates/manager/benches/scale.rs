@@ -89,6 +89,7 @@ async fn run() -> anyhow::Result<()> {
     api.wait_count("hosts", "up", n_hosts, Duration::from_secs(300))
         .await?;
     let hosts_up = t.elapsed();
+    let rss_hosts = proc_usage(pid).1;
 
     let (added, started) = fakehost::add_and_start_vms(&api, "bvm", n_vms, 16).await?;
     let t = Instant::now();
@@ -145,6 +146,7 @@ async fn run() -> anyhow::Result<()> {
         search.push(t.elapsed());
         anyhow::ensure!(s == 200, "search: HTTP {s}");
     }
+    let rss_after_gets = proc_usage(pid).1;
     let mut hosts_lat = Vec::new();
     for _ in 0..10 {
         let t = Instant::now();

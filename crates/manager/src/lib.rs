@@ -11,6 +11,7 @@ pub mod api;
 pub mod config;
 pub mod db;
 pub mod hosts;
+pub mod memory;
 pub mod model;
 pub mod register;
 pub mod server;

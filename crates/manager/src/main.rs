@@ -35,6 +35,7 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
+    halyard_manager::memory::limit_arenas();
     halyard_common::logging::init("info");
     let cli = Cli::parse();
     if cli.default_config {
@@ -77,6 +78,7 @@ fn main() -> anyhow::Result<()> {
             }
             m.monitor(&h);
         }
+        tokio::spawn(halyard_manager::memory::trim_periodically());
         info!("Manager ready");
         halyard_manager::server::serve(m).await
     })

@@ -2,7 +2,7 @@
 //! templates, events and jobs. Held in memory (the API answers from it) and written
 //! through to the database on every change.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -256,21 +256,40 @@ pub struct Inventory {
 pub const HOST_RESERVED_MEMORY: u64 = 256 << 20;
 
 impl Inventory {
-    /// Memory committed to the VMs placed on `host` (every state but down).
-    pub fn committed_memory(&self, host: &str) -> u64 {
-        self.vms
-            .values()
-            .filter(|v| v.host.as_deref() == Some(host) && v.status != "down")
-            .map(|v| v.memory)
-            .sum()
+    /// Memory committed to the VMs placed on each host (every state but down), in one
+    /// pass over the VMs.
+    pub fn committed_memory(&self) -> HashMap<&str, u64> {
+        let mut m: HashMap<&str, u64> = HashMap::new();
+        for v in self.vms.values() {
+            if let Some(h) = v.host.as_deref() {
+                if v.status != "down" {
+                    *m.entry(h).or_default() += v.memory;
+                }
+            }
+        }
+        m
     }
 
     /// oVirt's max_scheduling_memory: the host's memory less what its VMs are given
-    /// and less the host's reserve. It counts a VM from the moment it is placed, so
-    /// back-to-back starts never overbook a host between two samples.
-    pub fn scheduling_memory(&self, h: &Host) -> u64 {
+    /// (`committed`, from [`Inventory::committed_memory`]) and less the host's reserve.
+    /// It counts a VM from the moment it is placed, so back-to-back starts never
+    /// overbook a host between two samples.
+    pub fn scheduling_memory_with(&self, h: &Host, committed: &HashMap<&str, u64>) -> u64 {
         h.memory
-            .saturating_sub(self.committed_memory(&h.id))
+            .saturating_sub(committed.get(h.id.as_str()).copied().unwrap_or(0))
+            .saturating_sub(HOST_RESERVED_MEMORY)
+    }
+
+    /// [`Inventory::scheduling_memory_with`] for one host.
+    pub fn scheduling_memory(&self, h: &Host) -> u64 {
+        let committed: u64 = self
+            .vms
+            .values()
+            .filter(|v| v.host.as_deref() == Some(h.id.as_str()) && v.status != "down")
+            .map(|v| v.memory)
+            .sum();
+        h.memory
+            .saturating_sub(committed)
             .saturating_sub(HOST_RESERVED_MEMORY)
     }
 

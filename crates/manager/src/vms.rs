@@ -164,11 +164,12 @@ pub fn mac_for(id: &str) -> String {
 /// scheduling memory: physical memory less what its VMs are given and a reserve);
 /// the one with the most free memory first.
 pub fn pick_host(inv: &Inventory, vm: &Vm) -> Result<String, VmError> {
+    let committed = inv.committed_memory();
     let mut candidates: Vec<(&Host, u64)> = inv
         .hosts
         .values()
         .filter(|h| h.status == "up" && h.cluster == vm.cluster)
-        .map(|h| (h, inv.scheduling_memory(h)))
+        .map(|h| (h, inv.scheduling_memory_with(h, &committed)))
         .collect();
     if candidates.is_empty() {
         return Err(VmError::Conflict(
@@ -201,56 +202,85 @@ impl Manager {
             .ok_or_else(|| VmError::NotFound(format!("VM {id} not found")))
     }
 
+    /// Starts a VM: placement under the write lock (the VM is committed to its host
+    /// as wait_for_launch, so concurrent starts see its memory taken), then VM.create
+    /// outside the lock; if the host refuses, the placement is undone.
     pub async fn vm_start(self: &Arc<Self>, id: &str) -> Result<(), VmError> {
-        let _g = self.write_lock.lock().await;
-        let mut vm = self.vm(id)?;
-        if vm.status != "down" {
-            return Err(VmError::Conflict(format!(
-                "Cannot run VM. VM {} is running.",
-                vm.name
-            )));
-        }
-        let host_id = self.schedule(&vm)?;
-        let client = self
-            .host_client(&host_id)
-            .await
-            .ok_or_else(|| VmError::Failed("the chosen host is not connected".into()))?;
-        let nics: Vec<(Nic, String)> = {
-            let inv = self.read();
-            inv.nics_of(id)
-                .into_iter()
-                .map(|n| {
-                    let bridge = inv
-                        .networks
-                        .get(&n.network)
-                        .map(|x| x.name.clone())
-                        .unwrap_or_else(|| "ovirtmgmt".into());
-                    (n.clone(), bridge)
-                })
-                .collect()
+        let (vm, host_id, client, xml) = {
+            let _g = self.write_lock.lock().await;
+            let mut vm = self.vm(id)?;
+            if vm.status != "down" {
+                return Err(VmError::Conflict(format!(
+                    "Cannot run VM. VM {} is running.",
+                    vm.name
+                )));
+            }
+            let host_id = self.schedule(&vm)?;
+            let client = self
+                .host_client(&host_id)
+                .await
+                .ok_or_else(|| VmError::Failed("the chosen host is not connected".into()))?;
+            let nics: Vec<(Nic, String)> = {
+                let inv = self.read();
+                inv.nics_of(id)
+                    .into_iter()
+                    .map(|n| {
+                        let bridge = inv
+                            .networks
+                            .get(&n.network)
+                            .map(|x| x.name.clone())
+                            .unwrap_or_else(|| "ovirtmgmt".into());
+                        (n.clone(), bridge)
+                    })
+                    .collect()
+            };
+            let xml = domain_xml(&vm, &nics, &self.cfg.vm_console_dir);
+            vm.status = "wait_for_launch".into();
+            vm.host = Some(host_id.clone());
+            vm.start_time = Some(now_ms());
+            vm.stop_time = None;
+            vm.stop_reason.clear();
+            self.save_vm(&vm)
+                .await
+                .map_err(|e| VmError::Failed(e.to_string()))?;
+            (vm, host_id, client, xml)
         };
-        let xml = domain_xml(&vm, &nics, &self.cfg.vm_console_dir);
-        client
-            .call_value(
-                "VM.create",
-                json!({"vmID": vm.id, "vmParams": {"vmId": vm.id, "xml": xml}}),
-            )
-            .await
-            .map_err(|e| VmError::Failed(format!("VM.create failed on the host: {e}")))?;
-        vm.status = "wait_for_launch".into();
-        vm.host = Some(host_id.clone());
-        vm.start_time = Some(now_ms());
-        vm.stop_time = None;
-        vm.stop_reason.clear();
-        self.save_vm(&vm)
-            .await
-            .map_err(|e| VmError::Failed(e.to_string()))?;
         let host = self
             .read()
             .hosts
             .get(&host_id)
             .map(|h| h.name.clone())
             .unwrap_or_default();
+        if let Err(e) = client
+            .call_value(
+                "VM.create",
+                json!({"vmID": vm.id, "vmParams": {"vmId": vm.id, "xml": xml}}),
+            )
+            .await
+        {
+            let _g = self.write_lock.lock().await;
+            let current = self.read().vms.get(id).cloned();
+            if let Some(mut v) = current {
+                if v.status == "wait_for_launch" && v.host.as_deref() == Some(host_id.as_str()) {
+                    v.status = "down".into();
+                    v.host = None;
+                    v.start_time = None;
+                    v.stop_time = Some(now_ms());
+                    let _ = self.save_vm(&v).await;
+                }
+            }
+            self.event(
+                119,
+                "error",
+                format!("Failed to run VM {} on Host {host}: {e}", vm.name),
+                Some(&host_id),
+                Some(id),
+            )
+            .await;
+            return Err(VmError::Failed(format!(
+                "VM.create failed on the host: {e}"
+            )));
+        }
         info!(vm = %vm.name, host = %host, "starting VM");
         self.event(
             153,

@@ -89,20 +89,12 @@ pub fn format_of(headers: &HeaderMap) -> Format {
 }
 
 pub fn respond(status: StatusCode, n: &Node, f: Format) -> Response {
-    match f {
-        Format::Xml => (
-            status,
-            [("content-type", "application/xml;charset=UTF-8")],
-            n.to_xml(),
-        )
-            .into_response(),
-        Format::Json => (
-            status,
-            [("content-type", "application/json")],
-            n.to_json_string(),
-        )
-            .into_response(),
-    }
+    let (ct, body) = match f {
+        Format::Xml => ("application/xml;charset=UTF-8", n.to_xml()),
+        Format::Json => ("application/json", n.to_json_string()),
+    };
+    crate::memory::after_response(body.len());
+    (status, [("content-type", ct)], body).into_response()
 }
 
 pub fn fault(e: &ApiError, f: Format) -> Response {
@@ -416,7 +408,8 @@ const VM_FOLLOW: &[&str] = &["nics", "cluster", "host", "template"];
 const HOST_FOLLOW: &[&str] = &["cluster"];
 
 /// A VM with the links in `follow` embedded.
-fn vm_node(inv: &Inventory, v: &Vm, follow: &[String]) -> Node {
+/// `committed`: [`Inventory::committed_memory`] when `follow` has `host`.
+fn vm_node(inv: &Inventory, v: &Vm, follow: &[String], committed: &HashMap<&str, u64>) -> Node {
     let want = |k: &str| follow.iter().any(|f| f == k);
     let nics = if want("nics") {
         inv.nics_of(&v.id)
@@ -431,7 +424,10 @@ fn vm_node(inv: &Inventory, v: &Vm, follow: &[String]) -> Node {
     }
     if want("host") {
         if let Some(h) = v.host.as_ref().and_then(|h| inv.hosts.get(h)) {
-            n.replace("host", render::host(h, inv.scheduling_memory(h)));
+            n.replace(
+                "host",
+                render::host(h, inv.scheduling_memory_with(h, committed)),
+            );
         }
     }
     if want("template") {
@@ -440,9 +436,17 @@ fn vm_node(inv: &Inventory, v: &Vm, follow: &[String]) -> Node {
     n
 }
 
+fn follow_committed<'a>(inv: &'a Inventory, follow: &[String]) -> HashMap<&'a str, u64> {
+    if follow.iter().any(|f| f == "host") {
+        inv.committed_memory()
+    } else {
+        HashMap::new()
+    }
+}
+
 /// A host with the links in `follow` embedded.
-fn host_node(inv: &Inventory, h: &Host, follow: &[String]) -> Node {
-    let mut n = render::host(h, inv.scheduling_memory(h));
+fn host_node(inv: &Inventory, h: &Host, follow: &[String], committed: &HashMap<&str, u64>) -> Node {
+    let mut n = render::host(h, inv.scheduling_memory_with(h, committed));
     if follow.iter().any(|f| f == "cluster") {
         if let Some(c) = inv.clusters.get(&h.cluster) {
             n.replace("cluster", render::cluster(c));
@@ -639,7 +643,7 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
             let inv = m.read();
             inv.hosts
                 .get(*id)
-                .map(|h| host_node(&inv, h, &follow))
+                .map(|h| host_node(&inv, h, &follow, &inv.committed_memory()))
                 .map(ok)
                 .unwrap_or_else(|| Err(ApiError::not_found(format!("Host {id} not found"))))
         }
@@ -661,7 +665,7 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
             let inv = m.read();
             inv.vms
                 .get(*id)
-                .map(|v| vm_node(&inv, v, &follow))
+                .map(|v| vm_node(&inv, v, &follow, &follow_committed(&inv, &follow)))
                 .map(ok)
                 .unwrap_or_else(|| Err(ApiError::not_found(format!("VM {id} not found"))))
         }
@@ -974,6 +978,7 @@ fn hosts(m: &Arc<Manager>, r: &Req) -> Out {
     let follow = r.follow(HOST_FOLLOW)?;
     let q = r.search(&["name", "id", "status", "cluster", "datacenter", "address"])?;
     let inv = m.read();
+    let committed = inv.committed_memory();
     let items = inv
         .hosts
         .values()
@@ -996,7 +1001,7 @@ fn hosts(m: &Arc<Manager>, r: &Req) -> Out {
                     .unwrap_or_default(),
             })
         })
-        .map(|h| host_node(&inv, h, &follow))
+        .map(|h| host_node(&inv, h, &follow, &committed))
         .collect();
     ok(list("hosts", items, r.max()?))
 }
@@ -1219,6 +1224,7 @@ fn vms(m: &Arc<Manager>, r: &Req) -> Out {
         "template",
     ])?;
     let inv = m.read();
+    let committed = follow_committed(&inv, &follow);
     let items = inv
         .vms
         .values()
@@ -1248,7 +1254,7 @@ fn vms(m: &Arc<Manager>, r: &Req) -> Out {
             })
         })
         .take(max.unwrap_or(usize::MAX))
-        .map(|v| vm_node(&inv, v, &follow))
+        .map(|v| vm_node(&inv, v, &follow, &committed))
         .collect();
     ok(list("vms", items, None))
 }

@@ -1,0 +1,72 @@
+//! Keeps the Manager's resident set close to what it really holds.
+//!
+//! A 5,000-VM `GET /vms` builds and serialises tens of MiB that are freed right after;
+//! glibc keeps freed memory in its arenas (one per thread that allocated, up to 8 per
+//! core), so without help RSS stays at the high-water mark of the largest answers. Two
+//! measures: at most two arenas, and `malloc_trim` (which hands free pages in the
+//! middle of every arena back to the kernel) after large answers and once a minute.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Answers at least this large are followed by a trim.
+pub const LARGE_RESPONSE: usize = 1 << 20;
+
+static LAST_TRIM_MS: AtomicU64 = AtomicU64::new(0);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Limits glibc to two malloc arenas. Call once at start, before other threads exist.
+pub fn limit_arenas() {
+    // SAFETY: mallopt only sets an allocator parameter; M_ARENA_MAX takes any positive
+    // value, and no other thread is allocating yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// Returns free heap pages to the kernel now.
+pub fn trim() {
+    LAST_TRIM_MS.store(now_ms(), Ordering::Relaxed);
+    // SAFETY: malloc_trim only walks the allocator's own free lists under its locks;
+    // it takes no pointers from us.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// After an answer of `len` bytes: trims in the background when it was large and no
+/// trim ran in the last two seconds.
+pub fn after_response(len: usize) {
+    if len < LARGE_RESPONSE {
+        return;
+    }
+    let last = LAST_TRIM_MS.load(Ordering::Relaxed);
+    if now_ms().saturating_sub(last) < 2000 {
+        return;
+    }
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    LAST_TRIM_MS.store(now_ms(), Ordering::Relaxed);
+    // The answer is still being sent; trim once it is likely gone.
+    rt.spawn(async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let _ = tokio::task::spawn_blocking(trim).await;
+    });
+}
+
+/// Trims once a minute for as long as the Manager runs.
+pub async fn trim_periodically() {
+    let mut t = tokio::time::interval(Duration::from_secs(60));
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        t.tick().await;
+        let _ = tokio::task::spawn_blocking(trim).await;
+    }
+}
