@@ -186,6 +186,16 @@ async fn run() -> anyhow::Result<()> {
         ""
     );
     println!(
+        "{:<46} {:>10.1} MiB",
+        "RSS with the hosts up, before any VM",
+        mib(rss_hosts)
+    );
+    println!(
+        "{:<46} {:>10.1} MiB",
+        "RSS right after the 20 GET /vms below",
+        mib(rss_after_gets)
+    );
+    println!(
         "{:<46} {:>12.0}/s {:>14}",
         "JSON-RPC requests answered by the hosts", rpc_rate, ""
     );

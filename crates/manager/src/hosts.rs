@@ -186,6 +186,7 @@ impl Manager {
                 if last_stats.is_none_or(|t| t.elapsed() >= stats_every) {
                     if let Some(c) = slot.read().await.clone() {
                         self.sample(&host_id, &c).await;
+                        self.maybe_renew_certificate(&host_id, &c).await;
                     }
                     last_stats = Some(Instant::now());
                 }
@@ -282,7 +283,6 @@ impl Manager {
             }
             .in_current_span(),
         );
-        self.maybe_renew_certificate(host_id, c).await;
     }
 
     /// Hook for other event kinds (guest agent, jobs).
@@ -451,57 +451,96 @@ impl Manager {
     /// Renews the host's certificate when a third of its validity is left: the agent
     /// makes a new key and CSR, the Manager signs it, the agent switches to it without
     /// dropping connections.
+    /// Renews the host's certificate when a third of its life is left.
     async fn maybe_renew_certificate(&self, host_id: &str, c: &Arc<Client>) {
-        let Some(h) = self.read().hosts.get(host_id).cloned() else {
+        let Some(not_after) = self.read().hosts.get(host_id).map(|h| h.cert_not_after) else {
             return;
         };
-        if h.cert_not_after == 0 {
-            return;
-        }
         let life = self.cfg.host_cert_days * 86_400_000;
-        if h.cert_not_after - now_ms() > life / 3 {
+        if !renewal_due(not_after, now_ms(), life) {
             return;
         }
-        let r = async {
-            let csr = c
-                .call_value("Host.getCertificateRequest", json!({}))
-                .await?;
-            let csr = csr.as_str().unwrap_or_default().to_string();
-            let names = vec![h.address.clone(), h.name.clone()];
-            let cert = self
-                .pki
-                .ca
-                .sign_csr(
-                    &csr,
-                    &names,
-                    halyard_pki::Usage::Server,
-                    self.cfg.host_cert_days,
-                )
-                .map_err(|e| halyard_client::ClientError::Protocol(e.to_string()))?;
-            c.call_value(
-                "Host.setCertificate",
-                json!({"certificate": cert, "ca": self.pki.ca.cert_pem()}),
+        if let Err(e) = self.renew_certificate_over(host_id, c).await {
+            warn!(error = %e, "certificate renewal failed");
+        }
+    }
+
+    /// Renews a host's certificate now (API action `enrollcertificate`), over the
+    /// monitoring connection: no maintenance, no reconnect.
+    pub async fn renew_certificate(&self, host_id: &str) -> Result<(), String> {
+        let c = self
+            .host_client(host_id)
+            .await
+            .ok_or_else(|| "the host is not connected".to_string())?;
+        self.renew_certificate_over(host_id, &c).await
+    }
+
+    /// The agent makes a new key and CSR (Host.getCertificateRequest), the CA signs
+    /// it, the agent installs it (Host.setCertificate) for new connections; running
+    /// connections and VMs are not touched.
+    async fn renew_certificate_over(&self, host_id: &str, c: &Arc<Client>) -> Result<(), String> {
+        let Some(h) = self.read().hosts.get(host_id).cloned() else {
+            return Err("no such host".into());
+        };
+        let life = self.cfg.host_cert_days * 86_400_000;
+        let csr = c
+            .call_value("Host.getCertificateRequest", json!({}))
+            .await
+            .map_err(|e| e.to_string())?;
+        let csr = csr.as_str().unwrap_or_default().to_string();
+        let names = vec![h.address.clone(), h.name.clone()];
+        let cert = self
+            .pki
+            .ca
+            .sign_csr(
+                &csr,
+                &names,
+                halyard_pki::Usage::Server,
+                self.cfg.host_cert_days,
             )
-            .await?;
-            Ok::<String, halyard_client::ClientError>(cert)
-        }
+            .map_err(|e| e.to_string())?;
+        c.call_value(
+            "Host.setCertificate",
+            json!({"certificate": cert, "ca": self.pki.ca.cert_pem()}),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let mut h = h;
+        h.certificate = Some(cert);
+        h.cert_not_after = now_ms() + life;
+        self.save_host(&h).await.map_err(|e| e.to_string())?;
+        self.event(
+            9000,
+            "normal",
+            format!("Certificate of host {} was renewed.", h.name),
+            Some(host_id),
+            None,
+        )
         .await;
-        match r {
-            Ok(cert) => {
-                let mut h = h;
-                h.certificate = Some(cert);
-                h.cert_not_after = now_ms() + life;
-                let _ = self.save_host(&h).await;
-                self.event(
-                    9000,
-                    "normal",
-                    format!("Certificate of host {} was renewed.", h.name),
-                    Some(host_id),
-                    None,
-                )
-                .await;
-            }
-            Err(e) => warn!(error = %e, "certificate renewal failed"),
-        }
+        Ok(())
+    }
+}
+
+/// A certificate is renewed when a third of its life (`life_ms`) or less is left.
+pub fn renewal_due(not_after_ms: i64, now_ms: i64, life_ms: i64) -> bool {
+    not_after_ms != 0 && not_after_ms - now_ms <= life_ms / 3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_when_a_third_is_left() {
+        let day = 86_400_000;
+        let life = 365 * day;
+        let issued = 1_000 * day;
+        let not_after = issued + life;
+        assert!(!renewal_due(not_after, issued, life));
+        assert!(!renewal_due(not_after, issued + 240 * day, life));
+        assert!(renewal_due(not_after, issued + 244 * day, life));
+        assert!(renewal_due(not_after, not_after + day, life));
+        // Hosts without a certificate the Manager signed are never renewed.
+        assert!(!renewal_due(0, issued, life));
     }
 }

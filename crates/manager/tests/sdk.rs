@@ -168,6 +168,61 @@ async fn host_failure_and_recovery() {
         }
         eprintln!("virsh {cmd}: the API shows {want} after {:?}", t0.elapsed());
     }
+    // Certificate renewal without downtime (oVirt's "Enroll Certificate", which the
+    // Manager also does by itself when a third of the certificate's life is left): the
+    // agent gets a new key and certificate over the monitoring connection, the VM
+    // keeps running, the host stays up, and new connections see the new certificate.
+    let cert_before = std::fs::read_to_string(&host.pki.hostd.cert).expect("host cert");
+    let (code, body) = m
+        .api(
+            &token,
+            "POST",
+            &format!("/hosts/{host_id}/enrollcertificate"),
+            "<action/>",
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let cert_after = std::fs::read_to_string(&host.pki.hostd.cert).expect("host cert");
+    let key_after = std::fs::read_to_string(&host.pki.hostd.key).expect("host key");
+    assert_ne!(cert_before, cert_after, "the certificate must change");
+    let ca = std::fs::read_to_string(m.ca()).expect("ca");
+    assert!(halyard_pki::cert_matches_key(&cert_after, &key_after));
+    assert!(halyard_pki::issued_by(&cert_after, &ca));
+    let manager_client = halyard_pki::TlsFiles {
+        cert: m.dir.join("data/pki/manager-client.pem"),
+        key: m.dir.join("data/pki/manager-client.key"),
+        ca: m.ca(),
+    };
+    let tls = halyard_pki::client_config(&manager_client).expect("client tls");
+    let fresh = halyard_client::Client::connect("127.0.0.1", host.port, tls)
+        .await
+        .expect("a new connection with the new certificate");
+    assert_eq!(
+        fresh
+            .call_value("Host.ping2", serde_json::json!({}))
+            .await
+            .expect("ping"),
+        serde_json::json!(true)
+    );
+    let (_, h) = m.api(&token, "GET", &format!("/hosts/{host_id}"), "").await;
+    let (_, v) = m.api(&token, "GET", &format!("/vms/{vm_id}"), "").await;
+    assert_eq!(
+        (status_of(&h).as_str(), status_of(&v).as_str()),
+        ("up", "up")
+    );
+    assert_eq!(
+        qemu_pid(&host),
+        pid_before,
+        "the guest must not be restarted"
+    );
+    let (_, ev) = m.api(&token, "GET", "/events?max=20", "").await;
+    assert!(ev.contains("was renewed"), "{ev}");
+    assert_eq!(
+        m.log().matches("connected to the host agent").count(),
+        2,
+        "one connection before the agent was killed, one after; none for the renewal"
+    );
+
     // Clean up the guest.
     let (code, _) = m
         .api(&token, "POST", &format!("/vms/{vm_id}/stop"), "<action/>")

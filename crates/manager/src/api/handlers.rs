@@ -1200,6 +1200,12 @@ async fn host_action(m: &Arc<Manager>, id: &str, action: &str, r: &Req) -> Out {
             }
         }
         "refresh" => Ok(()),
+        "enrollcertificate" => m.renew_certificate(id).await.map_err(|e| {
+            ApiError::conflict(format!(
+                "Cannot enroll the certificate of Host {}: {e}",
+                h.name
+            ))
+        }),
         "forceselectspm" | "fence" => Err(ApiError::conflict(format!(
             "{action} needs storage (not available on host {})",
             h.name
