@@ -222,6 +222,7 @@ async fn api(State(m): State<Arc<Manager>>, req: Request<Body>) -> Response {
             query,
             body,
             json_body,
+            format: f,
         },
         f,
     )

@@ -229,3 +229,37 @@ async fn host_failure_and_recovery() {
         .await;
     assert_eq!(code, 200);
 }
+
+/// `POST /hosts` with an address, for an agent started with `--enroll-token`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_host_by_address_with_enrollment_token() {
+    let m = ManagerProc::start(Database::Sqlite, "").await;
+    let name = format!("e{}", std::process::id());
+    let token = uuid::Uuid::new_v4().to_string();
+    let mut o = HostOptions::new(workspace_bin("halyard-hostd", "halyard-hostd"));
+    o.enroll_token = Some(token.clone());
+    let host = TestHost::start(o).await;
+    let out = m.run_sdk(
+        &script("enroll.py"),
+        &[
+            ("HALYARD_HOST_NAME", name.clone()),
+            ("HALYARD_HOST_PORT", host.port.to_string()),
+            ("HALYARD_TOKEN", token),
+        ],
+    );
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    assert!(
+        out.status.success() && text.contains("ENROLL OK"),
+        "enrollment failed:\n{text}\nagent log:\n{}",
+        host.log()
+    );
+    // The agent now serves a certificate of the Manager's CA.
+    let cert = std::fs::read_to_string(&host.pki.hostd.cert).expect("the installed certificate");
+    let ca = std::fs::read_to_string(m.ca()).expect("ca");
+    assert!(halyard_pki::issued_by(&cert, &ca));
+}

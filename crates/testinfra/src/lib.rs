@@ -55,6 +55,8 @@ pub struct HostOptions {
     pub manager_url: Option<String>,
     /// Name to register as.
     pub host_name: String,
+    /// Wait for enrollment by a Manager (`POST /hosts`) with this one-time token.
+    pub enroll_token: Option<String>,
 }
 
 impl HostOptions {
@@ -69,6 +71,7 @@ impl HostOptions {
             storage_io_timeout: 1,
             sanlock: false,
             manager_url: None,
+            enroll_token: None,
             host_name: String::new(),
         }
     }
@@ -100,7 +103,8 @@ impl TestHost {
             .join(format!("host-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         env::mkdir_public(&dir);
-        let pki = if opts.manager_url.is_some() {
+        let managed = opts.manager_url.is_some() || opts.enroll_token.is_some();
+        let pki = if managed {
             // Certificates come from the Manager at registration.
             halyard_pki::DevPki {
                 hostd: halyard_pki::TlsFiles {
@@ -127,10 +131,17 @@ impl TestHost {
                 "[manager]\nurl = \"{u}\"\nhost_name = \"{}\"\naddress = \"127.0.0.1\"\npoll_secs = 1\n",
                 if opts.host_name.is_empty() { prefix.trim_end_matches('-').to_string() } else { opts.host_name.clone() }
             ),
+            None if opts.enroll_token.is_some() => {
+                "[manager]\naddress = \"127.0.0.1\"\n".to_string()
+            }
+            None => String::new(),
+        };
+        let enroll = match &opts.enroll_token {
+            Some(t) => format!("enroll_token = \"{t}\"\n"),
             None => String::new(),
         };
         let config = format!(
-            r#"state_dir = "{state}"
+            r#"{enroll}state_dir = "{state}"
 disk_stats_paths = ["/tmp"]
 [listen]
 address = "127.0.0.1"
@@ -166,6 +177,7 @@ spm_watchdog_interval_secs = 1
             iot = opts.storage_io_timeout,
             manager_section = manager_section,
             extra = opts.extra_config,
+            enroll = enroll,
         );
         std::fs::write(dir.join("hostd.toml"), config).expect("writing the agent config");
         let mut h = TestHost {
@@ -238,8 +250,8 @@ spm_watchdog_interval_secs = 1
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if self.opts.manager_url.is_some() {
-            // Registered hosts are reached through the Manager.
+        if self.opts.manager_url.is_some() || self.opts.enroll_token.is_some() {
+            // Registered and enrolling hosts are reached through the Manager.
             return;
         }
         // Wait until recovery finished (ping answers true, not 99).

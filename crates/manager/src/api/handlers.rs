@@ -108,9 +108,16 @@ pub struct Req {
     pub query: HashMap<String, String>,
     pub body: Vec<u8>,
     pub json_body: bool,
+    /// The answer's format.
+    pub format: Format,
 }
 
 impl Req {
+    /// Renders a list item now, in the answer's format (see [`Node::serialized`]).
+    fn item(&self, n: Node) -> Node {
+        Node::serialized(&n, self.format == Format::Json)
+    }
+
     fn body_node(&self, root: &str) -> Result<Node, ApiError> {
         if self.body.is_empty() {
             return Err(ApiError::bad("the request needs a body"));
@@ -1001,7 +1008,7 @@ fn hosts(m: &Arc<Manager>, r: &Req) -> Out {
                     .unwrap_or_default(),
             })
         })
-        .map(|h| host_node(&inv, h, &follow, &committed))
+        .map(|h| r.item(host_node(&inv, h, &follow, &committed)))
         .collect();
     ok(list("hosts", items, r.max()?))
 }
@@ -1260,7 +1267,7 @@ fn vms(m: &Arc<Manager>, r: &Req) -> Out {
             })
         })
         .take(max.unwrap_or(usize::MAX))
-        .map(|v| vm_node(&inv, v, &follow, &committed))
+        .map(|v| r.item(vm_node(&inv, v, &follow, &committed)))
         .collect();
     ok(list("vms", items, None))
 }

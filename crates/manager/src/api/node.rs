@@ -19,6 +19,8 @@ pub struct Node {
     pub attrs: Vec<(String, String)>,
     pub children: Vec<Node>,
     pub text: Option<String>,
+    /// Already serialised (XML or JSON, see [`Node::serialized`]): written as is.
+    pub raw: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -81,6 +83,22 @@ impl Node {
         }
     }
 
+    /// `n` serialised now in `json` or XML form, kept as text under `n`'s name: a long
+    /// list holds one rendered item at a time instead of every item's tree.
+    pub fn serialized(n: &Node, json: bool) -> Node {
+        let mut s = String::with_capacity(4096);
+        if json {
+            n.write_json(&mut s, false);
+        } else {
+            n.write_xml(&mut s);
+        }
+        Node {
+            name: n.name.clone(),
+            raw: Some(s),
+            ..Node::default()
+        }
+    }
+
     pub fn get(&self, name: &str) -> Option<&Node> {
         self.children.iter().find(|c| c.name == name)
     }
@@ -116,6 +134,10 @@ impl Node {
     }
 
     fn write_xml(&self, s: &mut String) {
+        if let Some(r) = &self.raw {
+            s.push_str(r);
+            return;
+        }
         s.push('<');
         s.push_str(&self.name);
         for (k, v) in &self.attrs {
@@ -151,6 +173,10 @@ impl Node {
     }
 
     fn write_json(&self, s: &mut String, top: bool) {
+        if let Some(r) = &self.raw {
+            s.push_str(r);
+            return;
+        }
         if self.children.is_empty() && self.attrs.is_empty() {
             if let Some(t) = &self.text {
                 json_str(s, t);
@@ -218,6 +244,9 @@ impl Node {
     }
 
     fn json_value(&self, top: bool) -> Value {
+        if let Some(r) = &self.raw {
+            return serde_json::from_str(r).unwrap_or(Value::Null);
+        }
         if self.children.is_empty() && self.attrs.is_empty() {
             if let Some(t) = &self.text {
                 return Value::String(t.clone());
@@ -526,6 +555,7 @@ mod tests {
             attrs: a.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
             children: Vec::new(),
             text: t,
+            raw: None,
         });
         leaf.prop_recursive(4, 40, 6, move |inner| {
             (
@@ -539,6 +569,7 @@ mod tests {
                     attrs: a.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
                     children: c,
                     text: t,
+                    raw: None,
                 })
         })
     }
@@ -547,6 +578,23 @@ mod tests {
         #[test]
         fn json_writer_matches_serde(n in arb_node()) {
             proptest::prop_assert_eq!(n.to_json_string(), n.to_json().to_string());
+        }
+
+        #[test]
+        fn serialized_children_render_the_same(n in arb_node()) {
+            // A collection whose items were serialised early gives the same document.
+            let mut list = Node::new("items");
+            let mut early = Node::new("items");
+            for _ in 0..2 {
+                list.push(n.clone());
+                early.push(Node::serialized(&n, false));
+            }
+            proptest::prop_assert_eq!(list.to_xml(), early.to_xml());
+            let mut early = Node::new("items");
+            for _ in 0..2 {
+                early.push(Node::serialized(&n, true));
+            }
+            proptest::prop_assert_eq!(list.to_json_string(), early.to_json_string());
         }
 
         #[test]
