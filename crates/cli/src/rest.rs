@@ -39,18 +39,6 @@ pub struct Session {
     token: String,
 }
 
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 impl Session {
     pub async fn open(api: Api) -> anyhow::Result<Session> {
         let tls = halyard_pki::client_config_anonymous(&api.ca)
@@ -60,8 +48,8 @@ impl Session {
         })?;
         let body = format!(
             "grant_type=password&scope=ovirt-app-api&username={}&password={}",
-            enc(&api.user),
-            enc(password.trim())
+            halyard_common::text::percent_encode(&api.user),
+            halyard_common::text::percent_encode(password.trim())
         );
         let r = halyard_client::http::request(
             tls.clone(),
@@ -144,7 +132,10 @@ impl Session {
         let v = self
             .call(
                 "GET",
-                &format!("/{coll}?search={}", enc(&format!("name=\"{name}\""))),
+                &format!(
+                    "/{coll}?search={}",
+                    halyard_common::text::percent_encode(&format!("name=\"{name}\""))
+                ),
                 None,
             )
             .await?;

@@ -112,26 +112,9 @@ fn text_of(e: &BytesText<'_>) -> String {
 }
 
 fn resolve_ref(name: &[u8]) -> String {
-    match name {
-        b"amp" => "&".into(),
-        b"lt" => "<".into(),
-        b"gt" => ">".into(),
-        b"quot" => "\"".into(),
-        b"apos" => "'".into(),
-        _ => {
-            let s = String::from_utf8_lossy(name);
-            let code = if let Some(h) = s.strip_prefix("#x") {
-                u32::from_str_radix(h, 16).ok()
-            } else if let Some(d) = s.strip_prefix('#') {
-                d.parse().ok()
-            } else {
-                None
-            };
-            code.and_then(char::from_u32)
-                .map(String::from)
-                .unwrap_or_default()
-        }
-    }
+    halyard_common::text::xml_reference(name)
+        .map(String::from)
+        .unwrap_or_default()
 }
 
 fn unit_to_kib(value: u64, unit: &str) -> Option<u64> {

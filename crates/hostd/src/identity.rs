@@ -210,17 +210,7 @@ pub async fn register(cfg: &Config, unique_id: &str, port: u16) -> anyhow::Resul
     let mut names = vec![cfg.manager.address.clone(), cfg.manager.host_name.clone()];
     names.retain(|n| !n.is_empty());
     let (csr, key) = halyard_pki::make_csr(&names)?;
-    let q = |s: &str| -> String {
-        s.bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect()
-    };
+    let q = halyard_common::text::percent_encode;
     let reg = format!(
         "{base}?command=register&name={}&address={}&port={}&uniqueId={}",
         q(&cfg.manager.host_name),

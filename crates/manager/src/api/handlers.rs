@@ -113,6 +113,17 @@ pub struct Req {
 }
 
 impl Req {
+    /// An action's `<action>` body (empty is allowed), with known fields only.
+    fn action_body(&self) -> Result<Node, ApiError> {
+        let body = if self.body.is_empty() {
+            Node::new("action")
+        } else {
+            self.body_node("action")?
+        };
+        check_fields(&body, ACTION_FIELDS)?;
+        Ok(body)
+    }
+
     /// Renders a list item now, in the answer's format (see [`Node::serialized`]).
     fn item(&self, n: Node) -> Node {
         Node::serialized(&n, self.format == Format::Json)
@@ -462,6 +473,48 @@ fn host_node(inv: &Inventory, h: &Host, follow: &[String], committed: &HashMap<&
     n
 }
 
+/// A collection: the objects `search` matches (`field` gives an object's values of a
+/// search field), at most `max`, each rendered and serialised in turn.
+fn search_list<'a, T: 'a>(
+    r: &Req,
+    name: &str,
+    fields: &[&str],
+    objects: impl Iterator<Item = &'a T>,
+    field: impl Fn(&T, &str) -> Vec<String>,
+    render: impl Fn(&T) -> Node,
+) -> Out {
+    let q = r.search(fields)?;
+    let max = r.max()?.unwrap_or(usize::MAX);
+    let items = objects
+        .filter(|o| q.matches(|f| field(o, f)))
+        .take(max)
+        .map(|o| r.item(render(o)))
+        .collect();
+    ok(list(name, items, None))
+}
+
+/// The name of a cluster, and of the data center a cluster belongs to, as search values.
+fn cluster_name(inv: &Inventory, cluster: &str) -> Vec<String> {
+    inv.clusters
+        .get(cluster)
+        .map(|c| vec![c.name.clone()])
+        .unwrap_or_default()
+}
+
+fn dc_name(inv: &Inventory, dc: &str) -> Vec<String> {
+    inv.data_centers
+        .get(dc)
+        .map(|d| vec![d.name.clone()])
+        .unwrap_or_default()
+}
+
+fn dc_name_of_cluster(inv: &Inventory, cluster: &str) -> Vec<String> {
+    inv.clusters
+        .get(cluster)
+        .map(|c| dc_name(inv, &c.data_center))
+        .unwrap_or_default()
+}
+
 fn list(name: &str, items: Vec<Node>, max: Option<usize>) -> Node {
     let mut n = Node::new(name);
     for i in items.into_iter().take(max.unwrap_or(usize::MAX)) {
@@ -593,25 +646,19 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
             ))
         }
         ["networks"] if get => {
-            let q = r.search(&["name", "datacenter", "id"])?;
             let inv = m.read();
-            let items = inv
-                .networks
-                .values()
-                .filter(|n| {
-                    q.matches(|f| match f {
-                        "name" => vec![n.name.clone()],
-                        "id" => vec![n.id.clone()],
-                        _ => inv
-                            .data_centers
-                            .get(&n.data_center)
-                            .map(|d| vec![d.name.clone()])
-                            .unwrap_or_default(),
-                    })
-                })
-                .map(render::network)
-                .collect();
-            ok(list("networks", items, r.max()?))
+            search_list(
+                r,
+                "networks",
+                &["name", "datacenter", "id"],
+                inv.networks.values(),
+                |n, f| match f {
+                    "name" => vec![n.name.clone()],
+                    "id" => vec![n.id.clone()],
+                    _ => dc_name(&inv, &n.data_center),
+                },
+                render::network,
+            )
         }
         ["networks", id] if get => {
             let inv = m.read();
@@ -846,21 +893,19 @@ fn root(m: &Arc<Manager>) -> Node {
 }
 
 fn dcs(m: &Arc<Manager>, r: &Req) -> Out {
-    let q = r.search(&["name", "id", "status"])?;
     let inv = m.read();
-    let items = inv
-        .data_centers
-        .values()
-        .filter(|d| {
-            q.matches(|f| match f {
-                "name" => vec![d.name.clone()],
-                "id" => vec![d.id.clone()],
-                _ => vec![d.status.clone()],
-            })
-        })
-        .map(render::data_center)
-        .collect();
-    ok(list("data_centers", items, r.max()?))
+    search_list(
+        r,
+        "data_centers",
+        &["name", "id", "status"],
+        inv.data_centers.values(),
+        |d, f| match f {
+            "name" => vec![d.name.clone()],
+            "id" => vec![d.id.clone()],
+            _ => vec![d.status.clone()],
+        },
+        render::data_center,
+    )
 }
 
 async fn add_dc(m: &Arc<Manager>, r: &Req) -> Out {
@@ -911,25 +956,19 @@ async fn add_dc(m: &Arc<Manager>, r: &Req) -> Out {
 }
 
 fn clusters(m: &Arc<Manager>, r: &Req) -> Out {
-    let q = r.search(&["name", "id", "datacenter"])?;
     let inv = m.read();
-    let items = inv
-        .clusters
-        .values()
-        .filter(|c| {
-            q.matches(|f| match f {
-                "name" => vec![c.name.clone()],
-                "id" => vec![c.id.clone()],
-                _ => inv
-                    .data_centers
-                    .get(&c.data_center)
-                    .map(|d| vec![d.name.clone()])
-                    .unwrap_or_default(),
-            })
-        })
-        .map(render::cluster)
-        .collect();
-    ok(list("clusters", items, r.max()?))
+    search_list(
+        r,
+        "clusters",
+        &["name", "id", "datacenter"],
+        inv.clusters.values(),
+        |c, f| match f {
+            "name" => vec![c.name.clone()],
+            "id" => vec![c.id.clone()],
+            _ => dc_name(&inv, &c.data_center),
+        },
+        render::cluster,
+    )
 }
 
 async fn add_cluster(m: &Arc<Manager>, r: &Req) -> Out {
@@ -983,34 +1022,23 @@ async fn add_cluster(m: &Arc<Manager>, r: &Req) -> Out {
 
 fn hosts(m: &Arc<Manager>, r: &Req) -> Out {
     let follow = r.follow(HOST_FOLLOW)?;
-    let q = r.search(&["name", "id", "status", "cluster", "datacenter", "address"])?;
     let inv = m.read();
     let committed = inv.committed_memory();
-    let items = inv
-        .hosts
-        .values()
-        .filter(|h| {
-            q.matches(|f| match f {
-                "name" => vec![h.name.clone()],
-                "id" => vec![h.id.clone()],
-                "status" => vec![h.status.clone()],
-                "address" => vec![h.address.clone()],
-                "cluster" => inv
-                    .clusters
-                    .get(&h.cluster)
-                    .map(|c| vec![c.name.clone()])
-                    .unwrap_or_default(),
-                _ => inv
-                    .clusters
-                    .get(&h.cluster)
-                    .and_then(|c| inv.data_centers.get(&c.data_center))
-                    .map(|d| vec![d.name.clone()])
-                    .unwrap_or_default(),
-            })
-        })
-        .map(|h| r.item(host_node(&inv, h, &follow, &committed)))
-        .collect();
-    ok(list("hosts", items, r.max()?))
+    search_list(
+        r,
+        "hosts",
+        &["name", "id", "status", "cluster", "datacenter", "address"],
+        inv.hosts.values(),
+        |h, f| match f {
+            "name" => vec![h.name.clone()],
+            "id" => vec![h.id.clone()],
+            "status" => vec![h.status.clone()],
+            "address" => vec![h.address.clone()],
+            "cluster" => cluster_name(&inv, &h.cluster),
+            _ => dc_name_of_cluster(&inv, &h.cluster),
+        },
+        |h| host_node(&inv, h, &follow, &committed),
+    )
 }
 
 async fn add_host(m: &Arc<Manager>, r: &Req) -> Out {
@@ -1129,12 +1157,7 @@ async fn remove_host(m: &Arc<Manager>, id: &str) -> Out {
 
 async fn host_action(m: &Arc<Manager>, id: &str, action: &str, r: &Req) -> Out {
     check_id(id)?;
-    let body = if r.body.is_empty() {
-        Node::new("action")
-    } else {
-        r.body_node("action")?
-    };
-    check_fields(&body, ACTION_FIELDS)?;
+    let body = r.action_body()?;
     let h = m
         .read()
         .hosts
@@ -1226,50 +1249,37 @@ async fn host_action(m: &Arc<Manager>, id: &str, action: &str, r: &Req) -> Out {
 
 fn vms(m: &Arc<Manager>, r: &Req) -> Out {
     let follow = r.follow(VM_FOLLOW)?;
-    let max = r.max()?;
-    let q = r.search(&[
-        "name",
-        "id",
-        "status",
-        "cluster",
-        "host",
-        "datacenter",
-        "template",
-    ])?;
     let inv = m.read();
     let committed = follow_committed(&inv, &follow);
-    let items = inv
-        .vms
-        .values()
-        .filter(|v| {
-            q.matches(|f| match f {
-                "name" => vec![v.name.clone()],
-                "id" => vec![v.id.clone()],
-                "status" => vec![v.status.clone()],
-                "cluster" => inv
-                    .clusters
-                    .get(&v.cluster)
-                    .map(|c| vec![c.name.clone()])
-                    .unwrap_or_default(),
-                "host" => v
-                    .host
-                    .as_ref()
-                    .and_then(|h| inv.hosts.get(h))
-                    .map(|h| vec![h.name.clone()])
-                    .unwrap_or_default(),
-                "template" => vec!["Blank".into()],
-                _ => inv
-                    .clusters
-                    .get(&v.cluster)
-                    .and_then(|c| inv.data_centers.get(&c.data_center))
-                    .map(|d| vec![d.name.clone()])
-                    .unwrap_or_default(),
-            })
-        })
-        .take(max.unwrap_or(usize::MAX))
-        .map(|v| r.item(vm_node(&inv, v, &follow, &committed)))
-        .collect();
-    ok(list("vms", items, None))
+    search_list(
+        r,
+        "vms",
+        &[
+            "name",
+            "id",
+            "status",
+            "cluster",
+            "host",
+            "datacenter",
+            "template",
+        ],
+        inv.vms.values(),
+        |v, f| match f {
+            "name" => vec![v.name.clone()],
+            "id" => vec![v.id.clone()],
+            "status" => vec![v.status.clone()],
+            "cluster" => cluster_name(&inv, &v.cluster),
+            "host" => v
+                .host
+                .as_ref()
+                .and_then(|h| inv.hosts.get(h))
+                .map(|h| vec![h.name.clone()])
+                .unwrap_or_default(),
+            "template" => vec!["Blank".into()],
+            _ => dc_name_of_cluster(&inv, &v.cluster),
+        },
+        |v| vm_node(&inv, v, &follow, &committed),
+    )
 }
 
 struct VmSpec {
@@ -1501,12 +1511,7 @@ async fn remove_vm(m: &Arc<Manager>, id: &str) -> Out {
 
 async fn vm_action(m: &Arc<Manager>, id: &str, action: &str, r: &Req) -> Out {
     check_id(id)?;
-    let body = if r.body.is_empty() {
-        Node::new("action")
-    } else {
-        r.body_node("action")?
-    };
-    check_fields(&body, ACTION_FIELDS)?;
+    r.action_body()?;
     let name = m
         .read()
         .vms

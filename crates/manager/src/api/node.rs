@@ -355,25 +355,13 @@ impl Node {
                 }
                 Event::GeneralRef(g) => {
                     let raw: &[u8] = &g;
-                    let s = match raw {
-                        b"amp" => "&".to_string(),
-                        b"lt" => "<".into(),
-                        b"gt" => ">".into(),
-                        b"quot" => "\"".into(),
-                        b"apos" => "'".into(),
-                        other => {
-                            let s = String::from_utf8_lossy(other);
-                            let code = if let Some(h) = s.strip_prefix("#x") {
-                                u32::from_str_radix(h, 16).ok()
-                            } else if let Some(d) = s.strip_prefix('#') {
-                                d.parse().ok()
-                            } else {
-                                None
-                            };
-                            match code.and_then(char::from_u32) {
-                                Some(c) => c.to_string(),
-                                None => return Err(ParseError(format!("unknown entity &{s};"))),
-                            }
+                    let s = match halyard_common::text::xml_reference(raw) {
+                        Some(c) => c.to_string(),
+                        None => {
+                            return Err(ParseError(format!(
+                                "unknown entity &{};",
+                                String::from_utf8_lossy(raw)
+                            )))
                         }
                     };
                     push_text(&mut stack, &s)?;
