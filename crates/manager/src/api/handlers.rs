@@ -566,6 +566,21 @@ fn ok(n: Node) -> Out {
     Ok((StatusCode::OK, n))
 }
 
+/// One item of a collection by id, or 404 naming what was asked for.
+fn show<T>(
+    items: &std::collections::BTreeMap<String, T>,
+    id: &str,
+    what: &str,
+    render: impl FnOnce(&T) -> Node,
+) -> Out {
+    check_id(id)?;
+    items
+        .get(id)
+        .map(render)
+        .map(ok)
+        .unwrap_or_else(|| Err(ApiError::not_found(format!("{what} {id} not found"))))
+}
+
 async fn route(m: &Arc<Manager>, r: &Req) -> Out {
     let s: Vec<&str> = r.segments.iter().map(String::as_str).collect();
     let get = r.method == Method::GET;
@@ -583,15 +598,12 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
         [] if get => ok(root(m)),
         ["datacenters"] if get => dcs(m, r),
         ["datacenters"] if post => add_dc(m, r).await,
-        ["datacenters", id] if get => {
-            check_id(id)?;
-            let inv = m.read();
-            inv.data_centers
-                .get(*id)
-                .map(render::data_center)
-                .map(ok)
-                .unwrap_or_else(|| Err(ApiError::not_found(format!("Data center {id} not found"))))
-        }
+        ["datacenters", id] if get => show(
+            &m.read().data_centers,
+            id,
+            "Data center",
+            render::data_center,
+        ),
         ["datacenters", id, "clusters"] if get => {
             let inv = m.read();
             ok(list(
@@ -619,15 +631,7 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
         ["datacenters", _, "storagedomains"] if get => ok(Node::new("storage_domains")),
         ["clusters"] if get => clusters(m, r),
         ["clusters"] if post => add_cluster(m, r).await,
-        ["clusters", id] if get => {
-            check_id(id)?;
-            let inv = m.read();
-            inv.clusters
-                .get(*id)
-                .map(render::cluster)
-                .map(ok)
-                .unwrap_or_else(|| Err(ApiError::not_found(format!("Cluster {id} not found"))))
-        }
+        ["clusters", id] if get => show(&m.read().clusters, id, "Cluster", render::cluster),
         ["clusters", id, "networks"] if get => {
             let inv = m.read();
             let dc = inv
@@ -660,14 +664,7 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
                 render::network,
             )
         }
-        ["networks", id] if get => {
-            let inv = m.read();
-            inv.networks
-                .get(*id)
-                .map(render::network)
-                .map(ok)
-                .unwrap_or_else(|| Err(ApiError::not_found(format!("Network {id} not found"))))
-        }
+        ["networks", id] if get => show(&m.read().networks, id, "Network", render::network),
         ["templates"] if get => {
             let q = r.search(&["name", "id", "cluster", "datacenter"])?;
             let items = if q.matches(|f| match f {
@@ -692,14 +689,11 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
         ["hosts"] if get => hosts(m, r),
         ["hosts"] if post => add_host(m, r).await,
         ["hosts", id] if get => {
-            check_id(id)?;
             let follow = r.follow(HOST_FOLLOW)?;
             let inv = m.read();
-            inv.hosts
-                .get(*id)
-                .map(|h| host_node(&inv, h, &follow, &inv.committed_memory()))
-                .map(ok)
-                .unwrap_or_else(|| Err(ApiError::not_found(format!("Host {id} not found"))))
+            show(&inv.hosts, id, "Host", |h| {
+                host_node(&inv, h, &follow, &inv.committed_memory())
+            })
         }
         ["hosts", id] if put => update_host(m, id, r).await,
         ["hosts", id] if del => remove_host(m, id).await,
@@ -714,14 +708,11 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
         ["vms"] if get => vms(m, r),
         ["vms"] if post => add_vm(m, r).await,
         ["vms", id] if get => {
-            check_id(id)?;
             let follow = r.follow(VM_FOLLOW)?;
             let inv = m.read();
-            inv.vms
-                .get(*id)
-                .map(|v| vm_node(&inv, v, &follow, &follow_committed(&inv, &follow)))
-                .map(ok)
-                .unwrap_or_else(|| Err(ApiError::not_found(format!("VM {id} not found"))))
+            show(&inv.vms, id, "VM", |v| {
+                vm_node(&inv, v, &follow, &follow_committed(&inv, &follow))
+            })
         }
         ["vms", id] if put => update_vm(m, id, r).await,
         ["vms", id] if del => remove_vm(m, id).await,
@@ -791,14 +782,7 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
                 r.max()?,
             ))
         }
-        ["jobs", id] if get => {
-            let inv = m.read();
-            inv.jobs
-                .get(*id)
-                .map(render::job)
-                .map(ok)
-                .unwrap_or_else(|| Err(ApiError::not_found(format!("Job {id} not found"))))
-        }
+        ["jobs", id] if get => show(&m.read().jobs, id, "Job", render::job),
         ["jobs", _, "steps"] if get => ok(Node::new("steps")),
         ["operatingsystems"] if get => ok(list(
             "operating_systems",
