@@ -248,6 +248,11 @@ async fn storage_call(
             let p = bind::<st::DomainGetInfo>(params)?;
             to_value(s.domain_info(&p.sd).await.map_err(e)?)
         }
+        st::DomainFormat::METHOD => {
+            let p = bind::<st::DomainFormat>(params)?;
+            s.format_domain(&p.sd, p.auto_detach).await.map_err(e)?;
+            to_value(true)
+        }
         st::DomainGetStats::METHOD => {
             let p = bind::<st::DomainGetStats>(params)?;
             to_value(s.domain_stats(&p.sd).await.map_err(e)?)

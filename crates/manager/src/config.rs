@@ -46,6 +46,11 @@ pub struct Monitoring {
     pub missed_pings: u32,
     /// Seconds a check may take.
     pub ping_timeout_secs: u64,
+    /// Seconds between StoragePool.getSpmStatus checks of each data center's SPM.
+    pub spm_status_interval_secs: u64,
+    /// Seconds between passes of the pool monitor (hosts to connect, SPM to elect,
+    /// storage tasks to follow).
+    pub pool_check_secs: u64,
 }
 
 impl Default for Monitoring {
@@ -55,6 +60,8 @@ impl Default for Monitoring {
             stats_interval_secs: 15,
             missed_pings: 2,
             ping_timeout_secs: 3,
+            spm_status_interval_secs: 10,
+            pool_check_secs: 2,
         }
     }
 }

@@ -207,6 +207,7 @@ impl Manager {
                 missed += 1;
                 if missed == mc.missed_pings && host.status != "non_responsive" {
                     self.set_host_status(&host_id, "non_responsive").await;
+                    self.pool_forget_host(&host_id);
                     self.event(
                         12,
                         "error",
@@ -224,6 +225,8 @@ impl Manager {
     /// A new connection: host details, certificate renewal when due, events.
     async fn on_connected(self: &Arc<Self>, host_id: &str, c: &Arc<Client>) {
         info!("connected to the host agent");
+        // A new connection may be a restarted agent: it connects to its pool again.
+        self.pool_forget_host(host_id);
         if let Ok(caps) = c.call_value("Host.getCapabilities", json!({})).await {
             let h = self.read().hosts.get(host_id).cloned();
             if let Some(mut h) = h {
@@ -297,9 +300,20 @@ impl Manager {
                     .as_str()
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(100.0);
-                if h.free_memory != free || (h.cpu_idle - idle).abs() > 0.5 {
+                let bad: Vec<String> = st["storageDomains"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .filter(|(_, v)| v["valid"] == false)
+                            .map(|(k, _)| k.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if h.free_memory != free || (h.cpu_idle - idle).abs() > 0.5 || h.domains_bad != bad
+                {
                     h.free_memory = free;
                     h.cpu_idle = idle;
+                    h.domains_bad = bad;
                     // Stats are kept in memory only.
                     self.write().hosts.insert(h.id.clone(), h);
                 }

@@ -5,15 +5,20 @@
 //! - [`state`]: configuration, database, inventory, users and tokens, events.
 //! - [`hosts`]: monitoring of host agents.
 //! - [`vms`]: scheduler, domain XML, VM actions.
+//! - [`storage`]: storage domains, the pool, SPM election and failover, storage tasks.
+//! - [`domains`]: storage domain lifecycle; [`images`]: disks, snapshots, templates.
 //! - [`register`]: host registration, approval, enrollment.
 
 pub mod api;
 pub mod config;
 pub mod db;
+pub mod domains;
 pub mod hosts;
+pub mod images;
 pub mod memory;
 pub mod model;
 pub mod register;
 pub mod server;
 pub mod state;
+pub mod storage;
 pub mod vms;

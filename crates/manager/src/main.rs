@@ -79,6 +79,7 @@ fn main() -> anyhow::Result<()> {
             m.monitor(&h);
         }
         tokio::spawn(halyard_manager::memory::trim_periodically());
+        tokio::spawn(m.clone().pool_loop());
         info!("Manager ready");
         halyard_manager::server::serve(m).await
     })

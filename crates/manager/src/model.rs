@@ -31,13 +31,28 @@ pub fn iso8601(ms: i64) -> String {
     )
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct DataCenter {
     pub id: String,
     pub name: String,
     pub description: String,
     pub local: bool,
     pub status: String,
+    /// The master storage domain (the pool exists once there is one). The storage
+    /// pool's id is the data center's id.
+    #[serde(default)]
+    pub master_domain: Option<String>,
+    #[serde(default)]
+    pub master_version: i64,
+    /// The host holding the SPM role, as last confirmed.
+    #[serde(default)]
+    pub spm: Option<String>,
+    /// The SPM lease version it holds (sanlock's lver), and the host id that held it:
+    /// the next spmStart names them (prevID/prevLver).
+    #[serde(default)]
+    pub spm_lver: i64,
+    #[serde(default)]
+    pub spm_prev_id: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -80,8 +95,15 @@ pub struct Host {
     /// When the certificate expires (ms).
     #[serde(default)]
     pub cert_not_after: i64,
-    #[serde(default)]
+    /// SPM priority: -1 never, 0..10 (default 5).
+    #[serde(default = "default_spm_priority")]
     pub spm_priority: i32,
+    /// The host id in its data center's lockspaces (1..250; 0 = not given yet).
+    #[serde(default)]
+    pub spm_id: u32,
+    /// Domains the host reports as not valid (Host.getStats storageDomains), memory only.
+    #[serde(skip)]
+    pub domains_bad: Vec<String>,
     #[serde(default)]
     pub spm_status: String,
     // Reported by the host.
@@ -117,6 +139,160 @@ pub struct Host {
     /// A one-time enrollment token for a host added by address (hashed).
     #[serde(default)]
     pub enroll_token_hash: Option<String>,
+}
+
+fn default_spm_priority() -> i32 {
+    5
+}
+
+/// A storage domain (a data domain on a file connection).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StorageDomain {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    /// localfs, posixfs, nfs
+    pub storage_type: String,
+    /// NFS server (nfs only).
+    pub address: String,
+    pub path: String,
+    pub vfs_type: String,
+    pub mount_options: String,
+    /// The connection id given to connectStorageServer.
+    pub connection_id: String,
+    pub data_center: Option<String>,
+    /// unattached, locked, active, maintenance
+    pub status: String,
+    pub master: bool,
+    pub available: u64,
+    pub used: u64,
+}
+
+impl StorageDomain {
+    /// VDSM's domainType code.
+    pub fn domain_type(&self) -> i64 {
+        match self.storage_type.as_str() {
+            "nfs" => 1,
+            "localfs" => 4,
+            _ => 6,
+        }
+    }
+    /// The connection string (typeArgs of StorageDomain.create).
+    pub fn connection(&self) -> String {
+        if self.storage_type == "nfs" {
+            format!("{}:{}", self.address, self.path)
+        } else {
+            self.path.clone()
+        }
+    }
+}
+
+/// A disk: an image (id = image id) whose volumes form a chain, base first.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Disk {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub provisioned_size: u64,
+    pub actual_size: u64,
+    /// cow, raw
+    pub format: String,
+    pub sparse: bool,
+    pub storage_domain: String,
+    /// locked, ok, illegal
+    pub status: String,
+    /// Volume ids, base first; the last is the leaf the VM writes.
+    pub volumes: Vec<String>,
+    /// The template volume under the chain (image, volume), for disks made from one.
+    #[serde(default)]
+    pub template_base: Option<(String, String)>,
+    /// The VM it is attached to.
+    #[serde(default)]
+    pub vm: Option<String>,
+    #[serde(default)]
+    pub bootable: bool,
+    #[serde(default = "default_interface")]
+    pub interface: String,
+    /// The template it belongs to (template disks).
+    #[serde(default)]
+    pub template: Option<String>,
+    pub creation_time: i64,
+}
+
+fn default_interface() -> String {
+    "virtio".into()
+}
+
+impl Disk {
+    pub fn leaf(&self) -> &str {
+        self.volumes.last().map(String::as_str).unwrap_or("")
+    }
+}
+
+/// A VM snapshot: the leaves its disks had when it was taken (they became read-only).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Snapshot {
+    pub id: String,
+    pub vm: String,
+    pub description: String,
+    pub date: i64,
+    /// locked, ok
+    pub status: String,
+    /// (disk id, volume id) taken.
+    pub volumes: Vec<(String, String)>,
+    /// Taken while the VM ran.
+    pub live: bool,
+}
+
+/// A template made from a VM.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Template {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub cluster: String,
+    pub memory: u64,
+    pub sockets: u32,
+    pub cores: u32,
+    pub threads: u32,
+    pub os_type: String,
+    pub kernel: String,
+    pub initrd: String,
+    pub cmdline: String,
+    /// locked, ok, illegal
+    pub status: String,
+    pub creation_time: i64,
+    /// Its disks (ids of Disk records with `template` set).
+    pub disks: Vec<String>,
+    /// The VM it is being made from (its disks are read until the copy ended).
+    #[serde(default)]
+    pub source_vm: Option<String>,
+}
+
+/// A storage operation running on the SPM as a task, persisted so that a restarted
+/// Manager finishes what it started.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StorageTask {
+    pub id: String,
+    pub data_center: String,
+    /// create_volume, copy_volume, delete_image
+    pub kind: String,
+    pub domain: String,
+    pub image: String,
+    pub volume: String,
+    /// The disk it works for.
+    pub disk: String,
+    /// The VDSM task id, once the SPM accepted it.
+    #[serde(default)]
+    pub vdsm_task: Option<String>,
+    /// The SPM host it was sent to.
+    #[serde(default)]
+    pub host: Option<String>,
+    pub job: String,
+    /// What to do when it ends: the object it belongs to (snapshot, template, vm).
+    #[serde(default)]
+    pub owner: Option<(String, String)>,
+    pub created: i64,
 }
 
 /// A VM.
@@ -235,6 +411,11 @@ pub struct Inventory {
     pub vms: BTreeMap<String, Vm>,
     pub nics: BTreeMap<String, Nic>,
     pub jobs: BTreeMap<String, Job>,
+    pub storage_domains: BTreeMap<String, StorageDomain>,
+    pub disks: BTreeMap<String, Disk>,
+    pub snapshots: BTreeMap<String, Snapshot>,
+    pub templates: BTreeMap<String, Template>,
+    pub tasks: BTreeMap<String, StorageTask>,
     pub events: std::collections::VecDeque<Event>,
     pub next_event_id: i64,
 }
@@ -291,6 +472,26 @@ impl Inventory {
     }
     pub fn dc_by_name(&self, name: &str) -> Option<&DataCenter> {
         self.data_centers.values().find(|c| c.name == name)
+    }
+    pub fn disks_of(&self, vm: &str) -> Vec<&Disk> {
+        self.disks
+            .values()
+            .filter(|d| d.vm.as_deref() == Some(vm))
+            .collect()
+    }
+    /// Hosts of a data center (through their clusters).
+    pub fn hosts_of_dc(&self, dc: &str) -> Vec<&Host> {
+        self.hosts
+            .values()
+            .filter(|h| {
+                self.clusters
+                    .get(&h.cluster)
+                    .is_some_and(|c| c.data_center == dc)
+            })
+            .collect()
+    }
+    pub fn dc_of_cluster(&self, cluster: &str) -> Option<&str> {
+        self.clusters.get(cluster).map(|c| c.data_center.as_str())
     }
     pub fn nics_of(&self, vm: &str) -> Vec<&Nic> {
         self.nics.values().filter(|n| n.vm == vm).collect()

@@ -191,6 +191,8 @@ pub(crate) fn new_host(
         cert_not_after: 0,
         spm_priority: 5,
         spm_status: "none".into(),
+        spm_id: 0,
+        domains_bad: Vec::new(),
         memory: 0,
         free_memory: 0,
         cpu_model: String::new(),

@@ -51,6 +51,8 @@ pub struct Manager {
     pub monitors: Mutex<HashMap<String, crate::hosts::MonitorHandle>>,
     /// Serialises changes that read-check-write the inventory.
     pub write_lock: tokio::sync::Mutex<()>,
+    /// Pool connections, elections and task sends in progress (memory only).
+    pub pools: Mutex<crate::storage::PoolState>,
 }
 
 /// A random token of `n` bytes, hex.
@@ -109,6 +111,7 @@ impl Manager {
             pki,
             monitors: Mutex::new(HashMap::new()),
             write_lock: tokio::sync::Mutex::new(()),
+            pools: Mutex::new(Default::default()),
         });
         m.init_admin().await?;
         m.load().await?;
@@ -224,6 +227,21 @@ impl Manager {
         for j in self.db.all::<Job>("job").await? {
             inv.jobs.insert(j.id.clone(), j);
         }
+        for x in self.db.all::<StorageDomain>("storagedomain").await? {
+            inv.storage_domains.insert(x.id.clone(), x);
+        }
+        for x in self.db.all::<Disk>("disk").await? {
+            inv.disks.insert(x.id.clone(), x);
+        }
+        for x in self.db.all::<Snapshot>("snapshot").await? {
+            inv.snapshots.insert(x.id.clone(), x);
+        }
+        for x in self.db.all::<Template>("template").await? {
+            inv.templates.insert(x.id.clone(), x);
+        }
+        for x in self.db.all::<StorageTask>("task").await? {
+            inv.tasks.insert(x.id.clone(), x);
+        }
         inv.events = self
             .db
             .recent_events::<Event>(EVENTS_IN_MEMORY as i64)
@@ -246,6 +264,7 @@ impl Manager {
             description: "The default Data Center".into(),
             local: false,
             status: "uninitialized".into(),
+            ..Default::default()
         };
         let cl = Cluster {
             id: uuid::Uuid::new_v4().to_string(),
@@ -395,6 +414,73 @@ impl Manager {
             .unwrap_or_else(|p| p.into_inner())
             .jobs
             .insert(j.id.clone(), j.clone());
+        Ok(())
+    }
+
+    /// Stores an object, then puts it into the inventory with `put`.
+    pub async fn persist<T: Serialize + Clone>(
+        &self,
+        kind: &str,
+        id: &str,
+        v: &T,
+        put: impl FnOnce(&mut Inventory, T),
+    ) -> anyhow::Result<()> {
+        self.db.put(kind, id, v).await?;
+        put(&mut self.write(), v.clone());
+        Ok(())
+    }
+
+    pub async fn save_dc(&self, d: &DataCenter) -> anyhow::Result<()> {
+        self.persist("datacenter", &d.id, d, |i, d| {
+            i.data_centers.insert(d.id.clone(), d);
+        })
+        .await
+    }
+
+    pub async fn save_sd(&self, d: &StorageDomain) -> anyhow::Result<()> {
+        self.persist("storagedomain", &d.id, d, |i, d| {
+            i.storage_domains.insert(d.id.clone(), d);
+        })
+        .await
+    }
+
+    pub async fn save_disk(&self, d: &Disk) -> anyhow::Result<()> {
+        self.persist("disk", &d.id, d, |i, d| {
+            i.disks.insert(d.id.clone(), d);
+        })
+        .await
+    }
+
+    pub async fn save_snapshot(&self, d: &Snapshot) -> anyhow::Result<()> {
+        self.persist("snapshot", &d.id, d, |i, d| {
+            i.snapshots.insert(d.id.clone(), d);
+        })
+        .await
+    }
+
+    pub async fn save_template(&self, d: &Template) -> anyhow::Result<()> {
+        self.persist("template", &d.id, d, |i, d| {
+            i.templates.insert(d.id.clone(), d);
+        })
+        .await
+    }
+
+    pub async fn save_task(&self, d: &StorageTask) -> anyhow::Result<()> {
+        self.persist("task", &d.id, d, |i, d| {
+            i.tasks.insert(d.id.clone(), d);
+        })
+        .await
+    }
+
+    /// Deletes an object from the database, then from the inventory with `take`.
+    pub async fn forget(
+        &self,
+        kind: &str,
+        id: &str,
+        take: impl FnOnce(&mut Inventory),
+    ) -> anyhow::Result<()> {
+        self.db.delete(kind, id).await?;
+        take(&mut self.write());
         Ok(())
     }
 

@@ -31,7 +31,13 @@ fn esc(s: &str) -> String {
 }
 
 /// The domain XML the Manager sends with VM.create.
-pub fn domain_xml(vm: &Vm, nics: &[(Nic, String)], console_dir: &str) -> String {
+/// `drives`: disk devices and their ovirt-vm metadata (see [`Manager::drives_xml`]).
+pub fn domain_xml(
+    vm: &Vm,
+    nics: &[(Nic, String)],
+    drives: &(String, String),
+    console_dir: &str,
+) -> String {
     let mem_kib = vm.memory / 1024;
     let vcpus = (vm.sockets * vm.cores * vm.threads).max(1);
     let mut os = String::from("<type arch=\"x86_64\" machine=\"pc\">hvm</type>");
@@ -54,7 +60,8 @@ pub fn domain_xml(vm: &Vm, nics: &[(Nic, String)], console_dir: &str) -> String 
         dir = esc(console_dir.trim_end_matches('/')),
         id = vm.id
     );
-    let mut meta_devices = String::new();
+    devices.push_str(&drives.0);
+    let mut meta_devices = drives.1.clone();
     for (n, bridge) in nics {
         devices.push_str(&format!(
             "<interface type=\"bridge\"><mac address=\"{mac}\"/><model type=\"{model}\"/><source bridge=\"{br}\"/><alias name=\"ua-{id}\"/></interface>",
@@ -163,8 +170,20 @@ pub fn mac_for(id: &str) -> String {
 /// Picks a host: up, in the VM's cluster, with enough free memory (oVirt's
 /// scheduling memory: physical memory less what its VMs are given and a reserve);
 /// the one with the most free memory first.
-pub fn pick_host(inv: &Inventory, vm: &Vm) -> Result<String, VmError> {
+///
+/// A VM with disks runs only on hosts that `reach` every domain of its disks (connected
+/// to the pool, no domain reported invalid).
+pub fn pick_host(
+    inv: &Inventory,
+    vm: &Vm,
+    reach: impl Fn(&Host, &str) -> bool,
+) -> Result<String, VmError> {
     let committed = inv.committed_memory();
+    let domains: Vec<&str> = inv
+        .disks_of(&vm.id)
+        .iter()
+        .map(|d| d.storage_domain.as_str())
+        .collect();
     let mut candidates: Vec<(&Host, u64)> = inv
         .hosts
         .values()
@@ -174,6 +193,12 @@ pub fn pick_host(inv: &Inventory, vm: &Vm) -> Result<String, VmError> {
     if candidates.is_empty() {
         return Err(VmError::Conflict(
             "Cannot run VM. There is no host that satisfies current scheduling constraints: no host in the VM's cluster is up.".into(),
+        ));
+    }
+    candidates.retain(|(h, _)| domains.iter().all(|d| reach(h, d)));
+    if candidates.is_empty() {
+        return Err(VmError::Conflict(
+            "Cannot run VM. There is no host that satisfies current scheduling constraints: no up host is connected to every storage domain of the VM's disks.".into(),
         ));
     }
     candidates.retain(|(_, free)| *free >= vm.memory);
@@ -191,7 +216,15 @@ pub fn pick_host(inv: &Inventory, vm: &Vm) -> Result<String, VmError> {
 impl Manager {
     /// Picks a host for `vm` (see [`pick_host`]).
     pub fn schedule(&self, vm: &Vm) -> Result<String, VmError> {
-        pick_host(&self.read(), vm)
+        let inv = self.read();
+        pick_host(&inv, vm, |h, sd| {
+            let dc = inv
+                .storage_domains
+                .get(sd)
+                .and_then(|s| s.data_center.clone())
+                .unwrap_or_default();
+            self.pool_connected(&dc, &h.id) && !h.domains_bad.iter().any(|b| b == sd)
+        })
     }
 
     fn vm(&self, id: &str) -> Result<Vm, VmError> {
@@ -215,6 +248,24 @@ impl Manager {
                     vm.name
                 )));
             }
+            {
+                let inv = self.read();
+                if inv.disks_of(id).iter().any(|d| d.status != "ok")
+                    || inv
+                        .snapshots
+                        .values()
+                        .any(|s| s.vm == id && s.status == "locked")
+                    || inv
+                        .templates
+                        .values()
+                        .any(|t| t.source_vm.as_deref() == Some(id) && t.status == "locked")
+                {
+                    return Err(VmError::Conflict(format!(
+                        "Cannot run VM. VM {} has locked or illegal disks (an operation on them runs).",
+                        vm.name
+                    )));
+                }
+            }
             let host_id = self.schedule(&vm)?;
             let client = self
                 .host_client(&host_id)
@@ -234,7 +285,8 @@ impl Manager {
                     })
                     .collect()
             };
-            let xml = domain_xml(&vm, &nics, &self.cfg.vm_console_dir);
+            let drives = self.drives_xml(id);
+            let xml = domain_xml(&vm, &nics, &drives, &self.cfg.vm_console_dir);
             vm.status = "wait_for_launch".into();
             vm.host = Some(host_id.clone());
             vm.start_time = Some(now_ms());
@@ -420,6 +472,10 @@ mod tests {
         }
     }
 
+    fn pick_host_any(inv: &Inventory, vm: &Vm) -> Result<String, VmError> {
+        pick_host(inv, vm, |_, _| true)
+    }
+
     #[test]
     fn scheduler_counts_placed_vms_and_refuses_when_full() {
         const G: u64 = 1 << 30;
@@ -433,25 +489,25 @@ mod tests {
         }
         // Most free first: a (4 GiB), then, with 2 GiB placed on a, b.
         let v = vm("v1", 2 * G, None, "down");
-        assert_eq!(pick_host(&inv, &v).expect("placed"), "a");
+        assert_eq!(pick_host_any(&inv, &v).expect("placed"), "a");
         inv.vms
             .insert("v1".into(), vm("v1", 2 * G, Some("a"), "wait_for_launch"));
         assert_eq!(
-            pick_host(&inv, &vm("v2", G, None, "down")).expect("placed"),
+            pick_host_any(&inv, &vm("v2", G, None, "down")).expect("placed"),
             "b"
         );
         // A VM that fits nowhere (b: 3 GiB - reserve; a: 2 GiB - reserve) gets a clear fault.
-        let err = pick_host(&inv, &vm("v3", 3 * G, None, "down")).expect_err("full");
+        let err = pick_host_any(&inv, &vm("v3", 3 * G, None, "down")).expect_err("full");
         assert!(err.to_string().contains("free memory"), "{err}");
         // Down VMs do not count; VMs in other clusters are not placed.
         inv.vms.insert("v1".into(), vm("v1", 2 * G, None, "down"));
         assert_eq!(
-            pick_host(&inv, &vm("v4", 3 * G, None, "down")).expect("placed"),
+            pick_host_any(&inv, &vm("v4", 3 * G, None, "down")).expect("placed"),
             "a"
         );
         let mut other = vm("v5", G, None, "down");
         other.cluster = "elsewhere".into();
-        assert!(pick_host(&inv, &other)
+        assert!(pick_host_any(&inv, &other)
             .expect_err("no host")
             .to_string()
             .contains("is up"));
@@ -482,7 +538,7 @@ mod tests {
             vm_type: "server".into(),
             guest: GuestInfo::default(),
         };
-        let x = domain_xml(&vm, &[], "/var/log/halyard/vms");
+        let x = domain_xml(&vm, &[], &Default::default(), "/var/log/halyard/vms");
         let n = crate::api::node::Node::parse_xml(x.as_bytes()).expect("well-formed");
         assert_eq!(n.text_of("name"), Some("a<b>&\"c'"));
         assert_eq!(n.text_of("memory"), Some("131072"));

@@ -775,6 +775,14 @@ pub mod storage {
     }
 
     #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    pub struct DomainFormatParams {
+        #[serde(rename = "storagedomainID")]
+        pub sd: String,
+        #[serde(rename = "autoDetach", default)]
+        pub auto_detach: bool,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
     pub struct DomainPoolParams {
         #[serde(rename = "storagedomainID")]
         pub sd: String,
@@ -1124,6 +1132,13 @@ pub mod storage {
         ["storagedomainID"],
         DomainParams,
         Value
+    );
+    verb!(
+        DomainFormat,
+        "StorageDomain.format",
+        ["storagedomainID", "autoDetach"],
+        DomainFormatParams,
+        bool
     );
     verb!(
         DomainGetStats,

@@ -8,6 +8,7 @@
 //! leaving ILLEGAL volumes that the next SPM collects.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fs;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -658,6 +659,42 @@ impl StorageManager {
             return true;
         }
         sanlock::inq_lockspace(&d.uuid, host_id, &d.ids_path()).unwrap_or(false)
+    }
+
+    /// StorageDomain.format: removes a domain that no connected pool uses (any host).
+    /// Without `auto_detach` a domain still marked as attached to a pool is refused.
+    /// The directory is renamed away first (one atomic step), then removed.
+    pub async fn format_domain(self: &Arc<Self>, sd: &str, auto_detach: bool) -> Result<()> {
+        check_uuid("storagedomainID", sd)?;
+        if lock(&self.pool)
+            .as_ref()
+            .is_some_and(|p| p.domains.contains_key(sd))
+        {
+            return Err(StorageError::InvalidParameter(format!(
+                "storage domain {sd} is part of the connected pool; disconnect the pool first"
+            )));
+        }
+        let d = self.find(sd)?;
+        let pool = d.metadata()?.get("POOL_UUID").unwrap_or("").to_string();
+        if !pool.is_empty() && !auto_detach {
+            return Err(StorageError::DomainAlreadyAttached(format!(
+                "{sd} (pool {pool})"
+            )));
+        }
+        blocking(move || -> Result<()> {
+            let parent = d.root.parent().map(Path::to_path_buf).unwrap_or_default();
+            let gone = parent.join(format!(".halyard-removing-{}", d.uuid));
+            fs::rename(&d.root, &gone)
+                .map_err(|e| StorageError::DomainAccess(format!("{}: {e}", d.root.display())))?;
+            if let Ok(f) = fs::File::open(&parent) {
+                let _ = f.sync_all();
+            }
+            fs::remove_dir_all(&gone)
+                .map_err(|e| StorageError::DomainAccess(format!("{}: {e}", gone.display())))
+        })
+        .await??;
+        info!(sd_uuid = %sd, "storage domain formatted (removed)");
+        Ok(())
     }
 
     pub async fn disconnect_pool(self: &Arc<Self>, sp: &str) -> Result<()> {

@@ -63,6 +63,18 @@ impl From<VmError> for ApiError {
     }
 }
 
+impl From<crate::storage::StorageOpError> for ApiError {
+    fn from(e: crate::storage::StorageOpError) -> Self {
+        use crate::storage::StorageOpError as E;
+        match e {
+            E::Bad(m) => ApiError::bad(m),
+            E::Conflict(m) => ApiError::conflict(m),
+            E::NotFound(m) => ApiError::not_found(m),
+            E::Failed(m) => ApiError::bad(m),
+        }
+    }
+}
+
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {
         ApiError::internal(e.to_string())
@@ -114,7 +126,7 @@ pub struct Req {
 
 impl Req {
     /// An action's `<action>` body (empty is allowed), with known fields only.
-    fn action_body(&self) -> Result<Node, ApiError> {
+    pub(super) fn action_body(&self) -> Result<Node, ApiError> {
         let body = if self.body.is_empty() {
             Node::new("action")
         } else {
@@ -125,11 +137,11 @@ impl Req {
     }
 
     /// Renders a list item now, in the answer's format (see [`Node::serialized`]).
-    fn item(&self, n: Node) -> Node {
+    pub(super) fn item(&self, n: Node) -> Node {
         Node::serialized(&n, self.format == Format::Json)
     }
 
-    fn body_node(&self, root: &str) -> Result<Node, ApiError> {
+    pub(super) fn body_node(&self, root: &str) -> Result<Node, ApiError> {
         if self.body.is_empty() {
             return Err(ApiError::bad("the request needs a body"));
         }
@@ -148,7 +160,7 @@ impl Req {
         Ok(n)
     }
 
-    fn max(&self) -> Result<Option<usize>, ApiError> {
+    pub(super) fn max(&self) -> Result<Option<usize>, ApiError> {
         match self.query.get("max").map(String::as_str) {
             None | Some("") | Some("-1") => Ok(None),
             Some(v) => v
@@ -159,7 +171,7 @@ impl Req {
     }
 
     /// The `follow` parameter: links to embed, each one of `allowed`.
-    fn follow(&self, allowed: &[&str]) -> Result<Vec<String>, ApiError> {
+    pub(super) fn follow(&self, allowed: &[&str]) -> Result<Vec<String>, ApiError> {
         let Some(f) = self.query.get("follow") else {
             return Ok(Vec::new());
         };
@@ -176,7 +188,7 @@ impl Req {
         Ok(out)
     }
 
-    fn search(&self, fields: &[&str]) -> Result<search::Query, ApiError> {
+    pub(super) fn search(&self, fields: &[&str]) -> Result<search::Query, ApiError> {
         search::parse(
             self.query.get("search").map(String::as_str).unwrap_or(""),
             fields,
@@ -391,7 +403,7 @@ const CLUSTER_FIELDS: &[&str] = &[
     "ksm",
 ];
 
-fn check_fields(n: &Node, allowed: &[&str]) -> Result<(), ApiError> {
+pub(super) fn check_fields(n: &Node, allowed: &[&str]) -> Result<(), ApiError> {
     for c in &n.children {
         if !allowed.contains(&c.name.as_str()) {
             return Err(ApiError::bad(format!(
@@ -403,7 +415,7 @@ fn check_fields(n: &Node, allowed: &[&str]) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn check_name(s: &str, what: &str) -> Result<(), ApiError> {
+pub(super) fn check_name(s: &str, what: &str) -> Result<(), ApiError> {
     if s.is_empty() || s.chars().count() > 255 || s.chars().any(char::is_control) {
         return Err(ApiError::bad(format!(
             "{what}: a name of 1 to 255 printable characters is required"
@@ -412,7 +424,7 @@ fn check_name(s: &str, what: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn check_id(id: &str) -> Result<(), ApiError> {
+pub(super) fn check_id(id: &str) -> Result<(), ApiError> {
     if uuid::Uuid::parse_str(id).is_err() && id.parse::<i64>().is_err() {
         return Err(ApiError::not_found(format!(
             "Entity not found: {}",
@@ -435,6 +447,9 @@ fn vm_node(inv: &Inventory, v: &Vm, follow: &[String], committed: &HashMap<&str,
         Vec::new()
     };
     let mut n = render::vm(v, &nics);
+    if v.status == "down" && vm_images_locked(inv, &v.id) {
+        n.replace("status", Node::leaf("status", "image_locked"));
+    }
     if want("cluster") {
         if let Some(c) = inv.clusters.get(&v.cluster) {
             n.replace("cluster", render::cluster(c));
@@ -449,9 +464,22 @@ fn vm_node(inv: &Inventory, v: &Vm, follow: &[String], committed: &HashMap<&str,
         }
     }
     if want("template") {
-        n.replace("template", render::blank_template(Some(&v.cluster)));
+        match inv.templates.get(&v.template) {
+            Some(t) => n.replace("template", render::template(t)),
+            None => n.replace("template", render::blank_template(Some(&v.cluster))),
+        }
     }
     n
+}
+
+/// A down VM whose disks are being made or changed shows image_locked.
+fn vm_images_locked(inv: &Inventory, vm: &str) -> bool {
+    if inv.disks.is_empty() {
+        return false;
+    }
+    inv.disks
+        .values()
+        .any(|d| d.vm.as_deref() == Some(vm) && d.status == "locked")
 }
 
 fn follow_committed<'a>(inv: &'a Inventory, follow: &[String]) -> HashMap<&'a str, u64> {
@@ -475,7 +503,7 @@ fn host_node(inv: &Inventory, h: &Host, follow: &[String], committed: &HashMap<&
 
 /// A collection: the objects `search` matches (`field` gives an object's values of a
 /// search field), at most `max`, each rendered and serialised in turn.
-fn search_list<'a, T: 'a>(
+pub(super) fn search_list<'a, T: 'a>(
     r: &Req,
     name: &str,
     fields: &[&str],
@@ -515,7 +543,7 @@ fn dc_name_of_cluster(inv: &Inventory, cluster: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn list(name: &str, items: Vec<Node>, max: Option<usize>) -> Node {
+pub(super) fn list(name: &str, items: Vec<Node>, max: Option<usize>) -> Node {
     let mut n = Node::new(name);
     for i in items.into_iter().take(max.unwrap_or(usize::MAX)) {
         n.push(i);
@@ -523,7 +551,7 @@ fn list(name: &str, items: Vec<Node>, max: Option<usize>) -> Node {
     n
 }
 
-fn parse_u64(n: &Node, k: &str) -> Result<Option<u64>, ApiError> {
+pub(super) fn parse_u64(n: &Node, k: &str) -> Result<Option<u64>, ApiError> {
     match n.text_of(k) {
         None => Ok(None),
         Some(v) => {
@@ -535,7 +563,7 @@ fn parse_u64(n: &Node, k: &str) -> Result<Option<u64>, ApiError> {
 }
 
 /// Resolves a reference `<cluster id=".."/>` or `<cluster><name>..</name></cluster>`.
-fn ref_id(
+pub(super) fn ref_id(
     n: Option<&Node>,
     by_name: impl Fn(&str) -> Option<String>,
     what: &str,
@@ -560,14 +588,14 @@ pub async fn dispatch(m: &Arc<Manager>, r: Req, f: Format) -> Response {
     }
 }
 
-type Out = Result<(StatusCode, Node), ApiError>;
+pub(super) type Out = Result<(StatusCode, Node), ApiError>;
 
-fn ok(n: Node) -> Out {
+pub(super) fn ok(n: Node) -> Out {
     Ok((StatusCode::OK, n))
 }
 
 /// One item of a collection by id, or 404 naming what was asked for.
-fn show<T>(
+pub(super) fn show<T>(
     items: &std::collections::BTreeMap<String, T>,
     id: &str,
     what: &str,
@@ -593,6 +621,9 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
         if id.len() > 128 {
             return Err(ApiError::not_found("Entity not found"));
         }
+    }
+    if let Some(out) = super::storage::route(m, r, &s).await {
+        return out;
     }
     match s.as_slice() {
         [] if get => ok(root(m)),
@@ -715,7 +746,7 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
             })
         }
         ["vms", id] if put => update_vm(m, id, r).await,
-        ["vms", id] if del => remove_vm(m, id).await,
+        ["vms", id] if del => remove_vm(m, id, r).await,
         ["vms", id, "nics"] if get => {
             check_id(id)?;
             let inv = m.read();
@@ -909,6 +940,7 @@ async fn add_dc(m: &Arc<Manager>, r: &Req) -> Out {
         description: n.text_of("description").unwrap_or("").to_string(),
         local: n.text_of("local") == Some("true"),
         status: "uninitialized".into(),
+        ..Default::default()
     };
     let net = Network {
         id: uuid::Uuid::new_v4().to_string(),
@@ -1353,7 +1385,16 @@ async fn add_vm(m: &Arc<Manager>, r: &Req) -> Out {
         .ok_or_else(|| ApiError::bad("Cannot add VM. The cluster is required."))?;
         let template = ref_id(
             n.get("template"),
-            |x| (x == "Blank").then(|| BLANK_TEMPLATE.to_string()),
+            |x| {
+                if x == "Blank" {
+                    Some(BLANK_TEMPLATE.to_string())
+                } else {
+                    inv.templates
+                        .values()
+                        .find(|t| t.name == x)
+                        .map(|t| t.id.clone())
+                }
+            },
             "template",
         )?
         .unwrap_or_else(|| BLANK_TEMPLATE.to_string());
@@ -1362,11 +1403,23 @@ async fn add_vm(m: &Arc<Manager>, r: &Req) -> Out {
     if !m.read().clusters.contains_key(&cluster) {
         return Err(ApiError::not_found(format!("Cluster {cluster} not found")));
     }
-    if template != BLANK_TEMPLATE {
-        return Err(ApiError::not_found(format!(
-            "Template {template} not found"
-        )));
-    }
+    let tpl = if template == BLANK_TEMPLATE {
+        None
+    } else {
+        let t = m
+            .read()
+            .templates
+            .get(&template)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("Template {template} not found")))?;
+        if t.status != "ok" {
+            return Err(ApiError::conflict(format!(
+                "Cannot add VM. Template {} is {}.",
+                t.name, t.status
+            )));
+        }
+        Some(t)
+    };
     if m.read().vm_by_name(&name).is_some() {
         return Err(ApiError::conflict(format!(
             "Cannot add VM. The VM name {name:?} is already in use."
@@ -1378,14 +1431,35 @@ async fn add_vm(m: &Arc<Manager>, r: &Req) -> Out {
         description: n.text_of("description").unwrap_or("").to_string(),
         cluster,
         template,
-        memory: spec.memory.unwrap_or(1 << 30),
-        sockets: spec.sockets.unwrap_or(1),
-        cores: spec.cores.unwrap_or(1),
-        threads: spec.threads.unwrap_or(1),
-        os_type: spec.os_type.unwrap_or_else(|| "other".into()),
-        kernel: spec.kernel.unwrap_or_default(),
-        initrd: spec.initrd.unwrap_or_default(),
-        cmdline: spec.cmdline.unwrap_or_default(),
+        memory: spec
+            .memory
+            .or(tpl.as_ref().map(|t| t.memory))
+            .unwrap_or(1 << 30),
+        sockets: spec
+            .sockets
+            .or(tpl.as_ref().map(|t| t.sockets))
+            .unwrap_or(1),
+        cores: spec.cores.or(tpl.as_ref().map(|t| t.cores)).unwrap_or(1),
+        threads: spec
+            .threads
+            .or(tpl.as_ref().map(|t| t.threads))
+            .unwrap_or(1),
+        os_type: spec
+            .os_type
+            .or(tpl.as_ref().map(|t| t.os_type.clone()))
+            .unwrap_or_else(|| "other".into()),
+        kernel: spec
+            .kernel
+            .or(tpl.as_ref().map(|t| t.kernel.clone()))
+            .unwrap_or_default(),
+        initrd: spec
+            .initrd
+            .or(tpl.as_ref().map(|t| t.initrd.clone()))
+            .unwrap_or_default(),
+        cmdline: spec
+            .cmdline
+            .or(tpl.as_ref().map(|t| t.cmdline.clone()))
+            .unwrap_or_default(),
         status: "down".into(),
         host: None,
         start_time: None,
@@ -1396,6 +1470,17 @@ async fn add_vm(m: &Arc<Manager>, r: &Req) -> Out {
         guest: GuestInfo::default(),
     };
     m.save_vm(&vm).await?;
+    if tpl.is_some() {
+        if let Err(e) = m.create_disks_from_template(&vm, &vm.template).await {
+            // Nothing of the VM stays when its disks cannot be made.
+            let _ = m
+                .forget("vm", &vm.id, |i| {
+                    i.vms.remove(&vm.id);
+                })
+                .await;
+            return Err(e.into());
+        }
+    }
     m.event(
         34,
         "normal",
@@ -1404,7 +1489,8 @@ async fn add_vm(m: &Arc<Manager>, r: &Req) -> Out {
         Some(&vm.id),
     )
     .await;
-    Ok((StatusCode::CREATED, render::vm(&vm, &[])))
+    let node = vm_node(&m.read(), &vm, &[], &HashMap::new());
+    Ok((StatusCode::CREATED, node))
 }
 
 async fn update_vm(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
@@ -1451,7 +1537,7 @@ async fn update_vm(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
     ok(render::vm(&vm, &[]))
 }
 
-async fn remove_vm(m: &Arc<Manager>, id: &str) -> Out {
+async fn remove_vm(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
     check_id(id)?;
     let _g = m.write_lock.lock().await;
     let vm = m
@@ -1465,6 +1551,50 @@ async fn remove_vm(m: &Arc<Manager>, id: &str) -> Out {
             "Cannot remove VM. VM {} is running.",
             vm.name
         )));
+    }
+    let (disks, snaps, locked) = {
+        let inv = m.read();
+        let disks: Vec<Disk> = inv.disks_of(id).into_iter().cloned().collect();
+        let snaps: Vec<String> = inv
+            .snapshots
+            .values()
+            .filter(|s| s.vm == id)
+            .map(|s| s.id.clone())
+            .collect();
+        let locked = disks.iter().any(|d| d.status == "locked")
+            || inv
+                .snapshots
+                .values()
+                .any(|s| s.vm == id && s.status == "locked")
+            || inv
+                .templates
+                .values()
+                .any(|t| t.source_vm.as_deref() == Some(id) && t.status == "locked");
+        (disks, snaps, locked)
+    };
+    if locked {
+        return Err(ApiError::conflict(format!(
+            "Cannot remove VM. VM {} has locked disks (an operation on them runs).",
+            vm.name
+        )));
+    }
+    // Its disks go with it (detach_only=true keeps them).
+    let detach_only = r.query.get("detach_only").map(String::as_str) == Some("true");
+    drop(_g);
+    for d in &disks {
+        if detach_only {
+            m.detach_disk(id, &d.id, false).await?;
+        } else {
+            m.remove_disk(&d.id).await?;
+        }
+    }
+    let _g = m.write_lock.lock().await;
+    for s in &snaps {
+        m.forget("snapshot", s, |i| {
+            i.snapshots.remove(s);
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     }
     let nics: Vec<String> = m.read().nics_of(id).iter().map(|n| n.id.clone()).collect();
     for n in &nics {

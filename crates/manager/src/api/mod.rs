@@ -4,3 +4,4 @@ pub mod handlers;
 pub mod node;
 pub mod render;
 pub mod search;
+pub mod storage;

@@ -49,6 +49,14 @@ impl Node {
         self
     }
 
+    /// Sets (or adds) an attribute.
+    pub fn set_attr(&mut self, k: &str, v: impl ToString) {
+        match self.attrs.iter_mut().find(|(x, _)| x == k) {
+            Some(a) => a.1 = v.to_string(),
+            None => self.attrs.push((k.to_string(), v.to_string())),
+        }
+    }
+
     pub fn push(&mut self, n: Node) {
         self.children.push(n);
     }

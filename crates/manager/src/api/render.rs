@@ -401,3 +401,211 @@ pub fn action_done(job: Option<&str>) -> Node {
     }
     n
 }
+
+/// A storage domain; `attached` renders it as seen under its data center.
+pub fn storage_domain(s: &StorageDomain, committed: u64) -> Node {
+    let hr = href("storagedomains", &s.id);
+    let mut storage = Node::new("storage")
+        .with(Node::leaf("type", &s.storage_type))
+        .with(Node::leaf("path", &s.path));
+    if !s.address.is_empty() {
+        storage.push(Node::leaf("address", &s.address));
+    }
+    if !s.vfs_type.is_empty() {
+        storage.push(Node::leaf("vfs_type", &s.vfs_type));
+    }
+    if !s.mount_options.is_empty() {
+        storage.push(Node::leaf("mount_options", &s.mount_options));
+    }
+    let mut n = obj("storage_domain", "storagedomains", &s.id);
+    for rel in ["disks", "templates", "vms", "permissions", "disksnapshots"] {
+        n.push(Node::link(rel, &format!("{hr}/{rel}")));
+    }
+    n = n
+        .with(Node::leaf("name", &s.name))
+        .with(Node::leaf("description", &s.description))
+        .with(Node::leaf("comment", ""))
+        .with(Node::leaf("available", s.available))
+        .with(Node::leaf("used", s.used))
+        .with(Node::leaf("committed", committed))
+        .with(Node::leaf("backup", false))
+        .with(Node::leaf("block_size", 512))
+        .with(Node::leaf("critical_space_action_blocker", 5))
+        .with(Node::leaf("discard_after_delete", false))
+        .with(Node::leaf("external_status", "ok"))
+        .with(Node::leaf("master", s.master))
+        .with(Node::leaf("status", &s.status))
+        .with(storage)
+        .with(Node::leaf("storage_format", "v5"))
+        .with(Node::leaf("supports_discard", false))
+        .with(Node::leaf("supports_discard_zeroes_data", false))
+        .with(Node::leaf("type", "data"))
+        .with(Node::leaf("warning_low_space_indicator", 10))
+        .with(Node::leaf("wipe_after_delete", false));
+    if let Some(dc) = &s.data_center {
+        n.push(Node::new("data_centers").with(Node::reference(
+            "data_center",
+            &href("datacenters", dc),
+            dc,
+        )));
+    }
+    n
+}
+
+/// A storage domain under `/datacenters/{dc}/storagedomains`.
+pub fn attached_storage_domain(s: &StorageDomain, dc: &str, committed: u64) -> Node {
+    let mut n = storage_domain(s, committed);
+    n.set_attr(
+        "href",
+        format!("{}/storagedomains/{}", href("datacenters", dc), s.id),
+    );
+    n.push(Node::reference("data_center", &href("datacenters", dc), dc));
+    n
+}
+
+pub fn disk(d: &Disk) -> Node {
+    obj("disk", "disks", &d.id)
+        .with(Node::link(
+            "permissions",
+            &format!("{}/permissions", href("disks", &d.id)),
+        ))
+        .with(Node::link(
+            "statistics",
+            &format!("{}/statistics", href("disks", &d.id)),
+        ))
+        .with(Node::leaf("name", &d.name))
+        .with(Node::leaf("alias", &d.name))
+        .with(Node::leaf("description", &d.description))
+        .with(Node::leaf("actual_size", d.actual_size))
+        .with(Node::leaf("backup", "none"))
+        .with(Node::leaf("content_type", "data"))
+        .with(Node::leaf("format", &d.format))
+        .with(Node::leaf("image_id", d.leaf()))
+        .with(Node::leaf("propagate_errors", false))
+        .with(Node::leaf("provisioned_size", d.provisioned_size))
+        .with(Node::leaf("qcow_version", "qcow2_v3"))
+        .with(Node::leaf("shareable", false))
+        .with(Node::leaf("sparse", d.sparse))
+        .with(Node::leaf("status", &d.status))
+        .with(Node::leaf("storage_type", "image"))
+        .with(Node::leaf("total_size", d.actual_size))
+        .with(Node::leaf("wipe_after_delete", false))
+        .with(Node::new("storage_domains").with(Node::reference(
+            "storage_domain",
+            &href("storagedomains", &d.storage_domain),
+            &d.storage_domain,
+        )))
+}
+
+/// A disk attachment of a VM (or template); its id is the disk's.
+pub fn disk_attachment(d: &Disk, owner_kind: &str, owner: &str) -> Node {
+    let owner_tag = if owner_kind == "templates" {
+        "template"
+    } else {
+        "vm"
+    };
+    Node::new("disk_attachment")
+        .attr(
+            "href",
+            format!("{}/diskattachments/{}", href(owner_kind, owner), d.id),
+        )
+        .attr("id", &d.id)
+        .with(Node::leaf("active", true))
+        .with(Node::leaf("bootable", d.bootable))
+        .with(Node::leaf("interface", &d.interface))
+        .with(Node::leaf("pass_discard", false))
+        .with(Node::leaf("read_only", false))
+        .with(Node::leaf("uses_scsi_reservation", false))
+        .with(Node::reference("disk", &href("disks", &d.id), &d.id))
+        .with(Node::reference(owner_tag, &href(owner_kind, owner), owner))
+}
+
+pub fn snapshot(s: &Snapshot) -> Node {
+    Node::new("snapshot")
+        .attr("href", format!("{}/snapshots/{}", href("vms", &s.vm), s.id))
+        .attr("id", &s.id)
+        .with(Node::leaf("description", &s.description))
+        .with(Node::leaf("date", iso8601(s.date)))
+        .with(Node::leaf("persist_memorystate", false))
+        .with(Node::leaf("snapshot_status", &s.status))
+        .with(Node::leaf("snapshot_type", "regular"))
+        .with(Node::reference("vm", &href("vms", &s.vm), &s.vm))
+}
+
+/// The "Active VM" snapshot every VM has.
+pub fn active_snapshot(vm: &Vm, id: &str) -> Node {
+    Node::new("snapshot")
+        .attr("href", format!("{}/snapshots/{id}", href("vms", &vm.id)))
+        .attr("id", id)
+        .with(Node::leaf("description", "Active VM"))
+        .with(Node::leaf("date", iso8601(vm.creation_time)))
+        .with(Node::leaf("persist_memorystate", false))
+        .with(Node::leaf("snapshot_status", "ok"))
+        .with(Node::leaf("snapshot_type", "active"))
+        .with(Node::reference("vm", &href("vms", &vm.id), &vm.id))
+}
+
+pub fn template(t: &Template) -> Node {
+    let hr = href("templates", &t.id);
+    let mut os = Node::new("os").with(Node::leaf("type", &t.os_type));
+    if !t.kernel.is_empty() {
+        os.push(Node::leaf("kernel", &t.kernel));
+        os.push(Node::leaf("initrd", &t.initrd));
+        os.push(Node::leaf("cmdline", &t.cmdline));
+    }
+    let mut n = obj("template", "templates", &t.id);
+    for rel in [
+        "diskattachments",
+        "nics",
+        "permissions",
+        "watchdogs",
+        "graphicsconsoles",
+        "cdroms",
+        "tags",
+    ] {
+        n.push(Node::link(rel, &format!("{hr}/{rel}")));
+    }
+    n.with(Node::leaf("name", &t.name))
+        .with(Node::leaf("description", &t.description))
+        .with(Node::leaf("comment", ""))
+        .with(
+            Node::new("cpu")
+                .with(Node::leaf("architecture", "x86_64"))
+                .with(
+                    Node::new("topology")
+                        .with(Node::leaf("cores", t.cores))
+                        .with(Node::leaf("sockets", t.sockets))
+                        .with(Node::leaf("threads", t.threads)),
+                ),
+        )
+        .with(Node::leaf("creation_time", iso8601(t.creation_time)))
+        .with(Node::leaf("memory", t.memory))
+        .with(os)
+        .with(Node::leaf("status", &t.status))
+        .with(Node::leaf("type", "server"))
+        .with(
+            Node::new("version")
+                .with(Node::leaf("version_name", "base version"))
+                .with(Node::leaf("version_number", 1))
+                .with(Node::reference("base_template", &hr, &t.id)),
+        )
+        .with(Node::reference(
+            "cluster",
+            &href("clusters", &t.cluster),
+            &t.cluster,
+        ))
+}
+
+pub fn step(j: &Job, s: &Step) -> Node {
+    Node::new("step")
+        .attr("href", format!("{}/steps/{}", href("jobs", &j.id), s.id))
+        .attr("id", &s.id)
+        .with(Node::leaf("description", &s.description))
+        .with(Node::leaf("external", false))
+        .with(Node::leaf("number", s.number))
+        .with(Node::leaf("start_time", iso8601(s.start_time)))
+        .opt("end_time", s.end_time.map(iso8601))
+        .with(Node::leaf("status", &s.status))
+        .with(Node::leaf("type", &s.step_type))
+        .with(Node::reference("job", &href("jobs", &j.id), &j.id))
+}

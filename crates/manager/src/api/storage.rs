@@ -1,0 +1,629 @@
+//! Storage parts of the API: storagedomains, datacenters/{id}/storagedomains, disks,
+//! vms/{id}/diskattachments, vms/{id}/snapshots, templates, jobs/{id}/steps,
+//! hosts/{id}/forceselectspm.
+
+use std::sync::Arc;
+
+use axum::http::{Method, StatusCode};
+
+use super::handlers::{
+    check_fields, check_id, check_name, list, ok, parse_u64, ref_id, show, ApiError, Out, Req,
+};
+use super::node::Node;
+use super::render;
+use crate::domains::NewDomain;
+use crate::images::{active_snapshot_id, NewDisk};
+use crate::model::*;
+use crate::state::Manager;
+
+const SD_FIELDS: &[&str] = &[
+    "name",
+    "description",
+    "comment",
+    "type",
+    "storage",
+    "host",
+    "storage_format",
+    "wipe_after_delete",
+    "discard_after_delete",
+    "backup",
+    "warning_low_space_indicator",
+    "critical_space_action_blocker",
+    "block_size",
+    "id",
+    "href",
+    "data_center",
+    "data_centers",
+    "import",
+    "supports_discard",
+];
+const STORAGE_FIELDS: &[&str] = &[
+    "type",
+    "path",
+    "address",
+    "vfs_type",
+    "mount_options",
+    "nfs_version",
+    "nfs_timeo",
+    "nfs_retrans",
+];
+const DISK_FIELDS: &[&str] = &[
+    "name",
+    "alias",
+    "description",
+    "comment",
+    "provisioned_size",
+    "initial_size",
+    "format",
+    "sparse",
+    "storage_domains",
+    "storage_domain",
+    "bootable",
+    "interface",
+    "shareable",
+    "wipe_after_delete",
+    "propagate_errors",
+    "content_type",
+    "storage_type",
+    "backup",
+    "qcow_version",
+    "id",
+    "href",
+    "active",
+    "status",
+    "disk_profile",
+    "quota",
+    "pass_discard",
+];
+const ATTACHMENT_FIELDS: &[&str] = &[
+    "disk",
+    "bootable",
+    "interface",
+    "active",
+    "pass_discard",
+    "read_only",
+    "uses_scsi_reservation",
+    "logical_name",
+    "id",
+    "href",
+];
+const SNAPSHOT_FIELDS: &[&str] = &[
+    "description",
+    "persist_memorystate",
+    "disk_attachments",
+    "date",
+    "snapshot_type",
+    "id",
+    "href",
+];
+const TEMPLATE_FIELDS: &[&str] = &[
+    "name",
+    "description",
+    "comment",
+    "vm",
+    "cluster",
+    "storage_domain",
+    "version",
+    "id",
+    "href",
+    "memory",
+    "os",
+    "cpu",
+    "type",
+];
+
+/// Storage routes; None for paths that are not storage's.
+pub async fn route(m: &Arc<Manager>, r: &Req, s: &[&str]) -> Option<Out> {
+    let get = r.method == Method::GET;
+    let post = r.method == Method::POST;
+    let del = r.method == Method::DELETE;
+    let out = match s {
+        ["storagedomains"] if get => storage_domains(m, r),
+        ["storagedomains"] if post => add_storage_domain(m, r).await,
+        ["storagedomains", id] if get => {
+            let inv = m.read();
+            show(&inv.storage_domains, id, "Storage domain", |sd| {
+                render::storage_domain(sd, committed(&inv, &sd.id))
+            })
+        }
+        ["storagedomains", id] if del => remove_storage_domain(m, id, r).await,
+        ["storagedomains", id, "disks"] if get => check_id(id).and_then(|_| {
+            let inv = m.read();
+            ok(list(
+                "disks",
+                inv.disks
+                    .values()
+                    .filter(|d| d.storage_domain == *id && d.template.is_none())
+                    .map(render::disk)
+                    .collect(),
+                r.max()?,
+            ))
+        }),
+        ["storagedomains", id, "templates"] if get => {
+            let inv = m.read();
+            ok(list(
+                "templates",
+                inv.templates
+                    .values()
+                    .filter(|t| {
+                        t.disks
+                            .iter()
+                            .any(|d| inv.disks.get(d).is_some_and(|d| d.storage_domain == *id))
+                    })
+                    .map(render::template)
+                    .collect(),
+                None,
+            ))
+        }
+        ["datacenters", dc, "storagedomains"] if get => check_id(dc).map(|_| {
+            let inv = m.read();
+            (
+                StatusCode::OK,
+                list(
+                    "storage_domains",
+                    inv.storage_domains
+                        .values()
+                        .filter(|sd| sd.data_center.as_deref() == Some(*dc))
+                        .map(|sd| render::attached_storage_domain(sd, dc, committed(&inv, &sd.id)))
+                        .collect(),
+                    None,
+                ),
+            )
+        }),
+        ["datacenters", dc, "storagedomains"] if post => attach(m, dc, r).await,
+        ["datacenters", dc, "storagedomains", sd] if get => {
+            let inv = m.read();
+            match inv.storage_domains.get(*sd) {
+                Some(x) if x.data_center.as_deref() == Some(*dc) => {
+                    ok(render::attached_storage_domain(x, dc, committed(&inv, sd)))
+                }
+                _ => Err(ApiError::not_found(format!(
+                    "Storage domain {sd} is not attached to data center {dc}"
+                ))),
+            }
+        }
+        ["datacenters", dc, "storagedomains", sd] if del => {
+            match m.detach_storage_domain(dc, sd).await {
+                Ok(()) => ok(Node::new("action").with(Node::leaf("status", "complete"))),
+                Err(e) => Err(e.into()),
+            }
+        }
+        ["datacenters", dc, "storagedomains", sd, action] if post => {
+            sd_action(m, dc, sd, action, r).await
+        }
+        ["disks"] if get => {
+            let inv = m.read();
+            match r.search(&["name", "alias", "id", "status"]) {
+                Err(e) => Err(e),
+                Ok(q) => ok(list(
+                    "disks",
+                    inv.disks
+                        .values()
+                        .filter(|d| d.template.is_none())
+                        .filter(|d| {
+                            q.matches(|f| match f {
+                                "id" => vec![d.id.clone()],
+                                "status" => vec![d.status.clone()],
+                                _ => vec![d.name.clone()],
+                            })
+                        })
+                        .map(|d| r.item(render::disk(d)))
+                        .collect(),
+                    r.max().unwrap_or(None),
+                )),
+            }
+        }
+        ["disks"] if post => add_disk(m, r, None).await,
+        ["disks", id] if get => show(&m.read().disks, id, "Disk", render::disk),
+        ["disks", id] if del => match check_id(id) {
+            Err(e) => Err(e),
+            Ok(()) => match m.remove_disk(id).await {
+                Ok(()) => ok(Node::new("action").with(Node::leaf("status", "complete"))),
+                Err(e) => Err(e.into()),
+            },
+        },
+        ["vms", vm, "diskattachments"] if get => {
+            let inv = m.read();
+            if !inv.vms.contains_key(*vm) {
+                Err(ApiError::not_found(format!("VM {vm} not found")))
+            } else {
+                ok(list(
+                    "disk_attachments",
+                    inv.disks_of(vm)
+                        .into_iter()
+                        .map(|d| render::disk_attachment(d, "vms", vm))
+                        .collect(),
+                    None,
+                ))
+            }
+        }
+        ["vms", vm, "diskattachments"] if post => add_attachment(m, vm, r).await,
+        ["vms", vm, "diskattachments", d] if get => {
+            let inv = m.read();
+            match inv.disks.get(*d) {
+                Some(x) if x.vm.as_deref() == Some(*vm) => {
+                    ok(render::disk_attachment(x, "vms", vm))
+                }
+                _ => Err(ApiError::not_found(format!(
+                    "Disk attachment {d} not found"
+                ))),
+            }
+        }
+        ["vms", vm, "diskattachments", d] if del => {
+            // API v4: the disk is only detached unless detach_only=false.
+            let remove = r.query.get("detach_only").map(String::as_str) == Some("false");
+            match m.detach_disk(vm, d, remove).await {
+                Ok(()) => ok(Node::new("action").with(Node::leaf("status", "complete"))),
+                Err(e) => Err(e.into()),
+            }
+        }
+        ["vms", vm, "snapshots"] if get => {
+            let inv = m.read();
+            match inv.vms.get(*vm) {
+                None => Err(ApiError::not_found(format!("VM {vm} not found"))),
+                Some(v) => {
+                    let mut items = vec![render::active_snapshot(v, &active_snapshot_id(vm))];
+                    let mut snaps: Vec<&Snapshot> =
+                        inv.snapshots.values().filter(|s| s.vm == *vm).collect();
+                    snaps.sort_by_key(|s| s.date);
+                    items.extend(snaps.into_iter().map(render::snapshot));
+                    ok(list("snapshots", items, None))
+                }
+            }
+        }
+        ["vms", vm, "snapshots"] if post => add_snapshot(m, vm, r).await,
+        ["vms", vm, "snapshots", sid] if get => {
+            let inv = m.read();
+            match (inv.vms.get(*vm), inv.snapshots.get(*sid)) {
+                (Some(_), Some(x)) if x.vm == *vm => ok(render::snapshot(x)),
+                (Some(v), _) if *sid == active_snapshot_id(vm) => {
+                    ok(render::active_snapshot(v, sid))
+                }
+                _ => Err(ApiError::not_found(format!("Snapshot {sid} not found"))),
+            }
+        }
+        ["vms", _, "snapshots", _] if del => Err(ApiError::conflict(
+            "Cannot remove Snapshot: merging snapshots (live or cold) is not supported yet.",
+        )),
+        ["templates"] if get => templates(m, r),
+        ["templates"] if post => add_template(m, r).await,
+        ["templates", id] if get && *id != BLANK_TEMPLATE => {
+            show(&m.read().templates, id, "Template", render::template)
+        }
+        ["templates", id] if del => match m.remove_template(id).await {
+            Ok(()) => ok(Node::new("action").with(Node::leaf("status", "complete"))),
+            Err(e) => Err(e.into()),
+        },
+        ["templates", id, "diskattachments"] if get => {
+            let inv = m.read();
+            ok(list(
+                "disk_attachments",
+                inv.disks
+                    .values()
+                    .filter(|d| d.template.as_deref() == Some(*id))
+                    .map(|d| render::disk_attachment(d, "templates", id))
+                    .collect(),
+                None,
+            ))
+        }
+        ["jobs", id, "steps"] if get => {
+            let inv = m.read();
+            match inv.jobs.get(*id) {
+                None => Err(ApiError::not_found(format!("Job {id} not found"))),
+                Some(j) => ok(list(
+                    "steps",
+                    j.steps.iter().map(|s| render::step(j, s)).collect(),
+                    None,
+                )),
+            }
+        }
+        ["hosts", id, "forceselectspm"] if post => match m.force_select_spm(id).await {
+            Ok(()) => ok(render::action_done(None)),
+            Err(e) => Err(e.into()),
+        },
+        _ => return None,
+    };
+    Some(out)
+}
+
+/// Space promised to the disks on a domain (their provisioned sizes).
+fn committed(inv: &Inventory, sd: &str) -> u64 {
+    inv.disks
+        .values()
+        .filter(|d| d.storage_domain == sd)
+        .map(|d| d.provisioned_size)
+        .sum()
+}
+
+fn storage_domains(m: &Arc<Manager>, r: &Req) -> Out {
+    let q = r.search(&["name", "id", "status", "datacenter", "type"])?;
+    let inv = m.read();
+    let items = inv
+        .storage_domains
+        .values()
+        .filter(|s| {
+            q.matches(|f| match f {
+                "name" => vec![s.name.clone()],
+                "id" => vec![s.id.clone()],
+                "status" => vec![s.status.clone()],
+                "type" => vec!["data".into()],
+                _ => s
+                    .data_center
+                    .as_ref()
+                    .and_then(|d| inv.data_centers.get(d))
+                    .map(|d| vec![d.name.clone()])
+                    .unwrap_or_default(),
+            })
+        })
+        .map(|s| render::storage_domain(s, committed(&inv, &s.id)))
+        .collect();
+    ok(list("storage_domains", items, r.max()?))
+}
+
+async fn add_storage_domain(m: &Arc<Manager>, r: &Req) -> Out {
+    let n = r.body_node("storage_domain")?;
+    check_fields(&n, SD_FIELDS)?;
+    let name = n.text_of("name").unwrap_or("").to_string();
+    check_name(&name, "storage domain")?;
+    if let Some(t) = n.text_of("type") {
+        if t != "data" {
+            return Err(ApiError::bad(format!(
+                "storage domain type {t:?}: only data domains are supported"
+            )));
+        }
+    }
+    let st = n
+        .get("storage")
+        .ok_or_else(|| ApiError::bad("Cannot add Storage Domain. <storage> is required."))?;
+    check_fields(st, STORAGE_FIELDS)?;
+    let host = n
+        .get("host")
+        .and_then(|h| h.id().or_else(|| h.text_of("name")))
+        .ok_or_else(|| ApiError::bad("Cannot add Storage Domain. <host> is required."))?
+        .to_string();
+    let sd = m
+        .add_storage_domain(NewDomain {
+            name,
+            description: n.text_of("description").unwrap_or("").to_string(),
+            storage_type: st.text_of("type").unwrap_or("").to_string(),
+            address: st.text_of("address").unwrap_or("").to_string(),
+            path: st.text_of("path").unwrap_or("").to_string(),
+            vfs_type: st.text_of("vfs_type").unwrap_or("").to_string(),
+            mount_options: st.text_of("mount_options").unwrap_or("").to_string(),
+            host,
+        })
+        .await?;
+    Ok((StatusCode::CREATED, render::storage_domain(&sd, 0)))
+}
+
+async fn remove_storage_domain(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
+    check_id(id)?;
+    let format = match r.query.get("format").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(x) => return Err(ApiError::bad(format!("format={x:?}: true or false"))),
+    };
+    let host = r.query.get("host").map(String::as_str);
+    m.remove_storage_domain(id, host, format).await?;
+    ok(Node::new("action").with(Node::leaf("status", "complete")))
+}
+
+async fn attach(m: &Arc<Manager>, dc: &str, r: &Req) -> Out {
+    check_id(dc)?;
+    let n = r.body_node("storage_domain")?;
+    check_fields(&n, SD_FIELDS)?;
+    let sd = {
+        let inv = m.read();
+        ref_id(
+            Some(&n),
+            |x| {
+                inv.storage_domains
+                    .values()
+                    .find(|s| s.name == x)
+                    .map(|s| s.id.clone())
+            },
+            "storage domain",
+        )?
+        .unwrap_or_default()
+    };
+    check_id(&sd)?;
+    let sd = m.attach_storage_domain(dc, &sd).await?;
+    let c = committed(&m.read(), &sd.id);
+    Ok((
+        StatusCode::CREATED,
+        render::attached_storage_domain(&sd, dc, c),
+    ))
+}
+
+async fn sd_action(m: &Arc<Manager>, dc: &str, sd: &str, action: &str, r: &Req) -> Out {
+    check_id(dc)?;
+    check_id(sd)?;
+    let _ = r.action_body()?;
+    match action {
+        "activate" => m.activate_storage_domain(dc, sd).await?,
+        "deactivate" => m.deactivate_storage_domain(dc, sd).await?,
+        other => {
+            return Err(ApiError::not_found(format!(
+                "No action {other} on attached storage domains"
+            )))
+        }
+    }
+    ok(render::action_done(None))
+}
+
+/// A new disk from a `<disk>` document.
+fn new_disk(m: &Arc<Manager>, d: &Node) -> Result<NewDisk, ApiError> {
+    check_fields(d, DISK_FIELDS)?;
+    let name = d
+        .text_of("name")
+        .or_else(|| d.text_of("alias"))
+        .unwrap_or("")
+        .to_string();
+    check_name(&name, "disk")?;
+    let size = parse_u64(d, "provisioned_size")?
+        .ok_or_else(|| ApiError::bad("Cannot add Disk. <provisioned_size> is required."))?;
+    let sd_node = d
+        .get("storage_domains")
+        .and_then(|s| s.get("storage_domain"))
+        .or_else(|| d.get("storage_domain"))
+        .ok_or_else(|| ApiError::bad("Cannot add Disk. A storage domain is required."))?;
+    let sd = {
+        let inv = m.read();
+        ref_id(
+            Some(sd_node),
+            |x| {
+                inv.storage_domains
+                    .values()
+                    .find(|s| s.name == x)
+                    .map(|s| s.id.clone())
+            },
+            "storage domain",
+        )?
+        .unwrap_or_default()
+    };
+    let format = d.text_of("format").unwrap_or("cow").to_string();
+    let sparse = match d.text_of("sparse") {
+        None => true,
+        Some("true") => true,
+        Some("false") => false,
+        Some(x) => return Err(ApiError::bad(format!("sparse {x:?}: true or false"))),
+    };
+    Ok(NewDisk {
+        name,
+        description: d.text_of("description").unwrap_or("").to_string(),
+        provisioned_size: size,
+        format,
+        sparse,
+        storage_domain: sd,
+    })
+}
+
+async fn add_disk(m: &Arc<Manager>, r: &Req, vm: Option<&str>) -> Out {
+    let n = r.body_node("disk")?;
+    let spec = new_disk(m, &n)?;
+    let attach = vm.map(|v| (v.to_string(), false, "virtio".to_string()));
+    let d = m.add_disk(spec, attach).await?;
+    Ok((StatusCode::CREATED, render::disk(&d)))
+}
+
+fn bool_of(n: &Node, k: &str) -> Result<Option<bool>, ApiError> {
+    match n.text_of(k) {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(x) => Err(ApiError::bad(format!("<{k}> {x:?}: true or false"))),
+    }
+}
+
+async fn add_attachment(m: &Arc<Manager>, vm: &str, r: &Req) -> Out {
+    check_id(vm)?;
+    let n = r.body_node("disk_attachment")?;
+    check_fields(&n, ATTACHMENT_FIELDS)?;
+    if !m.read().vms.contains_key(vm) {
+        return Err(ApiError::not_found(format!("VM {vm} not found")));
+    }
+    let bootable = bool_of(&n, "bootable")?.unwrap_or(false);
+    let interface = n.text_of("interface").unwrap_or("virtio").to_string();
+    if !matches!(
+        interface.as_str(),
+        "virtio" | "virtio_scsi" | "ide" | "sata"
+    ) {
+        return Err(ApiError::bad(format!("disk interface {interface:?}")));
+    }
+    let d = n
+        .get("disk")
+        .ok_or_else(|| ApiError::bad("Cannot add a disk attachment without <disk>."))?;
+    let disk = match d.id() {
+        Some(id) => {
+            check_id(id)?;
+            if !m.read().disks.contains_key(id) {
+                return Err(ApiError::not_found(format!("Disk {id} not found")));
+            }
+            m.attach_disk(vm, id, bootable, &interface).await?
+        }
+        None => {
+            let spec = new_disk(m, d)?;
+            if m.read().vms.get(vm).is_some_and(|v| v.status != "down") {
+                return Err(ApiError::conflict(
+                    "Cannot add a disk to a running VM (hot plug is not supported yet).",
+                ));
+            }
+            m.add_disk(spec, Some((vm.to_string(), bootable, interface)))
+                .await?
+        }
+    };
+    Ok((
+        StatusCode::CREATED,
+        render::disk_attachment(&disk, "vms", vm),
+    ))
+}
+
+async fn add_snapshot(m: &Arc<Manager>, vm: &str, r: &Req) -> Out {
+    check_id(vm)?;
+    let n = r.body_node("snapshot")?;
+    check_fields(&n, SNAPSHOT_FIELDS)?;
+    if bool_of(&n, "persist_memorystate")? == Some(true) {
+        return Err(ApiError::bad(
+            "Snapshots with memory state are not supported yet (persist_memorystate=false).",
+        ));
+    }
+    let description = n.text_of("description").unwrap_or("").to_string();
+    if description.chars().count() > 4000 || description.chars().any(char::is_control) {
+        return Err(ApiError::bad(
+            "snapshot description: at most 4000 printable characters",
+        ));
+    }
+    let s = m.create_snapshot(vm, &description).await?;
+    Ok((StatusCode::CREATED, render::snapshot(&s)))
+}
+
+fn templates(m: &Arc<Manager>, r: &Req) -> Out {
+    let q = r.search(&["name", "id", "cluster", "datacenter", "status"])?;
+    let inv = m.read();
+    let mut items = Vec::new();
+    if q.matches(|f| match f {
+        "name" => vec!["Blank".into()],
+        "id" => vec![BLANK_TEMPLATE.into()],
+        "status" => vec!["ok".into()],
+        _ => vec![],
+    }) {
+        items.push(render::blank_template(None));
+    }
+    for t in inv.templates.values() {
+        if q.matches(|f| match f {
+            "name" => vec![t.name.clone()],
+            "id" => vec![t.id.clone()],
+            "status" => vec![t.status.clone()],
+            "cluster" => inv
+                .clusters
+                .get(&t.cluster)
+                .map(|c| vec![c.name.clone()])
+                .unwrap_or_default(),
+            _ => vec![],
+        }) {
+            items.push(render::template(t));
+        }
+    }
+    ok(list("templates", items, r.max()?))
+}
+
+async fn add_template(m: &Arc<Manager>, r: &Req) -> Out {
+    let n = r.body_node("template")?;
+    check_fields(&n, TEMPLATE_FIELDS)?;
+    let name = n.text_of("name").unwrap_or("").to_string();
+    check_name(&name, "template")?;
+    let vm = {
+        let inv = m.read();
+        ref_id(
+            n.get("vm"),
+            |x| inv.vm_by_name(x).map(|v| v.id.clone()),
+            "vm",
+        )?
+        .ok_or_else(|| ApiError::bad("Cannot add Template. The source <vm> is required."))?
+    };
+    check_id(&vm)?;
+    let t = m
+        .create_template(&name, n.text_of("description").unwrap_or(""), &vm)
+        .await?;
+    Ok((StatusCode::CREATED, render::template(&t)))
+}

@@ -1,0 +1,710 @@
+//! Disks, snapshots and templates: each change of storage is an SPM task (see
+//! [`crate::storage`]); the API answers at once with the object locked, and it turns
+//! ok (or goes away / illegal, with an event) when the task ends.
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::model::*;
+use crate::state::Manager;
+use crate::storage::{
+    StorageOpError, MAX_DISK_BYTES, PREALLOCATED, SHARED_VOLUME, SPARSE, VOL_COW, VOL_RAW,
+};
+
+type Result<T> = std::result::Result<T, StorageOpError>;
+
+/// A new disk as the API describes it.
+#[derive(Debug, Clone)]
+pub struct NewDisk {
+    pub name: String,
+    pub description: String,
+    pub provisioned_size: u64,
+    /// cow, raw
+    pub format: String,
+    pub sparse: bool,
+    pub storage_domain: String,
+}
+
+fn failed(e: impl std::fmt::Display) -> StorageOpError {
+    StorageOpError::Failed(e.to_string())
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// The id of a VM's "Active VM" snapshot (stable, derived from the VM's id).
+pub fn active_snapshot_id(vm: &str) -> String {
+    uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_OID,
+        format!("{vm}/active").as_bytes(),
+    )
+    .to_string()
+}
+
+impl Manager {
+    fn usable_domain(&self, sd: &str) -> Result<StorageDomain> {
+        let s = self
+            .read()
+            .storage_domains
+            .values()
+            .find(|s| s.id == sd || s.name == sd)
+            .cloned()
+            .ok_or_else(|| StorageOpError::Bad(format!("storage domain {sd:?} does not exist")))?;
+        if s.data_center.is_none() || s.status != "active" {
+            return Err(StorageOpError::Conflict(format!(
+                "Cannot add Disk. Storage Domain {} is not active in a data center.",
+                s.name
+            )));
+        }
+        Ok(s)
+    }
+
+    fn disk(&self, id: &str) -> Result<Disk> {
+        self.read()
+            .disks
+            .get(id)
+            .cloned()
+            .ok_or_else(|| StorageOpError::NotFound(format!("Disk {id} not found")))
+    }
+
+    /// Adds a disk (optionally attached to a VM): Volume.create on the SPM.
+    pub async fn add_disk(
+        self: &Arc<Self>,
+        n: NewDisk,
+        attach: Option<(String, bool, String)>,
+    ) -> Result<Disk> {
+        if n.provisioned_size < (1 << 20) || n.provisioned_size > MAX_DISK_BYTES {
+            return Err(StorageOpError::Bad(format!(
+                "provisioned_size must be between 1 MiB and {} TiB, got {}",
+                MAX_DISK_BYTES >> 40,
+                n.provisioned_size
+            )));
+        }
+        if !matches!(n.format.as_str(), "cow" | "raw") {
+            return Err(StorageOpError::Bad(format!(
+                "disk format {:?}: cow or raw",
+                n.format
+            )));
+        }
+        let sd = self.usable_domain(&n.storage_domain)?;
+        let dc = sd.data_center.clone().unwrap_or_default();
+        if let Some((vm, _, _)) = &attach {
+            let v = self
+                .read()
+                .vms
+                .get(vm)
+                .cloned()
+                .ok_or_else(|| StorageOpError::NotFound(format!("VM {vm} not found")))?;
+            if self.read().dc_of_cluster(&v.cluster) != Some(dc.as_str()) {
+                return Err(StorageOpError::Conflict(
+                    "Cannot add Disk. The storage domain is not in the VM's data center.".into(),
+                ));
+            }
+        }
+        let sparse = n.sparse || n.format == "cow";
+        let disk = Disk {
+            id: new_id(),
+            name: n.name,
+            description: n.description,
+            provisioned_size: n.provisioned_size,
+            actual_size: 0,
+            format: n.format,
+            sparse,
+            storage_domain: sd.id.clone(),
+            status: "locked".into(),
+            volumes: vec![new_id()],
+            template_base: None,
+            vm: attach.as_ref().map(|a| a.0.clone()),
+            bootable: attach.as_ref().is_some_and(|a| a.1),
+            interface: attach
+                .as_ref()
+                .map(|a| a.2.clone())
+                .unwrap_or_else(|| "virtio".into()),
+            template: None,
+            creation_time: now_ms(),
+        };
+        self.save_disk(&disk).await.map_err(failed)?;
+        let job = self.start_job(format!("Adding Disk {}", disk.name)).await;
+        let r = self
+            .create_volume_task(&disk, &dc, &job, None, None, "create_volume")
+            .await;
+        if let Err(e) = r {
+            let _ = self
+                .forget("disk", &disk.id, |i| {
+                    i.disks.remove(&disk.id);
+                })
+                .await;
+            self.finish_job(&job, false).await;
+            return Err(e);
+        }
+        self.event(
+            2020,
+            "normal",
+            format!(
+                "Add-Disk operation of {} was initiated by admin@internal.",
+                disk.name
+            ),
+            None,
+            disk.vm.as_deref(),
+        )
+        .await;
+        Ok(disk)
+    }
+
+    /// Volume.create of a disk's leaf: a new image, on a template volume, or a
+    /// snapshot layer on the disk's current leaf (`parent`).
+    async fn create_volume_task(
+        &self,
+        disk: &Disk,
+        dc: &str,
+        job: &str,
+        parent: Option<(String, String)>,
+        owner: Option<(String, String)>,
+        kind: &str,
+    ) -> Result<()> {
+        let vol = disk.leaf().to_string();
+        let (src_img, src_vol) = parent
+            .clone()
+            .or_else(|| disk.template_base.clone())
+            .unwrap_or_else(|| (BLANK_TEMPLATE.to_string(), BLANK_TEMPLATE.to_string()));
+        let layered = src_vol != BLANK_TEMPLATE;
+        let (fmt, prealloc) = if disk.format == "cow" || layered {
+            (VOL_COW, SPARSE)
+        } else if disk.sparse {
+            (VOL_RAW, SPARSE)
+        } else {
+            (VOL_RAW, PREALLOCATED)
+        };
+        let t = StorageTask {
+            id: new_id(),
+            data_center: dc.to_string(),
+            kind: kind.to_string(),
+            domain: disk.storage_domain.clone(),
+            image: disk.id.clone(),
+            volume: vol.clone(),
+            disk: disk.id.clone(),
+            vdsm_task: None,
+            host: None,
+            job: job.to_string(),
+            owner,
+            created: now_ms(),
+        };
+        self.add_step(
+            job,
+            &t.id,
+            format!("Creating volume {vol} of disk {}", disk.name),
+        )
+        .await;
+        self.submit_task(
+            t,
+            "Volume.create",
+            json!({"volumeID": vol, "storagepoolID": dc, "storagedomainID": disk.storage_domain,
+                   "imageID": disk.id, "size": disk.provisioned_size.to_string(), "volFormat": fmt,
+                   "preallocate": prealloc, "diskType": "DATA", "desc": disk.name,
+                   "srcImgUUID": src_img, "srcVolUUID": src_vol}),
+        )
+        .await
+    }
+
+    /// Attaches an existing disk to a VM.
+    pub async fn attach_disk(
+        self: &Arc<Self>,
+        vm: &str,
+        disk_id: &str,
+        bootable: bool,
+        interface: &str,
+    ) -> Result<Disk> {
+        let _g = self.write_lock.lock().await;
+        let mut d = self.disk(disk_id)?;
+        let v = self
+            .read()
+            .vms
+            .get(vm)
+            .cloned()
+            .ok_or_else(|| StorageOpError::NotFound(format!("VM {vm} not found")))?;
+        if d.template.is_some() {
+            return Err(StorageOpError::Conflict(
+                "Cannot attach a template's disk to a VM.".into(),
+            ));
+        }
+        if let Some(other) = &d.vm {
+            if other != vm {
+                return Err(StorageOpError::Conflict(format!(
+                    "Cannot attach Disk {}: it is attached to another VM.",
+                    d.name
+                )));
+            }
+        }
+        if v.status != "down" {
+            return Err(StorageOpError::Conflict(
+                "Cannot attach a disk to a running VM (hot plug is not supported yet).".into(),
+            ));
+        }
+        let dc = self.dc_of_domain(&d.storage_domain);
+        if self.read().dc_of_cluster(&v.cluster) != Some(dc.as_str()) {
+            return Err(StorageOpError::Conflict(
+                "Cannot attach the disk: its storage domain is not in the VM's data center.".into(),
+            ));
+        }
+        d.vm = Some(vm.to_string());
+        d.bootable = bootable;
+        d.interface = interface.to_string();
+        self.save_disk(&d).await.map_err(failed)?;
+        Ok(d)
+    }
+
+    /// Detaches a disk from a (down) VM; with `remove`, the disk goes too.
+    pub async fn detach_disk(
+        self: &Arc<Self>,
+        vm: &str,
+        disk_id: &str,
+        remove: bool,
+    ) -> Result<()> {
+        {
+            let _g = self.write_lock.lock().await;
+            let mut d = self.disk(disk_id)?;
+            if d.vm.as_deref() != Some(vm) {
+                return Err(StorageOpError::NotFound(format!(
+                    "Disk attachment {disk_id} not found"
+                )));
+            }
+            let running = self.read().vms.get(vm).is_some_and(|v| v.status != "down");
+            if running {
+                return Err(StorageOpError::Conflict(
+                    "Cannot detach a disk from a running VM.".into(),
+                ));
+            }
+            d.vm = None;
+            self.save_disk(&d).await.map_err(failed)?;
+        }
+        if remove {
+            self.remove_disk(disk_id).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes a disk: Image.delete on the SPM; the record goes when it ended.
+    pub async fn remove_disk(self: &Arc<Self>, disk_id: &str) -> Result<()> {
+        let mut d = self.disk(disk_id)?;
+        if d.status == "locked" {
+            return Err(StorageOpError::Conflict(format!(
+                "Cannot remove Disk {}: it is locked by another operation.",
+                d.name
+            )));
+        }
+        if let Some(vm) = &d.vm {
+            if self.read().vms.get(vm).is_some_and(|v| v.status != "down") {
+                return Err(StorageOpError::Conflict(format!(
+                    "Cannot remove Disk {}: its VM is running.",
+                    d.name
+                )));
+            }
+        }
+        let dc = self.dc_of_domain(&d.storage_domain);
+        let job = self.start_job(format!("Removing Disk {}", d.name)).await;
+        d.status = "locked".into();
+        d.vm = None;
+        self.save_disk(&d).await.map_err(failed)?;
+        let t = StorageTask {
+            id: new_id(),
+            data_center: dc.clone(),
+            kind: "delete_image".into(),
+            domain: d.storage_domain.clone(),
+            image: d.id.clone(),
+            volume: d.leaf().to_string(),
+            disk: d.id.clone(),
+            vdsm_task: None,
+            host: None,
+            job: job.clone(),
+            owner: None,
+            created: now_ms(),
+        };
+        self.add_step(&job, &t.id, format!("Deleting image {}", d.id))
+            .await;
+        let r = self
+            .submit_task(
+                t,
+                "Image.delete",
+                json!({"imageID": d.id, "storagepoolID": dc, "storagedomainID": d.storage_domain,
+                       "postZero": false, "force": false}),
+            )
+            .await;
+        if let Err(e) = r {
+            d.status = "ok".into();
+            let _ = self.save_disk(&d).await;
+            self.finish_job(&job, false).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Takes a snapshot: a new leaf on every disk of the VM (SPM tasks); a running VM
+    /// switches to them (VM.snapshot) when all exist.
+    pub async fn create_snapshot(
+        self: &Arc<Self>,
+        vm_id: &str,
+        description: &str,
+    ) -> Result<Snapshot> {
+        let _g = self.write_lock.lock().await;
+        let v = self
+            .read()
+            .vms
+            .get(vm_id)
+            .cloned()
+            .ok_or_else(|| StorageOpError::NotFound(format!("VM {vm_id} not found")))?;
+        let disks: Vec<Disk> = self.read().disks_of(vm_id).into_iter().cloned().collect();
+        if disks.iter().any(|d| d.status != "ok") {
+            return Err(StorageOpError::Conflict(format!(
+                "Cannot create Snapshot. VM {} has locked or illegal disks.",
+                v.name
+            )));
+        }
+        if !matches!(v.status.as_str(), "down" | "up") {
+            return Err(StorageOpError::Conflict(format!(
+                "Cannot create Snapshot. VM {} is {}.",
+                v.name, v.status
+            )));
+        }
+        let snap = Snapshot {
+            id: new_id(),
+            vm: vm_id.to_string(),
+            description: description.to_string(),
+            date: now_ms(),
+            status: if disks.is_empty() { "ok" } else { "locked" }.into(),
+            volumes: disks
+                .iter()
+                .map(|d| (d.id.clone(), d.leaf().to_string()))
+                .collect(),
+            live: v.status == "up",
+        };
+        self.save_snapshot(&snap).await.map_err(failed)?;
+        let job = self
+            .start_job(format!(
+                "Creating VM Snapshot {} for VM {}",
+                snap.description, v.name
+            ))
+            .await;
+        for d in &disks {
+            let mut layer = d.clone();
+            let parent = (d.id.clone(), d.leaf().to_string());
+            layer.volumes = vec![new_id()];
+            layer.template_base = None;
+            let dc = self.dc_of_domain(&d.storage_domain);
+            let mut locked = d.clone();
+            locked.status = "locked".into();
+            let _ = self.save_disk(&locked).await;
+            if let Err(e) = self
+                .create_volume_task(
+                    &layer,
+                    &dc,
+                    &job,
+                    Some(parent),
+                    Some(("snapshot".into(), snap.id.clone())),
+                    "create_snapshot_volume",
+                )
+                .await
+            {
+                let _ = self.save_disk(d).await;
+                self.event(
+                    10802,
+                    "error",
+                    format!(
+                        "Failed to create snapshot '{description}' for VM {}: {e}",
+                        v.name
+                    ),
+                    None,
+                    Some(vm_id),
+                )
+                .await;
+                // Layers already made are rolled back when their tasks end.
+                return Err(e);
+            }
+        }
+        if disks.is_empty() {
+            self.finish_job(&job, true).await;
+        }
+        self.event(
+            45,
+            "normal",
+            format!(
+                "Snapshot '{}' creation for VM {} was initiated by admin@internal.",
+                snap.description, v.name
+            ),
+            None,
+            Some(vm_id),
+        )
+        .await;
+        Ok(snap)
+    }
+
+    /// Makes a template from a down VM: each disk's chain is copied (collapsed) into a
+    /// shared volume of a new image.
+    pub async fn create_template(
+        self: &Arc<Self>,
+        name: &str,
+        description: &str,
+        vm_id: &str,
+    ) -> Result<Template> {
+        let _g = self.write_lock.lock().await;
+        let v = self
+            .read()
+            .vms
+            .get(vm_id)
+            .cloned()
+            .ok_or_else(|| StorageOpError::Bad(format!("VM {vm_id} does not exist")))?;
+        if self.read().templates.values().any(|t| t.name == name) || name == "Blank" {
+            return Err(StorageOpError::Conflict(format!(
+                "Cannot add Template. The name {name:?} is already in use."
+            )));
+        }
+        if v.status != "down" {
+            return Err(StorageOpError::Conflict(format!(
+                "Cannot add Template. VM {} is not down.",
+                v.name
+            )));
+        }
+        let disks: Vec<Disk> = self.read().disks_of(vm_id).into_iter().cloned().collect();
+        if disks.iter().any(|d| d.status != "ok") {
+            return Err(StorageOpError::Conflict(format!(
+                "Cannot add Template. VM {} has locked or illegal disks.",
+                v.name
+            )));
+        }
+        let mut t = Template {
+            id: new_id(),
+            name: name.to_string(),
+            description: description.to_string(),
+            cluster: v.cluster.clone(),
+            memory: v.memory,
+            sockets: v.sockets,
+            cores: v.cores,
+            threads: v.threads,
+            os_type: v.os_type.clone(),
+            kernel: v.kernel.clone(),
+            initrd: v.initrd.clone(),
+            cmdline: v.cmdline.clone(),
+            status: if disks.is_empty() { "ok" } else { "locked" }.into(),
+            creation_time: now_ms(),
+            disks: Vec::new(),
+            source_vm: Some(vm_id.to_string()),
+        };
+        let job = self
+            .start_job(format!("Creating Template {name} from VM {}", v.name))
+            .await;
+        let mut copies = Vec::new();
+        for d in &disks {
+            let td = Disk {
+                id: new_id(),
+                name: d.name.clone(),
+                description: d.description.clone(),
+                provisioned_size: d.provisioned_size,
+                actual_size: 0,
+                format: "raw".into(),
+                sparse: true,
+                storage_domain: d.storage_domain.clone(),
+                status: "locked".into(),
+                volumes: vec![new_id()],
+                template_base: None,
+                vm: None,
+                bootable: d.bootable,
+                interface: d.interface.clone(),
+                template: Some(t.id.clone()),
+                creation_time: now_ms(),
+            };
+            t.disks.push(td.id.clone());
+            copies.push((d.clone(), td));
+        }
+        self.save_template(&t).await.map_err(failed)?;
+        for (src, td) in copies {
+            self.save_disk(&td).await.map_err(failed)?;
+            let dc = self.dc_of_domain(&src.storage_domain);
+            let task = StorageTask {
+                id: new_id(),
+                data_center: dc.clone(),
+                kind: "copy_volume".into(),
+                domain: td.storage_domain.clone(),
+                image: td.id.clone(),
+                volume: td.leaf().to_string(),
+                disk: td.id.clone(),
+                vdsm_task: None,
+                host: None,
+                job: job.clone(),
+                owner: Some(("template".into(), t.id.clone())),
+                created: now_ms(),
+            };
+            self.add_step(
+                &job,
+                &task.id,
+                format!("Copying disk {} into the template", src.name),
+            )
+            .await;
+            self.submit_task(
+                task,
+                "Volume.copy",
+                json!({"volumeID": src.leaf(), "storagepoolID": dc, "storagedomainID": src.storage_domain,
+                       "imageID": src.id, "dstSdUUID": td.storage_domain, "dstImgUUID": td.id,
+                       "dstVolUUID": td.leaf(), "desc": format!("template {name}"), "volType": SHARED_VOLUME,
+                       "volFormat": VOL_RAW, "preallocate": SPARSE, "postZero": false, "force": false}),
+            )
+            .await?;
+        }
+        if t.disks.is_empty() {
+            self.finish_job(&job, true).await;
+        }
+        self.event(
+            2018,
+            "normal",
+            format!(
+                "Creation of Template {name} from VM {} was initiated by admin@internal.",
+                v.name
+            ),
+            None,
+            Some(vm_id),
+        )
+        .await;
+        Ok(t)
+    }
+
+    /// A new VM's disks from its template: thin COW layers on the template's volumes.
+    pub async fn create_disks_from_template(
+        self: &Arc<Self>,
+        vm: &Vm,
+        template: &str,
+    ) -> Result<()> {
+        let tdisks: Vec<Disk> = self
+            .read()
+            .disks
+            .values()
+            .filter(|d| d.template.as_deref() == Some(template))
+            .cloned()
+            .collect();
+        if tdisks.is_empty() {
+            return Ok(());
+        }
+        let job = self
+            .start_job(format!("Creating VM {} from its template", vm.name))
+            .await;
+        for td in tdisks {
+            let d = Disk {
+                id: new_id(),
+                name: format!("{}_{}", vm.name, td.name),
+                description: String::new(),
+                provisioned_size: td.provisioned_size,
+                actual_size: 0,
+                format: "cow".into(),
+                sparse: true,
+                storage_domain: td.storage_domain.clone(),
+                status: "locked".into(),
+                volumes: vec![new_id()],
+                template_base: Some((td.id.clone(), td.leaf().to_string())),
+                vm: Some(vm.id.clone()),
+                bootable: td.bootable,
+                interface: td.interface.clone(),
+                template: None,
+                creation_time: now_ms(),
+            };
+            self.save_disk(&d).await.map_err(failed)?;
+            let dc = self.dc_of_domain(&d.storage_domain);
+            if let Err(e) = self
+                .create_volume_task(&d, &dc, &job, None, None, "create_volume")
+                .await
+            {
+                let _ = self
+                    .forget("disk", &d.id, |i| {
+                        i.disks.remove(&d.id);
+                    })
+                    .await;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a template that no VM uses; its disks are deleted by SPM tasks.
+    pub async fn remove_template(self: &Arc<Self>, id: &str) -> Result<()> {
+        let t = {
+            let _g = self.write_lock.lock().await;
+            let inv = self.read();
+            let t = inv
+                .templates
+                .get(id)
+                .cloned()
+                .ok_or_else(|| StorageOpError::NotFound(format!("Template {id} not found")))?;
+            if let Some(v) = inv.vms.values().find(|v| v.template == id) {
+                return Err(StorageOpError::Conflict(format!(
+                    "Cannot remove Template. VM {} is based on it.",
+                    v.name
+                )));
+            }
+            if t.status == "locked" {
+                return Err(StorageOpError::Conflict(
+                    "Cannot remove Template: it is being created.".into(),
+                ));
+            }
+            t
+        };
+        for d in &t.disks {
+            let mut disk = self.disk(d)?;
+            // Make it an ordinary disk so that its removal is the disk's.
+            disk.template = None;
+            self.save_disk(&disk).await.map_err(failed)?;
+            self.remove_disk(d).await?;
+        }
+        self.forget("template", id, |i| {
+            i.templates.remove(id);
+        })
+        .await
+        .map_err(failed)?;
+        self.event(
+            2030,
+            "normal",
+            format!("Template {} was removed by admin@internal.", t.name),
+            None,
+            None,
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Drive XML and ovirt-vm metadata for a VM's disks (the host prepares the images
+    /// named by pool, domain, image and volume).
+    pub fn drives_xml(&self, vm: &str) -> (String, String) {
+        let inv = self.read();
+        let mut disks: Vec<&Disk> = inv.disks_of(vm);
+        disks.sort_by(|a, b| {
+            b.bootable
+                .cmp(&a.bootable)
+                .then(a.creation_time.cmp(&b.creation_time))
+        });
+        let mut devices = String::new();
+        let mut meta = String::new();
+        for (i, d) in disks.iter().enumerate() {
+            let dev = format!("vd{}", (b'a' + (i as u8).min(25)) as char);
+            let dc = inv
+                .storage_domains
+                .get(&d.storage_domain)
+                .and_then(|s| s.data_center.clone())
+                .unwrap_or_default();
+            let fmt = if d.format == "cow" || d.volumes.len() > 1 || d.template_base.is_some() {
+                "qcow2"
+            } else {
+                "raw"
+            };
+            devices.push_str(&format!(
+                "<disk type=\"file\" device=\"disk\"><driver name=\"qemu\" type=\"{fmt}\" cache=\"none\" error_policy=\"stop\" io=\"threads\"/><source file=\"/rhev/data-center/{dc}/{sd}/images/{img}/{vol}\"/><target dev=\"{dev}\" bus=\"virtio\"/><serial>{img}</serial><alias name=\"ua-{img}\"/></disk>",
+                sd = d.storage_domain,
+                img = d.id,
+                vol = d.leaf(),
+            ));
+            meta.push_str(&format!(
+                "<ovirt-vm:device devtype=\"disk\" name=\"{dev}\"><ovirt-vm:poolID>{dc}</ovirt-vm:poolID><ovirt-vm:domainID>{sd}</ovirt-vm:domainID><ovirt-vm:imageID>{img}</ovirt-vm:imageID><ovirt-vm:volumeID>{vol}</ovirt-vm:volumeID></ovirt-vm:device>",
+                sd = d.storage_domain,
+                img = d.id,
+                vol = d.leaf(),
+            ));
+        }
+        (devices, meta)
+    }
+}
