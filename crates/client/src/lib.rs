@@ -64,6 +64,9 @@ pub struct Client {
     next_id: AtomicU64,
     timeout: Duration,
     id_prefix: String,
+    /// Set (under the `pending` lock) when the connection ended: no call can wait for
+    /// an answer that will never come.
+    closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Opens a TLS connection (no STOMP yet).
@@ -181,13 +184,16 @@ impl Client {
         let (events, _) = broadcast::channel(1024);
         let reader_pending = pending.clone();
         let reader_events = events.clone();
+        let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader_closed = closed.clone();
         tokio::spawn(async move {
             let r = read_loop(&mut rd, dec, buf, &reader_pending, &reader_events).await;
             if let Err(e) = r {
                 tracing::debug!(error = %e, "client connection ended");
             }
-            // Fail everything still waiting.
+            // Fail everything still waiting, and every later call.
             if let Ok(mut p) = reader_pending.lock() {
+                reader_closed.store(true, Ordering::SeqCst);
                 p.clear();
             }
         });
@@ -199,6 +205,7 @@ impl Client {
             next_id: AtomicU64::new(1),
             timeout: Duration::from_secs(300),
             id_prefix: uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
+            closed,
         })
     }
 
@@ -267,10 +274,11 @@ impl Client {
 
     fn register(&self, id: &str) -> Result<oneshot::Receiver<Response>, ClientError> {
         let (tx, rx) = oneshot::channel();
-        self.pending
-            .lock()
-            .map_err(|_| ClientError::Disconnected)?
-            .insert(id.to_string(), tx);
+        let mut p = self.pending.lock().map_err(|_| ClientError::Disconnected)?;
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(ClientError::Disconnected);
+        }
+        p.insert(id.to_string(), tx);
         Ok(rx)
     }
 

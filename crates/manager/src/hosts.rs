@@ -144,7 +144,11 @@ impl Manager {
                 )
                 .await
                 {
-                    Ok(Ok(c)) => {
+                    Ok(Ok(mut c)) => {
+                        // No verb the Manager sends takes long (storage work runs
+                        // as tasks): a host that does not answer in time is treated
+                        // as not answering, not waited for.
+                        c.set_timeout(Duration::from_secs(60));
                         let c = Arc::new(c);
                         *slot.write().await = Some(c.clone());
                         self.on_connected(&host_id, &c).await;

@@ -56,6 +56,9 @@ pub struct Cluster {
     pki: halyard_pki::DevPki,
     hostd_bin: PathBuf,
     io_timeout: u32,
+    /// When set, agents register with this Manager (VDSM-REG) instead of using the
+    /// cluster's own PKI.
+    pub manager_url: Option<String>,
 }
 
 fn run(cmd: &str, args: &[&str]) -> bool {
@@ -138,6 +141,22 @@ fn teardown_k(k: &str) {
 impl Cluster {
     /// Starts `n` hosts (1..=9). `io_timeout` is sanlock's for the shared domain.
     pub async fn start(n: usize, hostd_bin: impl Into<PathBuf>, io_timeout: u32) -> Cluster {
+        let mut c = Cluster::prepare(n, hostd_bin, io_timeout);
+        for i in 0..n {
+            c.start_hostd(i).await;
+        }
+        c
+    }
+
+    /// The bridge address of the cluster (where hosts reach the test machine).
+    pub fn bridge_ip(&self) -> String {
+        format!("10.215.{}.1", self.k)
+    }
+
+    /// Namespaces and daemons of `n` hosts, without their agents (start them with
+    /// [`Cluster::start_hostd`], after setting [`Cluster::manager_url`] if they register
+    /// with a Manager).
+    pub fn prepare(n: usize, hostd_bin: impl Into<PathBuf>, io_timeout: u32) -> Cluster {
         assert!((1..=9).contains(&n));
         let env = env::Env::get();
         let shim = env.sanlock_shim();
@@ -314,7 +333,7 @@ exec sleep 2147483647
                 hostd: None,
             });
         }
-        let mut c = Cluster {
+        let c = Cluster {
             hosts,
             shared,
             dir,
@@ -322,12 +341,17 @@ exec sleep 2147483647
             pki,
             hostd_bin: hostd_bin.into(),
             io_timeout,
+            manager_url: None,
         };
         for i in 0..n {
             c.wait_daemons(i);
-            c.start_hostd(i).await;
         }
         c
+    }
+
+    /// The name host i registers with.
+    pub fn host_name(&self, i: usize) -> String {
+        format!("c{}h{i}", self.k)
     }
 
     fn wait_daemons(&self, i: usize) {
@@ -361,6 +385,23 @@ exec sleep 2147483647
             let _ = c.wait();
         }
         let holder = h.holder.as_ref().map(Child::id).expect("holder");
+        let (cert, key, ca, manager) = match &self.manager_url {
+            Some(u) => (
+                h.dir.join("mpki/hostd.pem"),
+                h.dir.join("mpki/hostd.key"),
+                h.dir.join("mpki/ca.pem"),
+                format!(
+                    "[manager]\nurl = \"{u}\"\nhost_name = \"c{}h{i}\"\naddress = \"{}\"\npoll_secs = 1\n",
+                    self.k, h.ip
+                ),
+            ),
+            None => (
+                h.dir.join("hostd.pem"),
+                h.dir.join("hostd.key"),
+                self.pki.client.ca.clone(),
+                String::new(),
+            ),
+        };
         let config = format!(
             r#"state_dir = "{d}/state"
 disk_stats_paths = ["/tmp"]
@@ -368,8 +409,8 @@ disk_stats_paths = ["/tmp"]
 address = "0.0.0.0"
 port = 54321
 [tls]
-cert = "{d}/hostd.pem"
-key = "{d}/hostd.key"
+cert = "{cert}"
+key = "{key}"
 ca = "{ca}"
 [libvirt]
 domain_type = "{dt}"
@@ -381,9 +422,11 @@ run_dir = "{d}/storage-run"
 io_timeout = {io_timeout}
 monitor_interval_secs = 2
 spm_watchdog_interval_secs = 1
-"#,
+{manager}"#,
             d = h.dir.display(),
-            ca = self.pki.client.ca.display(),
+            cert = cert.display(),
+            key = key.display(),
+            ca = ca.display(),
             dt = env::domain_type(),
         );
         fs::write(h.dir.join("hostd.toml"), config).expect("config");
@@ -408,6 +451,10 @@ spm_watchdog_interval_secs = 1
         h.hostd = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
+            if self.manager_url.is_some() && h.dir.join("state/listen.addr").exists() {
+                // A registering agent is reached through the Manager.
+                return;
+            }
             if h.dir.join("state/listen.addr").exists() {
                 if let Ok(c) = Client::connect(
                     &h.ip,

@@ -238,6 +238,18 @@ impl ManagerProc {
         extra_config: &str,
         log_filter: &str,
     ) -> ManagerProc {
+        ManagerProc::start_on(db, extra_config, log_filter, "127.0.0.1", &[]).await
+    }
+
+    /// A Manager listening on `address` whose certificate also names `names` (for
+    /// hosts in other network namespaces).
+    pub async fn start_on(
+        db: Database<'_>,
+        extra_config: &str,
+        log_filter: &str,
+        address: &str,
+        names: &[String],
+    ) -> ManagerProc {
         let env = env::Env::get();
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -251,8 +263,12 @@ impl ManagerProc {
             Database::Postgres(p) => format!("database = \"{}\"\n", p.url),
         };
         let config = format!(
-            "address = \"127.0.0.1\"\nport = 0\ndata_dir = \"{}\"\nnames = [\"localhost\", \"127.0.0.1\"]\n{database}vm_console_dir = \"{}\"\n{extra_config}\n",
+            "address = \"{address}\"\nport = 0\ndata_dir = \"{}\"\nnames = [\"localhost\", \"127.0.0.1\"{}]\n{database}vm_console_dir = \"{}\"\n{extra_config}\n",
             dir.join("data").display(),
+            names
+                .iter()
+                .map(|n| format!(", \"{n}\""))
+                .collect::<String>(),
             dir.join("consoles").display(),
         );
         fs::write(dir.join("manager.toml"), config).expect("config");

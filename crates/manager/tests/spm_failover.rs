@@ -1,0 +1,93 @@
+//! SPM failover end to end: two namespaced hosts (own libvirtd, sanlock and agent)
+//! registered with a Manager, one shared POSIX domain. Kill the SPM host's agent, then
+//! (second test) its sanlock daemon: the Manager moves the role to the other host,
+//! disk creation works again, `/events` tells each step, and a watcher polling both
+//! hosts every 100 ms never sees two SPMs.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::failover::{tail, Setup};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spm_agent_killed_role_moves() {
+    let mut s = Setup::start(1).await;
+    let spm = s.wait_spm(Duration::from_secs(60)).await;
+    let other = 1 - spm;
+    s.disk_works("before", Duration::from_secs(60)).await;
+    let killed = Instant::now();
+    s.cluster.kill_hostd(spm);
+    s.disk_works("after-agent-kill", Duration::from_secs(120))
+        .await;
+    let t = killed.elapsed();
+    let now = s.api_spm().await;
+    eprintln!("agent of the SPM killed: disk creation works again after {t:?} (SPM now host {now:?})");
+    assert_eq!(now, Some(other), "the other host is SPM");
+    // The agent died; its sanlock daemon released the lease at once: no expiry wait.
+    assert!(t < s.lease_bound(), "took {t:?}");
+    let ev = s.events().await;
+    let other_name = s.cluster.host_name(other);
+    assert!(ev.contains("has no SPM"), "{}", tail(&ev, 40));
+    assert!(
+        ev.contains(&format!("Storage Pool Manager runs on Host {other_name}")),
+        "{}",
+        tail(&ev, 40)
+    );
+    // The killed agent comes back, reconnects to the pool and stays a plain host.
+    s.cluster.start_hostd(spm).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let last = s.watch.last.lock().expect("watch").clone();
+        if last[spm] == "Free" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "restarted host: {last:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    s.disk_works("after-restart", Duration::from_secs(60)).await;
+    assert_eq!(
+        s.watch.max_spms.load(Ordering::Relaxed),
+        1,
+        "two hosts were SPM at the same time"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spm_sanlock_killed_role_moves_after_the_lease_expired() {
+    let mut s = Setup::start(1).await;
+    let spm = s.wait_spm(Duration::from_secs(60)).await;
+    let other = 1 - spm;
+    s.disk_works("before", Duration::from_secs(60)).await;
+    let killed = Instant::now();
+    s.cluster.kill_sanlock(spm);
+    let bound = s.lease_bound();
+    s.disk_works("after-sanlock-kill", bound * 2).await;
+    let t = killed.elapsed();
+    eprintln!(
+        "sanlock of the SPM killed: disk creation works again after {t:?}; sanlock's expiry bound {bound:?} ({:.2}x)",
+        t.as_secs_f64() / bound.as_secs_f64()
+    );
+    assert_eq!(s.api_spm().await, Some(other));
+    assert!(
+        t <= bound + Duration::from_secs(15),
+        "took {t:?}, bound {bound:?}"
+    );
+    let ev = s.events().await;
+    assert!(ev.contains("has no SPM"), "{}", tail(&ev, 40));
+    assert!(ev.contains("contending for the SPM"), "{}", tail(&ev, 40));
+    assert!(
+        ev.contains(&format!(
+            "Storage Pool Manager runs on Host {}",
+            s.cluster.host_name(other)
+        )),
+        "{}",
+        tail(&ev, 40)
+    );
+    assert_eq!(
+        s.watch.max_spms.load(Ordering::Relaxed),
+        1,
+        "two hosts were SPM at the same time"
+    );
+}
