@@ -233,29 +233,37 @@ impl Setup {
             "<disk><name>{name}</name><provisioned_size>67108864</provisioned_size><format>cow</format><storage_domains><storage_domain id=\"{}\"/></storage_domains></disk>",
             self.sd
         );
-        let id = loop {
-            let (code, d) = self.m.api(&self.token, "POST", "/disks", &body).await;
-            if code == 201 {
-                break attr_id(&d);
+        // A creation sent to an SPM that is losing its lease fails and is cleaned up
+        // (the disk goes away with an event); then it is tried again.
+        'create: loop {
+            let id = loop {
+                let (code, d) = self.m.api(&self.token, "POST", "/disks", &body).await;
+                if code == 201 {
+                    break attr_id(&d);
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "disk creation still refused ({code}): {d}\n{}",
+                    tail(&self.m.log(), 60)
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            };
+            loop {
+                let (code, d) = self.m.api(&self.token, "GET", &format!("/disks/{id}"), "").await;
+                if code == 404 {
+                    eprintln!("disk {name}: creation failed and was cleaned up; retrying");
+                    continue 'create;
+                }
+                if text(&d, &["status"]) == "ok" {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "disk {name} not ok: {d}\n{}",
+                    tail(&self.m.log(), 60)
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            assert!(
-                Instant::now() < deadline,
-                "disk creation still refused ({code}): {d}\n{}",
-                tail(&self.m.log(), 60)
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        };
-        loop {
-            let (_, d) = self.m.api(&self.token, "GET", &format!("/disks/{id}"), "").await;
-            if text(&d, &["status"]) == "ok" {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "disk {name} not ok: {d}\n{}",
-                tail(&self.m.log(), 60)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

@@ -106,6 +106,9 @@ h = hosts.host_service(h.id).get()
 assert h.spm.status == types.SpmStatus.SPM, h.spm.status
 step("attached as master; data center up; %s is SPM (priority %d)" % (h.name, h.spm.priority))
 refused("attaching it twice", lambda: attached.add(types.StorageDomain(id=sd.id)), 409)
+dc2 = system.data_centers_service().add(types.DataCenter(name="dc2", local=False))
+refused("attaching it to a second data center", lambda: system.data_centers_service().data_center_service(dc2.id).storage_domains_service().add(types.StorageDomain(id=sd.id)), 409)
+assert system.data_centers_service().data_center_service(dc2.id).storage_domains_service().list() == []
 
 # Disks: absurd sizes are refused, nothing is made.
 refused("a negative disk size", lambda: system.disks_service().add(types.Disk(
