@@ -136,6 +136,7 @@ impl Manager {
         let every = Duration::from_secs(self.cfg.monitoring.pool_check_secs.max(1));
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.recover_orphans().await;
         loop {
             tick.tick().await;
             let dcs: Vec<String> = self
@@ -159,6 +160,98 @@ impl Manager {
                     self.refresh_domain_sizes(dc).await;
                 }
             }
+        }
+    }
+
+    /// At start, before any request: objects left locked by a Manager that died between
+    /// recording them and recording their task get a task record without a VDSM task
+    /// id, so that the storage decides their outcome like any unfinished task; jobs
+    /// nothing works for any more end.
+    async fn recover_orphans(self: &Arc<Self>) {
+        let (disks, snaps, templates, jobs) = {
+            let inv = self.read();
+            let tasked = |d: &str| inv.tasks.values().any(|t| t.disk == d);
+            let owned = |k: &str, id: &str| {
+                inv.tasks
+                    .values()
+                    .any(|t| t.owner.as_ref().is_some_and(|(a, b)| a == k && b == id))
+            };
+            let disks: Vec<Disk> = inv
+                .disks
+                .values()
+                .filter(|d| d.status == "locked" && !tasked(&d.id))
+                .cloned()
+                .collect();
+            let snaps: Vec<Snapshot> = inv
+                .snapshots
+                .values()
+                .filter(|s| s.status == "locked" && !owned("snapshot", &s.id))
+                .cloned()
+                .collect();
+            let templates: Vec<Template> = inv
+                .templates
+                .values()
+                .filter(|t| t.status == "locked" && !owned("template", &t.id))
+                .cloned()
+                .collect();
+            let jobs: Vec<Job> = inv
+                .jobs
+                .values()
+                .filter(|j| j.status == "started" && !inv.tasks.values().any(|t| t.job == j.id))
+                .cloned()
+                .collect();
+            (disks, snaps, templates, jobs)
+        };
+        for d in disks {
+            let job = self
+                .read()
+                .jobs
+                .values()
+                .find(|j| j.description == format!("Adding Disk {}", d.name))
+                .map(|j| j.id.clone());
+            let job = match job {
+                Some(j) => j,
+                None => self.start_job(format!("Adding Disk {}", d.name)).await,
+            };
+            let t = StorageTask {
+                id: uuid::Uuid::new_v4().to_string(),
+                data_center: self.dc_of_domain(&d.storage_domain),
+                kind: "create_volume".into(),
+                domain: d.storage_domain.clone(),
+                image: d.id.clone(),
+                volume: d.leaf().to_string(),
+                disk: d.id.clone(),
+                vdsm_task: None,
+                host: None,
+                job: job.clone(),
+                owner: None,
+                created: now_ms(),
+            };
+            warn!(disk = %d.name, "disk left locked by a Manager that stopped; its storage decides");
+            self.add_step(
+                &job,
+                &t.id,
+                format!("Checking the volume of disk {} on storage", d.name),
+            )
+            .await;
+            let _ = self.save_task(&t).await;
+        }
+        for sn in snaps {
+            warn!(snapshot = %sn.description, "snapshot left locked; rolled back");
+            let job = self
+                .start_job(format!("Recovering snapshot {}", sn.description))
+                .await;
+            self.snapshot_volumes_done(&sn.id, false, &job).await;
+            self.finish_job(&job, true).await;
+        }
+        for mut t in templates {
+            warn!(template = %t.name, "template left locked; illegal");
+            t.status = "illegal".into();
+            let _ = self.save_template(&t).await;
+        }
+        for j in jobs {
+            let ok = !j.steps.is_empty() && j.steps.iter().all(|s| s.status == "finished");
+            self.finish_job(&j.id, ok).await;
         }
     }
 

@@ -23,7 +23,9 @@ async fn spm_agent_killed_role_moves() {
         .await;
     let t = killed.elapsed();
     let now = s.api_spm().await;
-    eprintln!("agent of the SPM killed: disk creation works again after {t:?} (SPM now host {now:?})");
+    eprintln!(
+        "agent of the SPM killed: disk creation works again after {t:?} (SPM now host {now:?})"
+    );
     assert_eq!(now, Some(other), "the other host is SPM");
     // The agent died; its sanlock daemon released the lease at once: no expiry wait.
     assert!(t < s.lease_bound(), "took {t:?}");

@@ -115,7 +115,10 @@ impl Setup {
         let (_, dcs) = m.api(&token, "GET", "/datacenters", "").await;
         let dc = Node::parse_xml(dcs.as_bytes())
             .ok()
-            .and_then(|n| n.get("data_center").and_then(|d| d.id().map(str::to_string)))
+            .and_then(|n| {
+                n.get("data_center")
+                    .and_then(|d| d.id().map(str::to_string))
+            })
             .expect("the Default data center");
         let body = format!(
             "<storage_domain><name>shared</name><type>data</type><storage><type>posixfs</type><path>{}</path><vfs_type>none</vfs_type><mount_options>bind</mount_options></storage><host><name>{}</name></host></storage_domain>",
@@ -206,7 +209,10 @@ impl Setup {
     /// The index of the host the API shows as SPM.
     pub async fn api_spm(&self) -> Option<usize> {
         for (i, id) in self.hosts.iter().enumerate() {
-            let (_, h) = self.m.api(&self.token, "GET", &format!("/hosts/{id}"), "").await;
+            let (_, h) = self
+                .m
+                .api(&self.token, "GET", &format!("/hosts/{id}"), "")
+                .await;
             if text(&h, &["spm", "status"]) == "spm" {
                 return Some(i);
             }
@@ -220,7 +226,11 @@ impl Setup {
             if let Some(i) = self.api_spm().await {
                 return i;
             }
-            assert!(Instant::now() < deadline, "no SPM:\n{}", tail(&self.m.log(), 60));
+            assert!(
+                Instant::now() < deadline,
+                "no SPM:\n{}",
+                tail(&self.m.log(), 60)
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -249,7 +259,10 @@ impl Setup {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             };
             loop {
-                let (code, d) = self.m.api(&self.token, "GET", &format!("/disks/{id}"), "").await;
+                let (code, d) = self
+                    .m
+                    .api(&self.token, "GET", &format!("/disks/{id}"), "")
+                    .await;
                 if code == 404 {
                     eprintln!("disk {name}: creation failed and was cleaned up; retrying");
                     continue 'create;
@@ -268,7 +281,10 @@ impl Setup {
     }
 
     pub async fn events(&self) -> String {
-        self.m.api(&self.token, "GET", "/events?max=200", "").await.1
+        self.m
+            .api(&self.token, "GET", "/events?max=200", "")
+            .await
+            .1
     }
 
     /// sanlock's bound for taking a dead host's lease: 8 x io_timeout (renewal fail)
