@@ -103,6 +103,8 @@ impl Manager {
                 ));
             }
         }
+        // No record, no job while there is no SPM to do it.
+        self.spm_client(&dc).await?;
         let sparse = n.sparse || n.format == "cow";
         let disk = Disk {
             id: new_id(),

@@ -514,6 +514,48 @@ mod tests {
     }
 
     #[test]
+    fn vms_with_disks_only_on_hosts_reaching_their_domains() {
+        const G: u64 = 1 << 30;
+        let mut inv = Inventory::default();
+        for h in [host("big", 8 * G, "up"), host("small", 2 * G, "up")] {
+            inv.hosts.insert(h.id.clone(), h);
+        }
+        let v = vm("v1", G, None, "down");
+        inv.disks.insert(
+            "d1".into(),
+            Disk {
+                id: "d1".into(),
+                name: "d1".into(),
+                description: String::new(),
+                provisioned_size: G,
+                actual_size: 0,
+                format: "cow".into(),
+                sparse: true,
+                storage_domain: "sd1".into(),
+                status: "ok".into(),
+                volumes: vec!["vol".into()],
+                template_base: None,
+                vm: Some("v1".into()),
+                bootable: true,
+                interface: "virtio".into(),
+                template: None,
+                creation_time: 0,
+            },
+        );
+        // Only "small" reaches sd1: it is chosen although "big" has more memory.
+        let reach = |h: &Host, sd: &str| h.id == "small" && sd == "sd1";
+        assert_eq!(pick_host(&inv, &v, reach).expect("placed"), "small");
+        let err = pick_host(&inv, &v, |_, _| false).expect_err("nowhere");
+        assert!(err.to_string().contains("storage domain"), "{err}");
+        // Without disks, storage does not matter.
+        let diskless = vm("v2", G, None, "down");
+        assert_eq!(
+            pick_host(&inv, &diskless, |_, _| false).expect("placed"),
+            "big"
+        );
+    }
+
+    #[test]
     fn xml_is_valid_and_escaped() {
         let vm = Vm {
             id: "8d2e5c8a-3f0e-4b8c-9a1b-0123456789ab".into(),

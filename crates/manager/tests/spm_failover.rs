@@ -49,6 +49,28 @@ async fn spm_agent_killed_role_moves() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     s.disk_works("after-restart", Duration::from_secs(60)).await;
+    // The admin moves the role back (forceselectspm): the current SPM stops first,
+    // then the chosen host takes the lease.
+    let (code, body) =
+        s.m.api(
+            &s.token,
+            "POST",
+            &format!("/hosts/{}/forceselectspm", s.hosts[spm]),
+            "<action/>",
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.api_spm().await != Some(spm) {
+        assert!(
+            Instant::now() < deadline,
+            "forceselectspm did not move the role"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    s.disk_works("after-force-select", Duration::from_secs(60))
+        .await;
+    assert!(s.events().await.contains("was force selected"));
     assert_eq!(
         s.watch.max_spms.load(Ordering::Relaxed),
         1,

@@ -160,6 +160,18 @@ async fn manager_killed_during_disk_creation() {
         .enumerate()
     {
         let dname = format!("crash{round}");
+        // The restarted Manager adopts the SPM first (until then: 409, retry later).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, b) = m
+                .api(&token, "GET", &format!("/datacenters/{dc}"), "")
+                .await;
+            if parse(&b).text_of("status") == Some("up") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "data center not up: {b}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let body = format!(
             "<disk><name>{dname}</name><provisioned_size>{}</provisioned_size><format>raw</format><sparse>false</sparse><storage_domains><storage_domain id=\"{sd}\"/></storage_domains></disk>",
             2u64 << 30

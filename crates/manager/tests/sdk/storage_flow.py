@@ -174,6 +174,18 @@ assert len(atts) == 1
 d2 = system.disks_service().disk_service(atts[0].disk.id).get()
 assert d2.status == types.DiskStatus.OK and d2.format == types.DiskFormat.COW
 step("vm %s from the template: disk %s, %d KiB used" % (vm2.name, d2.name, d2.actual_size >> 10))
+# An existing disk: made on its own, attached by id, detached, removed.
+extra = system.disks_service().add(types.Disk(name=VM2 + "_extra", format=types.DiskFormat.RAW, sparse=True,
+                                              provisioned_size=64 * 2**20, storage_domains=[types.StorageDomain(name="data1")]))
+wait("the extra disk to be ok", lambda: system.disks_service().disk_service(extra.id).get().status == types.DiskStatus.OK)
+vm2_service.disk_attachments_service().add(types.DiskAttachment(disk=types.Disk(id=extra.id), interface=types.DiskInterface.VIRTIO, bootable=False, active=True))
+assert len(vm2_service.disk_attachments_service().list()) == 2
+refused("attaching it to a second VM", lambda: vm_service.disk_attachments_service().add(types.DiskAttachment(disk=types.Disk(id=extra.id), interface=types.DiskInterface.VIRTIO)), 409)
+vm2_service.disk_attachments_service().attachment_service(extra.id).remove()
+assert len(vm2_service.disk_attachments_service().list()) == 1
+system.disks_service().disk_service(extra.id).remove()
+wait("the extra disk to be gone", lambda: all(x.id != extra.id for x in system.disks_service().list()))
+step("an existing disk attached by id, detached and removed")
 refused("removing a template in use", lambda: templates.template_service(t.id).remove(), 409)
 vm2_service.start()
 wait("the VM from the template to be up", lambda: vm2_service.get().status == types.VmStatus.UP)
