@@ -253,7 +253,7 @@ impl Manager {
                 self.save_dc(&d).await.map_err(failed)?;
                 true
             } else {
-                let (_, c) = self.spm_client(dc).await?;
+                self.spm_client(dc).await?;
                 // Every connected host must reach it first.
                 let hosts: Vec<Host> = self
                     .read()
@@ -272,20 +272,8 @@ impl Manager {
                         })?;
                     }
                 }
-                let master = d.master_domain.clone().unwrap_or_default();
-                c.call_value(
-                    "StorageDomain.attach",
-                    json!({"storagedomainID": sd.id, "storagepoolID": dc}),
-                )
-                .await
-                .map_err(|e| StorageOpError::Conflict(format!("StorageDomain.attach: {e}")))?;
-                c.call_value(
-                    "StorageDomain.activate",
-                    json!({"storagedomainID": sd.id, "storagepoolID": dc, "masterSdUUID": master,
-                           "masterVersion": d.master_version}),
-                )
-                .await
-                .map_err(|e| StorageOpError::Conflict(format!("StorageDomain.activate: {e}")))?;
+                self.on_spm("StorageDomain.attach", &d, &sd.id).await?;
+                self.on_spm("StorageDomain.activate", &d, &sd.id).await?;
                 let mut sd = sd;
                 sd.data_center = Some(dc.to_string());
                 sd.status = "active".into();
@@ -354,14 +342,7 @@ impl Manager {
             d.status = "contend".into();
             self.save_dc(&d).await.map_err(failed)?;
         } else {
-            let (_, c) = self.spm_client(dc).await?;
-            c.call_value(
-                "StorageDomain.activate",
-                json!({"storagedomainID": sd.id, "storagepoolID": dc,
-                       "masterSdUUID": d.master_domain, "masterVersion": d.master_version}),
-            )
-            .await
-            .map_err(|e| StorageOpError::Conflict(format!("StorageDomain.activate: {e}")))?;
+            self.on_spm("StorageDomain.activate", &d, &sd.id).await?;
         }
         sd.status = "active".into();
         self.save_sd(&sd).await.map_err(failed)?;
@@ -376,6 +357,20 @@ impl Manager {
             None,
         )
         .await;
+        Ok(())
+    }
+
+    /// A StorageDomain verb of the pool on the SPM (activate, deactivate, detach).
+    async fn on_spm(&self, verb: &str, d: &DataCenter, sd: &str) -> Result<()> {
+        let (_, c) = self.spm_client(&d.id).await?;
+        c.call_value(
+            verb,
+            json!({"storagedomainID": sd, "storagepoolID": d.id,
+                   "masterSdUUID": d.master_domain.clone().unwrap_or_default(),
+                   "masterVersion": d.master_version, "force": false}),
+        )
+        .await
+        .map_err(|e| StorageOpError::Conflict(format!("{verb}: {e}")))?;
         Ok(())
     }
 
@@ -470,14 +465,7 @@ impl Manager {
             }
             self.set_spm_status_none(dc).await;
         } else {
-            let (_, c) = self.spm_client(dc).await?;
-            c.call_value(
-                "StorageDomain.deactivate",
-                json!({"storagedomainID": sd.id, "storagepoolID": dc,
-                       "masterSdUUID": d.master_domain, "masterVersion": d.master_version}),
-            )
-            .await
-            .map_err(|e| StorageOpError::Conflict(format!("StorageDomain.deactivate: {e}")))?;
+            self.on_spm("StorageDomain.deactivate", &d, &sd.id).await?;
         }
         sd.status = "maintenance".into();
         self.save_sd(&sd).await.map_err(failed)?;
@@ -541,14 +529,7 @@ impl Manager {
             d.status = "uninitialized".into();
             self.save_dc(&d).await.map_err(failed)?;
         } else {
-            let (_, c) = self.spm_client(dc).await?;
-            c.call_value(
-                "StorageDomain.detach",
-                json!({"storagedomainID": sd.id, "storagepoolID": dc,
-                       "masterSdUUID": d.master_domain, "masterVersion": d.master_version, "force": false}),
-            )
-            .await
-            .map_err(|e| StorageOpError::Conflict(format!("StorageDomain.detach: {e}")))?;
+            self.on_spm("StorageDomain.detach", &d, &sd.id).await?;
         }
         sd.data_center = None;
         sd.master = false;

@@ -56,6 +56,8 @@ async fn sdk_storage_flow_on_a_local_domain() {
     let sd = base.join("data1");
     let not_empty = base.join("not-empty");
     std::fs::create_dir_all(&sd).expect("sd dir");
+    let sd2 = base.join("data2");
+    std::fs::create_dir_all(&sd2).expect("sd2 dir");
     std::fs::create_dir_all(&not_empty).expect("dir");
     std::fs::write(not_empty.join("somebody-elses-file"), b"keep me").expect("file");
     let ro = ReadOnly::new(&base.join("read-only"));
@@ -70,6 +72,7 @@ async fn sdk_storage_flow_on_a_local_domain() {
             ("HALYARD_INITRD", img.initrd.to_string_lossy().into_owned()),
             ("HALYARD_SD_PATH", sd.to_string_lossy().into_owned()),
             ("HALYARD_SD_TYPE", "localfs".into()),
+            ("HALYARD_SD2_PATH", sd2.to_string_lossy().into_owned()),
             (
                 "HALYARD_NOT_EMPTY",
                 not_empty.to_string_lossy().into_owned(),

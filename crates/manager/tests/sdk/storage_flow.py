@@ -110,6 +110,24 @@ dc2 = system.data_centers_service().add(types.DataCenter(name="dc2", local=False
 refused("attaching it to a second data center", lambda: system.data_centers_service().data_center_service(dc2.id).storage_domains_service().add(types.StorageDomain(id=sd.id)), 409)
 assert system.data_centers_service().data_center_service(dc2.id).storage_domains_service().list() == []
 
+# A second domain: attached next to the master, into maintenance, detached, formatted.
+sd2 = sds.add(types.StorageDomain(name="data2", type=types.StorageDomainType.DATA, host=types.Host(name=HOST),
+                                  storage=host_storage(os.environ["HALYARD_SD2_PATH"])))
+attached.add(types.StorageDomain(id=sd2.id))
+asd2 = attached.storage_domain_service(sd2.id)
+wait("data2 active", lambda: asd2.get().status == types.StorageDomainStatus.ACTIVE)
+assert not asd2.get().master
+asd2.deactivate()
+wait("data2 in maintenance", lambda: asd2.get().status == types.StorageDomainStatus.MAINTENANCE)
+asd2.activate()
+wait("data2 active again", lambda: asd2.get().status == types.StorageDomainStatus.ACTIVE)
+asd2.deactivate()
+asd2.remove()
+sds.storage_domain_service(sd2.id).remove(host=HOST, format=True)
+assert [x.name for x in sds.list()] == ["data1"]
+assert os.listdir(os.environ["HALYARD_SD2_PATH"]) == []
+step("a second domain attached, deactivated, activated, detached and formatted")
+
 # Disks: absurd sizes are refused, nothing is made.
 refused("a negative disk size", lambda: system.disks_service().add(types.Disk(
     name="neg", format=types.DiskFormat.COW, provisioned_size=-1,
