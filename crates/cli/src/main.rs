@@ -360,7 +360,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 VmCmd::List => rest::vms_list(&sess).await,
                 VmCmd::Show { name } => {
                     let v = sess.find("vms", "vm", &name).await?;
-                    rest::show(&sess, &v)
+                    rest::show(&sess, &v)?;
+                    rest::guest_summary(&sess, &v).await
                 }
                 VmCmd::Add {
                     name,

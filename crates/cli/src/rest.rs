@@ -367,3 +367,44 @@ mod tests {
         assert!(parse_size("x").is_err());
     }
 }
+
+/// What the guest agent reported about a VM: OS, FQDN, time zone, addresses.
+pub async fn guest_summary(sess: &Session, v: &Value) -> anyhow::Result<()> {
+    if sess.json() {
+        return Ok(());
+    }
+    let id = s(v, &["id"]);
+    let devs = sess
+        .call("GET", &format!("/vms/{id}/reporteddevices"), None)
+        .await?;
+    let mut ips = Vec::new();
+    for d in items(&devs, "reported_device") {
+        for ip in d["ips"]["ip"].as_array().into_iter().flatten() {
+            ips.push(format!("{} {}", s(d, &["name"]), s(ip, &["address"])));
+        }
+    }
+    let os = &v["guest_operating_system"];
+    table(vec![
+        vec!["guest".into(), String::new()],
+        vec![
+            "  os".into(),
+            format!(
+                "{} {} (kernel {})",
+                s(os, &["distribution"]),
+                s(os, &["version", "full_version"]),
+                s(os, &["kernel", "version", "full_version"])
+            ),
+        ],
+        vec!["  fqdn".into(), s(v, &["fqdn"]).into()],
+        vec![
+            "  time zone".into(),
+            format!(
+                "{} {}",
+                s(v, &["guest_time_zone", "name"]),
+                s(v, &["guest_time_zone", "utc_offset"])
+            ),
+        ],
+        vec!["  addresses".into(), ips.join(", ")],
+    ]);
+    Ok(())
+}

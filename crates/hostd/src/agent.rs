@@ -234,6 +234,15 @@ impl Agent {
         let me = self.clone();
         tokio::spawn(async move {
             let mut t = tokio::time::interval(Duration::from_secs(1));
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                t.tick().await;
+                me.poll_guests().await;
+            }
+        });
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_secs(1));
             loop {
                 t.tick().await;
                 me.powering_up_timeouts();
@@ -256,6 +265,70 @@ impl Agent {
         }
         for e in changed {
             self.emit_vm_status(&e, true);
+        }
+    }
+
+    /// Asks the guest agents what is due (see [`crate::guestinfo`]); a change of the
+    /// agent's availability or of what it reports is published as a VM_status event.
+    async fn poll_guests(&self) {
+        use crate::guestinfo::{self, Kind};
+        let now = clock::monotonic_secs();
+        let todo: Vec<(String, Vec<Kind>)> = self
+            .vms()
+            .values()
+            .filter(|e| matches!(e.status, VmStatus::Up | VmStatus::PoweringUp))
+            .map(|e| (e.id.clone(), guestinfo::due(&e.guest, e.start_mono, now)))
+            .filter(|(_, k)| !k.is_empty())
+            .collect();
+        for (id, kinds) in todo {
+            let virt = self.virt.clone();
+            let vid = id.clone();
+            let answers = blocking(move || -> Vec<(Kind, Result<Value, String>)> {
+                let dom = match virt.lookup(&vid) {
+                    Ok(d) => d,
+                    Err(e) => return kinds.iter().map(|k| (*k, Err(e.to_string()))).collect(),
+                };
+                let mut out = Vec::new();
+                for (i, k) in kinds.iter().enumerate() {
+                    let cmd = json!({"execute": k.command()}).to_string();
+                    let r = dom
+                        .qemu_agent_command(&cmd, 1, 0)
+                        .map_err(|e| e.to_string())
+                        .and_then(|a| guestinfo::result_of(&a));
+                    if i == 0 {
+                        if let Err(e) = &r {
+                            // No agent: do not wait for each command to time out.
+                            return kinds.iter().map(|k| (*k, Err(e.clone()))).collect();
+                        }
+                    }
+                    out.push((*k, r));
+                }
+                out
+            })
+            .await
+            .unwrap_or_default();
+            let changed = self.update(&id, |e| {
+                let before = e.guest.clone();
+                let any_ok = answers.iter().any(|(_, r)| r.is_ok());
+                for (k, r) in &answers {
+                    match r {
+                        Ok(v) => guestinfo::apply(&mut e.guest, *k, now, v),
+                        Err(_) => guestinfo::mark_asked(&mut e.guest, *k, now),
+                    }
+                }
+                e.guest.agent_ok = Some(any_ok);
+                if before.agent_ok != e.guest.agent_ok {
+                    info!(vm_id = %e.id, available = any_ok, "guest agent availability changed");
+                }
+                let mut a = before;
+                let mut b = e.guest.clone();
+                a.asked = [0.0; 7];
+                b.asked = [0.0; 7];
+                (a != b).then(|| e.clone())
+            });
+            if let Some(Some(e)) = changed {
+                self.emit_vm_status(&e, true);
+            }
         }
     }
 

@@ -14,6 +14,7 @@ pub mod caps;
 pub mod clock;
 pub mod config;
 pub mod domxml;
+pub mod guestinfo;
 pub mod identity;
 pub mod libvirt;
 pub mod memtrim;

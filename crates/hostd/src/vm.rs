@@ -52,6 +52,8 @@ pub struct VmEntry {
     /// Bumped by each shutdown request; a shutdown task gives up when it changed.
     pub shutdown_gen: u64,
     pub sample: Option<VmSample>,
+    /// What the guest agent told (see [`crate::guestinfo`]).
+    pub guest: crate::guestinfo::GuestData,
 }
 
 impl VmEntry {
@@ -71,6 +73,7 @@ impl VmEntry {
             admin_stop: false,
             shutdown_gen: 0,
             sample: None,
+            guest: Default::default(),
         }
     }
 
@@ -138,6 +141,7 @@ impl VmEntry {
         if let Some(sample) = &self.sample {
             sample.fill(&mut s, &self.info);
         }
+        crate::guestinfo::fill(&self.guest, &mut s);
         s
     }
 }

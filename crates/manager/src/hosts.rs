@@ -390,8 +390,26 @@ impl Manager {
             self.vm_down(vm_id, msg, admin).await;
             return;
         }
+        let agent_before = v.guest.agent;
         if let Ok(stats) = serde_json::from_value::<VmStats>(st.clone()) {
             crate::vms::apply_guest_info(&mut v.guest, &stats);
+        }
+        if v.guest.agent != agent_before && v.guest.agent.is_some() {
+            let (code, sev, text) = if v.guest.agent == Some(true) {
+                (
+                    9030,
+                    "normal",
+                    format!("The guest agent of VM {} is available.", v.name),
+                )
+            } else {
+                (
+                    9031,
+                    "warning",
+                    format!("The guest agent of VM {} is not responding.", v.name),
+                )
+            };
+            self.event(code, sev, text, Some(host_id), Some(vm_id))
+                .await;
         }
         let changed = v.status != new;
         if changed {

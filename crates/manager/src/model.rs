@@ -342,6 +342,13 @@ pub struct GuestInfo {
     pub ips: Vec<String>,
     #[serde(default)]
     pub nics: Vec<(String, String, Vec<String>)>,
+    /// The guest agent answers (None: not known yet).
+    #[serde(default)]
+    pub agent: Option<bool>,
+    #[serde(default)]
+    pub users: String,
+    #[serde(default)]
+    pub cpu_count: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

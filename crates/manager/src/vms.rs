@@ -154,6 +154,17 @@ pub fn apply_guest_info(g: &mut GuestInfo, s: &VmStats) {
     if let Some(ips) = s.guest_ips.as_ref().filter(|s| !s.is_empty()) {
         g.ips = ips.split_whitespace().map(str::to_string).collect();
     }
+    if let Some(u) = s.username.as_ref().filter(|u| *u != "Unknown") {
+        g.users = u.clone();
+    }
+    if let Some(c) = s.guest_cpu_count.filter(|c| *c > 0) {
+        g.cpu_count = Some(c);
+    }
+    match s.extra.get("guestAgentStatus").and_then(|v| v.as_str()) {
+        Some("available") => g.agent = Some(true),
+        Some("unavailable") => g.agent = Some(false),
+        _ => {}
+    }
 }
 
 /// A MAC in oVirt's default pool range, derived from the NIC id.

@@ -54,12 +54,16 @@ pub const MODULES: &[&str] = &[
 pub enum Agent {
     /// Debian's qemu-guest-agent (the host's installed package, with its libraries).
     QemuGa,
+    /// Halyard's guest agent: the static executable at this path, installed as
+    /// /usr/sbin/halyard-guest-agent.
+    Halyard(PathBuf),
 }
 
 impl Agent {
     fn tag(&self) -> &'static str {
         match self {
             Agent::QemuGa => "qemu-ga",
+            Agent::Halyard(_) => "halyard",
         }
     }
 }
@@ -202,6 +206,13 @@ impl Inputs {
         let busybox_version = installed_version("busybox-static")?;
         let agent_version = match agent {
             Agent::QemuGa => installed_version("qemu-guest-agent")?,
+            Agent::Halyard(p) => {
+                let data = fs::read(p).map_err(io_err(p))?;
+                Sha256::digest(&data)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect()
+            }
         };
         Ok(Inputs {
             kernel_package,
@@ -359,6 +370,10 @@ fn build(cache_dir: &Path, tmp: &Path, inputs: &Inputs, agent: &Agent) -> Result
     }
     match agent {
         Agent::QemuGa => add_binary_with_libs(&mut files, Path::new("/usr/sbin/qemu-ga"))?,
+        Agent::Halyard(p) => {
+            let data = fs::read(p).map_err(io_err(p))?;
+            files.file("usr/sbin/halyard-guest-agent", data, 0o755);
+        }
     }
     let archive = cpio::write(&files.entries());
     let initrd = tmp.join("initrd.img");
@@ -631,6 +646,9 @@ for p in /sys/class/virtio-ports/*; do
 done
 if [ -e /dev/virtio-ports/org.qemu.guest_agent.0 ] && [ -x /usr/sbin/qemu-ga ]; then
   qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 -d -f /run/qemu-ga.pid
+fi
+if [ -x /usr/sbin/halyard-guest-agent ]; then
+  /usr/sbin/halyard-guest-agent > /dev/kmsg 2>&1 &
 fi
 acpid 2>/dev/null || true
 echo "HALYARD-GUEST ready uptime=$(cut -d' ' -f1 /proc/uptime) ip=$(ip -4 -o addr show eth0 2>/dev/null | awk '{print $4}')" > /dev/ttyS0

@@ -26,6 +26,7 @@ pub struct Env {
     dir: PathBuf,
     _users: File,
     image: OnceLock<halyard_testguest::GuestImage>,
+    halyard_image: OnceLock<halyard_testguest::GuestImage>,
     sanlock: OnceLock<Option<PathBuf>>,
 }
 
@@ -167,6 +168,7 @@ impl Env {
             dir,
             _users: users,
             image: OnceLock::new(),
+            halyard_image: OnceLock::new(),
             sanlock: OnceLock::new(),
         };
         env.destroy_stale_domains();
@@ -183,6 +185,18 @@ impl Env {
             halyard_testguest::ensure(
                 &halyard_testguest::default_cache_dir(),
                 &halyard_testguest::Agent::QemuGa,
+            )
+            .unwrap_or_else(|e| panic!("building the test guest: {e}"))
+        })
+    }
+
+    /// The test guest carrying Halyard's guest agent instead of qemu-ga.
+    pub fn halyard_guest_image(&self) -> &halyard_testguest::GuestImage {
+        self.halyard_image.get_or_init(|| {
+            let agent = crate::manager::static_guest_agent();
+            halyard_testguest::ensure(
+                &halyard_testguest::default_cache_dir(),
+                &halyard_testguest::Agent::Halyard(agent),
             )
             .unwrap_or_else(|e| panic!("building the test guest: {e}"))
         })

@@ -50,6 +50,45 @@ pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
     path
 }
 
+/// Halyard's guest agent as the static executable the test guest carries: built with
+/// `+crt-static` into `target/static` (the same command a release build uses).
+pub fn static_guest_agent() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target
+    let target = exe
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
+    let out = target.join("static/x86_64-unknown-linux-gnu/release/halyard-guest-agent");
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let _l = lock(&env::Env::get().work_dir().join("cargo.lock"));
+        let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "build",
+                "-q",
+                "--release",
+                "-p",
+                "halyard-guest-agent",
+                "--target",
+                "x86_64-unknown-linux-gnu",
+                "--target-dir",
+            ])
+            .arg(target.join("static"))
+            .env(
+                "RUSTFLAGS",
+                "-C target-feature=+crt-static -C strip=symbols -C opt-level=s",
+            )
+            .status()
+            .expect("running cargo build");
+        assert!(st.success(), "building the static guest agent failed");
+    });
+    assert!(out.exists(), "{} was not built", out.display());
+    out
+}
+
 /// The Python of a virtualenv holding the unmodified SDK from PyPI.
 pub fn sdk_python() -> PathBuf {
     let work = env::Env::get().work_dir().to_path_buf();

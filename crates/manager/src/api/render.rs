@@ -269,7 +269,14 @@ pub fn vm(v: &Vm, nics: &[&Nic]) -> Node {
                 .with(Node::leaf("architecture", get("arch")))
                 .with(Node::leaf("codename", get("codename")))
                 .with(Node::leaf("distribution", get("distribution")))
-                .with(Node::leaf("family", get("family")))
+                .with(Node::leaf(
+                    "family",
+                    match (get("family"), get("type").as_str()) {
+                        (f, _) if !f.is_empty() => f,
+                        (_, "linux") => "Linux".to_string(),
+                        (_, t) => t.to_string(),
+                    },
+                ))
                 .with(
                     Node::new("kernel")
                         .with(Node::new("version").with(Node::leaf("full_version", get("kernel")))),
