@@ -355,19 +355,6 @@ pub fn vm_body(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("256M").expect("ok"), 256 << 20);
-        assert_eq!(parse_size("1G").expect("ok"), 1 << 30);
-        assert_eq!(parse_size("42").expect("ok"), 42);
-        assert!(parse_size("x").is_err());
-    }
-}
-
 /// What the guest agent reported about a VM: OS, FQDN, time zone, addresses.
 pub async fn guest_summary(sess: &Session, v: &Value) -> anyhow::Result<()> {
     if sess.json() {
@@ -407,4 +394,17 @@ pub async fn guest_summary(sess: &Session, v: &Value) -> anyhow::Result<()> {
         vec!["  addresses".into(), ips.join(", ")],
     ]);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256M").expect("ok"), 256 << 20);
+        assert_eq!(parse_size("1G").expect("ok"), 1 << 30);
+        assert_eq!(parse_size("42").expect("ok"), 42);
+        assert!(parse_size("x").is_err());
+    }
 }
