@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 /// The bridge test guests attach to.
 pub const BRIDGE: &str = "hlyd-test0";
+/// The bridge of the Manager's management network (`ovirtmgmt`).
+pub const MGMT_BRIDGE: &str = "ovirtmgmt";
 /// The bridge's address; guests get 10.213.7.x/24.
 pub const BRIDGE_ADDR: &str = "10.213.7.1/24";
 pub const GATEWAY: &str = "10.213.7.1";
@@ -163,6 +165,18 @@ impl Env {
                 && run("ip", &["link", "set", BRIDGE, "up"]).status.success();
             assert!(ok, "creating bridge {BRIDGE} failed (are we root?)");
             let _ = fs::write(dir.join("bridge.by-harness"), b"1");
+        }
+        // The Manager's management network: VM NICs on `ovirtmgmt` need its bridge on
+        // the host (oVirt's host deploy makes it; here the harness does, no address).
+        if !run("ip", &["link", "show", MGMT_BRIDGE]).status.success() {
+            let ok = run("ip", &["link", "add", MGMT_BRIDGE, "type", "bridge"])
+                .status
+                .success()
+                && run("ip", &["link", "set", MGMT_BRIDGE, "up"])
+                    .status
+                    .success();
+            assert!(ok, "creating bridge {MGMT_BRIDGE} failed (are we root?)");
+            let _ = fs::write(dir.join("mgmt-bridge.by-harness"), b"1");
         }
         let env = Env {
             dir,
@@ -394,5 +408,8 @@ extern "C" fn at_exit() {
     }
     if fs::remove_file(dir.join("bridge.by-harness")).is_ok() {
         let _ = run("ip", &["link", "del", BRIDGE]);
+    }
+    if fs::remove_file(dir.join("mgmt-bridge.by-harness")).is_ok() {
+        let _ = run("ip", &["link", "del", MGMT_BRIDGE]);
     }
 }
