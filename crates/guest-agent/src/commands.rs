@@ -194,7 +194,13 @@ impl Agent {
                 names.push(n.clone());
             }
         }
-        names.sort();
+        // In interface index order, as getifaddrs (and qemu-ga) give them.
+        let index = |n: &str| -> u64 {
+            read(&self.cfg.root, &format!("/sys/class/net/{n}/ifindex"))
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(u64::MAX)
+        };
+        names.sort_by(|a, b| index(a).cmp(&index(b)).then(a.cmp(b)));
         let stat = |n: &str, k: &str| -> u64 {
             read(
                 &self.cfg.root,
