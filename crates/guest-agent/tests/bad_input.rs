@@ -23,7 +23,8 @@ fn bad_input_gets_errors_and_the_agent_keeps_serving() {
             b"garbage that is not json\n".to_vec(),
             b"{\"execute\": \"guest-ping\"\n".to_vec(),
             big.into_bytes(),
-            b"{\"execute\":\"guest-file-open\",\"arguments\":{\"path\":\"/etc/shadow\"}}\n".to_vec(),
+            b"{\"execute\":\"guest-file-open\",\"arguments\":{\"path\":\"/etc/shadow\"}}\n"
+                .to_vec(),
             b"{\"execute\":\"guest-sync\",\"arguments\":{\"id\":\"not a number\"}}\n".to_vec(),
             b"{\"execute\":\"guest-exec\",\"arguments\":{\"path\":\"/bin/sh\"}}\n".to_vec(),
             b"{\"execute\":42}\n".to_vec(),
@@ -59,11 +60,23 @@ fn bad_input_gets_errors_and_the_agent_keeps_serving() {
     }
     let errors = text.iter().filter(|t| t.contains("\"error\"")).count();
     assert_eq!(errors, 10, "one error per bad input: {text:#?}");
-    assert!(text.iter().any(|t| t.contains("CommandNotFound") && t.contains("guest-file-open")));
-    assert!(text.iter().any(|t| t.contains("has been disabled")), "guest-exec is off by default");
+    assert!(text
+        .iter()
+        .any(|t| t.contains("CommandNotFound") && t.contains("guest-file-open")));
+    assert!(
+        text.iter().any(|t| t.contains("has been disabled")),
+        "guest-exec is off by default"
+    );
     assert!(text.iter().any(|t| t.contains("message too long")));
-    assert!(text.iter().any(|t| t.contains("Invalid parameter type for 'id'")));
+    assert!(text
+        .iter()
+        .any(|t| t.contains("Invalid parameter type for 'id'")));
     // guest-sync-delimited: 0xFF before the answer, then the answer.
-    assert!(replies.iter().any(|l| l.first() == Some(&0xFF) && l.ends_with(b"{\"return\":7}\n")));
-    assert_eq!(text.last().map(String::as_str), Some("{\"id\":\"last\",\"return\":{}}"));
+    assert!(replies
+        .iter()
+        .any(|l| l.first() == Some(&0xFF) && l.ends_with(b"{\"return\":7}\n")));
+    assert_eq!(
+        text.last().map(String::as_str),
+        Some("{\"id\":\"last\",\"return\":{}}")
+    );
 }

@@ -622,9 +622,10 @@ for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_p
          net_failover virtio_net virtio_console virtio_blk virtio-rng button evdev; do
   [ -f /lib/modules/$m.ko ] && insmod /lib/modules/$m.ko 2>/dev/null
 done
-IP=; GW=; HN=halyard-guest
+IP=; GW=; HN=halyard-guest; AGENT_ARGS=
 for a in $(cat /proc/cmdline); do
   case $a in
+    halyard.agent_exec=1) AGENT_ARGS=--enable-exec;;
     halyard.ip=*) IP=${a#halyard.ip=};;
     halyard.gw=*) GW=${a#halyard.gw=};;
     halyard.hostname=*) HN=${a#halyard.hostname=};;
@@ -648,7 +649,7 @@ if [ -e /dev/virtio-ports/org.qemu.guest_agent.0 ] && [ -x /usr/sbin/qemu-ga ]; 
   qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 -d -f /run/qemu-ga.pid
 fi
 if [ -x /usr/sbin/halyard-guest-agent ]; then
-  /usr/sbin/halyard-guest-agent > /dev/kmsg 2>&1 &
+  /usr/sbin/halyard-guest-agent $AGENT_ARGS > /dev/kmsg 2>&1 &
 fi
 acpid 2>/dev/null || true
 echo "HALYARD-GUEST ready uptime=$(cut -d' ' -f1 /proc/uptime) ip=$(ip -4 -o addr show eth0 2>/dev/null | awk '{print $4}')" > /dev/ttyS0

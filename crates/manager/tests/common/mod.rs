@@ -1,1 +1,2 @@
 pub mod failover;
+pub mod guests;
