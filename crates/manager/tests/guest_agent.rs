@@ -72,5 +72,38 @@ async fn both_agents_report_the_same_to_the_manager() {
     );
     let (_, ev) = p.m.api(&p.token, "GET", "/events?max=50", "").await;
     assert!(ev.contains("guest agent of VM"), "{ev}");
+    // Graceful shutdown goes through the agent first (ACPI only if it fails).
+    let g = &p.guests[0];
+    let (code, b) =
+        p.m.api(
+            &p.token,
+            "POST",
+            &format!("/vms/{}/shutdown", g.id),
+            "<action/>",
+        )
+        .await;
+    assert_eq!(code, 200, "{b}");
+    let t0 = std::time::Instant::now();
+    loop {
+        let (_, v) =
+            p.m.api(&p.token, "GET", &format!("/vms/{}", g.id), "")
+                .await;
+        if common::guests::text(&common::guests::parse(&v), &["status"]) == "down" {
+            break;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "not down: {v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "Halyard-agent guest shut down through its agent in {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        !p.host.log().contains("retry through ACPI"),
+        "the agent's guest-shutdown was enough"
+    );
     p.stop_all().await;
 }
