@@ -46,7 +46,17 @@ pub const FAST_POOL: &str = "[monitoring]\npool_check_secs = 1\nspm_status_inter
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_storage_flow_on_a_local_domain() {
-    let m = ManagerProc::start(Database::Sqlite, FAST_POOL).await;
+    storage_flow(Database::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_storage_flow_on_postgresql() {
+    let pg = halyard_testinfra::manager::Postgres::start();
+    storage_flow(Database::Postgres(&pg)).await;
+}
+
+async fn storage_flow(db: Database<'_>) {
+    let m = ManagerProc::start(db, FAST_POOL).await;
     let name = format!("s{}", std::process::id());
     let mut o = HostOptions::new(workspace_bin("halyard-hostd", "halyard-hostd"));
     o.manager_url = Some(m.url());
