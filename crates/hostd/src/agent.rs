@@ -270,7 +270,7 @@ impl Agent {
 
     /// Asks the guest agents what is due (see [`crate::guestinfo`]); a change of the
     /// agent's availability or of what it reports is published as a VM_status event.
-    async fn poll_guests(&self) {
+    async fn poll_guests(self: &Arc<Self>) {
         use crate::guestinfo::{self, Kind};
         let now = clock::monotonic_secs();
         let todo: Vec<(String, Vec<Kind>)> = self
@@ -280,55 +280,65 @@ impl Agent {
             .map(|e| (e.id.clone(), guestinfo::due(&e.guest, e.start_mono, now)))
             .filter(|(_, k)| !k.is_empty())
             .collect();
+        // One task per VM (each waits at most 1 s per command); the round ends when
+        // all did, so rounds never overlap.
+        let mut set = tokio::task::JoinSet::new();
         for (id, kinds) in todo {
-            let virt = self.virt.clone();
-            let vid = id.clone();
-            let answers = blocking(move || -> Vec<(Kind, Result<Value, String>)> {
-                let dom = match virt.lookup(&vid) {
-                    Ok(d) => d,
-                    Err(e) => return kinds.iter().map(|k| (*k, Err(e.to_string()))).collect(),
-                };
-                let mut out = Vec::new();
-                for (i, k) in kinds.iter().enumerate() {
-                    let cmd = json!({"execute": k.command()}).to_string();
-                    let r = dom
-                        .qemu_agent_command(&cmd, 1, 0)
-                        .map_err(|e| e.to_string())
-                        .and_then(|a| guestinfo::result_of(&a));
-                    if i == 0 {
-                        if let Err(e) = &r {
-                            // No agent: do not wait for each command to time out.
-                            return kinds.iter().map(|k| (*k, Err(e.clone()))).collect();
-                        }
-                    }
-                    out.push((*k, r));
-                }
-                out
-            })
-            .await
-            .unwrap_or_default();
-            let changed = self.update(&id, |e| {
-                let before = e.guest.clone();
-                let any_ok = answers.iter().any(|(_, r)| r.is_ok());
-                for (k, r) in &answers {
-                    match r {
-                        Ok(v) => guestinfo::apply(&mut e.guest, *k, now, v),
-                        Err(_) => guestinfo::mark_asked(&mut e.guest, *k, now),
+            let me = self.clone();
+            set.spawn(async move { me.poll_guest(id, kinds, now).await });
+        }
+        while set.join_next().await.is_some() {}
+    }
+
+    async fn poll_guest(&self, id: String, kinds: Vec<crate::guestinfo::Kind>, now: f64) {
+        use crate::guestinfo::{self, Kind};
+        let virt = self.virt.clone();
+        let vid = id.clone();
+        let answers = blocking(move || -> Vec<(Kind, Result<Value, String>)> {
+            let dom = match virt.lookup(&vid) {
+                Ok(d) => d,
+                Err(e) => return kinds.iter().map(|k| (*k, Err(e.to_string()))).collect(),
+            };
+            let mut out = Vec::new();
+            for (i, k) in kinds.iter().enumerate() {
+                let cmd = json!({"execute": k.command()}).to_string();
+                let r = dom
+                    .qemu_agent_command(&cmd, 1, 0)
+                    .map_err(|e| e.to_string())
+                    .and_then(|a| guestinfo::result_of(&a));
+                if i == 0 {
+                    if let Err(e) = &r {
+                        // No agent: do not wait for each command to time out.
+                        return kinds.iter().map(|k| (*k, Err(e.clone()))).collect();
                     }
                 }
-                e.guest.agent_ok = Some(any_ok);
-                if before.agent_ok != e.guest.agent_ok {
-                    info!(vm_id = %e.id, available = any_ok, "guest agent availability changed");
-                }
-                let mut a = before;
-                let mut b = e.guest.clone();
-                a.asked = [0.0; 7];
-                b.asked = [0.0; 7];
-                (a != b).then(|| e.clone())
-            });
-            if let Some(Some(e)) = changed {
-                self.emit_vm_status(&e, true);
+                out.push((*k, r));
             }
+            out
+        })
+        .await
+        .unwrap_or_default();
+        let changed = self.update(&id, |e| {
+            let before = e.guest.clone();
+            let any_ok = answers.iter().any(|(_, r)| r.is_ok());
+            for (k, r) in &answers {
+                match r {
+                    Ok(v) => guestinfo::apply(&mut e.guest, *k, now, v),
+                    Err(_) => guestinfo::mark_asked(&mut e.guest, *k, now),
+                }
+            }
+            e.guest.agent_ok = Some(any_ok);
+            if before.agent_ok != e.guest.agent_ok {
+                info!(vm_id = %e.id, available = any_ok, "guest agent availability changed");
+            }
+            let mut a = before;
+            let mut b = e.guest.clone();
+            a.asked = [0.0; 7];
+            b.asked = [0.0; 7];
+            (a != b).then(|| e.clone())
+        });
+        if let Some(Some(e)) = changed {
+            self.emit_vm_status(&e, true);
         }
     }
 
