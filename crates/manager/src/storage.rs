@@ -284,7 +284,10 @@ impl Manager {
             if recent {
                 continue;
             }
-            if let Err(e) = self.connect_host_to_pool(dc, &h.id).await {
+            // After a failure, storage connections are made anew (a stale mount of an
+            // unreachable server is not reused).
+            let fresh = self.pools().failed_at.contains_key(&h.id);
+            if let Err(e) = self.connect_host_to_pool(dc, &h.id, fresh).await {
                 self.pools().failed_at.insert(h.id.clone(), Instant::now());
                 self.host_cannot_reach_storage(dc, &h.id, &e.to_string())
                     .await;
@@ -432,7 +435,7 @@ impl Manager {
     }
 
     /// Gives the host its id, connects every domain of the data center and the pool.
-    async fn connect_host_to_pool(&self, dc: &str, host_id: &str) -> Result<()> {
+    async fn connect_host_to_pool(&self, dc: &str, host_id: &str, fresh: bool) -> Result<()> {
         let c = self.client_of(host_id).await?;
         let (d, sds, spm_id) = {
             let _g = self.write_lock.lock().await;
@@ -453,6 +456,15 @@ impl Manager {
             return Ok(());
         };
         for sd in &sds {
+            if fresh {
+                let _ = c
+                    .call_value(
+                        "StoragePool.disconnectStorageServer",
+                        json!({"storagepoolID": blank(), "domainType": sd.domain_type(),
+                               "connectionParams": [connection_params(sd)]}),
+                    )
+                    .await;
+            }
             self.connect_domain_server(&c, sd).await?;
         }
         let dict: serde_json::Map<String, Value> = sds

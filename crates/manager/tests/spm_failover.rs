@@ -115,3 +115,44 @@ async fn spm_sanlock_killed_role_moves_after_the_lease_expired() {
         "two hosts were SPM at the same time"
     );
 }
+
+/// A host that cannot reach the data center's storage is non_operational; once it
+/// can, it connects to the pool and is up again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_without_storage_is_non_operational_until_it_reaches_it() {
+    let s = Setup::start_hiding(1, Some(1)).await;
+    let status = |xml: &str| common::failover::text(xml, &["status"]);
+    let id = s.hosts[1].clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, h) = s.m.api(&s.token, "GET", &format!("/hosts/{id}"), "").await;
+        if status(&h) == "non_operational" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "host 1: {h}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        s.api_spm().await,
+        Some(0),
+        "the host that reaches storage is SPM"
+    );
+    let ev = s.events().await;
+    assert!(
+        ev.contains("Setting Host state to Non-Operational"),
+        "{}",
+        tail(&ev, 30)
+    );
+    let shared = s.cluster.shared.to_string_lossy().into_owned();
+    assert!(s.cluster.in_host(1, &["umount", &shared]));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, h) = s.m.api(&s.token, "GET", &format!("/hosts/{id}"), "").await;
+        if status(&h) == "up" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "host 1 not up again: {h}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(s.events().await.contains("reaches every storage domain"));
+}

@@ -484,6 +484,19 @@ spm_watchdog_interval_secs = 1
         }
     }
 
+    /// Runs a command in host i's mount and network namespaces; true if it succeeded.
+    pub fn in_host(&self, i: usize, cmd: &[&str]) -> bool {
+        let Some(holder) = self.hosts[i].holder.as_ref().map(Child::id) else {
+            return false;
+        };
+        Command::new("nsenter")
+            .args(["-t", &holder.to_string(), "-m", "-n", "--"])
+            .args(cmd)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
     /// A client of host i.
     pub async fn client(&self, i: usize) -> Client {
         let tls = halyard_pki::client_config(&self.pki.client).expect("tls");

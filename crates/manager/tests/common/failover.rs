@@ -70,6 +70,12 @@ pub fn text(xml: &str, path: &[&str]) -> String {
 
 impl Setup {
     pub async fn start(io_timeout: u32) -> Setup {
+        Setup::start_hiding(io_timeout, None).await
+    }
+
+    /// Like [`Setup::start`]; host `hide` sees an empty tmpfs where the shared storage
+    /// is (it cannot reach the domain) from before the domain is attached.
+    pub async fn start_hiding(io_timeout: u32, hide: Option<usize>) -> Setup {
         let mut cluster = Cluster::prepare(
             2,
             workspace_bin("halyard-hostd", "halyard-hostd"),
@@ -120,6 +126,13 @@ impl Setup {
                     .and_then(|d| d.id().map(str::to_string))
             })
             .expect("the Default data center");
+        if let Some(h) = hide {
+            let shared = cluster.shared.to_string_lossy().into_owned();
+            assert!(
+                cluster.in_host(h, &["mount", "-t", "tmpfs", "hidden", &shared]),
+                "hiding the storage from host {h}"
+            );
+        }
         let body = format!(
             "<storage_domain><name>shared</name><type>data</type><storage><type>posixfs</type><path>{}</path><vfs_type>none</vfs_type><mount_options>bind</mount_options></storage><host><name>{}</name></host></storage_domain>",
             cluster.shared.display(),
