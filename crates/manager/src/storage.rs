@@ -315,7 +315,11 @@ impl Manager {
                     self.check_spm(dc, spm, host_up).await;
                 }
             }
-            None if !electing => {
+            None if !electing
+                && hosts.iter().any(|h| {
+                    h.status == "up" && h.spm_priority >= 0 && self.pool_connected(dc, &h.id)
+                }) =>
+            {
                 self.pools().electing.insert(dc.to_string());
                 let me = self.clone();
                 let dc = dc.to_string();

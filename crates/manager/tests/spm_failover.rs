@@ -156,3 +156,54 @@ async fn host_without_storage_is_non_operational_until_it_reaches_it() {
     }
     assert!(s.events().await.contains("reaches every storage domain"));
 }
+
+/// SPM priority -1 means never: with the only other host at -1, killing the SPM's agent
+/// leaves the data center without an SPM (and forceselectspm refuses that host); at
+/// priority 5 it is elected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spm_priority_minus_one_is_never_elected() {
+    let mut s = Setup::start(1).await;
+    let spm = s.wait_spm(Duration::from_secs(60)).await;
+    let other = 1 - spm;
+    let put_priority = |p: i32| format!("<host><spm><priority>{p}</priority></spm></host>");
+    let (code, b) =
+        s.m.api(
+            &s.token,
+            "PUT",
+            &format!("/hosts/{}", s.hosts[other]),
+            &put_priority(-1),
+        )
+        .await;
+    assert_eq!(code, 200, "{b}");
+    let (code, _) =
+        s.m.api(
+            &s.token,
+            "POST",
+            &format!("/hosts/{}/forceselectspm", s.hosts[other]),
+            "<action/>",
+        )
+        .await;
+    assert_eq!(code, 409, "forceselectspm of a priority -1 host");
+    s.cluster.kill_hostd(spm);
+    // Well past detection (SPM check every 2 s) and several elections.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(s.api_spm().await, None, "a -1 host must not become SPM");
+    assert_eq!(s.watch.spm_now(), None);
+    let (_, dc) =
+        s.m.api(&s.token, "GET", &format!("/datacenters/{}", s.dc), "")
+            .await;
+    assert_eq!(common::failover::text(&dc, &["status"]), "problematic");
+    let (code, b) =
+        s.m.api(
+            &s.token,
+            "PUT",
+            &format!("/hosts/{}", s.hosts[other]),
+            &put_priority(5),
+        )
+        .await;
+    assert_eq!(code, 200, "{b}");
+    assert_eq!(s.wait_spm(Duration::from_secs(60)).await, other);
+    s.disk_works("after-priority", Duration::from_secs(60))
+        .await;
+    assert_eq!(s.watch.max_spms.load(Ordering::Relaxed), 1);
+}
