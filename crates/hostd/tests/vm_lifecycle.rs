@@ -265,16 +265,24 @@ async fn guest_shutdown_from_inside_is_a_user_shutdown() {
         .await;
     // Power off from inside the guest through the guest agent's exec (not through
     // VM.shutdown): the agent reports a user shutdown.
-    let out = host.virsh(&[
-        "qemu-agent-command",
-        &g.domain_name,
-        r#"{"execute":"guest-exec","arguments":{"path":"/bin/busybox","arg":["poweroff","-f"]}}"#,
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The ready line can come before qemu-ga has opened its port: retry a little.
+    let t0 = std::time::Instant::now();
+    loop {
+        let out = host.virsh(&[
+            "qemu-agent-command",
+            &g.domain_name,
+            r#"{"execute":"guest-exec","arguments":{"path":"/bin/busybox","arg":["poweroff","-f"]}}"#,
+        ]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     let down = wait_event(&mut ev, Duration::from_secs(30), |n| {
         event_status(n, &g.id).as_deref() == Some("Down")
     })

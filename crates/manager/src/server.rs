@@ -57,16 +57,36 @@ pub fn form_decode(s: &str) -> HashMap<String, String> {
 }
 
 async fn read_body(m: &Manager, body: Body) -> Result<Vec<u8>, ApiError> {
-    axum::body::to_bytes(body, m.cfg.max_body_bytes)
-        .await
-        .map(|b| b.to_vec())
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "Operation Failed",
-                format!("the request body exceeds {} bytes", m.cfg.max_body_bytes),
-            )
-        })
+    use http_body_util::BodyExt;
+    let limit = m.cfg.max_body_bytes;
+    // Past the limit the rest is read and dropped (up to 16 times the limit), so that
+    // the client, still sending, gets the 413 instead of a reset connection.
+    let drain = limit.saturating_mul(16);
+    let mut body = body;
+    let mut out = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { break };
+        if let Ok(data) = frame.into_data() {
+            seen = seen.saturating_add(data.len());
+            if seen > limit {
+                out = Vec::new();
+                if seen > drain {
+                    break;
+                }
+                continue;
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    if seen > limit {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Operation Failed",
+            format!("the request body exceeds {limit} bytes"),
+        ));
+    }
+    Ok(out)
 }
 
 async fn token(State(m): State<Arc<Manager>>, req: Request<Body>) -> Response {
