@@ -194,7 +194,19 @@ impl Manager {
                     }
                     last_stats = Some(Instant::now());
                 }
-                if host.status != "up" && host.status != "non_operational" {
+                // Up only once its capabilities (memory, CPUs) are known: the
+                // scheduler needs them.
+                let known = self
+                    .read()
+                    .hosts
+                    .get(&host_id)
+                    .is_some_and(|h| h.memory > 0);
+                let known = known
+                    || match slot.read().await.clone() {
+                        Some(c) => self.load_caps(&host_id, &c).await,
+                        None => false,
+                    };
+                if known && host.status != "up" && host.status != "non_operational" {
                     self.set_host_status(&host_id, "up").await;
                     if host.status != "up" {
                         self.event(
@@ -231,7 +243,39 @@ impl Manager {
         info!("connected to the host agent");
         // A new connection may be a restarted agent: it connects to its pool again.
         self.pool_forget_host(host_id);
-        if let Ok(caps) = c.call_value("Host.getCapabilities", json!({})).await {
+        self.load_caps(host_id, c).await;
+        // Follow VM status events.
+        let mut rx = c.events();
+        let me = self.clone();
+        let hid = host_id.to_string();
+        tokio::spawn(
+            async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(n) => {
+                            if let Some(vm_id) = n.method.strip_prefix("|virt|VM_status|") {
+                                if let Some(st) = n.params.get(vm_id) {
+                                    me.vm_report(&hid, vm_id, st, true).await;
+                                }
+                            }
+                            me.on_event(&hid, &n).await;
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(_) => return,
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// Host.getCapabilities into the host's record; false when the agent did not
+    /// answer them (e.g. 99 while it recovers after a restart).
+    async fn load_caps(&self, host_id: &str, c: &Arc<Client>) -> bool {
+        let Ok(caps) = c.call_value("Host.getCapabilities", json!({})).await else {
+            return false;
+        };
+        {
             let h = self.read().hosts.get(host_id).cloned();
             if let Some(mut h) = h {
                 let s = |k: &str| {
@@ -267,29 +311,7 @@ impl Manager {
                 let _ = self.save_host(&h).await;
             }
         }
-        // Follow VM status events.
-        let mut rx = c.events();
-        let me = self.clone();
-        let hid = host_id.to_string();
-        tokio::spawn(
-            async move {
-                loop {
-                    match rx.recv().await {
-                        Ok(n) => {
-                            if let Some(vm_id) = n.method.strip_prefix("|virt|VM_status|") {
-                                if let Some(st) = n.params.get(vm_id) {
-                                    me.vm_report(&hid, vm_id, st, true).await;
-                                }
-                            }
-                            me.on_event(&hid, &n).await;
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                        Err(_) => return,
-                    }
-                }
-            }
-            .in_current_span(),
-        );
+        self.read().hosts.get(host_id).is_some_and(|h| h.memory > 0)
     }
 
     /// Hook for other event kinds (guest agent, jobs).
