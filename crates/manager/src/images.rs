@@ -179,20 +179,7 @@ impl Manager {
         } else {
             (VOL_RAW, PREALLOCATED)
         };
-        let t = StorageTask {
-            id: new_id(),
-            data_center: dc.to_string(),
-            kind: kind.to_string(),
-            domain: disk.storage_domain.clone(),
-            image: disk.id.clone(),
-            volume: vol.clone(),
-            disk: disk.id.clone(),
-            vdsm_task: None,
-            host: None,
-            job: job.to_string(),
-            owner,
-            created: now_ms(),
-        };
+        let t = StorageTask::for_disk(disk, dc, kind, job, owner);
         self.add_step(
             job,
             &t.id,
@@ -309,20 +296,7 @@ impl Manager {
         d.status = "locked".into();
         d.vm = None;
         self.save_disk(&d).await.map_err(failed)?;
-        let t = StorageTask {
-            id: new_id(),
-            data_center: dc.clone(),
-            kind: "delete_image".into(),
-            domain: d.storage_domain.clone(),
-            image: d.id.clone(),
-            volume: d.leaf().to_string(),
-            disk: d.id.clone(),
-            vdsm_task: None,
-            host: None,
-            job: job.clone(),
-            owner: None,
-            created: now_ms(),
-        };
+        let t = StorageTask::for_disk(&d, &dc, "delete_image", &job, None);
         self.add_step(&job, &t.id, format!("Deleting image {}", d.id))
             .await;
         let r = self
@@ -522,20 +496,13 @@ impl Manager {
         for (src, td) in copies {
             self.save_disk(&td).await.map_err(failed)?;
             let dc = self.dc_of_domain(&src.storage_domain);
-            let task = StorageTask {
-                id: new_id(),
-                data_center: dc.clone(),
-                kind: "copy_volume".into(),
-                domain: td.storage_domain.clone(),
-                image: td.id.clone(),
-                volume: td.leaf().to_string(),
-                disk: td.id.clone(),
-                vdsm_task: None,
-                host: None,
-                job: job.clone(),
-                owner: Some(("template".into(), t.id.clone())),
-                created: now_ms(),
-            };
+            let task = StorageTask::for_disk(
+                &td,
+                &dc,
+                "copy_volume",
+                &job,
+                Some(("template".into(), t.id.clone())),
+            );
             self.add_step(
                 &job,
                 &task.id,

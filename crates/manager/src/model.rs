@@ -295,6 +295,32 @@ pub struct StorageTask {
     pub created: i64,
 }
 
+impl StorageTask {
+    /// A task working on `disk`'s leaf volume (recorded before it is sent).
+    pub fn for_disk(
+        disk: &Disk,
+        data_center: &str,
+        kind: &str,
+        job: &str,
+        owner: Option<(String, String)>,
+    ) -> StorageTask {
+        StorageTask {
+            id: uuid::Uuid::new_v4().to_string(),
+            data_center: data_center.to_string(),
+            kind: kind.to_string(),
+            domain: disk.storage_domain.clone(),
+            image: disk.id.clone(),
+            volume: disk.leaf().to_string(),
+            disk: disk.id.clone(),
+            vdsm_task: None,
+            host: None,
+            job: job.to_string(),
+            owner,
+            created: now_ms(),
+        }
+    }
+}
+
 /// A VM.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Vm {

@@ -213,20 +213,13 @@ impl Manager {
                 Some(j) => j,
                 None => self.start_job(format!("Adding Disk {}", d.name)).await,
             };
-            let t = StorageTask {
-                id: uuid::Uuid::new_v4().to_string(),
-                data_center: self.dc_of_domain(&d.storage_domain),
-                kind: "create_volume".into(),
-                domain: d.storage_domain.clone(),
-                image: d.id.clone(),
-                volume: d.leaf().to_string(),
-                disk: d.id.clone(),
-                vdsm_task: None,
-                host: None,
-                job: job.clone(),
-                owner: None,
-                created: now_ms(),
-            };
+            let t = StorageTask::for_disk(
+                &d,
+                &self.dc_of_domain(&d.storage_domain),
+                "create_volume",
+                &job,
+                None,
+            );
             warn!(disk = %d.name, "disk left locked by a Manager that stopped; its storage decides");
             self.add_step(
                 &job,
