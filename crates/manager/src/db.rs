@@ -100,6 +100,11 @@ impl Db {
             id: id.into(),
             source,
         })?;
+        self.put_json(kind, id, data).await
+    }
+
+    /// Inserts or replaces a document already serialised.
+    pub async fn put_json(&self, kind: &str, id: &str, data: String) -> Result<()> {
         sqlx::query(
             "INSERT INTO objects (kind, id, data) VALUES ($1, $2, $3) \
              ON CONFLICT (kind, id) DO UPDATE SET data = excluded.data",

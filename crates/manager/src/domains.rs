@@ -147,7 +147,7 @@ impl Manager {
         {
             apply_domain_stats(&mut sd, &st);
         }
-        self.save_sd(&sd).await.map_err(failed)?;
+        self.insert(&sd).await.map_err(failed)?;
         self.event(
             956,
             "normal",
@@ -238,19 +238,23 @@ impl Manager {
                         sd.name
                     )));
                 }
-                let mut d = d;
-                d.master_domain = Some(sd.id.clone());
-                d.master_version = 1;
-                d.spm = None;
-                d.spm_lver = -1;
-                d.spm_prev_id = -1;
-                d.status = "contend".into();
-                let mut sd = sd;
-                sd.data_center = Some(dc.to_string());
-                sd.master = true;
-                sd.status = "active".into();
-                self.save_sd(&sd).await.map_err(failed)?;
-                self.save_dc(&d).await.map_err(failed)?;
+                self.update(&sd.id, |sd: &mut StorageDomain| {
+                    sd.data_center = Some(dc.to_string());
+                    sd.master = true;
+                    sd.status = "active".into();
+                })
+                .await
+                .map_err(failed)?;
+                self.update(dc, |d: &mut DataCenter| {
+                    d.master_domain = Some(sd.id.clone());
+                    d.master_version = 1;
+                    d.spm = None;
+                    d.spm_lver = -1;
+                    d.spm_prev_id = -1;
+                    d.status = "contend".into();
+                })
+                .await
+                .map_err(failed)?;
                 true
             } else {
                 self.spm_client(dc).await?;
@@ -274,10 +278,12 @@ impl Manager {
                 }
                 self.on_spm("StorageDomain.attach", &d, &sd.id).await?;
                 self.on_spm("StorageDomain.activate", &d, &sd.id).await?;
-                let mut sd = sd;
-                sd.data_center = Some(dc.to_string());
-                sd.status = "active".into();
-                self.save_sd(&sd).await.map_err(failed)?;
+                self.update(&sd.id, |sd: &mut StorageDomain| {
+                    sd.data_center = Some(dc.to_string());
+                    sd.status = "active".into();
+                })
+                .await
+                .map_err(failed)?;
                 // Hosts join its lockspace at their next pool connection.
                 for h in &hosts {
                     self.pool_forget_host(&h.id);
@@ -327,11 +333,11 @@ impl Manager {
     /// Activates a domain in maintenance.
     pub async fn activate_storage_domain(self: &Arc<Self>, dc: &str, sd_id: &str) -> Result<()> {
         let _g = self.write_lock.lock().await;
-        let mut sd = self.attached(dc, sd_id)?;
+        let sd = self.attached(dc, sd_id)?;
         if sd.status == "active" {
             return Ok(());
         }
-        let mut d = self
+        let d = self
             .read()
             .data_centers
             .get(dc)
@@ -339,13 +345,15 @@ impl Manager {
             .ok_or_else(|| StorageOpError::NotFound(format!("Data center {dc} not found")))?;
         if sd.master {
             // The whole pool comes back: hosts reconnect, an SPM is elected.
-            d.status = "contend".into();
-            self.save_dc(&d).await.map_err(failed)?;
+            self.update(dc, |d: &mut DataCenter| d.status = "contend".into())
+                .await
+                .map_err(failed)?;
         } else {
             self.on_spm("StorageDomain.activate", &d, &sd.id).await?;
         }
-        sd.status = "active".into();
-        self.save_sd(&sd).await.map_err(failed)?;
+        self.update(sd_id, |sd: &mut StorageDomain| sd.status = "active".into())
+            .await
+            .map_err(failed)?;
         self.event(
             966,
             "normal",
@@ -410,12 +418,12 @@ impl Manager {
     /// disconnects) and the data center is in maintenance.
     pub async fn deactivate_storage_domain(self: &Arc<Self>, dc: &str, sd_id: &str) -> Result<()> {
         let _g = self.write_lock.lock().await;
-        let mut sd = self.attached(dc, sd_id)?;
+        let sd = self.attached(dc, sd_id)?;
         if sd.status == "maintenance" {
             return Ok(());
         }
         self.domain_in_use(&sd)?;
-        let mut d = self
+        let d = self
             .read()
             .data_centers
             .get(dc)
@@ -443,9 +451,12 @@ impl Manager {
                         .map_err(|e| StorageOpError::Failed(format!("spmStop: {e}")))?;
                 }
             }
-            d.spm = None;
-            d.status = "maintenance".into();
-            self.save_dc(&d).await.map_err(failed)?;
+            self.update(dc, |d: &mut DataCenter| {
+                d.spm = None;
+                d.status = "maintenance".into();
+            })
+            .await
+            .map_err(failed)?;
             let hosts: Vec<String> = self
                 .read()
                 .hosts_of_dc(dc)
@@ -467,8 +478,11 @@ impl Manager {
         } else {
             self.on_spm("StorageDomain.deactivate", &d, &sd.id).await?;
         }
-        sd.status = "maintenance".into();
-        self.save_sd(&sd).await.map_err(failed)?;
+        self.update(sd_id, |sd: &mut StorageDomain| {
+            sd.status = "maintenance".into()
+        })
+        .await
+        .map_err(failed)?;
         self.event(
             968,
             "normal",
@@ -484,19 +498,23 @@ impl Manager {
     }
 
     async fn set_spm_status_none(&self, dc: &str) {
-        let hosts: Vec<Host> = self.read().hosts_of_dc(dc).into_iter().cloned().collect();
-        for mut h in hosts {
-            if h.spm_status != "none" {
-                h.spm_status = "none".into();
-                let _ = self.save_host(&h).await;
-            }
+        let hosts: Vec<String> = self
+            .read()
+            .hosts_of_dc(dc)
+            .into_iter()
+            .map(|h| h.id.clone())
+            .collect();
+        for h in hosts {
+            let _ = self
+                .update(&h, |h: &mut Host| h.spm_status = "none".into())
+                .await;
         }
     }
 
     /// Detaches a domain in maintenance. Disks on it must be removed first.
     pub async fn detach_storage_domain(self: &Arc<Self>, dc: &str, sd_id: &str) -> Result<()> {
         let _g = self.write_lock.lock().await;
-        let mut sd = self.attached(dc, sd_id)?;
+        let sd = self.attached(dc, sd_id)?;
         if sd.status != "maintenance" {
             return Err(StorageOpError::Conflict(format!(
                 "Cannot detach Storage Domain {}: put it into maintenance first.",
@@ -514,7 +532,7 @@ impl Manager {
                 sd.name
             )));
         }
-        let mut d = self
+        let d = self
             .read()
             .data_centers
             .get(dc)
@@ -524,17 +542,23 @@ impl Manager {
             // The pool ends with its master (it was stopped at deactivation); the
             // domain keeps the pool's id on storage until it is formatted or attached
             // again.
-            d.master_domain = None;
-            d.spm = None;
-            d.status = "uninitialized".into();
-            self.save_dc(&d).await.map_err(failed)?;
+            self.update(dc, |d: &mut DataCenter| {
+                d.master_domain = None;
+                d.spm = None;
+                d.status = "uninitialized".into();
+            })
+            .await
+            .map_err(failed)?;
         } else {
             self.on_spm("StorageDomain.detach", &d, &sd.id).await?;
         }
-        sd.data_center = None;
-        sd.master = false;
-        sd.status = "unattached".into();
-        self.save_sd(&sd).await.map_err(failed)?;
+        self.update(sd_id, |sd: &mut StorageDomain| {
+            sd.data_center = None;
+            sd.master = false;
+            sd.status = "unattached".into();
+        })
+        .await
+        .map_err(failed)?;
         self.event(
             964,
             "normal",
@@ -591,11 +615,7 @@ impl Manager {
                 )
                 .await;
         }
-        self.forget("storagedomain", sd_id, |i| {
-            i.storage_domains.remove(sd_id);
-        })
-        .await
-        .map_err(failed)?;
+        self.remove::<StorageDomain>(sd_id).await.map_err(failed)?;
         self.event(
             960,
             "normal",

@@ -92,17 +92,22 @@ impl Manager {
     }
 
     pub async fn set_host_status(&self, host_id: &str, status: &str) -> bool {
-        let h = self.read().hosts.get(host_id).cloned();
-        let Some(mut h) = h else { return false };
-        if h.status == status {
-            return false;
+        let r = self
+            .update(host_id, |h: &mut Host| {
+                (h.status != status).then(|| std::mem::replace(&mut h.status, status.to_string()))
+            })
+            .await;
+        match r {
+            Ok(Some(Some(old))) => {
+                info!(from = %old, to = status, "host status");
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                warn!(error = %e, "cannot store the host status");
+                false
+            }
         }
-        let old = std::mem::replace(&mut h.status, status.to_string());
-        if let Err(e) = self.save_host(&h).await {
-            warn!(error = %e, "cannot store the host status");
-        }
-        info!(from = %old, to = status, "host status");
-        true
     }
 
     async fn monitor_loop(
@@ -275,16 +280,21 @@ impl Manager {
         let Ok(caps) = c.call_value("Host.getCapabilities", json!({})).await else {
             return false;
         };
-        {
-            let h = self.read().hosts.get(host_id).cloned();
-            if let Some(mut h) = h {
-                let s = |k: &str| {
-                    caps.get(k)
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_string()
-                };
-                let n = |k: &str| s(k).parse::<u32>().unwrap_or(0);
+        let s = |k: &str| {
+            caps.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        let n = |k: &str| s(k).parse::<u32>().unwrap_or(0);
+        let pkg = |k: &str| {
+            caps["packages2"][k]["version"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        };
+        let r = self
+            .update(host_id, |h: &mut Host| {
                 h.cpu_model = s("cpuModel");
                 h.cpu_speed = s("cpuSpeed");
                 h.cpu_threads = n("cpuThreads");
@@ -292,24 +302,17 @@ impl Manager {
                 h.cpu_cores = (n("cpuCores") / h.cpu_sockets.max(1)).max(1);
                 h.memory = s("memSize").parse::<u64>().unwrap_or(0) * 1024 * 1024;
                 h.hardware_uuid = s("uuid");
-                h.libvirt_version = caps["packages2"]["libvirt"]["version"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_string();
-                h.vdsm_version = caps["packages2"]["vdsm"]["version"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_string();
-                h.kernel = caps["packages2"]["kernel"]["version"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_string();
+                h.libvirt_version = pkg("libvirt");
+                h.vdsm_version = pkg("vdsm");
+                h.kernel = pkg("kernel");
                 h.os_name = caps["operatingSystem"]["name"]
                     .as_str()
                     .unwrap_or("")
                     .to_string();
-                let _ = self.save_host(&h).await;
-            }
+            })
+            .await;
+        if let Err(e) = r {
+            warn!(error = %e, "cannot store the host's capabilities");
         }
         self.read().hosts.get(host_id).is_some_and(|h| h.memory > 0)
     }
@@ -319,31 +322,27 @@ impl Manager {
 
     async fn sample(self: &Arc<Self>, host_id: &str, c: &Arc<Client>) {
         if let Ok(st) = c.call_value("Host.getStats", json!({})).await {
-            let h = self.read().hosts.get(host_id).cloned();
-            if let Some(mut h) = h {
-                let free = st["memFree"].as_u64().unwrap_or(0) * 1024 * 1024;
-                let idle = st["cpuIdle"]
-                    .as_str()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(100.0);
-                let bad: Vec<String> = st["storageDomains"]
-                    .as_object()
-                    .map(|m| {
-                        m.iter()
-                            .filter(|(_, v)| v["valid"] == false)
-                            .map(|(k, _)| k.clone())
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                if h.free_memory != free || (h.cpu_idle - idle).abs() > 0.5 || h.domains_bad != bad
-                {
-                    h.free_memory = free;
-                    h.cpu_idle = idle;
-                    h.domains_bad = bad;
-                    // Stats are kept in memory only.
-                    self.write().hosts.insert(h.id.clone(), h);
-                }
-            }
+            let free = st["memFree"].as_u64().unwrap_or(0) * 1024 * 1024;
+            let idle = st["cpuIdle"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(100.0);
+            let bad: Vec<String> = st["storageDomains"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .filter(|(_, v)| v["valid"] == false)
+                        .map(|(k, _)| k.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            // Stats are kept in memory only.
+            self.update_memory(host_id, |h: &mut Host| {
+                h.free_memory = free;
+                h.cpu_idle = idle;
+                h.domains_bad = bad;
+            })
+            .await;
         }
         let Ok(list) = c.call_value("Host.getAllVmStats", json!({})).await else {
             return;
@@ -391,9 +390,12 @@ impl Manager {
         let Some(vdsm) = st.get("status").and_then(Value::as_str) else {
             return;
         };
-        let v = self.read().vms.get(vm_id).cloned();
-        let Some(mut v) = v else { return };
-        if v.host.as_deref() != Some(host_id) {
+        let on_host = self
+            .read()
+            .vms
+            .get(vm_id)
+            .is_some_and(|v| v.host.as_deref() == Some(host_id));
+        if !on_host {
             return;
         }
         let new = api_status(vdsm);
@@ -412,54 +414,74 @@ impl Manager {
             self.vm_down(vm_id, msg, admin).await;
             return;
         }
-        let agent_before = v.guest.agent;
-        if let Ok(stats) = serde_json::from_value::<VmStats>(st.clone()) {
-            crate::vms::apply_guest_info(&mut v.guest, &stats);
-        }
-        if v.guest.agent != agent_before && v.guest.agent.is_some() {
-            let (code, sev, text) = if v.guest.agent == Some(true) {
+        // Guest details change without a status change: memory only.
+        let stats = serde_json::from_value::<VmStats>(st.clone()).ok();
+        let agent = self
+            .update_memory(vm_id, |v: &mut Vm| {
+                let before = v.guest.agent;
+                if let Some(stats) = &stats {
+                    crate::vms::apply_guest_info(&mut v.guest, stats);
+                }
+                (before, v.guest.agent, v.name.clone())
+            })
+            .await;
+        let Some((agent_before, agent_now, name)) = agent else {
+            return;
+        };
+        if agent_now != agent_before && agent_now.is_some() {
+            let (code, sev, text) = if agent_now == Some(true) {
                 (
                     9030,
                     "normal",
-                    format!("The guest agent of VM {} is available.", v.name),
+                    format!("The guest agent of VM {name} is available."),
                 )
             } else {
                 (
                     9031,
                     "warning",
-                    format!("The guest agent of VM {} is not responding.", v.name),
+                    format!("The guest agent of VM {name} is not responding."),
                 )
             };
             self.event(code, sev, text, Some(host_id), Some(vm_id))
                 .await;
         }
-        let changed = v.status != new;
-        if changed {
-            debug!(vm = %v.name, from = %v.status, to = new, from_event, "VM status");
-            v.status = new.to_string();
-            if new == "up" && v.start_time.is_none() {
-                v.start_time = Some(now_ms());
+        let changed = self
+            .update(vm_id, |v: &mut Vm| {
+                // Still there and not down meanwhile (a Down event may have won).
+                if v.host.as_deref() != Some(host_id) || v.status == new || v.status == "down" {
+                    return None;
+                }
+                let from = std::mem::replace(&mut v.status, new.to_string());
+                if new == "up" && v.start_time.is_none() {
+                    v.start_time = Some(now_ms());
+                }
+                Some(from)
+            })
+            .await;
+        let from = match changed {
+            Ok(Some(Some(from))) => from,
+            Ok(_) => return,
+            Err(e) => {
+                warn!(error = %e, "cannot store a VM status");
+                return;
             }
-            let _ = self.save_vm(&v).await;
-            if new == "up" {
-                let host = self
-                    .read()
-                    .hosts
-                    .get(host_id)
-                    .map(|h| h.name.clone())
-                    .unwrap_or_default();
-                self.event(
-                    32,
-                    "normal",
-                    format!("VM {} started on Host {host}", v.name),
-                    Some(host_id),
-                    Some(vm_id),
-                )
-                .await;
-            }
-        } else {
-            // Guest details change without a status change: memory only.
-            self.write().vms.insert(v.id.clone(), v);
+        };
+        debug!(vm = %name, %from, to = new, from_event, "VM status");
+        if new == "up" {
+            let host = self
+                .read()
+                .hosts
+                .get(host_id)
+                .map(|h| h.name.clone())
+                .unwrap_or_default();
+            self.event(
+                32,
+                "normal",
+                format!("VM {name} started on Host {host}"),
+                Some(host_id),
+                Some(vm_id),
+            )
+            .await;
         }
     }
 
@@ -467,21 +489,26 @@ impl Manager {
     pub async fn vm_down(&self, vm_id: &str, message: String, admin: bool) {
         // Check and set in one step: the host's Down event and the action that caused
         // it may both get here.
-        let (v, host) = {
-            let mut inv = self.write();
-            let Some(v) = inv.vms.get_mut(vm_id) else {
-                return;
-            };
-            if v.status == "down" {
+        let r = self
+            .update(vm_id, |v: &mut Vm| {
+                if v.status == "down" {
+                    return None;
+                }
+                let host = v.host.take();
+                v.status = "down".into();
+                v.stop_time = Some(now_ms());
+                v.stop_reason = message.clone();
+                Some((v.clone(), host))
+            })
+            .await;
+        let (v, host) = match r {
+            Ok(Some(Some(x))) => x,
+            Ok(_) => return,
+            Err(e) => {
+                warn!(error = %e, "cannot store a VM status");
                 return;
             }
-            let host = v.host.take();
-            v.status = "down".into();
-            v.stop_time = Some(now_ms());
-            v.stop_reason = message.clone();
-            (v.clone(), host)
         };
-        let _ = self.save_vm(&v).await;
         let desc = if admin || message.is_empty() {
             format!("VM {} is down.", v.name)
         } else {
@@ -493,16 +520,21 @@ impl Manager {
 
     /// A host stopped answering: its VMs are unknown until it answers again.
     async fn vms_unknown(&self, host_id: &str) {
-        let vms: Vec<Vm> = self
+        let vms: Vec<String> = self
             .read()
             .vms
             .values()
             .filter(|v| v.host.as_deref() == Some(host_id) && v.status != "down")
-            .cloned()
+            .map(|v| v.id.clone())
             .collect();
-        for mut v in vms {
-            v.status = "unknown".into();
-            let _ = self.save_vm(&v).await;
+        for id in vms {
+            let _ = self
+                .update(&id, |v: &mut Vm| {
+                    if v.host.as_deref() == Some(host_id) && v.status != "down" {
+                        v.status = "unknown".into();
+                    }
+                })
+                .await;
         }
     }
 
@@ -563,10 +595,13 @@ impl Manager {
         )
         .await
         .map_err(|e| e.to_string())?;
-        let mut h = h;
-        h.certificate = Some(cert);
-        h.cert_not_after = now_ms() + life;
-        self.save_host(&h).await.map_err(|e| e.to_string())?;
+        // Only the certificate fields: a PUT meanwhile keeps what it changed.
+        self.update(host_id, |x: &mut Host| {
+            x.certificate = Some(cert);
+            x.cert_not_after = now_ms() + life;
+        })
+        .await
+        .map_err(|e| e.to_string())?;
         self.event(
             9000,
             "normal",

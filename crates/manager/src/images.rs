@@ -127,17 +127,13 @@ impl Manager {
             template: None,
             creation_time: now_ms(),
         };
-        self.save_disk(&disk).await.map_err(failed)?;
+        self.insert(&disk).await.map_err(failed)?;
         let job = self.start_job(format!("Adding Disk {}", disk.name)).await;
         let r = self
             .create_volume_task(&disk, &dc, &job, None, None, "create_volume")
             .await;
         if let Err(e) = r {
-            let _ = self
-                .forget("disk", &disk.id, |i| {
-                    i.disks.remove(&disk.id);
-                })
-                .await;
+            let _ = self.remove::<Disk>(&disk.id).await;
             self.finish_job(&job, false).await;
             return Err(e);
         }
@@ -206,7 +202,7 @@ impl Manager {
         interface: &str,
     ) -> Result<Disk> {
         let _g = self.write_lock.lock().await;
-        let mut d = self.disk(disk_id)?;
+        let d = self.disk(disk_id)?;
         let v = self
             .read()
             .vms
@@ -237,10 +233,16 @@ impl Manager {
                 "Cannot attach the disk: its storage domain is not in the VM's data center.".into(),
             ));
         }
-        d.vm = Some(vm.to_string());
-        d.bootable = bootable;
-        d.interface = interface.to_string();
-        self.save_disk(&d).await.map_err(failed)?;
+        let d = self
+            .update(disk_id, |d: &mut Disk| {
+                d.vm = Some(vm.to_string());
+                d.bootable = bootable;
+                d.interface = interface.to_string();
+                d.clone()
+            })
+            .await
+            .map_err(failed)?
+            .ok_or_else(|| StorageOpError::NotFound(format!("Disk {disk_id} not found")))?;
         Ok(d)
     }
 
@@ -253,7 +255,7 @@ impl Manager {
     ) -> Result<()> {
         {
             let _g = self.write_lock.lock().await;
-            let mut d = self.disk(disk_id)?;
+            let d = self.disk(disk_id)?;
             if d.vm.as_deref() != Some(vm) {
                 return Err(StorageOpError::NotFound(format!(
                     "Disk attachment {disk_id} not found"
@@ -265,8 +267,9 @@ impl Manager {
                     "Cannot detach a disk from a running VM.".into(),
                 ));
             }
-            d.vm = None;
-            self.save_disk(&d).await.map_err(failed)?;
+            self.update(disk_id, |d: &mut Disk| d.vm = None)
+                .await
+                .map_err(failed)?;
         }
         if remove {
             self.remove_disk(disk_id).await?;
@@ -276,7 +279,7 @@ impl Manager {
 
     /// Removes a disk: Image.delete on the SPM; the record goes when it ended.
     pub async fn remove_disk(self: &Arc<Self>, disk_id: &str) -> Result<()> {
-        let mut d = self.disk(disk_id)?;
+        let d = self.disk(disk_id)?;
         if d.status == "locked" {
             return Err(StorageOpError::Conflict(format!(
                 "Cannot remove Disk {}: it is locked by another operation.",
@@ -293,9 +296,15 @@ impl Manager {
         }
         let dc = self.dc_of_domain(&d.storage_domain);
         let job = self.start_job(format!("Removing Disk {}", d.name)).await;
-        d.status = "locked".into();
-        d.vm = None;
-        self.save_disk(&d).await.map_err(failed)?;
+        let d = self
+            .update(disk_id, |d: &mut Disk| {
+                d.status = "locked".into();
+                d.vm = None;
+                d.clone()
+            })
+            .await
+            .map_err(failed)?
+            .ok_or_else(|| StorageOpError::NotFound(format!("Disk {disk_id} not found")))?;
         let t = StorageTask::for_disk(&d, &dc, "delete_image", &job, None);
         self.add_step(&job, &t.id, format!("Deleting image {}", d.id))
             .await;
@@ -308,8 +317,9 @@ impl Manager {
             )
             .await;
         if let Err(e) = r {
-            d.status = "ok".into();
-            let _ = self.save_disk(&d).await;
+            let _ = self
+                .update(disk_id, |d: &mut Disk| d.status = "ok".into())
+                .await;
             self.finish_job(&job, false).await;
             return Err(e);
         }
@@ -355,7 +365,7 @@ impl Manager {
                 .collect(),
             live: v.status == "up",
         };
-        self.save_snapshot(&snap).await.map_err(failed)?;
+        self.insert(&snap).await.map_err(failed)?;
         let job = self
             .start_job(format!(
                 "Creating VM Snapshot {} for VM {}",
@@ -368,9 +378,9 @@ impl Manager {
             layer.volumes = vec![new_id()];
             layer.template_base = None;
             let dc = self.dc_of_domain(&d.storage_domain);
-            let mut locked = d.clone();
-            locked.status = "locked".into();
-            let _ = self.save_disk(&locked).await;
+            let _ = self
+                .update(&d.id, |d: &mut Disk| d.status = "locked".into())
+                .await;
             if let Err(e) = self
                 .create_volume_task(
                     &layer,
@@ -382,7 +392,9 @@ impl Manager {
                 )
                 .await
             {
-                let _ = self.save_disk(d).await;
+                let _ = self
+                    .update(&d.id, |x: &mut Disk| x.status = d.status.clone())
+                    .await;
                 self.event(
                     10802,
                     "error",
@@ -492,9 +504,9 @@ impl Manager {
             t.disks.push(td.id.clone());
             copies.push((d.clone(), td));
         }
-        self.save_template(&t).await.map_err(failed)?;
+        self.insert(&t).await.map_err(failed)?;
         for (src, td) in copies {
-            self.save_disk(&td).await.map_err(failed)?;
+            self.insert(&td).await.map_err(failed)?;
             let dc = self.dc_of_domain(&src.storage_domain);
             let task = StorageTask::for_disk(
                 &td,
@@ -574,17 +586,13 @@ impl Manager {
                 template: None,
                 creation_time: now_ms(),
             };
-            self.save_disk(&d).await.map_err(failed)?;
+            self.insert(&d).await.map_err(failed)?;
             let dc = self.dc_of_domain(&d.storage_domain);
             if let Err(e) = self
                 .create_volume_task(&d, &dc, &job, None, None, "create_volume")
                 .await
             {
-                let _ = self
-                    .forget("disk", &d.id, |i| {
-                        i.disks.remove(&d.id);
-                    })
-                    .await;
+                let _ = self.remove::<Disk>(&d.id).await;
                 return Err(e);
             }
         }
@@ -615,17 +623,14 @@ impl Manager {
             t
         };
         for d in &t.disks {
-            let mut disk = self.disk(d)?;
             // Make it an ordinary disk so that its removal is the disk's.
-            disk.template = None;
-            self.save_disk(&disk).await.map_err(failed)?;
+            self.update(d, |disk: &mut Disk| disk.template = None)
+                .await
+                .map_err(failed)?
+                .ok_or_else(|| StorageOpError::NotFound(format!("Disk {d} not found")))?;
             self.remove_disk(d).await?;
         }
-        self.forget("template", id, |i| {
-            i.templates.remove(id);
-        })
-        .await
-        .map_err(failed)?;
+        self.remove::<Template>(id).await.map_err(failed)?;
         self.event(
             2030,
             "normal",

@@ -117,15 +117,17 @@ async fn register(
         .find(|h| h.unique_id == unique)
         .cloned();
     let id = match existing {
-        Some(mut h) => {
+        Some(h) => {
             // A host registering again (new key): back to pending unless auto-approved.
-            h.csr = Some(csr);
-            h.address = address.to_string();
-            h.port = port;
-            if h.status == "pending_approval" || h.certificate.is_none() {
-                h.status = "pending_approval".into();
-            }
-            m.save_host(&h).await?;
+            m.update(&h.id, |h: &mut Host| {
+                h.csr = Some(csr);
+                h.address = address.to_string();
+                h.port = port;
+                if h.status == "pending_approval" || h.certificate.is_none() {
+                    h.status = "pending_approval".into();
+                }
+            })
+            .await?;
             h.id
         }
         None => {
@@ -140,7 +142,7 @@ async fn register(
                 .or_else(|| m.read().clusters.keys().next().cloned())
                 .ok_or_else(|| anyhow::anyhow!("no cluster"))?;
             let h = new_host(name, address, port, unique, &cluster, Some(csr));
-            m.save_host(&h).await?;
+            m.insert(&h).await?;
             m.event(
                 10000,
                 "normal",
@@ -244,10 +246,14 @@ pub async fn approve(m: &Arc<Manager>, id: &str, cluster: Option<String>) -> any
         halyard_pki::Usage::Server,
         m.cfg.host_cert_days,
     )?;
-    h.certificate = Some(cert);
-    h.cert_not_after = now_ms() + m.cfg.host_cert_days * 86_400_000;
-    h.status = "connecting".into();
-    m.save_host(&h).await?;
+    let not_after = now_ms() + m.cfg.host_cert_days * 86_400_000;
+    m.update(id, |x: &mut Host| {
+        x.cluster = h.cluster.clone();
+        x.certificate = Some(cert);
+        x.cert_not_after = not_after;
+        x.status = "connecting".into();
+    })
+    .await?;
     drop(_g);
     info!(host = %h.name, "host approved");
     m.event(
@@ -316,7 +322,7 @@ pub async fn enroll_host(
     h.certificate = Some(cert);
     h.cert_not_after = now_ms() + m.cfg.host_cert_days * 86_400_000;
     h.status = "connecting".into();
-    m.save_host(&h).await?;
+    m.insert(&h).await?;
     m.event(
         10002,
         "normal",

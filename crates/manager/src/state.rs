@@ -2,7 +2,7 @@
 //! tokens, and the events log. Every change goes to the database before it is
 //! acknowledged.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -53,6 +53,9 @@ pub struct Manager {
     pub write_lock: tokio::sync::Mutex<()>,
     /// Pool connections, elections and task sends in progress (memory only).
     pub pools: Mutex<crate::storage::PoolState>,
+    /// Held by [`Manager::insert`], [`Manager::update`] and [`Manager::remove`] only,
+    /// for the read-change-write of one object; never while waiting for anything else.
+    store: tokio::sync::Mutex<()>,
 }
 
 /// A random token of `n` bytes, hex.
@@ -112,6 +115,7 @@ impl Manager {
             monitors: Mutex::new(HashMap::new()),
             write_lock: tokio::sync::Mutex::new(()),
             pools: Mutex::new(Default::default()),
+            store: tokio::sync::Mutex::new(()),
         });
         m.init_admin().await?;
         m.load().await?;
@@ -280,13 +284,9 @@ impl Manager {
             data_center: dc.id.clone(),
             mtu: 0,
         };
-        self.db.put("datacenter", &dc.id, &dc).await?;
-        self.db.put("cluster", &cl.id, &cl).await?;
-        self.db.put("network", &net.id, &net).await?;
-        let mut inv = self.inv.write().unwrap_or_else(|p| p.into_inner());
-        inv.data_centers.insert(dc.id.clone(), dc);
-        inv.clusters.insert(cl.id.clone(), cl);
-        inv.networks.insert(net.id.clone(), net);
+        self.insert(&dc).await?;
+        self.insert(&cl).await?;
+        self.insert(&net).await?;
         Ok(())
     }
 
@@ -385,103 +385,58 @@ impl Manager {
         }
     }
 
-    // ----- persistence helpers ---------------------------------------------------------
+    // ----- persistence ------------------------------------------------------------------
+    //
+    // Every change of a stored object goes through `insert`, `update` or `remove`: under
+    // the store lock, the current copy is read from the inventory, changed, written to
+    // the database, then put back. Nothing writes a copy it read earlier (no lost
+    // updates when two tasks change the same object).
 
-    pub async fn save_host(&self, h: &Host) -> anyhow::Result<()> {
-        self.db.put("host", &h.id, h).await?;
-        self.inv
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .hosts
-            .insert(h.id.clone(), h.clone());
+    /// Stores a new object (or one its creator owns entirely), then puts it into the
+    /// inventory.
+    pub async fn insert<T: Stored>(&self, v: &T) -> anyhow::Result<()> {
+        let _g = self.store.lock().await;
+        self.db.put(T::KIND, v.key(), v).await?;
+        T::map_mut(&mut self.write()).insert(v.key().to_string(), v.clone());
         Ok(())
     }
 
-    pub async fn save_vm(&self, v: &Vm) -> anyhow::Result<()> {
-        self.db.put("vm", &v.id, v).await?;
-        self.inv
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .vms
-            .insert(v.id.clone(), v.clone());
-        Ok(())
-    }
-
-    pub async fn save_job(&self, j: &Job) -> anyhow::Result<()> {
-        self.db.put("job", &j.id, j).await?;
-        self.inv
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .jobs
-            .insert(j.id.clone(), j.clone());
-        Ok(())
-    }
-
-    /// Stores an object, then puts it into the inventory with `put`.
-    pub async fn persist<T: Serialize + Clone>(
+    /// Changes the current copy of object `id` with `f`; writes it when `f` changed
+    /// it. `None` when there is no such object.
+    pub async fn update<T: Stored, R>(
         &self,
-        kind: &str,
         id: &str,
-        v: &T,
-        put: impl FnOnce(&mut Inventory, T),
-    ) -> anyhow::Result<()> {
-        self.db.put(kind, id, v).await?;
-        put(&mut self.write(), v.clone());
-        Ok(())
+        f: impl FnOnce(&mut T) -> R,
+    ) -> anyhow::Result<Option<R>> {
+        let _g = self.store.lock().await;
+        let Some(mut cur) = T::map(&self.read()).get(id).cloned() else {
+            return Ok(None);
+        };
+        let before = cur.clone();
+        let r = f(&mut cur);
+        if cur != before {
+            self.db.put(T::KIND, id, &cur).await?;
+            T::map_mut(&mut self.write()).insert(id.to_string(), cur);
+        }
+        Ok(Some(r))
     }
 
-    pub async fn save_dc(&self, d: &DataCenter) -> anyhow::Result<()> {
-        self.persist("datacenter", &d.id, d, |i, d| {
-            i.data_centers.insert(d.id.clone(), d);
-        })
-        .await
-    }
-
-    pub async fn save_sd(&self, d: &StorageDomain) -> anyhow::Result<()> {
-        self.persist("storagedomain", &d.id, d, |i, d| {
-            i.storage_domains.insert(d.id.clone(), d);
-        })
-        .await
-    }
-
-    pub async fn save_disk(&self, d: &Disk) -> anyhow::Result<()> {
-        self.persist("disk", &d.id, d, |i, d| {
-            i.disks.insert(d.id.clone(), d);
-        })
-        .await
-    }
-
-    pub async fn save_snapshot(&self, d: &Snapshot) -> anyhow::Result<()> {
-        self.persist("snapshot", &d.id, d, |i, d| {
-            i.snapshots.insert(d.id.clone(), d);
-        })
-        .await
-    }
-
-    pub async fn save_template(&self, d: &Template) -> anyhow::Result<()> {
-        self.persist("template", &d.id, d, |i, d| {
-            i.templates.insert(d.id.clone(), d);
-        })
-        .await
-    }
-
-    pub async fn save_task(&self, d: &StorageTask) -> anyhow::Result<()> {
-        self.persist("task", &d.id, d, |i, d| {
-            i.tasks.insert(d.id.clone(), d);
-        })
-        .await
-    }
-
-    /// Deletes an object from the database, then from the inventory with `take`.
-    pub async fn forget(
+    /// Changes fields of object `id` that are kept in memory only (samples, guest
+    /// details between status changes); the database copy is not written.
+    pub async fn update_memory<T: Stored, R>(
         &self,
-        kind: &str,
         id: &str,
-        take: impl FnOnce(&mut Inventory),
-    ) -> anyhow::Result<()> {
-        self.db.delete(kind, id).await?;
-        take(&mut self.write());
-        Ok(())
+        f: impl FnOnce(&mut T) -> R,
+    ) -> Option<R> {
+        let _g = self.store.lock().await;
+        T::map_mut(&mut self.write()).get_mut(id).map(f)
+    }
+
+    /// Deletes an object from the database, then from the inventory.
+    pub async fn remove<T: Stored>(&self, id: &str) -> anyhow::Result<Option<T>> {
+        let _g = self.store.lock().await;
+        self.db.delete(T::KIND, id).await?;
+        Ok(T::map_mut(&mut self.write()).remove(id))
     }
 
     pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Inventory> {
@@ -503,18 +458,62 @@ impl Manager {
             steps: vec![],
         };
         let id = j.id.clone();
-        if let Err(e) = self.save_job(&j).await {
+        if let Err(e) = self.insert(&j).await {
             warn!(error = %e, "cannot store a job");
         }
         id
     }
 
     pub async fn finish_job(&self, id: &str, ok: bool) {
-        let j = self.read().jobs.get(id).cloned();
-        if let Some(mut j) = j {
-            j.status = if ok { "finished" } else { "failed" }.into();
-            j.end_time = Some(now_ms());
-            let _ = self.save_job(&j).await;
+        let r = self
+            .update(id, |j: &mut Job| {
+                j.status = if ok { "finished" } else { "failed" }.into();
+                j.end_time = Some(now_ms());
+            })
+            .await;
+        if let Err(e) = r {
+            warn!(error = %e, "cannot store a job");
         }
     }
+}
+
+/// A kind of object the Manager stores: its table name and where it lives in the
+/// inventory.
+pub trait Stored: Serialize + Clone + PartialEq + Send + Sync + 'static {
+    const KIND: &'static str;
+    fn key(&self) -> &str;
+    fn map(inv: &Inventory) -> &BTreeMap<String, Self>;
+    fn map_mut(inv: &mut Inventory) -> &mut BTreeMap<String, Self>;
+}
+
+macro_rules! stored {
+    ($($t:ty => $kind:literal, $field:ident;)*) => {$(
+        impl Stored for $t {
+            const KIND: &'static str = $kind;
+            fn key(&self) -> &str {
+                &self.id
+            }
+            fn map(inv: &Inventory) -> &BTreeMap<String, Self> {
+                &inv.$field
+            }
+            fn map_mut(inv: &mut Inventory) -> &mut BTreeMap<String, Self> {
+                &mut inv.$field
+            }
+        }
+    )*};
+}
+
+stored! {
+    DataCenter => "datacenter", data_centers;
+    Cluster => "cluster", clusters;
+    Network => "network", networks;
+    Host => "host", hosts;
+    Vm => "vm", vms;
+    Nic => "nic", nics;
+    Job => "job", jobs;
+    StorageDomain => "storagedomain", storage_domains;
+    Disk => "disk", disks;
+    Snapshot => "snapshot", snapshots;
+    Template => "template", templates;
+    StorageTask => "task", tasks;
 }

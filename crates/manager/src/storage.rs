@@ -168,7 +168,7 @@ impl Manager {
     /// id, so that the storage decides their outcome like any unfinished task; jobs
     /// nothing works for any more end.
     async fn recover_orphans(self: &Arc<Self>) {
-        let (disks, snaps, templates, jobs) = {
+        let (disks, snaps, templates) = {
             let inv = self.read();
             let tasked = |d: &str| inv.tasks.values().any(|t| t.disk == d);
             let owned = |k: &str, id: &str| {
@@ -194,13 +194,7 @@ impl Manager {
                 .filter(|t| t.status == "locked" && !owned("template", &t.id))
                 .cloned()
                 .collect();
-            let jobs: Vec<Job> = inv
-                .jobs
-                .values()
-                .filter(|j| j.status == "started" && !inv.tasks.values().any(|t| t.job == j.id))
-                .cloned()
-                .collect();
-            (disks, snaps, templates, jobs)
+            (disks, snaps, templates)
         };
         for d in disks {
             let job = self
@@ -213,7 +207,7 @@ impl Manager {
                 Some(j) => j,
                 None => self.start_job(format!("Adding Disk {}", d.name)).await,
             };
-            let t = StorageTask::for_disk(
+            let mut t = StorageTask::for_disk(
                 &d,
                 &self.dc_of_domain(&d.storage_domain),
                 "create_volume",
@@ -221,13 +215,29 @@ impl Manager {
                 None,
             );
             warn!(disk = %d.name, "disk left locked by a Manager that stopped; its storage decides");
-            self.add_step(
-                &job,
-                &t.id,
-                format!("Checking the volume of disk {} on storage", d.name),
-            )
-            .await;
-            let _ = self.save_task(&t).await;
+            // The step of the task that was lost (its record was gone, or never made) is
+            // this task's: its end ends the step, and so the job.
+            let stale_step = {
+                let inv = self.read();
+                inv.jobs.get(&job).and_then(|j| {
+                    j.steps
+                        .iter()
+                        .find(|s| s.status == "started" && !inv.tasks.contains_key(&s.id))
+                        .map(|s| s.id.clone())
+                })
+            };
+            match stale_step {
+                Some(step) => t.id = step,
+                None => {
+                    self.add_step(
+                        &job,
+                        &t.id,
+                        format!("Checking the volume of disk {} on storage", d.name),
+                    )
+                    .await
+                }
+            }
+            let _ = self.insert(&t).await;
         }
         for sn in snaps {
             warn!(snapshot = %sn.description, "snapshot left locked; rolled back");
@@ -237,11 +247,22 @@ impl Manager {
             self.snapshot_volumes_done(&sn.id, false, &job).await;
             self.finish_job(&job, true).await;
         }
-        for mut t in templates {
+        for t in templates {
             warn!(template = %t.name, "template left locked; illegal");
-            t.status = "illegal".into();
-            let _ = self.save_template(&t).await;
+            let _ = self
+                .update(&t.id, |t: &mut Template| t.status = "illegal".into())
+                .await;
         }
+        // Jobs nothing works for any more (looked at after the orphans got their tasks:
+        // a job whose disk is being decided by storage is not ended here).
+        let jobs: Vec<Job> = {
+            let inv = self.read();
+            inv.jobs
+                .values()
+                .filter(|j| j.status == "started" && !inv.tasks.values().any(|t| t.job == j.id))
+                .cloned()
+                .collect()
+        };
         for j in jobs {
             let ok = !j.steps.is_empty() && j.steps.iter().all(|s| s.status == "finished");
             self.finish_job(&j.id, ok).await;
@@ -348,9 +369,15 @@ impl Manager {
             (d, status)
         };
         if d.status != status {
-            let mut d = d;
-            d.status = status.to_string();
-            if let Err(e) = self.save_dc(&d).await {
+            let r = self
+                .update(dc, |d: &mut DataCenter| {
+                    // Maintenance is the admin's; it is not overwritten from a stale view.
+                    if d.status != "maintenance" {
+                        d.status = status.to_string();
+                    }
+                })
+                .await;
+            if let Err(e) = r {
                 warn!(error = %e, "cannot store the data center status");
             }
         }
@@ -436,18 +463,19 @@ impl Manager {
         let c = self.client_of(host_id).await?;
         let (d, sds, spm_id) = {
             let _g = self.write_lock.lock().await;
-            let (d, sds, mut h, used) = self.pool_view(dc, host_id)?;
-            if h.spm_id == 0 || used.contains(&h.spm_id) {
-                h.spm_id = free_host_id(&used).ok_or_else(|| {
+            let (d, sds, h, used) = self.pool_view(dc, host_id)?;
+            let mut spm_id = h.spm_id;
+            if spm_id == 0 || used.contains(&spm_id) {
+                spm_id = free_host_id(&used).ok_or_else(|| {
                     StorageOpError::Conflict(
                         "250 hosts already have ids in this data center".into(),
                     )
                 })?;
-                self.save_host(&h)
+                self.update(host_id, |h: &mut Host| h.spm_id = spm_id)
                     .await
                     .map_err(|e| StorageOpError::Failed(e.to_string()))?;
             }
-            (d, sds, h.spm_id)
+            (d, sds, spm_id)
         };
         let Some(master) = d.master_domain.clone() else {
             return Ok(());
@@ -499,18 +527,23 @@ impl Manager {
             .connected
             .insert((dc.to_string(), host_id.to_string()));
         info!(host = %self.host_name(host_id), host_id = spm_id, "connected to the storage pool");
-        let h = self.read().hosts.get(host_id).cloned();
-        if let Some(mut h) = h {
-            if h.status == "non_operational" {
-                h.status = "up".into();
-                h.status_detail.clear();
-                let _ = self.save_host(&h).await;
+        let back = self
+            .update(host_id, |h: &mut Host| {
+                let was = h.status == "non_operational";
+                if was {
+                    h.status = "up".into();
+                    h.status_detail.clear();
+                }
+                (was, h.name.clone())
+            })
+            .await;
+        if let Ok(Some((true, name))) = back {
+            {
                 self.event(
                     9002,
                     "normal",
                     format!(
-                        "Host {} reaches every storage domain of Data Center {} again; it is up.",
-                        h.name,
+                        "Host {name} reaches every storage domain of Data Center {} again; it is up.",
                         self.dc_name(dc)
                     ),
                     Some(host_id),
@@ -523,21 +556,23 @@ impl Manager {
     }
 
     async fn host_cannot_reach_storage(&self, dc: &str, host_id: &str, why: &str) {
-        let h = self.read().hosts.get(host_id).cloned();
-        let Some(mut h) = h else { return };
-        if h.status == "non_operational" {
-            return;
-        }
-        warn!(host = %h.name, error = why, "host cannot reach the pool");
-        h.status = "non_operational".into();
-        h.status_detail = "storage_domain_unreachable".into();
-        let _ = self.save_host(&h).await;
+        let r = self
+            .update(host_id, |h: &mut Host| {
+                if h.status == "non_operational" {
+                    return None;
+                }
+                h.status = "non_operational".into();
+                h.status_detail = "storage_domain_unreachable".into();
+                Some(h.name.clone())
+            })
+            .await;
+        let Ok(Some(Some(name))) = r else { return };
+        warn!(host = %name, error = why, "host cannot reach the pool");
         self.event(
             9001,
             "error",
             format!(
-                "Host {} cannot access the Storage Domain(s) attached to the Data Center {}. Setting Host state to Non-Operational. ({why})",
-                h.name,
+                "Host {name} cannot access the Storage Domain(s) attached to the Data Center {}. Setting Host state to Non-Operational. ({why})",
                 self.dc_name(dc)
             ),
             Some(host_id),
@@ -547,19 +582,24 @@ impl Manager {
     }
 
     async fn set_spm_status(&self, dc: &str, spm: Option<&str>, contending: Option<&str>) {
-        let hosts: Vec<Host> = self.read().hosts_of_dc(dc).into_iter().cloned().collect();
-        for mut h in hosts {
-            let s = if Some(h.id.as_str()) == spm {
+        let hosts: Vec<String> = self
+            .read()
+            .hosts_of_dc(dc)
+            .into_iter()
+            .map(|h| h.id.clone())
+            .collect();
+        for h in hosts {
+            let s = if Some(h.as_str()) == spm {
                 "spm"
-            } else if Some(h.id.as_str()) == contending {
+            } else if Some(h.as_str()) == contending {
                 "contending"
             } else {
                 "none"
             };
-            if h.spm_status != s {
-                h.spm_status = s.into();
-                let _ = self.save_host(&h).await;
-            }
+            // Only the SPM status: a concurrent change of the host stays.
+            let _ = self
+                .update(&h, |h: &mut Host| h.spm_status = s.into())
+                .await;
         }
     }
 
@@ -578,13 +618,9 @@ impl Manager {
                 {
                     Ok(v) if spm_state(&v).0 == "SPM" => {
                         let lver = spm_state(&v).1;
-                        let d = self.read().data_centers.get(dc).cloned();
-                        if let Some(mut d) = d {
-                            if d.spm_lver != lver {
-                                d.spm_lver = lver;
-                                let _ = self.save_dc(&d).await;
-                            }
-                        }
+                        let _ = self
+                            .update(dc, |d: &mut DataCenter| d.spm_lver = lver)
+                            .await;
                         None
                     }
                     Ok(v) => Some(format!(
@@ -596,10 +632,16 @@ impl Manager {
             }
         };
         let Some(why) = lost else { return };
-        let d = self.read().data_centers.get(dc).cloned();
-        let Some(mut d) = d else { return };
-        d.spm = None;
-        let _ = self.save_dc(&d).await;
+        let d = self
+            .update(dc, |d: &mut DataCenter| {
+                // Only if it is still the SPM we checked.
+                if d.spm.as_deref() == Some(spm) {
+                    d.spm = None;
+                }
+                d.clone()
+            })
+            .await;
+        let Ok(Some(d)) = d else { return };
         self.set_spm_status(dc, None, None).await;
         self.event(
             9010,
@@ -685,13 +727,16 @@ impl Manager {
     }
 
     async fn became_spm(&self, dc: &str, host: &str, lver: i64) {
-        let d = self.read().data_centers.get(dc).cloned();
-        let Some(mut d) = d else { return };
         let spm_id = self.read().hosts.get(host).map(|h| h.spm_id).unwrap_or(0);
-        d.spm = Some(host.to_string());
-        d.spm_lver = lver;
-        d.spm_prev_id = i64::from(spm_id);
-        let _ = self.save_dc(&d).await;
+        let d = self
+            .update(dc, |d: &mut DataCenter| {
+                d.spm = Some(host.to_string());
+                d.spm_lver = lver;
+                d.spm_prev_id = i64::from(spm_id);
+                d.clone()
+            })
+            .await;
+        let Ok(Some(d)) = d else { return };
         self.pools().checked.insert(dc.to_string(), Instant::now());
         self.set_spm_status(dc, Some(host), None).await;
         let addr = self
@@ -809,7 +854,7 @@ impl Manager {
             )));
         }
         let d = self.read().data_centers.get(&dc).cloned();
-        let Some(mut d) = d else {
+        let Some(d) = d else {
             return Err(StorageOpError::NotFound("data center".into()));
         };
         if d.spm.as_deref() == Some(host_id) {
@@ -830,8 +875,13 @@ impl Manager {
                         ))
                     })?;
             }
-            d.spm = None;
-            let _ = self.save_dc(&d).await;
+            let _ = self
+                .update(&dc, |d: &mut DataCenter| {
+                    if d.spm.as_deref() == Some(old.as_str()) {
+                        d.spm = None;
+                    }
+                })
+                .await;
         }
         self.pools().forced.insert(dc.clone(), host_id.to_string());
         self.event(
@@ -873,20 +923,21 @@ impl Manager {
         let Ok((_, c)) = self.spm_client(dc).await else {
             return;
         };
-        let sds: Vec<StorageDomain> = self
+        let sds: Vec<String> = self
             .read()
             .storage_domains
             .values()
             .filter(|s| s.data_center.as_deref() == Some(dc) && s.status == "active")
-            .cloned()
+            .map(|s| s.id.clone())
             .collect();
-        for mut sd in sds {
+        for sd in sds {
             if let Ok(st) = c
-                .call_value("StorageDomain.getStats", json!({"storagedomainID": sd.id}))
+                .call_value("StorageDomain.getStats", json!({"storagedomainID": sd}))
                 .await
             {
-                apply_domain_stats(&mut sd, &st);
-                let _ = self.save_sd(&sd).await;
+                let _ = self
+                    .update(&sd, |sd: &mut StorageDomain| apply_domain_stats(sd, &st))
+                    .await;
             }
         }
     }
@@ -899,7 +950,7 @@ impl Manager {
         let (spm, c) = self.spm_client(&t.data_center).await?;
         t.host = Some(spm.clone());
         self.pools().sending.insert(t.id.clone());
-        let saved = self.save_task(&t).await;
+        let saved = self.insert(&t).await;
         if let Err(e) = saved {
             self.pools().sending.remove(&t.id);
             return Err(StorageOpError::Failed(e.to_string()));
@@ -907,17 +958,14 @@ impl Manager {
         let r = c.call_value(verb, params).await;
         let out = match r {
             Ok(v) => {
-                t.vdsm_task = v.as_str().map(str::to_string);
-                self.save_task(&t)
+                let vt = v.as_str().map(str::to_string);
+                self.update(&t.id, |t: &mut StorageTask| t.vdsm_task = vt)
                     .await
+                    .map(|_| ())
                     .map_err(|e| StorageOpError::Failed(e.to_string()))
             }
             Err(e) => {
-                let _ = self
-                    .forget("task", &t.id, |i| {
-                        i.tasks.remove(&t.id);
-                    })
-                    .await;
+                let _ = self.remove::<StorageTask>(&t.id).await;
                 Err(StorageOpError::Failed(format!("{verb} on the SPM: {e}")))
             }
         };
@@ -1003,12 +1051,13 @@ impl Manager {
             .as_ref()
             .ok()
             .and_then(|v| v["truesize"].as_str().and_then(|s| s.parse::<u64>().ok()));
-        self.forget("task", &t.id, |i| {
-            i.tasks.remove(&t.id);
-        })
-        .await
-        .map_err(|e| StorageOpError::Failed(e.to_string()))?;
+        // The objects, the step and the job first, the task record last: a Manager that
+        // dies in between resolves the task again (every part of task_done can be done
+        // twice), instead of leaving a job whose step nobody ends.
         self.task_done(t, ok, actual).await;
+        self.remove::<StorageTask>(&t.id)
+            .await
+            .map_err(|e| StorageOpError::Failed(e.to_string()))?;
         Ok(())
     }
 
@@ -1019,40 +1068,35 @@ impl Manager {
         match t.kind.as_str() {
             "delete_image" => {
                 if ok {
+                    let _ = self.remove::<Disk>(&t.disk).await;
+                } else {
                     let _ = self
-                        .forget("disk", &t.disk, |i| {
-                            i.disks.remove(&t.disk);
-                        })
+                        .update(&t.disk, |d: &mut Disk| d.status = "illegal".into())
                         .await;
-                } else if let Some(mut d) = disk.clone() {
-                    d.status = "illegal".into();
-                    let _ = self.save_disk(&d).await;
                 }
             }
             "create_snapshot_volume" => {
-                if let Some(mut d) = disk.clone() {
-                    if ok && !d.volumes.contains(&t.volume) {
-                        d.volumes.push(t.volume.clone());
-                    }
-                    d.status = "ok".into();
-                    let _ = self.save_disk(&d).await;
-                }
+                let _ = self
+                    .update(&t.disk, |d: &mut Disk| {
+                        if ok && !d.volumes.contains(&t.volume) {
+                            d.volumes.push(t.volume.clone());
+                        }
+                        d.status = "ok".into();
+                    })
+                    .await;
             }
             _ => {
-                if let Some(mut d) = disk.clone() {
-                    if ok {
-                        d.status = "ok".into();
-                        if let Some(a) = actual {
-                            d.actual_size = a;
-                        }
-                        let _ = self.save_disk(&d).await;
-                    } else {
-                        let _ = self
-                            .forget("disk", &d.id, |i| {
-                                i.disks.remove(&d.id);
-                            })
-                            .await;
-                    }
+                if ok {
+                    let _ = self
+                        .update(&t.disk, |d: &mut Disk| {
+                            d.status = "ok".into();
+                            if let Some(a) = actual {
+                                d.actual_size = a;
+                            }
+                        })
+                        .await;
+                } else {
+                    let _ = self.remove::<Disk>(&t.disk).await;
                 }
             }
         }
@@ -1086,7 +1130,7 @@ impl Manager {
                 .read()
                 .tasks
                 .values()
-                .any(|x| x.owner.as_ref() == Some(&(kind.clone(), id.clone())));
+                .any(|x| x.id != t.id && x.owner.as_ref() == Some(&(kind.clone(), id.clone())));
             if !pending {
                 self.owner_done(kind, id, &t.job).await;
             }
@@ -1097,31 +1141,31 @@ impl Manager {
 
     /// A step per task in the job.
     pub async fn add_step(&self, job: &str, step: &str, description: String) {
-        let j = self.read().jobs.get(job).cloned();
-        if let Some(mut j) = j {
-            let number = j.steps.len() as u32 + 1;
-            j.steps.push(Step {
-                id: step.to_string(),
-                description,
-                step_type: "executing".into(),
-                status: "started".into(),
-                number,
-                start_time: now_ms(),
-                end_time: None,
-            });
-            let _ = self.save_job(&j).await;
-        }
+        let _ = self
+            .update(job, |j: &mut Job| {
+                let number = j.steps.len() as u32 + 1;
+                j.steps.push(Step {
+                    id: step.to_string(),
+                    description,
+                    step_type: "executing".into(),
+                    status: "started".into(),
+                    number,
+                    start_time: now_ms(),
+                    end_time: None,
+                });
+            })
+            .await;
     }
 
     async fn finish_step(&self, job: &str, step: &str, ok: bool) {
-        let j = self.read().jobs.get(job).cloned();
-        if let Some(mut j) = j {
-            for s in j.steps.iter_mut().filter(|s| s.id == step) {
-                s.status = if ok { "finished" } else { "failed" }.into();
-                s.end_time = Some(now_ms());
-            }
-            let _ = self.save_job(&j).await;
-        }
+        let _ = self
+            .update(job, |j: &mut Job| {
+                for s in j.steps.iter_mut().filter(|s| s.id == step) {
+                    s.status = if ok { "finished" } else { "failed" }.into();
+                    s.end_time = Some(now_ms());
+                }
+            })
+            .await;
     }
 
     /// Ends a job once none of its steps runs; failed if one failed.
@@ -1145,10 +1189,13 @@ impl Manager {
         match kind {
             "snapshot" => self.snapshot_volumes_done(id, !failed, job).await,
             "template" => {
-                let t = self.read().templates.get(id).cloned();
-                if let Some(mut t) = t {
-                    t.status = if failed { "illegal" } else { "ok" }.into();
-                    let _ = self.save_template(&t).await;
+                let t = self
+                    .update(id, |t: &mut Template| {
+                        t.status = if failed { "illegal" } else { "ok" }.into();
+                        t.clone()
+                    })
+                    .await;
+                if let Ok(Some(t)) = t {
                     self.event(
                         if failed { 2017 } else { 2016 },
                         if failed { "error" } else { "normal" },
@@ -1175,7 +1222,10 @@ impl Manager {
     /// the snapshot is ok, or rolled back.
     async fn snapshot_volumes_done(self: &Arc<Self>, snap_id: &str, ok: bool, job: &str) {
         let s = self.read().snapshots.get(snap_id).cloned();
-        let Some(mut s) = s else { return };
+        // Done once: a task resolved again after a restart finds it decided.
+        let Some(mut s) = s.filter(|s| s.status == "locked") else {
+            return;
+        };
         let vm = self.read().vms.get(&s.vm).cloned();
         let mut ok = ok;
         let mut why = String::new();
@@ -1220,7 +1270,7 @@ impl Manager {
                     .filter_map(|(d, _)| inv.disks.get(d).cloned())
                     .collect()
             };
-            for mut d in disks {
+            for d in disks {
                 let base = s
                     .volumes
                     .iter()
@@ -1244,16 +1294,13 @@ impl Manager {
                                 let _ = wait_task(&c, t.as_str().unwrap_or_default()).await;
                             }
                         }
-                        d.volumes.retain(|v| *v != top);
-                        let _ = self.save_disk(&d).await;
+                        let _ = self
+                            .update(&d.id, |d: &mut Disk| d.volumes.retain(|v| *v != top))
+                            .await;
                     }
                 }
             }
-            let _ = self
-                .forget("snapshot", snap_id, |i| {
-                    i.snapshots.remove(snap_id);
-                })
-                .await;
+            let _ = self.remove::<Snapshot>(snap_id).await;
             self.event(
                 10802,
                 "error",
@@ -1266,17 +1313,22 @@ impl Manager {
                 vm.as_ref().map(|v| v.id.as_str()),
             )
             .await;
-            let j = self.read().jobs.get(job).cloned();
-            if let Some(mut j) = j {
-                if let Some(st) = j.steps.last_mut() {
-                    st.status = "failed".into();
-                }
-                let _ = self.save_job(&j).await;
-            }
+            let _ = self
+                .update(job, |j: &mut Job| {
+                    if let Some(st) = j.steps.last_mut() {
+                        st.status = "failed".into();
+                    }
+                })
+                .await;
             return;
         }
-        s.status = "ok".into();
-        let _ = self.save_snapshot(&s).await;
+        let live = s.live;
+        let _ = self
+            .update(snap_id, |s: &mut Snapshot| {
+                s.status = "ok".into();
+                s.live = live;
+            })
+            .await;
         self.event(
             68,
             "normal",

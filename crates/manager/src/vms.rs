@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use halyard_proto::vdsm::VmStats;
 use serde_json::json;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::model::*;
 use crate::state::Manager;
@@ -238,6 +238,20 @@ impl Manager {
         })
     }
 
+    /// Sets a running VM's status after an action (a Down that arrived meanwhile wins).
+    async fn set_vm_status_unless_down(&self, id: &str, status: &str) {
+        let r = self
+            .update(id, |v: &mut Vm| {
+                if v.status != "down" {
+                    v.status = status.into();
+                }
+            })
+            .await;
+        if let Err(e) = r {
+            warn!(error = %e, "cannot store a VM status");
+        }
+    }
+
     fn vm(&self, id: &str) -> Result<Vm, VmError> {
         self.read()
             .vms
@@ -298,14 +312,18 @@ impl Manager {
             };
             let drives = self.drives_xml(id);
             let xml = domain_xml(&vm, &nics, &drives, &self.cfg.vm_console_dir);
-            vm.status = "wait_for_launch".into();
-            vm.host = Some(host_id.clone());
-            vm.start_time = Some(now_ms());
-            vm.stop_time = None;
-            vm.stop_reason.clear();
-            self.save_vm(&vm)
+            let placed = self
+                .update(id, |v: &mut Vm| {
+                    v.status = "wait_for_launch".into();
+                    v.host = Some(host_id.clone());
+                    v.start_time = Some(now_ms());
+                    v.stop_time = None;
+                    v.stop_reason.clear();
+                    v.clone()
+                })
                 .await
                 .map_err(|e| VmError::Failed(e.to_string()))?;
+            vm = placed.ok_or_else(|| VmError::NotFound(format!("VM {id} not found")))?;
             (vm, host_id, client, xml)
         };
         let host = self
@@ -322,16 +340,17 @@ impl Manager {
             .await
         {
             let _g = self.write_lock.lock().await;
-            let current = self.read().vms.get(id).cloned();
-            if let Some(mut v) = current {
-                if v.status == "wait_for_launch" && v.host.as_deref() == Some(host_id.as_str()) {
-                    v.status = "down".into();
-                    v.host = None;
-                    v.start_time = None;
-                    v.stop_time = Some(now_ms());
-                    let _ = self.save_vm(&v).await;
-                }
-            }
+            let _ = self
+                .update(id, |v: &mut Vm| {
+                    if v.status == "wait_for_launch" && v.host.as_deref() == Some(host_id.as_str())
+                    {
+                        v.status = "down".into();
+                        v.host = None;
+                        v.start_time = None;
+                        v.stop_time = Some(now_ms());
+                    }
+                })
+                .await;
             self.event(
                 119,
                 "error",
@@ -399,20 +418,19 @@ impl Manager {
 
     /// Guest shutdown (VM.shutdown), or reboot.
     pub async fn vm_shutdown(self: &Arc<Self>, id: &str, reboot: bool) -> Result<(), VmError> {
-        let (mut vm, c) = self.running_on(id).await?;
+        let (vm, c) = self.running_on(id).await?;
         c.call_value(
             "VM.shutdown",
             json!({"vmID": id, "delay": "30", "message": "System Administrator has initiated shutdown of this VM. Virtual Machine is shutting down.", "reboot": reboot, "timeout": 120, "force": !reboot}),
         )
         .await
         .map_err(|e| VmError::Failed(format!("VM.shutdown failed: {e}")))?;
-        vm.status = if reboot {
+        let status = if reboot {
             "reboot_in_progress"
         } else {
             "powering_down"
-        }
-        .into();
-        let _ = self.save_vm(&vm).await;
+        };
+        self.set_vm_status_unless_down(id, status).await;
         let what = if reboot { "reboot" } else { "shutdown" };
         self.event(
             if reboot { 157 } else { 73 },
@@ -427,12 +445,11 @@ impl Manager {
 
     /// Suspend: the VM is paused on its host (memory is not saved to storage yet).
     pub async fn vm_suspend(self: &Arc<Self>, id: &str) -> Result<(), VmError> {
-        let (mut vm, c) = self.running_on(id).await?;
+        let (vm, c) = self.running_on(id).await?;
         c.call_value("VM.pause", json!({"vmID": id}))
             .await
             .map_err(|e| VmError::Failed(format!("VM.pause failed: {e}")))?;
-        vm.status = "paused".into();
-        let _ = self.save_vm(&vm).await;
+        self.set_vm_status_unless_down(id, "paused").await;
         self.event(
             34,
             "normal",

@@ -949,17 +949,12 @@ async fn add_dc(m: &Arc<Manager>, r: &Req) -> Out {
         data_center: dc.id.clone(),
         mtu: 0,
     };
-    m.db.put("datacenter", &dc.id, &dc)
+    m.insert(&dc)
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    m.db.put("network", &net.id, &net)
+    m.insert(&net)
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    {
-        let mut inv = m.write();
-        inv.data_centers.insert(dc.id.clone(), dc.clone());
-        inv.networks.insert(net.id.clone(), net);
-    }
     m.event(
         950,
         "normal",
@@ -1021,10 +1016,9 @@ async fn add_cluster(m: &Arc<Manager>, r: &Req) -> Out {
             .unwrap_or("Halyard Any CPU")
             .to_string(),
     };
-    m.db.put("cluster", &c.id, &c)
+    m.insert(&c)
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    m.write().clusters.insert(c.id.clone(), c.clone());
     m.event(
         809,
         "normal",
@@ -1102,27 +1096,47 @@ async fn update_host(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
     check_id(id)?;
     let n = r.body_node("host")?;
     check_fields(&n, HOST_FIELDS)?;
-    let _g = m.write_lock.lock().await;
-    let mut h = m
-        .read()
-        .hosts
-        .get(id)
-        .cloned()
-        .ok_or_else(|| ApiError::not_found(format!("Host {id} not found")))?;
-    if let Some(name) = n.text_of("name") {
+    let name = n.text_of("name");
+    if let Some(name) = name {
         check_name(name, "host")?;
-        h.name = name.to_string();
     }
-    if let Some(p) = n.get("spm").and_then(|s| s.text_of("priority")) {
-        let p: i32 = p
-            .parse()
-            .map_err(|_| ApiError::bad("spm priority must be an integer"))?;
-        if !(-1..=10).contains(&p) {
-            return Err(ApiError::bad("spm priority must be between -1 and 10"));
+    let priority = match n.get("spm").and_then(|s| s.text_of("priority")) {
+        Some(p) => {
+            let p: i32 = p
+                .parse()
+                .map_err(|_| ApiError::bad("spm priority must be an integer"))?;
+            if !(-1..=10).contains(&p) {
+                return Err(ApiError::bad("spm priority must be between -1 and 10"));
+            }
+            Some(p)
         }
-        h.spm_priority = p;
+        None => None,
+    };
+    let _g = m.write_lock.lock().await;
+    if let Some(name) = name {
+        if m.read()
+            .hosts
+            .values()
+            .any(|h| h.name == name && h.id != id)
+        {
+            return Err(ApiError::conflict(format!(
+                "Cannot edit Host. The Host name {name:?} is already in use."
+            )));
+        }
     }
-    m.save_host(&h).await?;
+    // Only the fields the request names change.
+    let h = m
+        .update(id, |h: &mut Host| {
+            if let Some(name) = name {
+                h.name = name.to_string();
+            }
+            if let Some(p) = priority {
+                h.spm_priority = p;
+            }
+            h.clone()
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("Host {id} not found")))?;
     let sm = m.read().scheduling_memory(&h);
     ok(render::host(&h, sm))
 }
@@ -1156,10 +1170,9 @@ async fn remove_host(m: &Arc<Manager>, id: &str) -> Out {
         )));
     }
     m.unmonitor(id);
-    m.db.delete("host", id)
+    m.remove::<Host>(id)
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    m.write().hosts.remove(id);
     m.event(
         42,
         "normal",
@@ -1206,9 +1219,7 @@ async fn host_action(m: &Arc<Manager>, id: &str, action: &str, r: &Req) -> Out {
                     h.name
                 )))
             } else {
-                let mut h2 = h.clone();
-                h2.status = "maintenance".into();
-                m.save_host(&h2).await?;
+                m.set_host_status(id, "maintenance").await;
                 m.event(
                     16,
                     "normal",
@@ -1230,9 +1241,7 @@ async fn host_action(m: &Arc<Manager>, id: &str, action: &str, r: &Req) -> Out {
                     h.name
                 )))
             } else {
-                let mut h2 = h.clone();
-                h2.status = "connecting".into();
-                m.save_host(&h2).await?;
+                m.set_host_status(id, "connecting").await;
                 m.monitor(id);
                 m.event(
                     17,
@@ -1469,15 +1478,11 @@ async fn add_vm(m: &Arc<Manager>, r: &Req) -> Out {
         vm_type: n.text_of("type").unwrap_or("server").to_string(),
         guest: GuestInfo::default(),
     };
-    m.save_vm(&vm).await?;
+    m.insert(&vm).await?;
     if tpl.is_some() {
         if let Err(e) = m.create_disks_from_template(&vm, &vm.template).await {
             // Nothing of the VM stays when its disks cannot be made.
-            let _ = m
-                .forget("vm", &vm.id, |i| {
-                    i.vms.remove(&vm.id);
-                })
-                .await;
+            let _ = m.remove::<Vm>(&vm.id).await;
             return Err(e.into());
         }
     }
@@ -1499,41 +1504,44 @@ async fn update_vm(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
     check_fields(&n, VM_FIELDS)?;
     let spec = vm_spec(&n)?;
     let _g = m.write_lock.lock().await;
-    let mut vm = m
-        .read()
-        .vms
-        .get(id)
-        .cloned()
-        .ok_or_else(|| ApiError::not_found(format!("VM {id} not found")))?;
-    if let Some(name) = n.text_of("name") {
+    let name = n.text_of("name");
+    if let Some(name) = name {
         check_name(name, "VM")?;
-        if name != vm.name && m.read().vm_by_name(name).is_some() {
+        if m.read().vms.values().any(|v| v.name == name && v.id != id) {
             return Err(ApiError::conflict(format!(
                 "Cannot edit VM. The VM name {name:?} is already in use."
             )));
         }
-        vm.name = name.to_string();
     }
-    if let Some(d) = n.text_of("description") {
-        vm.description = d.to_string();
-    }
-    vm.memory = spec.memory.unwrap_or(vm.memory);
-    vm.sockets = spec.sockets.unwrap_or(vm.sockets);
-    vm.cores = spec.cores.unwrap_or(vm.cores);
-    vm.threads = spec.threads.unwrap_or(vm.threads);
-    if let Some(t) = spec.os_type {
-        vm.os_type = t;
-    }
-    if let Some(k) = spec.kernel {
-        vm.kernel = k;
-    }
-    if let Some(i) = spec.initrd {
-        vm.initrd = i;
-    }
-    if let Some(c) = spec.cmdline {
-        vm.cmdline = c;
-    }
-    m.save_vm(&vm).await?;
+    // Only the fields the request names change (a status report meanwhile stays).
+    let vm = m
+        .update(id, |vm: &mut Vm| {
+            if let Some(name) = name {
+                vm.name = name.to_string();
+            }
+            if let Some(d) = n.text_of("description") {
+                vm.description = d.to_string();
+            }
+            vm.memory = spec.memory.unwrap_or(vm.memory);
+            vm.sockets = spec.sockets.unwrap_or(vm.sockets);
+            vm.cores = spec.cores.unwrap_or(vm.cores);
+            vm.threads = spec.threads.unwrap_or(vm.threads);
+            if let Some(t) = spec.os_type {
+                vm.os_type = t;
+            }
+            if let Some(k) = spec.kernel {
+                vm.kernel = k;
+            }
+            if let Some(i) = spec.initrd {
+                vm.initrd = i;
+            }
+            if let Some(c) = spec.cmdline {
+                vm.cmdline = c;
+            }
+            vm.clone()
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("VM {id} not found")))?;
     ok(render::vm(&vm, &[]))
 }
 
@@ -1590,28 +1598,19 @@ async fn remove_vm(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
     }
     let _g = m.write_lock.lock().await;
     for s in &snaps {
-        m.forget("snapshot", s, |i| {
-            i.snapshots.remove(s);
-        })
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    }
-    let nics: Vec<String> = m.read().nics_of(id).iter().map(|n| n.id.clone()).collect();
-    for n in &nics {
-        m.db.delete("nic", n)
+        m.remove::<Snapshot>(s)
             .await
             .map_err(|e| ApiError::internal(e.to_string()))?;
     }
-    m.db.delete("vm", id)
+    let nics: Vec<String> = m.read().nics_of(id).iter().map(|n| n.id.clone()).collect();
+    for n in &nics {
+        m.remove::<Nic>(n)
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+    }
+    m.remove::<Vm>(id)
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    {
-        let mut inv = m.write();
-        inv.vms.remove(id);
-        for n in &nics {
-            inv.nics.remove(n);
-        }
-    }
     m.event(
         113,
         "normal",
@@ -1715,10 +1714,9 @@ async fn add_nic(m: &Arc<Manager>, vm: &str, r: &Req) -> Out {
         plugged: true,
         linked: true,
     };
-    m.db.put("nic", &nic.id, &nic)
+    m.insert(&nic)
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    m.write().nics.insert(nic.id.clone(), nic.clone());
     Ok((StatusCode::CREATED, render::nic(&nic)))
 }
 
@@ -1728,10 +1726,9 @@ async fn remove_nic(m: &Arc<Manager>, vm: &str, nic: &str) -> Out {
     if !exists {
         return Err(ApiError::not_found(format!("NIC {nic} not found")));
     }
-    m.db.delete("nic", nic)
+    m.remove::<Nic>(nic)
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    m.write().nics.remove(nic);
     ok(Node::new("action").with(Node::leaf("status", "complete")))
 }
 
