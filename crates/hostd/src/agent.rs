@@ -118,6 +118,30 @@ impl Agent {
         }));
     }
 
+    /// A refused call: a warning (rate-limited) and a `|host|access_denied|` event for
+    /// the Manager (rate-limited too: a refused client cannot flood either).
+    pub fn access_denied(&self, caller: &crate::authz::Caller, peer: &str, what: &str) {
+        static LOG: halyard_common::limits::RateLimit =
+            halyard_common::limits::RateLimit::new(10, std::time::Duration::from_secs(10));
+        static EVENTS: halyard_common::limits::RateLimit =
+            halyard_common::limits::RateLimit::new(10, std::time::Duration::from_secs(10));
+        let who = caller.describe();
+        if let Some(suppressed) = LOG.admit() {
+            warn!(%peer, caller = %who, what, suppressed, "access denied");
+        }
+        if let Some(suppressed) = EVENTS.admit() {
+            let mut p = serde_json::Map::new();
+            p.insert("peer".into(), json!(peer));
+            p.insert("caller".into(), json!(who));
+            p.insert(
+                "what".into(),
+                json!(what.chars().take(200).collect::<String>()),
+            );
+            p.insert("suppressed".into(), json!(suppressed));
+            self.emit(crate::authz::ACCESS_DENIED_EVENT.to_string(), p);
+        }
+    }
+
     /// `|virt|VM_status|<id>` with the VM's full stats or only its status.
     fn emit_vm_status(&self, vm: &VmEntry, full: bool) {
         let body = if full || vm.status == VmStatus::Down {
@@ -582,6 +606,7 @@ impl Agent {
             }
         }
         // Drives named by (pool, domain, image, volume): prepare them, fill in paths.
+        let mut policy = self.cfg.vm_policy();
         let xml = if info.drives.is_empty() {
             xml
         } else {
@@ -596,10 +621,12 @@ impl Agent {
                     .storage
                     .volume_format(&d.domain, &d.image, &d.volume)
                     .map_err(storage_err)?;
+                let path = path.to_string_lossy().into_owned();
+                policy.prepared.insert(path.clone());
                 sources.insert(
                     d.name.clone(),
                     domxml::DiskSource {
-                        path: path.to_string_lossy().into_owned(),
+                        path,
                         format: format.qemu().to_string(),
                     },
                 );
@@ -607,7 +634,14 @@ impl Agent {
             domxml::set_disk_sources(&xml, &sources)
                 .map_err(|e| errors::INVALID_PARAMETER.rpc(Some(&e.to_string())))?
         };
-        // Serial console logs go to files whose directory may not exist yet.
+        // What libvirt would do as root on the caller's word: only what the host's
+        // policy allows.
+        if let Err(refused) = crate::vmpolicy::check(&xml, &policy) {
+            warn!(vm_id = %info.uuid, element = %refused.element, reason = %refused.reason, "VM definition refused");
+            return Err(errors::CREATE_ERR.rpc(Some(&refused.to_string())));
+        }
+        // Serial console logs go to files whose directory may not exist yet (the policy
+        // put them under the console log directory).
         if let Some(log) = domxml::parse(&xml).ok().and_then(|i| i.serial_log) {
             if let Some(dir) = std::path::Path::new(&log).parent() {
                 if !dir.as_os_str().is_empty() && !dir.exists() {

@@ -12,6 +12,7 @@ use serde_json::Value;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::agent::{storage_err, Agent};
+use crate::authz::{self, Caller};
 
 fn bind<V: Verb>(p: &Params) -> Result<V::Params, RpcError> {
     p.bind(V::PARAMS)
@@ -48,7 +49,12 @@ fn is_polling(method: &str) -> bool {
 }
 
 /// Handles one request. Returns `None` for notifications (requests without an id).
-pub async fn handle(agent: &Arc<Agent>, req: Request, flow_id: Option<String>) -> Option<Response> {
+pub async fn handle(
+    agent: &Arc<Agent>,
+    req: Request,
+    flow_id: Option<String>,
+    (caller, peer): (&Caller, &str),
+) -> Option<Response> {
     let span = tracing::info_span!(
         "rpc",
         method = %req.method,
@@ -62,12 +68,10 @@ pub async fn handle(agent: &Arc<Agent>, req: Request, flow_id: Option<String>) -
         } else {
             info!(id = ?req.id, "request");
         }
-        let enrollment_verb = matches!(
-            req.method.as_str(),
-            "Host.ping2" | "Host.getCertificateRequest" | "Host.setCertificate"
-        );
-        let outcome = if agent.identity.enrolling() && !enrollment_verb {
-            Err(errors::INVALID_PARAMETER.rpc(Some("this host is not enrolled yet")))
+        let enrolling = agent.identity.enrolling();
+        let outcome = if let Err(e) = authz::check(caller, &req.method, enrolling) {
+            agent.access_denied(caller, peer, &req.method);
+            Err(e)
         } else if !agent.is_ready() {
             Err(errors::RECOVERY.rpc(None))
         } else {

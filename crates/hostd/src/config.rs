@@ -79,6 +79,15 @@ pub struct Limits {
     pub max_connections: usize,
     /// Requests one connection may have in flight.
     pub max_inflight_per_connection: usize,
+    /// Bytes of request bodies one connection may have in flight.
+    pub max_inflight_bytes_per_connection: usize,
+    /// Connections in their TLS handshake (apart from `max_connections`); when full,
+    /// a new one closes the oldest of the source with the most.
+    pub max_handshakes: usize,
+    /// Connections in their TLS handshake from one address.
+    pub max_handshakes_per_source: usize,
+    /// Seconds a session without heart-beats may stay silent.
+    pub idle_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -88,6 +97,24 @@ pub struct VmPolicy {
     pub shutdown_timeout_secs: u64,
     /// Seconds between shutdown attempts (agent, then ACPI).
     pub shutdown_retry_secs: u64,
+    /// Directories whose files VMs may boot (kernels, initrds) or attach read-only
+    /// (ISOs, floppy images). Disks that are written come from storage domains.
+    pub image_dirs: Vec<PathBuf>,
+    /// Directories of firmware images (`<loader>`, NVRAM templates).
+    pub firmware_dirs: Vec<PathBuf>,
+    /// Where serial console logs (and file consoles) may be written; the agent creates
+    /// missing directories only below it.
+    pub console_log_dir: PathBuf,
+    /// Directories for unix-socket channels and consoles.
+    pub socket_dirs: Vec<PathBuf>,
+    /// Where NVRAM files named by a definition may be.
+    pub nvram_dir: PathBuf,
+    /// Allow `<disk type="block">` with a host device.
+    pub allow_host_block_devices: bool,
+    /// Allow `<hostdev>`, hostdev NICs and TPM passthrough.
+    pub allow_host_devices: bool,
+    /// Allow `<filesystem>` (a host directory shared into the guest).
+    pub allow_filesystem_passthrough: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -186,7 +213,7 @@ impl Default for Tls {
             cert: d.join("hostd.pem"),
             key: d.join("hostd.key"),
             ca: d.join("ca.pem"),
-            handshake_timeout_secs: 10,
+            handshake_timeout_secs: 5,
         }
     }
 }
@@ -216,6 +243,10 @@ impl Default for Limits {
             max_frame_bytes: 8 * 1024 * 1024,
             max_connections: 256,
             max_inflight_per_connection: 64,
+            max_inflight_bytes_per_connection: 32 * 1024 * 1024,
+            max_handshakes: 64,
+            max_handshakes_per_source: 16,
+            idle_timeout_secs: 300,
         }
     }
 }
@@ -225,6 +256,21 @@ impl Default for VmPolicy {
         VmPolicy {
             shutdown_timeout_secs: 120,
             shutdown_retry_secs: 15,
+            image_dirs: vec![PathBuf::from("/var/lib/halyard/images")],
+            firmware_dirs: vec![
+                PathBuf::from("/usr/share/OVMF"),
+                PathBuf::from("/usr/share/qemu"),
+                PathBuf::from("/usr/share/seabios"),
+            ],
+            console_log_dir: PathBuf::from("/var/log/halyard/vms"),
+            socket_dirs: vec![
+                PathBuf::from("/var/lib/libvirt/qemu/channels"),
+                PathBuf::from("/var/run/ovirt-vmconsole-console"),
+            ],
+            nvram_dir: PathBuf::from("/var/lib/libvirt/qemu/nvram"),
+            allow_host_block_devices: false,
+            allow_host_devices: false,
+            allow_filesystem_passthrough: false,
         }
     }
 }
@@ -247,6 +293,21 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The VM definition policy of this host (see `vmpolicy`).
+    pub fn vm_policy(&self) -> crate::vmpolicy::Policy {
+        crate::vmpolicy::Policy {
+            image_dirs: self.vm.image_dirs.clone(),
+            firmware_dirs: self.vm.firmware_dirs.clone(),
+            console_log_dir: self.vm.console_log_dir.clone(),
+            socket_dirs: self.vm.socket_dirs.clone(),
+            nvram_dir: self.vm.nvram_dir.clone(),
+            allow_host_block_devices: self.vm.allow_host_block_devices,
+            allow_host_devices: self.vm.allow_host_devices,
+            allow_filesystem_passthrough: self.vm.allow_filesystem_passthrough,
+            prepared: Default::default(),
+        }
+    }
+
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
@@ -284,6 +345,38 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "limits.max_frame_bytes must be >= 1024".into(),
             ));
+        }
+        if self.limits.max_inflight_bytes_per_connection < self.limits.max_frame_bytes
+            || self.limits.max_inflight_bytes_per_connection > u32::MAX as usize
+        {
+            return Err(ConfigError::Invalid(
+                "limits.max_inflight_bytes_per_connection must be >= max_frame_bytes and < 4 GiB"
+                    .into(),
+            ));
+        }
+        if self.limits.max_connections == 0
+            || self.limits.max_handshakes == 0
+            || self.limits.idle_timeout_secs == 0
+            || self.tls.handshake_timeout_secs == 0
+        {
+            return Err(ConfigError::Invalid(
+                "connection limits and timeouts must be > 0".into(),
+            ));
+        }
+        for d in self
+            .vm
+            .image_dirs
+            .iter()
+            .chain(&self.vm.firmware_dirs)
+            .chain(&self.vm.socket_dirs)
+            .chain([&self.vm.console_log_dir, &self.vm.nvram_dir])
+        {
+            if !d.is_absolute() || d == Path::new("/") {
+                return Err(ConfigError::Invalid(format!(
+                    "[vm] directories must be absolute and not /: {}",
+                    d.display()
+                )));
+            }
         }
         self.listen_addr()?;
         Ok(())

@@ -90,6 +90,18 @@ pub struct DiskInfo {
     pub source: Option<String>,
 }
 
+pub use halyard_common::xml::MAX_ATTRIBUTES;
+
+/// Refuses an element with more than [`MAX_ATTRIBUTES`] attributes.
+pub fn check_attribute_count(e: &BytesStart<'_>) -> Result<(), DomXmlError> {
+    halyard_common::xml::check_attribute_count(e).map_err(|_| {
+        DomXmlError::Invalid(format!(
+            "<{}> has more than {MAX_ATTRIBUTES} attributes",
+            String::from_utf8_lossy(e.local_name().as_ref())
+        ))
+    })
+}
+
 fn attr(e: &BytesStart<'_>, name: &str) -> Option<String> {
     e.try_get_attribute(name)
         .ok()
@@ -132,8 +144,23 @@ fn unit_to_kib(value: u64, unit: &str) -> Option<u64> {
     value.checked_mul(mul)
 }
 
+/// A first pass over the raw events (no namespace resolution, no attribute parsing):
+/// every element's attribute count is bounded before anything looks at attributes.
+pub fn check_attribute_counts(xml: &str) -> Result<(), DomXmlError> {
+    let mut r = Reader::from_str(xml);
+    loop {
+        match r.read_event() {
+            Ok(Event::Start(e)) | Ok(Event::Empty(e)) => check_attribute_count(&e)?,
+            Ok(Event::Eof) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Parses the parts of a domain XML the agent uses.
 pub fn parse(xml: &str) -> Result<DomainInfo, DomXmlError> {
+    check_attribute_counts(xml)?;
     let mut r = NsReader::from_str(xml);
     r.config_mut().check_end_names = true;
     let mut info = DomainInfo::default();
@@ -161,7 +188,9 @@ pub fn parse(xml: &str) -> Result<DomainInfo, DomXmlError> {
             }
             ref ev @ (Event::Start(ref e) | Event::Empty(ref e)) => {
                 // Attributes are parsed lazily; check them all so that a malformed one
-                // is an error here rather than silently dropped later.
+                // is an error here rather than silently dropped later. Their number is
+                // bounded first: the duplicate check is quadratic in it.
+                check_attribute_count(e)?;
                 for a in e.attributes() {
                     a.map_err(|err| DomXmlError::Syntax(err.to_string()))?;
                 }
@@ -814,6 +843,29 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad:?} must fail");
         }
+    }
+
+    #[test]
+    fn many_attributes_are_refused_in_linear_time() {
+        let attrs: String = (0..60_000).map(|i| format!(" a{i}=\"\"")).collect();
+        let xml = format!(
+            "<domain{attrs}><name>a</name><uuid>8d2e5c8a-3f0e-4b8c-9a1b-0123456789ab</uuid></domain>"
+        );
+        let t = std::time::Instant::now();
+        let e = parse(&xml).expect_err("refused");
+        let took = t.elapsed();
+        assert!(e.to_string().contains("more than 64 attributes"), "{e}");
+        eprintln!(
+            "60,000 attributes ({} bytes) refused in {took:?}",
+            xml.len()
+        );
+        assert!(took < std::time::Duration::from_millis(50), "{took:?}");
+        // 64 are fine.
+        let attrs: String = (0..63).map(|i| format!(" a{i}=\"\"")).collect();
+        let ok = format!(
+            "<domain{attrs}><name>a</name><uuid>8d2e5c8a-3f0e-4b8c-9a1b-0123456789ab</uuid></domain>"
+        );
+        parse(&ok).expect("64 attributes parse");
     }
 
     proptest::proptest! {

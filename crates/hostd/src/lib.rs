@@ -1,15 +1,18 @@
 //! Halyard's host agent (the VDSM role).
 //!
 //! - [`server`]: mutual-TLS listener and STOMP sessions on port 54321.
+//! - [`authz`]: who may call what (the role in the caller's certificate).
 //! - [`api`]: JSON-RPC dispatch of VDSM's verbs.
 //! - [`agent`]: VMs and their lifecycle, events, samplers, recovery.
 //! - [`libvirt`]: the libvirt connection, its event loop, bulk stats.
 //! - [`domxml`]: reading and adapting the engine's domain XML.
+//! - [`vmpolicy`]: what a VM definition may ask of the host.
 //! - [`monitor`]: host sampling from /proc and sysfs.
 //! - [`caps`]: the Host.getCapabilities answer.
 
 pub mod agent;
 pub mod api;
+pub mod authz;
 pub mod caps;
 pub mod clock;
 pub mod config;
@@ -21,3 +24,4 @@ pub mod memtrim;
 pub mod monitor;
 pub mod server;
 pub mod vm;
+pub mod vmpolicy;

@@ -122,7 +122,11 @@ fn pki(cmd: PkiCmd) -> anyhow::Result<()> {
         PkiCmd::IssueClient { dir, name } => {
             let ca = halyard_pki::Ca::load(&dir.join("ca.pem"), &dir.join("ca.key"))?;
             let (c, _) = ca
-                .issue(std::slice::from_ref(&name), halyard_pki::Usage::Client, 825)?
+                .issue(
+                    std::slice::from_ref(&name),
+                    halyard_pki::Usage::ManagerClient,
+                    825,
+                )?
                 .save(&dir, &name)?;
             println!("client: {}", c.display());
         }

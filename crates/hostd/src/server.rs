@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,36 +16,50 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, Semaphore};
 use tracing::{debug, info, warn, Instrument};
 
+use halyard_common::limits::RateLimit;
+use halyard_common::net::{HandshakeGate, Ticket};
+
 use crate::agent::Agent;
 use crate::api;
+use crate::authz::{self, Caller};
 
-/// Accepts connections until the process ends.
+/// Accepts connections until the process ends. Connections in their TLS handshake go
+/// through a [`HandshakeGate`] (bounded apart from sessions: idle sockets that never
+/// speak cannot lock the Manager out); established sessions are bounded by
+/// `limits.max_connections`; refusals are logged at a bounded rate.
 pub async fn serve(agent: Arc<Agent>, listener: TcpListener) {
-    let active = Arc::new(AtomicUsize::new(0));
+    let sessions = Arc::new(Semaphore::new(agent.cfg.limits.max_connections));
+    let gate = HandshakeGate::new(
+        agent.cfg.limits.max_handshakes,
+        agent.cfg.limits.max_handshakes_per_source,
+    );
+    static ACCEPT_ERRORS: RateLimit = RateLimit::new(5, Duration::from_secs(10));
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
-                warn!(error = %e, "accept failed");
+                if let Some(suppressed) = ACCEPT_ERRORS.admit() {
+                    warn!(error = %e, suppressed, "accept failed");
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        if active.load(Ordering::Acquire) >= agent.cfg.limits.max_connections {
-            warn!(%peer, "too many connections; refusing");
-            drop(tcp);
-            continue;
-        }
         let _ = tcp.set_nodelay(true);
         let agent = agent.clone();
         // The configuration of the moment: certificates can change while we run.
         let acceptor = tokio_rustls::TlsAcceptor::from(agent.identity.server_config());
-        let active = active.clone();
-        active.fetch_add(1, Ordering::AcqRel);
+        let (ticket, evicted) = gate.enter(peer.ip());
+        if evicted {
+            static EVICTIONS: RateLimit = RateLimit::new(2, Duration::from_secs(10));
+            if let Some(suppressed) = EVICTIONS.admit() {
+                warn!(%peer, suppressed, "too many connections in their TLS handshake; the oldest was closed");
+            }
+        }
+        let sessions = sessions.clone();
         tokio::spawn(
             async move {
-                handle_connection(agent, acceptor, tcp, peer).await;
-                active.fetch_sub(1, Ordering::AcqRel);
+                handle_connection(agent, acceptor, tcp, peer, ticket, sessions).await;
             }
             .instrument(tracing::info_span!("conn", %peer)),
         );
@@ -58,25 +71,44 @@ async fn handle_connection(
     acceptor: tokio_rustls::TlsAcceptor,
     tcp: TcpStream,
     peer: SocketAddr,
+    mut ticket: Ticket,
+    sessions: Arc<Semaphore>,
 ) {
+    static REFUSALS: RateLimit = RateLimit::new(5, Duration::from_secs(10));
     let timeout = Duration::from_secs(agent.cfg.tls.handshake_timeout_secs);
-    let stream = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+    let accepted = tokio::select! {
+        r = tokio::time::timeout(timeout, acceptor.accept(tcp)) => r,
+        _ = &mut ticket.evicted => return,
+    };
+    drop(ticket);
+    let stream = match accepted {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            warn!(%peer, error = %e, "TLS handshake refused (a client needs a certificate signed by the configured CA)");
+            if let Some(suppressed) = REFUSALS.admit() {
+                warn!(%peer, error = %e, suppressed, "TLS handshake refused (a client needs a certificate signed by the configured CA)");
+            }
             return;
         }
         Err(_) => {
-            warn!(%peer, "TLS handshake timed out");
+            if let Some(suppressed) = REFUSALS.admit() {
+                warn!(%peer, suppressed, "TLS handshake timed out");
+            }
             return;
         }
     };
-    debug!("client connected");
+    let Ok(_permit) = sessions.try_acquire_owned() else {
+        if let Some(suppressed) = REFUSALS.admit() {
+            warn!(%peer, suppressed, "too many sessions; refusing");
+        }
+        return;
+    };
+    let caller = Caller::from_peer(stream.get_ref().1.peer_certificates());
+    debug!(caller = %caller.describe(), "client connected");
     let limits = stomp::Limits {
         max_body: agent.cfg.limits.max_frame_bytes,
         ..stomp::Limits::default()
     };
-    let r = Session::new(agent, limits).run(stream).await;
+    let r = Session::new(agent, limits, caller, peer).run(stream).await;
     match r {
         Ok(()) => debug!("client disconnected"),
         Err(e) => info!(error = %e, "connection closed"),
@@ -94,6 +126,12 @@ pub enum SessionError {
     Version(String),
     #[error("no bytes from the client for {0:?} (heart-beat)")]
     HeartBeat(Duration),
+    #[error("no frame from the client for {0:?}")]
+    Idle(Duration),
+    #[error("no CONNECT frame within {0:?}")]
+    NoConnect(Duration),
+    #[error("{0} before CONNECT")]
+    NotConnected(String),
 }
 
 struct Outgoing {
@@ -103,6 +141,13 @@ struct Outgoing {
 
 struct Session {
     agent: Arc<Agent>,
+    caller: Caller,
+    peer: SocketAddr,
+    /// CONNECT was answered; nothing else is processed before.
+    connected: bool,
+    started: Instant,
+    /// Bytes of request bodies in flight (bounded per session).
+    inflight_bytes: Arc<Semaphore>,
     limits: stomp::Limits,
     /// subscription id -> destination
     subs: HashMap<String, String>,
@@ -118,10 +163,18 @@ struct Session {
 }
 
 impl Session {
-    fn new(agent: Arc<Agent>, limits: stomp::Limits) -> Self {
+    fn new(agent: Arc<Agent>, limits: stomp::Limits, caller: Caller, peer: SocketAddr) -> Self {
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let inflight = Arc::new(Semaphore::new(agent.cfg.limits.max_inflight_per_connection));
+        let inflight_bytes = Arc::new(Semaphore::new(
+            agent.cfg.limits.max_inflight_bytes_per_connection,
+        ));
         Session {
+            caller,
+            peer,
+            connected: false,
+            started: Instant::now(),
+            inflight_bytes,
             agent,
             limits,
             subs: HashMap::new(),
@@ -161,7 +214,10 @@ impl Session {
                             Ok(Some(Item::Frame(f))) => self.on_frame(f, &mut wr).await?,
                             Ok(None) => break,
                             Err(e) => {
-                                warn!(error = %e, "malformed STOMP input; closing the connection");
+                                static MALFORMED: RateLimit = RateLimit::new(5, Duration::from_secs(10));
+                                if let Some(suppressed) = MALFORMED.admit() {
+                                    warn!(error = %e, suppressed, "malformed STOMP input; closing the connection");
+                                }
                                 let _ = self
                                     .write(&mut wr, &Frame::error("malformed frame", &e.to_string()))
                                     .await;
@@ -186,12 +242,24 @@ impl Session {
                             self.deliver(&mut wr, dest::EVENTS, body).await?;
                         }
                         Err(broadcast::error::RecvError::Lagged(k)) => {
-                            warn!(missed = k, "client too slow; events dropped");
+                            static SLOW: RateLimit = RateLimit::new(5, Duration::from_secs(10));
+                            if let Some(suppressed) = SLOW.admit() {
+                                warn!(missed = k, suppressed, "client too slow; events dropped");
+                            }
                         }
                         Err(broadcast::error::RecvError::Closed) => self.events = None,
                     }
                 }
                 _ = tick.tick() => {
+                    let limits = &self.agent.cfg.limits;
+                    let connect_within = Duration::from_secs(self.agent.cfg.tls.handshake_timeout_secs);
+                    if !self.connected && self.started.elapsed() > connect_within {
+                        return Err(SessionError::NoConnect(connect_within));
+                    }
+                    let idle = Duration::from_secs(limits.idle_timeout_secs);
+                    if self.expect_every.is_none() && self.last_read.elapsed() > idle {
+                        return Err(SessionError::Idle(idle));
+                    }
                     if let Some(every) = self.send_every {
                         if self.last_write.elapsed() >= every {
                             wr.write_all(b"\n").await?;
@@ -263,6 +331,17 @@ impl Session {
         f: Frame,
         wr: &mut W,
     ) -> Result<(), SessionError> {
+        if !self.connected && !matches!(f.command, Command::Connect | Command::Stomp) {
+            let what = f.command.to_string();
+            let _ = self
+                .write(
+                    wr,
+                    &Frame::error("Not connected", &format!("{what} before CONNECT")),
+                )
+                .await;
+            self.closing = true;
+            return Err(SessionError::NotConnected(what));
+        }
         match f.command {
             Command::Connect | Command::Stomp => {
                 let accepted = f.headers.get("accept-version").unwrap_or("");
@@ -286,6 +365,7 @@ impl Session {
                         concat!("halyard-hostd/", env!("CARGO_PKG_VERSION")),
                     );
                 self.write(wr, &reply).await?;
+                self.connected = true;
             }
             Command::Subscribe => {
                 let (Some(d), Some(id)) = (f.headers.get("destination"), f.headers.get("id"))
@@ -319,7 +399,10 @@ impl Session {
                         )
                         .await;
                 }
-                if d == dest::EVENTS && self.events.is_none() {
+                // Events are the Manager's: another caller's subscription exists but
+                // no event is visible to it (see authz).
+                if d == dest::EVENTS && self.events.is_none() && authz::may_see_events(&self.caller)
+                {
                     self.events = Some(self.agent.subscribe_events());
                 }
                 debug!(destination = d, id, "subscribed");
@@ -380,7 +463,16 @@ impl Session {
         let agent = self.agent.clone();
         let out = self.out_tx.clone();
         let inflight = self.inflight.clone();
-        let Ok(permit) = inflight.try_acquire_owned() else {
+        let size = u32::try_from(body.len().max(1)).unwrap_or(u32::MAX);
+        drop(body);
+        let permits = inflight.try_acquire_owned().ok().and_then(|p| {
+            self.inflight_bytes
+                .clone()
+                .try_acquire_many_owned(size)
+                .ok()
+                .map(|b| (p, b))
+        });
+        let Some(permit) = permits else {
             // Too many requests in flight on this connection: answer at once.
             let ids: Vec<Value> = match &msg {
                 Message::Single(Entry::Request(r)) => r.id.clone().into_iter().collect(),
@@ -396,8 +488,9 @@ impl Session {
             for id in ids {
                 let r = Response::err(
                     id,
-                    halyard_proto::vdsm::errors::UNEXPECTED
-                        .rpc(Some("too many requests in flight on this connection")),
+                    halyard_proto::vdsm::errors::UNEXPECTED.rpc(Some(
+                        "too many requests (or request bytes) in flight on this connection",
+                    )),
                 );
                 let _ = out.send(Outgoing {
                     destination: reply_to.clone(),
@@ -406,18 +499,21 @@ impl Session {
             }
             return;
         };
+        let caller = self.caller.clone();
+        let peer = self.peer.to_string();
         tokio::spawn(
             async move {
                 let _permit = permit;
+                let from = (&caller, peer.as_str());
                 let body = match msg {
-                    Message::Single(e) => match run_entry(&agent, e, flow).await {
+                    Message::Single(e) => match run_entry(&agent, e, flow, from).await {
                         Some(r) => r.to_value(),
                         None => return,
                     },
                     Message::Batch(entries) => {
                         let mut out = Vec::new();
                         for e in entries {
-                            if let Some(r) = run_entry(&agent, e, flow.clone()).await {
+                            if let Some(r) = run_entry(&agent, e, flow.clone(), from).await {
                                 out.push(r.to_value());
                             }
                         }
@@ -437,13 +533,21 @@ impl Session {
     }
 }
 
-async fn run_entry(agent: &Arc<Agent>, e: Entry, flow: Option<String>) -> Option<Response> {
+async fn run_entry(
+    agent: &Arc<Agent>,
+    e: Entry,
+    flow: Option<String>,
+    from: (&Caller, &str),
+) -> Option<Response> {
     match e {
         Entry::Invalid(r) => {
-            warn!(error = ?r.outcome.as_ref().err().map(|e| &e.message), "invalid request");
+            static INVALID: RateLimit = RateLimit::new(5, Duration::from_secs(10));
+            if let Some(suppressed) = INVALID.admit() {
+                warn!(error = ?r.outcome.as_ref().err().map(|e| &e.message), suppressed, "invalid request");
+            }
             Some(r)
         }
-        Entry::Request(req) => api::handle(agent, req, flow).await,
+        Entry::Request(req) => api::handle(agent, req, flow, from).await,
     }
 }
 

@@ -585,7 +585,7 @@ impl Manager {
             .sign_csr(
                 &csr,
                 &names,
-                halyard_pki::Usage::Server,
+                halyard_pki::Usage::Host,
                 self.cfg.host_cert_days,
             )
             .map_err(|e| e.to_string())?;

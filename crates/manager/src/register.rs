@@ -240,12 +240,10 @@ pub async fn approve(m: &Arc<Manager>, id: &str, cluster: Option<String>) -> any
         .clone()
         .ok_or_else(|| anyhow::anyhow!("the host sent no certificate request"))?;
     let names = vec![h.address.clone(), h.name.clone()];
-    let cert = m.pki.ca.sign_csr(
-        &csr,
-        &names,
-        halyard_pki::Usage::Server,
-        m.cfg.host_cert_days,
-    )?;
+    let cert = m
+        .pki
+        .ca
+        .sign_csr(&csr, &names, halyard_pki::Usage::Host, m.cfg.host_cert_days)?;
     let not_after = now_ms() + m.cfg.host_cert_days * 86_400_000;
     m.update(id, |x: &mut Host| {
         x.cluster = h.cluster.clone();
@@ -298,12 +296,10 @@ pub async fn enroll_host(
         .map_err(|e| anyhow::anyhow!("the agent refused enrollment: {e}"))?;
     let csr = csr.as_str().unwrap_or_default().to_string();
     let names = vec![address.to_string(), name.to_string()];
-    let cert = m.pki.ca.sign_csr(
-        &csr,
-        &names,
-        halyard_pki::Usage::Server,
-        m.cfg.host_cert_days,
-    )?;
+    let cert = m
+        .pki
+        .ca
+        .sign_csr(&csr, &names, halyard_pki::Usage::Host, m.cfg.host_cert_days)?;
     c.call_value(
         "Host.setCertificate",
         json!({"token": token, "certificate": cert, "ca": m.pki.ca.cert_pem()}),

@@ -39,6 +39,27 @@ pub struct Pki {
     pub host_client: Arc<rustls::ClientConfig>,
     /// SHA-256 fingerprint of the CA certificate (hex, colon separated).
     pub ca_fingerprint: String,
+    /// The names on the Manager's own HTTPS certificate (lower case): the CA signs no
+    /// other certificate for them, so no host can pass for the Manager.
+    pub own_names: Vec<String>,
+}
+
+/// The names of the Manager's HTTPS certificate: the configured ones, or the host name
+/// and `localhost`. Loopback addresses are not among the defaults: on an all-in-one the
+/// host agent is `127.0.0.1` (see docs/security.md).
+pub fn engine_names(cfg: &Config) -> Vec<String> {
+    if !cfg.names.is_empty() {
+        return cfg.names.clone();
+    }
+    let mut names = Vec::new();
+    if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let h = h.trim();
+        if !h.is_empty() && h != "localhost" {
+            names.push(h.to_string());
+        }
+    }
+    names.push("localhost".to_string());
+    names
 }
 
 pub struct Manager {
@@ -134,17 +155,19 @@ impl Manager {
             info!(dir = %dir.display(), "created the Manager's CA");
             ca
         };
-        let mut names = cfg.names.clone();
-        if names.is_empty() {
-            names = halyard_pki::default_host_names(&[]);
-        }
+        let names = engine_names(cfg);
         // The HTTPS certificate is re-issued at each start (names may change).
         ca.issue(&names, halyard_pki::Usage::Server, 825)?
             .save(&dir, "engine")?;
-        if !dir.join("manager-client.pem").exists() {
+        // The client identity hosts obey; one issued before roles existed is replaced.
+        let has_role = std::fs::read_to_string(dir.join("manager-client.pem"))
+            .ok()
+            .and_then(|p| halyard_pki::role_of_pem(&p))
+            == Some(halyard_pki::Role::Manager);
+        if !has_role {
             ca.issue(
                 &["halyard-manager".to_string()],
-                halyard_pki::Usage::Client,
+                halyard_pki::Usage::ManagerClient,
                 825,
             )?
             .save(&dir, "manager-client")?;
@@ -160,6 +183,7 @@ impl Manager {
             dir,
             host_client,
             ca_fingerprint,
+            own_names: names.iter().map(|n| n.to_ascii_lowercase()).collect(),
         })
     }
 

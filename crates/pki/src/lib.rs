@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rcgen::PublicKeyData;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
@@ -48,13 +49,54 @@ pub enum PkiError {
 
 pub type Result<T> = std::result::Result<T, PkiError>;
 
-/// What a certificate may be used for.
+/// What a certificate is for. The CA writes the role; a host agent reads it from the
+/// certificate of whoever connects to it (see [`role_of`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Usage {
-    /// A TLS server (and client, as VDSM's host certificate is both).
+    /// A TLS server without a Halyard role (the Manager's HTTPS certificate).
     Server,
-    /// A TLS client only.
-    Client,
+    /// A host agent: a TLS server only (no host-to-host verb needs client
+    /// authentication yet), role [`Role::Host`].
+    Host,
+    /// The Manager's client identity towards host agents (also the administrator's
+    /// `halyard rpc` identity): a TLS client only, role [`Role::Manager`].
+    ManagerClient,
+}
+
+/// Who a certificate speaks for, written by the CA as a URI subject alternative name
+/// (`urn:halyard:role:manager`, `urn:halyard:role:host`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The Manager: may call every verb of a host agent.
+    Manager,
+    /// A host agent: may call only the verbs hosts need from each other.
+    Host,
+}
+
+impl Role {
+    pub const fn uri(self) -> &'static str {
+        match self {
+            Role::Manager => "urn:halyard:role:manager",
+            Role::Host => "urn:halyard:role:host",
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Role::Manager => "manager",
+            Role::Host => "host",
+        }
+    }
+}
+
+impl Usage {
+    fn role(self) -> Option<Role> {
+        match self {
+            Usage::Server => None,
+            Usage::Host => Some(Role::Host),
+            Usage::ManagerClient => Some(Role::Manager),
+        }
+    }
 }
 
 /// A certificate and its private key, PEM encoded.
@@ -188,12 +230,14 @@ fn leaf_params(names: &[String], usage: Usage, days: i64) -> Result<CertificateP
         KeyUsagePurpose::KeyEncipherment,
     ];
     params.extended_key_usages = match usage {
-        Usage::Server => vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ],
-        Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        Usage::Server | Usage::Host => vec![ExtendedKeyUsagePurpose::ServerAuth],
+        Usage::ManagerClient => vec![ExtendedKeyUsagePurpose::ClientAuth],
     };
+    if let Some(role) = usage.role() {
+        params
+            .subject_alt_names
+            .push(SanType::URI(role.uri().try_into()?));
+    }
     params.use_authority_key_identifier_extension = true;
     let now = OffsetDateTime::now_utc();
     params.not_before = now - Duration::hours(1);
@@ -346,12 +390,11 @@ pub fn init_dev_pki(dir: &Path, host_names: &[String], force: bool) -> Result<De
     };
     let host = dir.join("hostd.pem");
     if force || !host.exists() {
-        ca.issue(host_names, Usage::Server, 825)?
-            .save(dir, "hostd")?;
+        ca.issue(host_names, Usage::Host, 825)?.save(dir, "hostd")?;
     }
     let client = dir.join("client.pem");
     if force || !client.exists() {
-        ca.issue(&["halyard-client".to_string()], Usage::Client, 825)?
+        ca.issue(&["halyard-client".to_string()], Usage::ManagerClient, 825)?
             .save(dir, "client")?;
     }
     Ok(DevPki {
@@ -405,11 +448,12 @@ mod tests {
             .pem()
             .expect("pem");
         let pem = ca
-            .sign_csr(&csr, &["h1".into()], Usage::Server, 1)
+            .sign_csr(&csr, &["h1".into()], Usage::Host, 1)
             .expect("signed");
         assert!(pem.contains("BEGIN CERTIFICATE"));
+        assert_eq!(role_of_pem(&pem), Some(Role::Host));
         assert!(ca
-            .sign_csr("garbage", &["h1".into()], Usage::Server, 1)
+            .sign_csr("garbage", &["h1".into()], Usage::Host, 1)
             .is_err());
     }
 }
@@ -451,6 +495,89 @@ pub fn cert_matches_key(cert_pem: &str, key_pem: &str) -> bool {
         Ok((_, cert)) => cert.public_key().subject_public_key.data.as_ref() == key.public_key_raw(),
         Err(_) => false,
     }
+}
+
+/// The role the CA wrote into a certificate (DER), if any. Only meaningful for a
+/// certificate whose chain was verified against the CA.
+pub fn role_of(der: &[u8]) -> Option<Role> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let san = cert.subject_alternative_name().ok().flatten()?;
+    let mut found = None;
+    for n in &san.value.general_names {
+        if let x509_parser::extensions::GeneralName::URI(u) = n {
+            let r = [Role::Manager, Role::Host]
+                .into_iter()
+                .find(|r| r.uri() == *u);
+            match (found, r) {
+                // Two different roles in one certificate: no role.
+                (Some(a), Some(b)) if a != b => return None,
+                (_, Some(b)) => found = Some(b),
+                _ => {}
+            }
+        }
+    }
+    found
+}
+
+/// The role in a PEM certificate.
+pub fn role_of_pem(pem: &str) -> Option<Role> {
+    role_of(&first_cert_der(pem)?)
+}
+
+/// The DNS names and IP addresses a PEM certificate is valid for (its subject
+/// alternative names), lower case.
+pub fn cert_names(pem: &str) -> Vec<String> {
+    let Some(der) = first_cert_der(pem) else {
+        return Vec::new();
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(&der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for n in &san.value.general_names {
+        match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => out.push(d.to_ascii_lowercase()),
+            x509_parser::extensions::GeneralName::IPAddress(b) => {
+                let ip = match b.len() {
+                    4 => <[u8; 4]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                    16 => <[u8; 16]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                    _ => None,
+                };
+                if let Some(ip) = ip {
+                    out.push(ip.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// SHA-256 of the public key of a CSR (its SubjectPublicKeyInfo), as
+/// `SHA256:<base64>` like OpenSSH prints key fingerprints: what an administrator
+/// compares before approving a host.
+pub fn csr_key_fingerprint(csr_pem: &str) -> Option<String> {
+    let csr = CertificateSigningRequestParams::from_pem(csr_pem).ok()?;
+    Some(key_fingerprint(&csr.public_key.subject_public_key_info()))
+}
+
+/// [`csr_key_fingerprint`] of the key of a private key (PEM).
+pub fn private_key_fingerprint(key_pem: &str) -> Option<String> {
+    let k = KeyPair::from_pem(key_pem).ok()?;
+    Some(key_fingerprint(&k.subject_public_key_info()))
+}
+
+fn key_fingerprint(spki_der: &[u8]) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(spki_der);
+    format!(
+        "SHA256:{}",
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(d)
+    )
 }
 
 /// Seconds since the epoch at which the certificate expires.
@@ -625,9 +752,18 @@ mod more_tests {
         let ca = Ca::generate("t", 1).expect("ca");
         let (csr, key) = make_csr(&["h1".into()]).expect("csr");
         let cert = ca
-            .sign_csr(&csr, &["h1".into()], Usage::Server, 1)
+            .sign_csr(&csr, &["h1".into(), "10.0.0.1".into()], Usage::Host, 1)
             .expect("signed");
         assert!(cert_matches_key(&cert, &key));
+        assert_eq!(cert_names(&cert), vec!["h1", "10.0.0.1"]);
+        assert_eq!(
+            csr_key_fingerprint(&csr),
+            private_key_fingerprint(&key),
+            "the CSR carries the key"
+        );
+        assert!(csr_key_fingerprint(&csr)
+            .expect("fingerprint")
+            .starts_with("SHA256:"));
         let (_, other) = make_csr(&["h1".into()]).expect("csr");
         assert!(!cert_matches_key(&cert, &other));
         assert!(issued_by(&cert, ca.cert_pem()));
@@ -638,5 +774,33 @@ mod more_tests {
         server_config_pem(&cert, &key, Some(ca.cert_pem())).expect("server config");
         let s = self_signed(&["x".into()]).expect("self-signed");
         server_config_pem(&s.cert_pem, &s.key_pem, None).expect("enrollment config");
+    }
+
+    #[test]
+    fn roles_are_written_by_the_ca_and_read_back() {
+        let ca = Ca::generate("t", 1).expect("ca");
+        let m = ca
+            .issue(&["m".into()], Usage::ManagerClient, 1)
+            .expect("issue");
+        assert_eq!(role_of_pem(&m.cert_pem), Some(Role::Manager));
+        let h = ca.issue(&["h".into()], Usage::Host, 1).expect("issue");
+        assert_eq!(role_of_pem(&h.cert_pem), Some(Role::Host));
+        let e = ca.issue(&["e".into()], Usage::Server, 1).expect("issue");
+        assert_eq!(role_of_pem(&e.cert_pem), None);
+        // A CSR asking for the Manager's role gets the role the CA chooses.
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(vec!["x".to_string()]).expect("params");
+        params
+            .subject_alt_names
+            .push(SanType::URI(Role::Manager.uri().try_into().expect("uri")));
+        let csr = params
+            .serialize_request(&key)
+            .expect("csr")
+            .pem()
+            .expect("pem");
+        let c = ca
+            .sign_csr(&csr, &["x".into()], Usage::Host, 1)
+            .expect("sign");
+        assert_eq!(role_of_pem(&c), Some(Role::Host));
     }
 }

@@ -215,7 +215,7 @@ impl Cluster {
             let netns = format!("hlc{k}h{i}");
             let hdir = dir.join(format!("host{i}"));
             mkdir_public(&hdir);
-            ca.issue(std::slice::from_ref(ip), halyard_pki::Usage::Server, 30)
+            ca.issue(std::slice::from_ref(ip), halyard_pki::Usage::Host, 30)
                 .expect("host cert")
                 .save(&hdir, "hostd")
                 .expect("save host cert");
@@ -417,6 +417,9 @@ domain_type = "{dt}"
 [monitoring]
 vm_stats_interval_secs = 2
 host_stats_interval_secs = 2
+[vm]
+image_dirs = ["{cache}", "{work}"]
+console_log_dir = "{work}"
 [storage]
 run_dir = "{d}/storage-run"
 io_timeout = {io_timeout}
@@ -428,6 +431,8 @@ spm_watchdog_interval_secs = 1
             key = key.display(),
             ca = ca.display(),
             dt = env::domain_type(),
+            cache = halyard_testguest::default_cache_dir().display(),
+            work = env::Env::get().work_dir().display(),
         );
         fs::write(h.dir.join("hostd.toml"), config).expect("config");
         let _ = fs::remove_file(h.dir.join("state/listen.addr"));

@@ -157,6 +157,9 @@ vm_stats_interval_secs = {vi}
 host_stats_interval_secs = {hi}
 [limits]
 max_frame_bytes = {mf}
+[vm]
+image_dirs = ["{cache}", "{work}"]
+console_log_dir = "{work}"
 [storage]
 run_dir = "{srun}"
 io_timeout = {iot}
@@ -174,6 +177,10 @@ spm_watchdog_interval_secs = 1
             hi = opts.host_stats_interval_secs,
             mf = opts.max_frame_bytes,
             srun = dir.join("storage-run").display(),
+            // Kernels and initrds of the test guests; console logs of this process's
+            // hosts and Managers (all below the work directory).
+            cache = halyard_testguest::default_cache_dir().display(),
+            work = env.work_dir().display(),
             iot = opts.storage_io_timeout,
             manager_section = manager_section,
             extra = opts.extra_config,

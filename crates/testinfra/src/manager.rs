@@ -302,7 +302,7 @@ impl ManagerProc {
             Database::Postgres(p) => format!("database = \"{}\"\n", p.url),
         };
         let config = format!(
-            "address = \"{address}\"\nport = 0\ndata_dir = \"{}\"\nnames = [\"localhost\", \"127.0.0.1\"{}]\n{database}vm_console_dir = \"{}\"\n{extra_config}\n",
+            "address = \"{address}\"\nport = 0\ndata_dir = \"{}\"\nnames = [\"localhost\"{}]\n{database}vm_console_dir = \"{}\"\n{extra_config}\n",
             dir.join("data").display(),
             names
                 .iter()

@@ -324,6 +324,13 @@ impl Node {
                         return Err(ParseError("more than one root element".into()));
                     }
                     let mut n = Node::new(&String::from_utf8_lossy(e.local_name().as_ref()));
+                    if halyard_common::xml::check_attribute_count(e).is_err() {
+                        return Err(ParseError(format!(
+                            "<{}> has more than {} attributes",
+                            n.name,
+                            halyard_common::xml::MAX_ATTRIBUTES
+                        )));
+                    }
                     for a in e.attributes() {
                         let a = a.map_err(|e| ParseError(format!("malformed attribute: {e}")))?;
                         let v = a
@@ -507,6 +514,21 @@ mod tests {
         assert_eq!(j["link"][0]["rel"], "nics");
         let list = Node::new("vms").with(n.clone());
         assert!(list.to_json()["vm"].is_array());
+    }
+
+    #[test]
+    fn many_attributes_are_refused_in_linear_time() {
+        let attrs: String = (0..60_000).map(|i| format!(" a{i}=\"\"")).collect();
+        let xml = format!("<vm{attrs}><name>a</name></vm>");
+        let t = std::time::Instant::now();
+        let e = Node::parse_xml(xml.as_bytes()).expect_err("refused");
+        let took = t.elapsed();
+        eprintln!(
+            "60,000 attributes ({} bytes) refused in {took:?}",
+            xml.len()
+        );
+        assert!(e.0.contains("more than 64 attributes"), "{e}");
+        assert!(took < std::time::Duration::from_millis(50), "{took:?}");
     }
 
     #[test]
