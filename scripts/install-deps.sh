@@ -8,7 +8,7 @@ PKGS=(
   libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
   busybox-static qemu-guest-agent xz-utils   # the test guest
   sanlock libsanlock-dev                # host ids and the SPM lease
-  iproute2 procps ca-certificates util-linux
+  iproute2 procps ca-certificates openssl util-linux
   postgresql                            # the Manager's production database (tests run their own)
   gcc python3-dev python3-venv libxml2-dev   # ovirt-engine-sdk-python for the API tests
 )

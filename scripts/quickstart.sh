@@ -2,8 +2,10 @@
 # Halyard quick start on a fresh Debian 12 machine (as root): an all-in-one Manager + host.
 #   installs the packages, builds Halyard, starts virtlogd + libvirtd if they are not
 #   running, starts the Manager (oVirt Engine API v4 on https://localhost:8443, SQLite),
-#   starts the host agent which registers with the Manager (auto-approved), then adds the
-#   tiny test guest as a VM through the REST API, starts it and shows its ready line.
+#   makes a one-time join token, starts the host agent which registers with the
+#   Manager with it (pinning the Manager's CA), then adds the tiny test guest as a VM
+#   through the REST API, starts it and shows its ready line. Both daemons listen on
+#   loopback only (see README, "Listening on the network").
 #
 # Environment:
 #   HALYARD_DOMAIN_TYPE  kvm or qemu (default qemu: TCG works everywhere; use kvm on
@@ -36,7 +38,7 @@ cargo build --release --locked -p halyard-manager -p halyard-hostd -p halyard-cl
 install -m 0755 target/release/halyard-manager target/release/halyard-hostd target/release/halyard \
   target/release/halyard-testguest /usr/local/bin/
 
-mkdir -p "$STATE/run" "$MGR" /var/log/halyard/vms && chmod 0755 "$STATE"
+mkdir -p "$STATE/run" "$STATE/images" /var/log/halyard/vms && chmod 0755 "$STATE"
 
 step "starting virtlogd and libvirtd (if not running)"
 # No udev here: give /dev/kvm the group and mode udev would.
@@ -59,7 +61,9 @@ step "Manager (https://localhost:$PORT/ovirt-engine/api, data in $MGR)"
 stop_pidfile "$STATE/run/hostd.pid"
 stop_pidfile "$STATE/run/manager.pid"
 rm -f "$MGR/listen.addr"
-setsid halyard-manager --data-dir "$MGR" --port "$PORT" --auto-approve 127.0.0.1 \
+# Loopback only; its certificate names this machine's host name and localhost (the
+# host agent is 127.0.0.1: the CA signs no certificate for the Manager's own names).
+setsid halyard-manager --data-dir "$MGR" --listen 127.0.0.1 --port "$PORT" \
   </dev/null >>"$STATE/manager.log" 2>&1 &
 echo $! > "$STATE/run/manager.pid"
 for _ in $(seq 300); do [ -f "$MGR/listen.addr" ] && break; sleep 0.1; done
@@ -68,13 +72,19 @@ export HALYARD_URL=https://localhost:$PORT HALYARD_PASSWORD_FILE=$MGR/admin-pass
 
 step "host agent (registers with the Manager; certificate in $HOST_PKI)"
 rm -f "$STATE/hostd/listen.addr"
-setsid halyard-hostd --pki-dir "$HOST_PKI" --domain-type "$DOMAIN_TYPE" --state-dir "$STATE/hostd" \
-  --manager "https://localhost:$PORT" --address 127.0.0.1 \
+HOSTNAME_=$(hostname)
+# A one-time join token (as Incus and Proxmox join nodes) approves this registration;
+# the agent pins the Manager's CA by its fingerprint.
+TOKEN=$(halyard hosts join-token --host-name "$HOSTNAME_" --expires-in 600)
+CA_FP=$(openssl x509 -in "$MGR/pki/ca.pem" -noout -fingerprint -sha256 | cut -d= -f2)
+HALYARD_JOIN_TOKEN=$TOKEN setsid halyard-hostd --pki-dir "$HOST_PKI" --domain-type "$DOMAIN_TYPE" \
+  --state-dir "$STATE/hostd" --listen 127.0.0.1 --image-dir "$STATE/images" \
+  --manager "https://localhost:$PORT" --manager-ca-fingerprint "$CA_FP" --address 127.0.0.1 \
   </dev/null >>"$STATE/hostd.log" 2>&1 &
 echo $! > "$STATE/run/hostd.pid"
-HOSTNAME_=$(hostname)
-# It registers (CSR), is auto-approved (--auto-approve 127.0.0.1), gets its certificate,
-# then the Manager connects to it over VDSM's protocol and marks it up.
+unset TOKEN
+# It registers (CSR + join token), is approved, gets its certificate, then the Manager
+# connects to it over VDSM's protocol and marks it up.
 for _ in $(seq 600); do
   halyard hosts show "$HOSTNAME_" --json 2>/dev/null | grep -q '"status": "up"' && break; sleep 0.2
 done
@@ -85,6 +95,11 @@ step "test guest"
 GUEST=$(halyard-testguest --json)
 KERNEL=$(echo "$GUEST" | sed -n 's/.*"kernel":"\([^"]*\)".*/\1/p')
 INITRD=$(echo "$GUEST" | sed -n 's/.*"initrd":"\([^"]*\)".*/\1/p')
+# Hosts boot kernels and attach images only from their image directories.
+install -m 0644 "$KERNEL" "$STATE/images/testguest-vmlinux"
+install -m 0644 "$INITRD" "$STATE/images/testguest-initrd.img"
+KERNEL=$STATE/images/testguest-vmlinux
+INITRD=$STATE/images/testguest-initrd.img
 echo "kernel $KERNEL"
 echo "initrd $INITRD"
 

@@ -113,7 +113,20 @@ enum HostCmd {
         #[arg(long, default_value = "Default")]
         cluster: String,
     },
-    /// Approve a registered host.
+    /// Make a one-time join token: an agent started with `--join-token` registers
+    /// and is approved at once (prints only the token, for scripts).
+    JoinToken {
+        /// The host name it is for (default: any).
+        #[arg(long)]
+        host_name: Option<String>,
+        #[arg(long, default_value = "Default")]
+        cluster: String,
+        /// Seconds it stays valid (at most 7 days).
+        #[arg(long, default_value_t = 3600)]
+        expires_in: u64,
+    },
+    /// Approve a registered host (or the change a later registration asked for):
+    /// compare the key fingerprint `hosts show` prints with the agent's log first.
     Approve {
         name: String,
         #[arg(long, default_value = "Default")]
@@ -318,6 +331,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         Duration::from_secs(120),
                     )
                     .await
+                }
+                HostCmd::JoinToken {
+                    host_name,
+                    cluster,
+                    expires_in,
+                } => {
+                    let mut body =
+                        json!({"cluster": {"name": cluster}, "expires_in": expires_in.to_string()});
+                    if let Some(n) = host_name {
+                        body["host_name"] = json!(n);
+                    }
+                    let t = sess.call("POST", "/jointokens", Some(body)).await?;
+                    let token = t["token"]
+                        .as_str()
+                        .ok_or_else(|| anyhow::anyhow!("the Manager answered no token: {t}"))?;
+                    println!("{token}");
+                    Ok(())
                 }
                 HostCmd::Approve { name, cluster } => {
                     let h = sess.find("hosts", "host", &name).await?;

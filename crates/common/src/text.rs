@@ -15,6 +15,19 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// Compares two secrets (or their hashes) in time that depends only on their
+/// lengths, never on where they differ. Compare hashes of equal length (SHA-256 of
+/// both) and the length leaks nothing either.
+pub fn constant_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= usize::from(x ^ y);
+    }
+    diff == 0
+}
+
 /// Percent-encodes everything but RFC 3986's unreserved characters (for query values
 /// and form bodies).
 pub fn percent_encode(s: &str) -> String {

@@ -645,7 +645,12 @@ impl Agent {
         if let Some(log) = domxml::parse(&xml).ok().and_then(|i| i.serial_log) {
             if let Some(dir) = std::path::Path::new(&log).parent() {
                 if !dir.as_os_str().is_empty() && !dir.exists() {
-                    if let Err(e) = std::fs::create_dir_all(dir) {
+                    let made = std::os::unix::fs::DirBuilderExt::mode(
+                        std::fs::DirBuilder::new().recursive(true),
+                        0o700,
+                    )
+                    .create(dir);
+                    if let Err(e) = made {
                         warn!(dir = %dir.display(), error = %e, "cannot create the console log directory");
                     }
                 }

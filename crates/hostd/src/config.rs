@@ -146,6 +146,10 @@ pub struct ManagerLink {
     pub address: String,
     /// Seconds between checks for approval.
     pub poll_secs: u64,
+    /// A one-time join token an admin made (`POST /jointokens`): the registration is
+    /// approved at once. Keep the config file 0600, or pass it with `--join-token` /
+    /// `HALYARD_JOIN_TOKEN`.
+    pub join_token: Option<String>,
 }
 
 impl Default for ManagerLink {
@@ -159,6 +163,7 @@ impl Default for ManagerLink {
             host_name: h.clone(),
             address: h,
             poll_secs: 3,
+            join_token: None,
         }
     }
 }

@@ -12,10 +12,12 @@
 //! The server configuration is swapped in place (certificate renewal, enrollment), so
 //! established connections are not dropped.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use halyard_common::limits::Backoff;
 use halyard_proto::jsonrpc::RpcError;
 use halyard_proto::vdsm::errors;
 use tracing::{info, warn};
@@ -23,13 +25,119 @@ use tracing::{info, warn};
 use crate::config::Config;
 
 pub struct Identity {
-    cert: PathBuf,
-    key: PathBuf,
-    ca: PathBuf,
+    files: IdentityFiles,
     names: Vec<String>,
     current: RwLock<Arc<rustls::ServerConfig>>,
     enroll_token: Mutex<Option<String>>,
     pending_key: Mutex<Option<String>>,
+    /// Wrong enrollment tokens: after 5, each doubles the wait (up to a minute).
+    enroll_failures: Backoff<()>,
+}
+
+/// The agent's key, certificate and CA: three configured paths, replaced as one unit.
+/// A journal with all three is written first (atomically), then each file, then the
+/// journal goes; after a crash in between, [`IdentityFiles::recover`] finishes the
+/// installation, so the files never hold a key of one identity and the certificate of
+/// another.
+#[derive(Debug, Clone)]
+pub struct IdentityFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Journal {
+    key: String,
+    cert: String,
+    ca: String,
+}
+
+impl IdentityFiles {
+    pub fn of(cfg: &Config) -> IdentityFiles {
+        IdentityFiles {
+            cert: cfg.tls.cert.clone(),
+            key: cfg.tls.key.clone(),
+            ca: cfg.tls.ca.clone(),
+        }
+    }
+
+    fn journal(&self) -> PathBuf {
+        let mut p = self.key.clone().into_os_string();
+        p.push(".install");
+        PathBuf::from(p)
+    }
+
+    /// Where a registering agent keeps the key of its request until it is approved
+    /// (so that a restart while waiting asks with the same key).
+    pub fn pending_key_path(&self) -> PathBuf {
+        let mut p = self.key.clone().into_os_string();
+        p.push(".pending");
+        PathBuf::from(p)
+    }
+
+    /// Installs a new identity as one unit.
+    pub fn install(&self, key: &str, cert: &str, ca: &str) -> anyhow::Result<()> {
+        for p in [&self.key, &self.cert, &self.ca] {
+            if let Some(d) = p.parent() {
+                if !d.as_os_str().is_empty() && !d.exists() {
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(d)?;
+                }
+            }
+        }
+        let j = serde_json::to_vec(&Journal {
+            key: key.into(),
+            cert: cert.into(),
+            ca: ca.into(),
+        })?;
+        halyard_common::fsutil::write_atomic(&self.journal(), &j, 0o600)?;
+        halyard_common::fsutil::crash_point("identity-journal-written");
+        self.write_files(key, cert, ca)?;
+        std::fs::remove_file(self.journal())?;
+        Ok(())
+    }
+
+    fn write_files(&self, key: &str, cert: &str, ca: &str) -> anyhow::Result<()> {
+        halyard_common::fsutil::write_atomic(&self.key, key.as_bytes(), 0o600)?;
+        halyard_common::fsutil::crash_point("identity-key-written");
+        halyard_common::fsutil::write_atomic(&self.ca, ca.as_bytes(), 0o600)?;
+        halyard_common::fsutil::crash_point("identity-ca-written");
+        halyard_common::fsutil::write_atomic(&self.cert, cert.as_bytes(), 0o600)?;
+        Ok(())
+    }
+
+    /// Finishes an installation a crash interrupted; true when there was one.
+    pub fn recover(&self) -> anyhow::Result<bool> {
+        let j = match std::fs::read(self.journal()) {
+            Ok(j) => j,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        match serde_json::from_slice::<Journal>(&j) {
+            Ok(j)
+                if halyard_pki::cert_matches_key(&j.cert, &j.key)
+                    && halyard_pki::issued_by(&j.cert, &j.ca) =>
+            {
+                self.write_files(&j.key, &j.cert, &j.ca)?;
+                std::fs::remove_file(self.journal())?;
+                warn!(journal = %self.journal().display(), "finished installing an identity a crash had interrupted");
+                Ok(true)
+            }
+            _ => {
+                // Written atomically, so this is not ours half-written: it is no identity.
+                warn!(journal = %self.journal().display(), "an identity journal that is not valid; ignored and removed");
+                std::fs::remove_file(self.journal())?;
+                Ok(false)
+            }
+        }
+    }
+
+    pub fn exist(&self) -> bool {
+        self.cert.exists() && self.key.exists() && self.ca.exists()
+    }
 }
 
 fn read(p: &std::path::Path) -> anyhow::Result<String> {
@@ -48,13 +156,12 @@ impl Identity {
             names = halyard_pki::default_host_names(&[]);
         }
         Identity {
-            cert: cfg.tls.cert.clone(),
-            key: cfg.tls.key.clone(),
-            ca: cfg.tls.ca.clone(),
+            files: IdentityFiles::of(cfg),
             names,
             current: RwLock::new(server),
             enroll_token: Mutex::new(token),
             pending_key: Mutex::new(None),
+            enroll_failures: Backoff::new(5, Duration::from_secs(1), Duration::from_secs(60), 1),
         }
     }
 
@@ -79,8 +186,11 @@ impl Identity {
         Ok(Identity::new(cfg, server, Some(token)))
     }
 
-    pub fn files_exist(cfg: &Config) -> bool {
-        cfg.tls.cert.exists() && cfg.tls.key.exists() && cfg.tls.ca.exists()
+    /// The identity files are there (after finishing an interrupted installation).
+    pub fn files_exist(cfg: &Config) -> anyhow::Result<bool> {
+        let f = IdentityFiles::of(cfg);
+        f.recover()?;
+        Ok(f.exist())
     }
 
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
@@ -99,10 +209,21 @@ impl Identity {
 
     fn check_token(&self, token: Option<&str>) -> Result<(), RpcError> {
         let t = self.enroll_token.lock().unwrap_or_else(|p| p.into_inner());
-        match (t.as_deref(), token) {
-            (None, _) => Ok(()),
-            (Some(want), Some(got)) if constant_eq(want, got) => Ok(()),
-            _ => Err(denied("wrong or missing enrollment token")),
+        let Some(want) = t.as_deref() else {
+            return Ok(());
+        };
+        if let Err(wait) = self.enroll_failures.check(&()) {
+            return Err(denied(&format!(
+                "too many wrong enrollment tokens; retry in {} s",
+                wait.as_secs().max(1)
+            )));
+        }
+        if token.is_some_and(|got| token_eq(want, got)) {
+            self.enroll_failures.success(&());
+            Ok(())
+        } else {
+            self.enroll_failures.failure(&());
+            Err(denied("wrong or missing enrollment token"))
         }
     }
 
@@ -137,24 +258,16 @@ impl Identity {
             ca.ok_or_else(|| denied("enrollment needs the CA certificate"))?
                 .to_string()
         } else {
-            read(&self.ca).map_err(RpcError::internal)?
+            read(&self.files.ca).map_err(RpcError::internal)?
         };
         if !halyard_pki::issued_by(cert, &ca_pem) {
             return Err(denied("the certificate is not signed by the CA"));
         }
         let server = halyard_pki::server_config_pem(cert, &key, Some(&ca_pem))
             .map_err(RpcError::internal)?;
-        for (p, data, mode) in [
-            (&self.key, key.as_str(), 0o600),
-            (&self.ca, ca_pem.as_str(), 0o644),
-            (&self.cert, cert, 0o644),
-        ] {
-            if let Some(d) = p.parent() {
-                let _ = std::fs::create_dir_all(d);
-            }
-            halyard_common::fsutil::write_atomic(p, data.as_bytes(), mode)
-                .map_err(RpcError::internal)?;
-        }
+        self.files
+            .install(&key, cert, &ca_pem)
+            .map_err(|e| RpcError::internal(e.to_string()))?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = server;
         *self.pending_key.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let was_enrolling = self
@@ -168,12 +281,13 @@ impl Identity {
     }
 }
 
-fn constant_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+/// Compares a token with the expected one through their SHA-256 (fixed length): the
+/// time taken says nothing about the token's length or where it differs.
+fn token_eq(want: &str, got: &str) -> bool {
+    use sha2::Digest;
+    let a = sha2::Sha256::digest(want.as_bytes());
+    let b = sha2::Sha256::digest(got.as_bytes());
+    halyard_common::text::constant_eq(&a, &b)
 }
 
 /// Registers with the Manager at `cfg.manager.url` and stores the signed certificate,
@@ -206,10 +320,31 @@ pub async fn register(cfg: &Config, unique_id: &str, port: u16) -> anyhow::Resul
         }
     }
     let trusted = halyard_pki::client_config_trusting(&ca)?;
-    // 2. The CSR.
-    let mut names = vec![cfg.manager.address.clone(), cfg.manager.host_name.clone()];
+    // 2. The CSR, with a key kept (0600) until the certificate comes: a restart while
+    //    waiting registers the same key, which the Manager recognises.
+    let files = IdentityFiles::of(cfg);
+    let pending = files.pending_key_path();
+    let key = match std::fs::read_to_string(&pending) {
+        Ok(k) if halyard_pki::private_key_fingerprint(&k).is_some() => k,
+        _ => {
+            let k = halyard_pki::new_key_pem()?;
+            if let Some(d) = pending.parent() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(d)?;
+            }
+            halyard_common::fsutil::write_atomic(&pending, k.as_bytes(), 0o600)?;
+            k
+        }
+    };
+    let mut names = vec![cfg.manager.address.clone()];
     names.retain(|n| !n.is_empty());
-    let (csr, key) = halyard_pki::make_csr(&names)?;
+    let csr = halyard_pki::make_csr_for_key(&names, &key)?;
+    info!(
+        key = %halyard_pki::private_key_fingerprint(&key).unwrap_or_default(),
+        "registering with the Manager; an admin approves this key"
+    );
     let q = halyard_common::text::percent_encode;
     let reg = format!(
         "{base}?command=register&name={}&address={}&port={}&uniqueId={}",
@@ -218,14 +353,13 @@ pub async fn register(cfg: &Config, unique_id: &str, port: u16) -> anyhow::Resul
         port,
         q(unique_id)
     );
-    let r = halyard_client::http::request(
-        trusted.clone(),
-        "POST",
-        &reg,
-        &[("Content-Type", "application/x-pem-file")],
-        csr.as_bytes(),
-    )
-    .await?;
+    let mut headers = vec![("Content-Type", "application/x-pem-file")];
+    let token = cfg.manager.join_token.clone().unwrap_or_default();
+    if !token.is_empty() {
+        headers.push(("Halyard-Join-Token", token.as_str()));
+    }
+    let r = halyard_client::http::request(trusted.clone(), "POST", &reg, &headers, csr.as_bytes())
+        .await?;
     if r.status != 200 {
         anyhow::bail!("register: HTTP {}: {}", r.status, r.text());
     }
@@ -243,16 +377,8 @@ pub async fn register(cfg: &Config, unique_id: &str, port: u16) -> anyhow::Resul
                         "the Manager sent a certificate that does not match our key or its CA"
                     );
                 }
-                for (p, data, mode) in [
-                    (&cfg.tls.key, key.as_str(), 0o600),
-                    (&cfg.tls.ca, ca.as_str(), 0o644),
-                    (&cfg.tls.cert, cert.as_str(), 0o644),
-                ] {
-                    if let Some(d) = p.parent() {
-                        std::fs::create_dir_all(d)?;
-                    }
-                    halyard_common::fsutil::write_atomic(p, data.as_bytes(), mode)?;
-                }
+                files.install(&key, &cert, &ca)?;
+                let _ = std::fs::remove_file(&pending);
                 info!("approved: certificate installed");
                 return Ok(());
             }

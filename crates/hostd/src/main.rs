@@ -57,12 +57,19 @@ struct RunArgs {
     /// Wait for enrollment by a Manager that presents this one-time token.
     #[arg(long)]
     enroll_token: Option<String>,
+    /// A directory whose kernels, initrds and ISOs VMs may use (repeatable; replaces
+    /// `vm.image_dirs`).
+    #[arg(long = "image-dir")]
+    image_dirs: Vec<PathBuf>,
+    /// Register with a one-time join token the Manager's admin made (approved at once).
+    #[arg(long, env = "HALYARD_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the agent (the default).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Development PKI until the Manager signs host certificates.
     Pki {
         #[command(subcommand)]
@@ -104,7 +111,7 @@ fn main() -> anyhow::Result<()> {
             print!("{}", toml::to_string(&Config::default())?);
             Ok(())
         }
-        Some(Cmd::Run(args)) => run(args),
+        Some(Cmd::Run(args)) => run(*args),
         None => run(cli.run),
     }
 }
@@ -171,6 +178,12 @@ fn load_config(args: &RunArgs) -> anyhow::Result<Config> {
     if let Some(t) = &args.enroll_token {
         cfg.enroll_token = Some(t.clone());
     }
+    if !args.image_dirs.is_empty() {
+        cfg.vm.image_dirs = args.image_dirs.clone();
+    }
+    if let Some(t) = &args.join_token {
+        cfg.manager.join_token = Some(t.clone());
+    }
     cfg.validate()?;
     Ok(cfg)
 }
@@ -187,8 +200,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.state_dir)
+    // The state directory is the agent's own (0700, its files 0600).
+    halyard_common::fsutil::restrict_dir(&cfg.state_dir)
         .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+    let nofile = halyard_common::net::raise_nofile_limit();
+    info!(nofile, "open file limit");
     let addr = cfg.listen_addr()?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -197,10 +213,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     halyard_common::fsutil::write_atomic(
         &cfg.state_dir.join("listen.addr"),
         bound.to_string().as_bytes(),
-        0o644,
+        0o600,
     )?;
     let agent_id = agent_id(&cfg.state_dir)?;
-    let identity = if Identity::files_exist(&cfg) {
+    let identity = if Identity::files_exist(&cfg).context("the TLS identity")? {
         Identity::load(&cfg).context("loading the TLS identity")?
     } else if !cfg.manager.url.is_empty() {
         halyard_hostd::identity::register(&cfg, &agent_id, bound.port())
@@ -257,7 +273,7 @@ fn agent_id(state_dir: &std::path::Path) -> anyhow::Result<String> {
         warn!(path = %p.display(), "invalid agent id; making a new one");
     }
     let id = uuid::Uuid::new_v4().to_string();
-    halyard_common::fsutil::write_atomic(&p, id.as_bytes(), 0o644)
+    halyard_common::fsutil::write_atomic(&p, id.as_bytes(), 0o600)
         .with_context(|| format!("writing {}", p.display()))?;
     Ok(id)
 }

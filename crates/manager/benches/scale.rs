@@ -78,7 +78,7 @@ async fn run() -> anyhow::Result<()> {
     } else {
         (Database::Sqlite, "SQLite")
     };
-    let m = ManagerProc::start_with_log(db, "auto_approve = [\"fake-*\"]", "warn").await;
+    let m = ManagerProc::start_with_log(db, "auto_approve = [\"127.0.0.1\"]", "warn").await;
     let pid = m.pid().ok_or_else(|| anyhow::anyhow!("no Manager pid"))?;
     println!("Manager scale benchmark: {n_hosts} simulated hosts x {per_host} VMs = {n_vms} VMs ({db_name})");
 

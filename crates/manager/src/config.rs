@@ -4,6 +4,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+/// The longest an access token may live.
+pub const MAX_TOKEN_LIFETIME_SECS: u64 = 30 * 86_400;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -20,12 +23,24 @@ pub struct Config {
     pub names: Vec<String>,
     /// Read the admin password from this file at the first start instead of making one.
     pub admin_password_file: Option<PathBuf>,
-    /// Hosts whose registration name or address matches one of these patterns (`*` is a
-    /// wildcard) are approved without an admin.
+    /// Registrations whose connection comes from an address matching one of these
+    /// patterns (`*` is a wildcard), and that ask to be reached at that same address,
+    /// are approved without an admin. What a registration claims is never matched.
     pub auto_approve: Vec<String>,
-    /// Cluster auto-approved hosts join (default: the first cluster).
-    pub auto_approve_cluster: Option<String>,
+    /// Cluster hosts that register land in (auto-approved or with a join token without
+    /// its own cluster); it must exist.
+    pub auto_approve_cluster: String,
+    /// Registrations waiting for an admin, at most.
+    pub max_pending_hosts: usize,
+    /// Registrations that would wait for an admin, per source address and minute.
+    pub pending_registrations_per_minute: u32,
+    /// Seconds an access token lives (at most 30 days).
     pub token_lifetime_secs: u64,
+    /// Failed logins of one user, or from one address, before each further one doubles
+    /// the wait (from 1 s up to `login_max_wait_secs`).
+    pub login_free_failures: u32,
+    pub login_max_wait_secs: u64,
+    pub limits: Limits,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
     pub monitoring: Monitoring,
@@ -33,6 +48,37 @@ pub struct Config {
     pub host_cert_days: i64,
     /// Where hosts write the serial console logs of VMs the Manager starts.
     pub vm_console_dir: String,
+}
+
+/// Connections to the API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Open connections (TLS established), at most.
+    pub max_connections: usize,
+    /// Connections in their TLS handshake, at most (apart from `max_connections`); when
+    /// full, a new one closes the oldest of the source with the most.
+    pub max_handshakes: usize,
+    pub max_handshakes_per_source: usize,
+    /// Seconds a client has for the TLS handshake.
+    pub handshake_timeout_secs: u64,
+    /// Seconds a client has to send a request's headers.
+    pub header_read_timeout_secs: u64,
+    /// Seconds a connection may stay without a request.
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 4096,
+            max_handshakes: 256,
+            max_handshakes_per_source: 64,
+            handshake_timeout_secs: 10,
+            header_read_timeout_secs: 30,
+            idle_timeout_secs: 120,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -76,8 +122,13 @@ impl Default for Config {
             names: Vec::new(),
             admin_password_file: None,
             auto_approve: Vec::new(),
-            auto_approve_cluster: None,
+            auto_approve_cluster: "Default".into(),
+            max_pending_hosts: 100,
+            pending_registrations_per_minute: 10,
             token_lifetime_secs: 10 * 3600,
+            login_free_failures: 5,
+            login_max_wait_secs: 60,
+            limits: Limits::default(),
             max_body_bytes: 1024 * 1024,
             monitoring: Monitoring::default(),
             host_cert_days: 365,
@@ -89,7 +140,39 @@ impl Default for Config {
 impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)?;
-        Ok(toml::from_str(&text)?)
+        let c: Config = toml::from_str(&text)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Values the Manager cannot run with are refused at start, not at first use.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.token_lifetime_secs == 0 || self.token_lifetime_secs > MAX_TOKEN_LIFETIME_SECS {
+            anyhow::bail!(
+                "token_lifetime_secs must be between 1 and {MAX_TOKEN_LIFETIME_SECS} (30 days)"
+            );
+        }
+        if !(1..=3650).contains(&self.host_cert_days) {
+            anyhow::bail!("host_cert_days must be between 1 and 3650");
+        }
+        let l = &self.limits;
+        if l.max_connections == 0
+            || l.max_handshakes == 0
+            || l.max_handshakes_per_source == 0
+            || l.handshake_timeout_secs == 0
+            || l.header_read_timeout_secs == 0
+            || l.idle_timeout_secs == 0
+        {
+            anyhow::bail!("[limits] values must be > 0");
+        }
+        if self.max_body_bytes < 1024 || self.max_body_bytes > 1 << 30 {
+            anyhow::bail!("max_body_bytes must be between 1 KiB and 1 GiB");
+        }
+        self.address
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .map_err(|_| anyhow::anyhow!("address {:?} is not an IP address", self.address))?;
+        Ok(())
     }
 
     pub fn database_url(&self) -> String {

@@ -13,6 +13,9 @@ use serde_json::{json, Value};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::model::*;
+
+/// The event a host agent sends when it refused a call (`halyard_hostd::authz`).
+const ACCESS_DENIED_EVENT: &str = "|host|access_denied|";
 use crate::state::Manager;
 
 /// Handle of a host's monitor.
@@ -317,8 +320,53 @@ impl Manager {
         self.read().hosts.get(host_id).is_some_and(|h| h.memory > 0)
     }
 
-    /// Hook for other event kinds (guest agent, jobs).
-    async fn on_event(&self, _host_id: &str, _n: &halyard_proto::jsonrpc::Notification) {}
+    /// Other event kinds: a host that refused a caller tells the Manager.
+    async fn on_event(&self, host_id: &str, n: &halyard_proto::jsonrpc::Notification) {
+        if n.method == ACCESS_DENIED_EVENT {
+            let field = |k: &str| -> String {
+                n.params
+                    .get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or("?")
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(200)
+                    .collect()
+            };
+            let host = self.host_name_of(host_id);
+            let suppressed = n
+                .params
+                .get("suppressed")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            self.event(
+                10500,
+                "warning",
+                format!(
+                    "Host {host} refused {} from {} ({}): only the Manager may command a host.{}",
+                    field("what"),
+                    field("caller"),
+                    field("peer"),
+                    if suppressed > 0 {
+                        format!(" ({suppressed} more refusals were not reported.)")
+                    } else {
+                        String::new()
+                    }
+                ),
+                Some(host_id),
+                None,
+            )
+            .await;
+        }
+    }
+
+    fn host_name_of(&self, host_id: &str) -> String {
+        self.read()
+            .hosts
+            .get(host_id)
+            .map(|h| h.name.clone())
+            .unwrap_or_default()
+    }
 
     async fn sample(self: &Arc<Self>, host_id: &str, c: &Arc<Client>) {
         if let Ok(st) = c.call_value("Host.getStats", json!({})).await {
@@ -578,17 +626,8 @@ impl Manager {
             .await
             .map_err(|e| e.to_string())?;
         let csr = csr.as_str().unwrap_or_default().to_string();
-        let names = vec![h.address.clone(), h.name.clone()];
-        let cert = self
-            .pki
-            .ca
-            .sign_csr(
-                &csr,
-                &names,
-                halyard_pki::Usage::Host,
-                self.cfg.host_cert_days,
-            )
-            .map_err(|e| e.to_string())?;
+        let cert =
+            crate::register::sign_host_csr(self, &csr, &h.address).map_err(|e| e.to_string())?;
         c.call_value(
             "Host.setCertificate",
             json!({"certificate": cert, "ca": self.pki.ca.cert_pem()}),
@@ -597,6 +636,7 @@ impl Manager {
         .map_err(|e| e.to_string())?;
         // Only the certificate fields: a PUT meanwhile keeps what it changed.
         self.update(host_id, |x: &mut Host| {
+            x.csr = Some(csr);
             x.certificate = Some(cert);
             x.cert_not_after = now_ms() + life;
         })

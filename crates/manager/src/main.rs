@@ -20,9 +20,17 @@ struct Cli {
     /// Data directory (overrides the config).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Address to listen on (overrides the config; e.g. 127.0.0.1, or :: for every
+    /// address).
+    #[arg(long)]
+    listen: Option<String>,
     /// HTTPS port (overrides the config).
     #[arg(long)]
     port: Option<u16>,
+    /// A name (DNS name or address) of the Manager's HTTPS certificate (repeatable;
+    /// replaces the configured names).
+    #[arg(long = "name")]
+    names: Vec<String>,
     /// Database URL (overrides the config; default SQLite in the data dir).
     #[arg(long)]
     database: Option<String>,
@@ -49,13 +57,26 @@ fn main() -> anyhow::Result<()> {
     if let Some(d) = cli.data_dir {
         cfg.data_dir = d;
     }
+    if let Some(l) = cli.listen {
+        cfg.address = l;
+    }
     if let Some(p) = cli.port {
         cfg.port = p;
+    }
+    if !cli.names.is_empty() {
+        cfg.names = cli.names;
     }
     if let Some(d) = cli.database {
         cfg.database = Some(d);
     }
     cfg.auto_approve.extend(cli.auto_approve);
+    cfg.validate()?;
+    // Everything the Manager writes (database, keys, password file) is its own.
+    halyard_common::fsutil::private_umask();
+    halyard_common::fsutil::restrict_dir(&cfg.data_dir)
+        .with_context(|| format!("securing {}", cfg.data_dir.display()))?;
+    let nofile = halyard_common::net::raise_nofile_limit();
+    info!(nofile, "open file limit");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

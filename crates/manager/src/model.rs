@@ -139,6 +139,41 @@ pub struct Host {
     /// A one-time enrollment token for a host added by address (hashed).
     #[serde(default)]
     pub enroll_token_hash: Option<String>,
+    /// The address the registration came from (the connection's peer).
+    #[serde(default)]
+    pub registered_from: String,
+    /// A later registration that asked to change the address, port or key: nothing of
+    /// it applies until an admin approves it.
+    #[serde(default)]
+    pub pending_change: Option<PendingRegistration>,
+}
+
+/// What a registration of a known host asked for.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PendingRegistration {
+    pub address: String,
+    pub port: u16,
+    pub csr: String,
+    /// `SHA256:...` of the key in the CSR.
+    pub key_fingerprint: String,
+    /// The connection's peer address.
+    pub from: String,
+    pub time: i64,
+}
+
+/// A one-time token an admin makes for a host to join (as Incus and Proxmox join
+/// nodes): a registration that presents it is approved at once. Only its hash is kept.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JoinToken {
+    pub id: String,
+    /// SHA-256 of the secret, hex.
+    pub hash: String,
+    /// The host name it is for (any name when empty).
+    #[serde(default)]
+    pub host_name: String,
+    pub cluster: String,
+    pub creation_time: i64,
+    pub expiration_time: i64,
 }
 
 fn default_spm_priority() -> i32 {
@@ -449,6 +484,7 @@ pub struct Inventory {
     pub snapshots: BTreeMap<String, Snapshot>,
     pub templates: BTreeMap<String, Template>,
     pub tasks: BTreeMap<String, StorageTask>,
+    pub join_tokens: BTreeMap<String, JoinToken>,
     pub events: std::collections::VecDeque<Event>,
     pub next_event_id: i64,
 }

@@ -12,13 +12,15 @@ use axum::http::{HeaderMap, Method, Request, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use halyard_common::limits::RateLimit;
+use halyard_common::net::HandshakeGate;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use tracing::{debug, info, warn};
 
 use crate::api::handlers::{self, format_of, ApiError, Req};
-use crate::state::Manager;
+use crate::state::{Login, Manager};
 
 /// Percent-decoding of `application/x-www-form-urlencoded` and query strings.
 pub fn form_decode(s: &str) -> HashMap<String, String> {
@@ -56,16 +58,40 @@ pub fn form_decode(s: &str) -> HashMap<String, String> {
         .collect()
 }
 
+/// The connection's peer, put into every request by [`serve`].
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
+
+fn peer_of(req: &Request<Body>) -> std::net::IpAddr {
+    req.extensions()
+        .get::<Peer>()
+        .map(|p| halyard_common::net::canonical(p.0.ip()))
+        .unwrap_or(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED))
+}
+
 async fn read_body(m: &Manager, body: Body) -> Result<Vec<u8>, ApiError> {
     use http_body_util::BodyExt;
     let limit = m.cfg.max_body_bytes;
     // Past the limit the rest is read and dropped (up to 16 times the limit), so that
     // the client, still sending, gets the 413 instead of a reset connection.
     let drain = limit.saturating_mul(16);
+    let idle = Duration::from_secs(m.cfg.limits.idle_timeout_secs);
     let mut body = body;
     let mut out = Vec::new();
     let mut seen = 0usize;
-    while let Some(frame) = body.frame().await {
+    loop {
+        // A client that stops sending in the middle of a body is not waited for.
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "Operation Failed",
+                    format!("no part of the request body came for {} s", idle.as_secs()),
+                ))
+            }
+        };
         let Ok(frame) = frame else { break };
         if let Ok(data) = frame.into_data() {
             seen = seen.saturating_add(data.len());
@@ -90,6 +116,7 @@ async fn read_body(m: &Manager, body: Body) -> Result<Vec<u8>, ApiError> {
 }
 
 async fn token(State(m): State<Arc<Manager>>, req: Request<Body>) -> Response {
+    let peer = peer_of(&req);
     let body = match read_body(&m, req.into_body()).await {
         Ok(b) => b,
         Err(_) => {
@@ -115,9 +142,27 @@ async fn token(State(m): State<Arc<Manager>>, req: Request<Body>) -> Response {
     }
     let user = f.get("username").cloned().unwrap_or_default();
     let pass = f.get("password").cloned().unwrap_or_default();
-    match m.login(&user, &pass).await {
-        Some((t, ttl)) => {
-            info!(user = %user, "login");
+    let label = crate::state::user_label(&user);
+    match m.login(&user, &pass, peer).await {
+        Login::Throttled(wait) => {
+            static THROTTLED: RateLimit = RateLimit::new(5, Duration::from_secs(10));
+            if let Some(suppressed) = THROTTLED.admit() {
+                warn!(user = %label, %peer, suppressed, "login refused: too many failures");
+            }
+            let secs = wait.as_secs().max(1);
+            let mut r = (
+                StatusCode::TOO_MANY_REQUESTS,
+                [("content-type", "application/json")],
+                json!({"error_code": "access_denied", "error": format!("Too many failed logins for this user or from this address; retry in {secs} s.")}).to_string(),
+            )
+                .into_response();
+            if let Ok(v) = secs.to_string().parse() {
+                r.headers_mut().insert("retry-after", v);
+            }
+            r
+        }
+        Login::Ok { token: t, ttl } => {
+            info!(user = %label, "login");
             let exp = crate::model::now_ms() + ttl.as_millis() as i64;
             (
                 StatusCode::OK,
@@ -128,46 +173,80 @@ async fn token(State(m): State<Arc<Manager>>, req: Request<Body>) -> Response {
             )
                 .into_response()
         }
-        None => {
-            warn!(user = %user, "login failed");
-            m.event(
-                1004,
-                "warning",
-                format!(
-                    "User {} failed to log in: invalid credentials.",
-                    user.chars().take(64).collect::<String>()
-                ),
-                None,
-                None,
-            )
-            .await;
+        Login::Denied => {
+            static FAILED: RateLimit = RateLimit::new(10, Duration::from_secs(10));
+            if let Some(suppressed) = FAILED.admit() {
+                warn!(user = %label, %peer, suppressed, "login failed");
+                m.event(
+                    1004,
+                    "warning",
+                    format!("User {label} failed to log in from {peer}: invalid credentials."),
+                    None,
+                    None,
+                )
+                .await;
+            }
             bad(format!(
-                "Cannot authenticate user '{}': The username or password is incorrect.",
-                user.chars().take(64).collect::<String>()
+                "Cannot authenticate user '{label}': The username or password is incorrect."
             ))
         }
     }
 }
 
+/// Revokes the token however it is sent: `token` in the query (the SDK's way) or in a
+/// form body, or as the request's Bearer token.
 async fn logout(State(m): State<Arc<Manager>>, req: Request<Body>) -> Response {
+    let mut tokens: Vec<String> = Vec::new();
+    if let Some(t) = form_decode(req.uri().query().unwrap_or("")).remove("token") {
+        tokens.push(t);
+    }
+    if let Some(t) = bearer(req.headers()) {
+        tokens.push(t.to_string());
+    }
     if let Ok(body) = read_body(&m, req.into_body()).await {
-        let f = form_decode(&String::from_utf8_lossy(&body));
-        if let Some(t) = f.get("token") {
-            m.logout(t);
+        if let Some(t) = form_decode(&String::from_utf8_lossy(&body)).remove("token") {
+            tokens.push(t);
         }
     }
+    for t in &tokens {
+        m.logout(t.trim());
+    }
     (StatusCode::OK, [("content-type", "application/json")], "{}").into_response()
+}
+
+fn bearer(h: &HeaderMap) -> Option<&str> {
+    h.get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
 }
 
 async fn pki_resource(State(m): State<Arc<Manager>>, uri: Uri) -> Response {
     let q = form_decode(uri.query().unwrap_or(""));
     match q.get("resource").map(String::as_str) {
-        Some("ca-certificate") | Some("engine-certificate") => (
+        Some("ca-certificate") => (
             StatusCode::OK,
             [("content-type", "application/x-x509-ca-cert")],
             m.pki.ca.cert_pem().to_string(),
         )
             .into_response(),
+        Some("engine-certificate") => match std::fs::read_to_string(m.pki.dir.join("engine.pem")) {
+            Ok(pem) => (
+                StatusCode::OK,
+                [("content-type", "application/x-x509-ca-cert")],
+                pem,
+            )
+                .into_response(),
+            Err(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                [("content-type", "text/plain")],
+                "the engine certificate cannot be read",
+            )
+                .into_response(),
+        },
         _ => (
             StatusCode::NOT_FOUND,
             [("content-type", "text/plain")],
@@ -178,12 +257,18 @@ async fn pki_resource(State(m): State<Arc<Manager>>, uri: Uri) -> Response {
 }
 
 async fn register(State(m): State<Arc<Manager>>, req: Request<Body>) -> Response {
+    let peer = peer_of(&req);
     let q = form_decode(req.uri().query().unwrap_or(""));
+    let join = req
+        .headers()
+        .get(crate::register::JOIN_TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().to_string());
     let body = match read_body(&m, req.into_body()).await {
         Ok(b) => b,
         Err(e) => return (e.status, e.detail).into_response(),
     };
-    crate::register::handle(&m, &q, &body).await
+    crate::register::handle(&m, peer, &q, join.as_deref(), &body).await
 }
 
 async fn api(State(m): State<Arc<Manager>>, req: Request<Body>) -> Response {
@@ -193,14 +278,7 @@ async fn api(State(m): State<Arc<Manager>>, req: Request<Body>) -> Response {
     let query = form_decode(req.uri().query().unwrap_or(""));
     let headers: HeaderMap = req.headers().clone();
     // Authentication: a Bearer token (the SDK's way).
-    let user = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .and_then(|t| m.check_token(t.trim()));
+    let user = bearer(&headers).and_then(|t| m.check_token(t));
     if user.is_none() {
         let e = ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -257,7 +335,10 @@ async fn not_found(headers: HeaderMap, method: Method, uri: Uri) -> Response {
 pub fn router(m: Arc<Manager>) -> Router {
     Router::new()
         .route("/ovirt-engine/sso/oauth/token", post(token))
-        .route("/ovirt-engine/services/sso-logout", post(logout))
+        .route(
+            "/ovirt-engine/services/sso-logout",
+            get(logout).post(logout),
+        )
         .route("/ovirt-engine/services/pki-resource", get(pki_resource))
         .route(
             "/ovirt-engine/services/host-register",
@@ -270,7 +351,11 @@ pub fn router(m: Arc<Manager>) -> Router {
         .with_state(m)
 }
 
-/// Serves HTTPS until the process ends.
+/// Serves HTTPS until the process ends. Connections in their TLS handshake pass a
+/// [`HandshakeGate`] (bounded apart from established ones); established connections
+/// are capped; a request's headers must come within `header_read_timeout_secs` of the
+/// connection being ready for it (which also ends idle keep-alive connections), its
+/// body without a pause of `idle_timeout_secs`.
 pub async fn serve(m: Arc<Manager>) -> anyhow::Result<()> {
     let tls = m.engine_tls()?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
@@ -280,33 +365,70 @@ pub async fn serve(m: Arc<Manager>) -> anyhow::Result<()> {
     halyard_common::fsutil::write_atomic(
         &m.cfg.data_dir.join("listen.addr"),
         bound.to_string().as_bytes(),
-        0o644,
+        0o600,
     )?;
     info!(%bound, "Manager API listening");
     let app = router(m.clone());
+    let limits = m.cfg.limits.clone();
+    let gate = HandshakeGate::new(limits.max_handshakes, limits.max_handshakes_per_source);
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    static ACCEPT: RateLimit = RateLimit::new(5, Duration::from_secs(10));
+    static REFUSED: RateLimit = RateLimit::new(5, Duration::from_secs(10));
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
-                warn!(error = %e, "accept");
+                if let Some(suppressed) = ACCEPT.admit() {
+                    warn!(error = %e, suppressed, "accept");
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let acceptor = acceptor.clone();
         let app = app.clone();
+        let (mut ticket, evicted) = gate.enter(peer.ip());
+        if evicted {
+            if let Some(suppressed) = REFUSED.admit() {
+                warn!(%peer, suppressed, "too many connections in their TLS handshake; the oldest was closed");
+            }
+        }
+        let connections = connections.clone();
+        let limits = limits.clone();
         tokio::spawn(async move {
-            let tls =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => return,
-                };
-            let svc = TowerToHyperService::new(app);
-            let r = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            let handshake = Duration::from_secs(limits.handshake_timeout_secs);
+            let accepted = tokio::select! {
+                r = tokio::time::timeout(handshake, acceptor.accept(tcp)) => r,
+                _ = &mut ticket.evicted => return,
+            };
+            drop(ticket);
+            let tls = match accepted {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let Ok(_permit) = connections.try_acquire_owned() else {
+                if let Some(suppressed) = REFUSED.admit() {
+                    warn!(%peer, suppressed, "too many connections; refusing");
+                }
+                return;
+            };
+            let svc = tower::ServiceBuilder::new()
+                .map_request(move |mut r: Request<hyper::body::Incoming>| {
+                    r.extensions_mut().insert(Peer(peer));
+                    r
+                })
+                .service(app);
+            let svc = TowerToHyperService::new(svc);
+            let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            b.http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(limits.header_read_timeout_secs));
+            let r = b
+                .http1_only()
                 .serve_connection(TokioIo::new(tls), svc)
                 .await;
             if let Err(e) = r {

@@ -3,6 +3,7 @@
 //! acknowledged.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -11,6 +12,8 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::Argon2;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
+
+use halyard_common::limits::{Backoff, KeyedRateLimit};
 
 use crate::config::Config;
 use crate::db::Db;
@@ -77,6 +80,63 @@ pub struct Manager {
     /// Held by [`Manager::insert`], [`Manager::update`] and [`Manager::remove`] only,
     /// for the read-change-write of one object; never while waiting for anything else.
     store: tokio::sync::Mutex<()>,
+    /// What clients may try how often (logins, registrations, join tokens).
+    pub throttles: Throttles,
+}
+
+/// Bounds on attempts, per user and per source address.
+pub struct Throttles {
+    /// Registrations that would wait for an admin, per source.
+    pub registrations: KeyedRateLimit<IpAddr>,
+    /// Wrong join tokens, per source.
+    pub join_tokens: Backoff<IpAddr>,
+    /// Failed logins per user name (bounded to 64 characters) and per source.
+    pub login_users: Backoff<String>,
+    pub login_sources: Backoff<IpAddr>,
+}
+
+impl Throttles {
+    fn new(cfg: &Config) -> Throttles {
+        let max_wait = Duration::from_secs(cfg.login_max_wait_secs.max(1));
+        Throttles {
+            registrations: KeyedRateLimit::new(
+                cfg.pending_registrations_per_minute,
+                Duration::from_secs(60),
+                10_000,
+            ),
+            join_tokens: Backoff::new(5, Duration::from_secs(1), max_wait, 10_000),
+            login_users: Backoff::new(
+                cfg.login_free_failures,
+                Duration::from_secs(1),
+                max_wait,
+                10_000,
+            ),
+            login_sources: Backoff::new(
+                cfg.login_free_failures.saturating_mul(4),
+                Duration::from_secs(1),
+                max_wait,
+                10_000,
+            ),
+        }
+    }
+}
+
+/// The outcome of a login.
+#[derive(Debug)]
+pub enum Login {
+    Ok {
+        token: String,
+        ttl: Duration,
+    },
+    Denied,
+    /// Too many failures for this user or from this address: wait.
+    Throttled(Duration),
+}
+
+/// A user name as logs, events and throttles see it: at most 64 characters, no
+/// control characters.
+pub fn user_label(user: &str) -> String {
+    user.chars().filter(|c| !c.is_control()).take(64).collect()
 }
 
 /// A random token of `n` bytes, hex.
@@ -98,6 +158,12 @@ pub fn hash_password(p: &str) -> anyhow::Result<String> {
         .hash_password(p.as_bytes(), &salt)
         .map_err(|e| anyhow::anyhow!("hashing: {e}"))?
         .to_string())
+}
+
+/// An argon2 hash of a random password, checked against for unknown users.
+fn dummy_hash() -> &'static str {
+    static H: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    H.get_or_init(|| hash_password(&random_hex(16)).unwrap_or_default())
 }
 
 pub fn verify_password(p: &str, hash: &str) -> bool {
@@ -127,6 +193,7 @@ impl Manager {
         let db = Db::open(&cfg.database_url()).await?;
         info!(backend = db.backend, "database ready");
         let pki = Self::open_pki(&cfg)?;
+        let throttles = Throttles::new(&cfg);
         let m = Arc::new(Manager {
             cfg,
             db,
@@ -137,6 +204,7 @@ impl Manager {
             write_lock: tokio::sync::Mutex::new(()),
             pools: Mutex::new(Default::default()),
             store: tokio::sync::Mutex::new(()),
+            throttles,
         });
         m.init_admin().await?;
         m.load().await?;
@@ -224,10 +292,10 @@ impl Manager {
         };
         self.db.put("user", &user.name, &user).await?;
         if !from_file {
+            // Written 0600, never logged or printed.
             let path = self.cfg.data_dir.join("admin-password");
             halyard_common::fsutil::write_atomic(&path, format!("{password}\n").as_bytes(), 0o600)?;
-            println!("admin@internal password: {password}");
-            println!("(also in {}, readable by root only)", path.display());
+            info!(file = %path.display(), "the password of admin@internal was generated into a file readable by root only");
         }
         Ok(())
     }
@@ -269,6 +337,9 @@ impl Manager {
         }
         for x in self.db.all::<StorageTask>("task").await? {
             inv.tasks.insert(x.id.clone(), x);
+        }
+        for x in self.db.all::<JoinToken>("jointoken").await? {
+            inv.join_tokens.insert(x.id.clone(), x);
         }
         inv.events = self
             .db
@@ -316,25 +387,56 @@ impl Manager {
 
     // ----- auth ------------------------------------------------------------------------
 
-    /// Checks a password; returns a new token.
-    pub async fn login(&self, user: &str, password: &str) -> Option<(String, Duration)> {
-        let u = self.db.get::<User>("user", user).await.ok().flatten()?;
-        if !verify_password(password, &u.hash) {
-            return None;
+    /// Checks a password; a new token when it is right. Failures are throttled per
+    /// user and per source address, with a doubling wait.
+    pub async fn login(&self, user: &str, password: &str, peer: IpAddr) -> Login {
+        let label = user_label(user);
+        let peer = halyard_common::net::canonical(peer);
+        let th = &self.throttles;
+        if let Some(wait) = th
+            .login_users
+            .check(&label)
+            .err()
+            .or_else(|| th.login_sources.check(&peer).err())
+        {
+            return Login::Throttled(wait);
         }
+        let u = if user.len() > 256 {
+            None
+        } else {
+            self.db.get::<User>("user", user).await.ok().flatten()
+        };
+        let right = match &u {
+            Some(u) => verify_password(password, &u.hash),
+            None => {
+                // As long as a wrong password: the answer does not tell which users exist.
+                let _ = verify_password(password, dummy_hash());
+                false
+            }
+        };
+        let Some(u) = u.filter(|_| right) else {
+            th.login_users.failure(&label);
+            th.login_sources.failure(&peer);
+            return Login::Denied;
+        };
+        th.login_users.success(&label);
+        th.login_sources.success(&peer);
         let token = random_hex(32);
         let ttl = Duration::from_secs(self.cfg.token_lifetime_secs);
-        let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
+        let Some(expires) = now.checked_add(ttl) else {
+            return Login::Denied;
+        };
+        let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         t.retain(|_, v| v.expires > now);
         t.insert(
             token.clone(),
             Token {
                 user: u.name,
-                expires: now + ttl,
+                expires,
             },
         );
-        Some((token, ttl))
+        Login::Ok { token, ttl }
     }
 
     /// The user of a valid, unexpired token.
@@ -540,4 +642,5 @@ stored! {
     Snapshot => "snapshot", snapshots;
     Template => "template", templates;
     StorageTask => "task", tasks;
+    JoinToken => "jointoken", join_tokens;
 }

@@ -458,9 +458,21 @@ mod tests {
     }
 }
 
-/// A new key and a certificate signing request for `names` (PEM: csr, key).
-pub fn make_csr(names: &[String]) -> Result<(String, String)> {
-    let key = KeyPair::generate()?;
+/// A new private key (PEM).
+pub fn new_key_pem() -> Result<String> {
+    Ok(KeyPair::generate()?.serialize_pem())
+}
+
+/// A certificate signing request for `names` with an existing key (PEM).
+pub fn make_csr_for_key(names: &[String], key_pem: &str) -> Result<String> {
+    let key = KeyPair::from_pem(key_pem).map_err(|e| PkiError::Pem {
+        path: PathBuf::from("<key>"),
+        detail: e.to_string(),
+    })?;
+    csr_with(names, &key)
+}
+
+fn csr_with(names: &[String], key: &KeyPair) -> Result<String> {
     let mut params = CertificateParams::new(names.to_vec())?;
     let mut dn = DistinguishedName::new();
     dn.push(
@@ -471,8 +483,13 @@ pub fn make_csr(names: &[String]) -> Result<(String, String)> {
             .unwrap_or_else(|| "halyard-host".into()),
     );
     params.distinguished_name = dn;
-    let csr = params.serialize_request(&key)?.pem()?;
-    Ok((csr, key.serialize_pem()))
+    Ok(params.serialize_request(key)?.pem()?)
+}
+
+/// A new key and a certificate signing request for `names` (PEM: csr, key).
+pub fn make_csr(names: &[String]) -> Result<(String, String)> {
+    let key = KeyPair::generate()?;
+    Ok((csr_with(names, &key)?, key.serialize_pem()))
 }
 
 /// The DER of the first certificate in a PEM text.

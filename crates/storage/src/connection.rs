@@ -39,6 +39,12 @@ fn check_connection(c: &str) -> Result<()> {
     if c.is_empty() || c.len() > 1024 || c.chars().any(|ch| ch.is_control()) {
         return Err(StorageError::InvalidParameter(format!("connection {c:?}")));
     }
+    // It becomes an argument of mount: never an option.
+    if c.starts_with('-') {
+        return Err(StorageError::InvalidParameter(format!(
+            "connection {c:?} starts with '-'"
+        )));
+    }
     let path = c.rsplit_once(':').map(|(_, p)| p).unwrap_or(c);
     if Path::new(path)
         .components()
@@ -51,7 +57,43 @@ fn check_connection(c: &str) -> Result<()> {
     Ok(())
 }
 
+/// Directories of the host itself that are never a local storage domain (a domain
+/// there would be written over the system).
+const SYSTEM_DIRS: &[&str] = &[
+    "bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "root", "run", "sbin",
+    "sys", "usr",
+];
+
+/// A local directory fit to hold a domain: not `/`, not a system directory (also after
+/// resolving links).
+fn check_local_dir(target: &Path) -> Result<()> {
+    let refused = |p: &Path| -> bool {
+        let mut comps = p.components().filter(|c| *c != Component::RootDir);
+        match comps.next() {
+            None => true,
+            Some(Component::Normal(first)) => {
+                let first = first.to_string_lossy();
+                SYSTEM_DIRS.contains(&first.as_ref()) || (first == "var" && comps.next().is_none())
+            }
+            Some(_) => true,
+        }
+    };
+    let real = target.canonicalize().map_err(io_err(target))?;
+    if refused(target) || refused(&real) {
+        return Err(StorageError::Connection(format!(
+            "{} is / or a system directory; a local storage domain needs a directory of its own",
+            target.display()
+        )));
+    }
+    Ok(())
+}
+
 fn check_option(what: &str, s: &str) -> Result<()> {
+    if s.starts_with('-') {
+        return Err(StorageError::InvalidParameter(format!(
+            "{what} {s:?} starts with '-'"
+        )));
+    }
     if s.len() > 512
         || !s
             .chars()
@@ -86,6 +128,7 @@ pub fn connect(run_dir: &Path, dtype: DomainType, p: &ConnParams) -> Result<Path
                     p.connection
                 )));
             }
+            check_local_dir(target)?;
             match fs::read_link(&mp) {
                 Ok(t) if t == target => {}
                 Ok(_) | Err(_) => {
@@ -119,7 +162,7 @@ pub fn connect(run_dir: &Path, dtype: DomainType, p: &ConnParams) -> Result<Path
                 check_option("mnt_options", o)?;
                 cmd.arg("-o").arg(o);
             }
-            cmd.arg(&p.connection).arg(&mp);
+            cmd.arg("--").arg(&p.connection).arg(&mp);
             let out = cmd
                 .output()
                 .map_err(|e| StorageError::Mount(format!("cannot run mount: {e}")))?;
@@ -193,6 +236,42 @@ mod tests {
         assert!(check_connection("/data/x").is_ok());
         assert!(check_option("o", "rw,bind").is_ok());
         assert!(check_option("o", "rw;rm -rf /").is_err());
+        // Nothing that mount would take as an option.
+        assert!(check_connection("-oremount,rw").is_err());
+        assert!(check_connection("--bind").is_err());
+        assert!(check_option("vfs_type", "-t").is_err());
+    }
+
+    #[test]
+    fn local_connections_to_the_system_are_refused() {
+        let run = tempfile::tempdir().expect("tmp");
+        let link = run.path().join("root-link");
+        std::os::unix::fs::symlink("/", &link).expect("link");
+        for c in [
+            "/".to_string(),
+            "/etc".into(),
+            "/usr/lib".into(),
+            "/var".into(),
+            link.to_string_lossy().into_owned(),
+        ] {
+            let p = ConnParams {
+                id: "c1".into(),
+                connection: c.clone(),
+                vfs_type: None,
+                mnt_options: None,
+                extra: Default::default(),
+            };
+            let e = connect(run.path(), DomainType::LocalFs, &p).expect_err(&c);
+            assert!(e.to_string().contains("system directory"), "{c}: {e}");
+        }
+        let p = ConnParams {
+            id: "c1".into(),
+            connection: "-obind".into(),
+            vfs_type: Some("none".into()),
+            mnt_options: None,
+            extra: Default::default(),
+        };
+        assert!(connect(run.path(), DomainType::PosixFs, &p).is_err());
     }
 
     #[test]

@@ -625,6 +625,9 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
     if let Some(out) = super::storage::route(m, r, &s).await {
         return out;
     }
+    if let Some(out) = super::jointokens::route(m, r, &s).await {
+        return out;
+    }
     match s.as_slice() {
         [] if get => ok(root(m)),
         ["datacenters"] if get => dcs(m, r),

@@ -1,6 +1,7 @@
 //! The REST API (oVirt Engine API v4).
 
 pub mod handlers;
+pub mod jointokens;
 pub mod node;
 pub mod render;
 pub mod search;

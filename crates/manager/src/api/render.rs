@@ -160,6 +160,25 @@ pub fn host(h: &Host, scheduling_memory: u64) -> Node {
             &href("clusters", &h.cluster),
             &h.cluster,
         ));
+    // Halyard's additions (oVirt's readers skip elements they do not know): the key the
+    // host registered with, so that an admin approves a key and not a name, where the
+    // registration came from, and a change a later registration asked for.
+    if let Some(fp) = h.csr.as_deref().and_then(halyard_pki::csr_key_fingerprint) {
+        n.push(Node::leaf("key_fingerprint", fp));
+    }
+    if !h.registered_from.is_empty() {
+        n.push(Node::leaf("registered_from", &h.registered_from));
+    }
+    if let Some(c) = &h.pending_change {
+        n.push(
+            Node::new("pending_registration")
+                .with(Node::leaf("address", &c.address))
+                .with(Node::leaf("port", c.port))
+                .with(Node::leaf("key_fingerprint", &c.key_fingerprint))
+                .with(Node::leaf("registered_from", &c.from))
+                .with(Node::leaf("date", crate::model::iso8601(c.time))),
+        );
+    }
     n
 }
 

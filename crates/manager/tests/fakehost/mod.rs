@@ -87,7 +87,7 @@ impl FakeHost {
         cfg.manager.address = "127.0.0.1".into();
         cfg.manager.poll_secs = 1;
         cfg.manager.ca_fingerprint = Some(ca_fingerprint.to_string());
-        if !halyard_hostd::identity::Identity::files_exist(&cfg) {
+        if !halyard_hostd::identity::Identity::files_exist(&cfg)? {
             halyard_hostd::identity::register(&cfg, &format!("fake-{name}"), port).await?;
         }
         let identity = halyard_hostd::identity::Identity::load(&cfg)?;
