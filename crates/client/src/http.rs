@@ -55,33 +55,131 @@ pub fn split_url(url: &str) -> Result<(String, u16, String), ClientError> {
     Ok((host, port, path.to_string()))
 }
 
+/// Bounds on a response (the peer may be anyone: the agent talks to a Manager before
+/// it trusts it).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Status line and headers.
+    pub max_head: usize,
+    /// The whole response as read from the connection.
+    pub max_response: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_head: 64 * 1024,
+            max_response: 64 * 1024 * 1024,
+        }
+    }
+}
+
 fn find(h: &[u8], pat: &[u8]) -> Option<usize> {
     h.windows(pat.len()).position(|w| w == pat)
 }
 
-fn dechunk(mut b: &[u8]) -> Result<Vec<u8>, ClientError> {
+fn proto(msg: impl Into<String>) -> ClientError {
+    ClientError::Protocol(msg.into())
+}
+
+/// Decodes a chunked body. Every length is checked against what is there: a chunk
+/// size of `ffffffffffffffff` is an error, not an overflow.
+pub fn dechunk(mut b: &[u8]) -> Result<Vec<u8>, ClientError> {
     let mut out = Vec::new();
     loop {
-        let nl =
-            find(b, b"\r\n").ok_or_else(|| ClientError::Protocol("bad chunked body".into()))?;
-        let size_s = std::str::from_utf8(&b[..nl])
-            .unwrap_or("")
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim();
-        let size = usize::from_str_radix(size_s, 16)
-            .map_err(|_| ClientError::Protocol("bad chunk size".into()))?;
+        let nl = find(b, b"\r\n").ok_or_else(|| proto("bad chunked body"))?;
+        let line = std::str::from_utf8(&b[..nl]).map_err(|_| proto("bad chunk size"))?;
+        let size_s = line.split(';').next().unwrap_or("").trim();
+        if size_s.is_empty() || size_s.len() > 16 {
+            return Err(proto("bad chunk size"));
+        }
+        let size = u64::from_str_radix(size_s, 16).map_err(|_| proto("bad chunk size"))?;
         b = &b[nl + 2..];
         if size == 0 {
             return Ok(out);
         }
-        if b.len() < size + 2 {
-            return Err(ClientError::Protocol("truncated chunk".into()));
+        let size = usize::try_from(size).map_err(|_| proto("chunk too large"))?;
+        let need = size
+            .checked_add(2)
+            .ok_or_else(|| proto("chunk too large"))?;
+        if b.len() < need {
+            return Err(proto("truncated chunk"));
+        }
+        if &b[size..need] != b"\r\n" {
+            return Err(proto("chunk without its line end"));
         }
         out.extend_from_slice(&b[..size]);
-        b = &b[size + 2..];
+        b = &b[need..];
     }
+}
+
+/// Parses a whole HTTP/1.1 response (read until the peer closed). Untrusted input:
+/// bounded head, checked lengths, clear errors, never a panic.
+pub fn parse_response(buf: &[u8], limits: &Limits) -> Result<HttpResponse, ClientError> {
+    if buf.len() > limits.max_response {
+        return Err(proto(format!(
+            "response larger than {} bytes",
+            limits.max_response
+        )));
+    }
+    let end = find(&buf[..buf.len().min(limits.max_head + 4)], b"\r\n\r\n").ok_or_else(|| {
+        if buf.len() > limits.max_head {
+            proto(format!("HTTP header larger than {} bytes", limits.max_head))
+        } else {
+            proto("no HTTP header")
+        }
+    })?;
+    let head = std::str::from_utf8(&buf[..end]).map_err(|_| proto("HTTP header is not text"))?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    let mut parts = status_line.splitn(3, ' ');
+    let version = parts.next().unwrap_or("");
+    if !version.starts_with("HTTP/1.") {
+        return Err(proto("bad status line"));
+    }
+    let status: u16 = parts
+        .next()
+        .filter(|c| c.len() == 3)
+        .and_then(|c| c.parse().ok())
+        .filter(|c| (100..=599).contains(c))
+        .ok_or_else(|| proto("bad status line"))?;
+    let mut headers = Vec::new();
+    for l in lines {
+        let (k, v) = l
+            .split_once(':')
+            .ok_or_else(|| proto("malformed header line"))?;
+        headers.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    let raw = &buf[end + 4..];
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    };
+    let chunked =
+        get("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+    let body = if chunked {
+        dechunk(raw)?
+    } else if let Some(cl) = get("content-length") {
+        let n: usize = cl.parse().map_err(|_| {
+            proto(format!(
+                "bad Content-Length {:?}",
+                cl.chars().take(32).collect::<String>()
+            ))
+        })?;
+        if raw.len() < n {
+            return Err(proto("the body is shorter than its Content-Length"));
+        }
+        raw[..n].to_vec()
+    } else {
+        raw.to_vec()
+    };
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// Sends one request over TLS and reads the whole response (`Connection: close`).
@@ -92,8 +190,21 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<HttpResponse, ClientError> {
+    request_from(None, tls, method, url, headers, body).await
+}
+
+/// [`request`] from a given local address (a host with several addresses).
+pub async fn request_from(
+    local: Option<std::net::IpAddr>,
+    tls: Arc<rustls::ClientConfig>,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<HttpResponse, ClientError> {
+    let limits = Limits::default();
     let (host, port, path) = split_url(url)?;
-    let mut s = crate::connect_tls(&host, port, tls).await?;
+    let mut s = crate::connect_tls_from(local, &host, port, tls).await?;
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -110,11 +221,21 @@ pub async fn request(
         s.write_all(body).await?;
         s.flush().await?;
         let mut buf = Vec::new();
-        // Peers may close without close_notify: what was read counts.
-        match s.read_to_end(&mut buf).await {
-            Ok(_) => {}
-            Err(e) if !buf.is_empty() && e.kind() == std::io::ErrorKind::UnexpectedEof => {}
-            Err(e) => return Err(e),
+        // Peers may close without close_notify: what was read counts. A peer that
+        // sends more than the limit is not read further.
+        let mut chunk = vec![0u8; 16 * 1024];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if buf.len() > limits.max_response {
+                        break;
+                    }
+                }
+                Err(e) if !buf.is_empty() && e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(e) => return Err(e),
+            }
         }
         Ok(buf)
     };
@@ -122,29 +243,7 @@ pub async fn request(
         .await
         .map_err(|_| ClientError::Timeout(Duration::from_secs(120)))?
         .map_err(ClientError::Tls)?;
-    let end =
-        find(&buf, b"\r\n\r\n").ok_or_else(|| ClientError::Protocol("no HTTP header".into()))?;
-    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-    let mut lines = head.lines();
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| ClientError::Protocol("bad status line".into()))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let raw = &buf[end + 4..];
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-    let body = if chunked { dechunk(raw)? } else { raw.to_vec() };
-    Ok(HttpResponse {
-        status,
-        headers,
-        body,
-    })
+    parse_response(&buf, &limits)
 }
 
 #[cfg(test)]
@@ -167,5 +266,53 @@ mod tests {
             b"abcde"
         );
         assert!(dechunk(b"zz\r\n").is_err());
+    }
+
+    #[test]
+    fn hostile_lengths_are_errors() {
+        // The chunk size that overflowed size + 2.
+        assert!(dechunk(b"ffffffffffffffff\r\nabc").is_err());
+        assert!(dechunk(b"fffffffffffffffff\r\nabc").is_err());
+        assert!(dechunk(b"5\r\nab\r\n").is_err());
+        assert!(dechunk(b"2\r\nabXY0\r\n\r\n").is_err());
+        let l = Limits::default();
+        let r =
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcdef", &l).expect("ok");
+        assert_eq!(r.body, b"abc");
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\nx"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n",
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"SMTP 200\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
+            b"HTTP/1.1 200 OK",
+        ] {
+            assert!(
+                parse_response(bad, &l).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let big_head = [
+            b"HTTP/1.1 200 OK\r\nX: ".to_vec(),
+            vec![b'a'; 70_000],
+            b"\r\n\r\n".to_vec(),
+        ]
+        .concat();
+        assert!(parse_response(&big_head, &l).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_response_never_panics(b in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = parse_response(&b, &Limits::default());
+            let _ = dechunk(&b);
+        }
+
+        #[test]
+        fn parse_response_never_panics_on_http_like(s in "HTTP/1\\.[01] [0-9]{1,4} [A-Z]{0,3}(\r\n[A-Za-z-]{1,12}: ?[0-9a-fA-F;]{0,20})*\r\n\r\n([0-9a-fA-F]{1,17}\r\n[a-z]{0,5}\r\n){0,4}") {
+            let _ = parse_response(s.as_bytes(), &Limits::default());
+        }
     }
 }

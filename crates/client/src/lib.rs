@@ -75,8 +75,43 @@ pub async fn connect_tls(
     port: u16,
     tls: Arc<rustls::ClientConfig>,
 ) -> Result<TlsStream<TcpStream>, ClientError> {
+    connect_tls_from(None, host, port, tls).await
+}
+
+async fn tcp_from(local: Option<std::net::IpAddr>, addr: &str) -> std::io::Result<TcpStream> {
+    let Some(local) = local else {
+        return TcpStream::connect(addr).await;
+    };
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        if a.is_ipv4() != local.is_ipv4() {
+            continue;
+        }
+        let sock = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        sock.bind(std::net::SocketAddr::new(local, 0))?;
+        match sock.connect(a).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, "no address of that family")
+    }))
+}
+
+/// [`connect_tls`] from a given local address.
+pub async fn connect_tls_from(
+    local: Option<std::net::IpAddr>,
+    host: &str,
+    port: u16,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<TlsStream<TcpStream>, ClientError> {
     let addr = format!("{host}:{port}");
-    let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&addr))
+    let tcp = tokio::time::timeout(Duration::from_secs(10), tcp_from(local, &addr))
         .await
         .map_err(|_| ClientError::Timeout(Duration::from_secs(10)))?
         .map_err(|source| ClientError::Connect {

@@ -280,6 +280,21 @@ async fn stomp_session_rules() {
     assert_eq!(f.command, Command::Error);
     assert_eq!(f.body, b"Version unsupported");
 
+    // Nothing before CONNECT: a SEND first gets an ERROR, no answer, and the end.
+    let mut r = Raw::connect(&host).await;
+    let f = Frame::new(Command::Send)
+        .header("destination", "jms.topic.vdsm_requests")
+        .header("reply-to", "jms.topic.vdsm_responses")
+        .body(br#"{"jsonrpc":"2.0","id":"x","method":"Host.getVMList","params":{}}"#.to_vec());
+    r.send(&f.encode()).await.expect("send");
+    let f = r.frame(Duration::from_secs(5)).await.expect("ERROR");
+    assert_eq!(f.command, Command::Error, "{f:?}");
+    assert!(
+        String::from_utf8_lossy(&f.body).contains("before CONNECT"),
+        "{f:?}"
+    );
+    assert!(r.is_closed(Duration::from_secs(5)).await);
+
     // Heart-beats: the agent sends one every second when asked to; SUBSCRIBE without id
     // is an error that keeps the session; DISCONNECT gets its RECEIPT.
     let mut r = Raw::connect(&host).await;

@@ -57,6 +57,12 @@ pub struct HostOptions {
     pub host_name: String,
     /// Wait for enrollment by a Manager (`POST /hosts`) with this one-time token.
     pub enroll_token: Option<String>,
+    /// Register with this one-time join token.
+    pub join_token: Option<String>,
+    /// Environment of the agent process (e.g. a crash point).
+    pub env: Vec<(String, String)>,
+    /// Wait until the agent answers (false: a test that expects it to die).
+    pub wait_ready: bool,
 }
 
 impl HostOptions {
@@ -72,6 +78,9 @@ impl HostOptions {
             sanlock: false,
             manager_url: None,
             enroll_token: None,
+            join_token: None,
+            env: Vec::new(),
+            wait_ready: true,
             host_name: String::new(),
         }
     }
@@ -139,6 +148,10 @@ impl TestHost {
         let enroll = match &opts.enroll_token {
             Some(t) => format!("enroll_token = \"{t}\"\n"),
             None => String::new(),
+        };
+        let manager_section = match &opts.join_token {
+            Some(t) => format!("{manager_section}join_token = \"{t}\"\n"),
+            None => manager_section,
         };
         let config = format!(
             r#"{enroll}state_dir = "{state}"
@@ -223,6 +236,7 @@ spm_watchdog_interval_secs = 1
             .arg(self.dir.join("hostd.toml"))
             .env("RUST_LOG", &self.opts.log_filter)
             .env("NO_COLOR", "1")
+            .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
@@ -257,7 +271,10 @@ spm_watchdog_interval_secs = 1
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if self.opts.manager_url.is_some() || self.opts.enroll_token.is_some() {
+        if self.opts.manager_url.is_some()
+            || self.opts.enroll_token.is_some()
+            || !self.opts.wait_ready
+        {
             // Registered and enrolling hosts are reached through the Manager.
             return;
         }
@@ -285,6 +302,25 @@ spm_watchdog_interval_secs = 1
     /// The agent's process id.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Waits up to `timeout` for the agent to exit by itself; its status if it did.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    self.child = None;
+                    return Some(st);
+                }
+            } else {
+                return None;
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// SIGKILLs the agent (VMs keep running).
