@@ -20,16 +20,38 @@ fn key() -> String {
 }
 
 /// `command=register` from `from`, claiming `name`/`address`/`port`, with `key`.
+/// What a registration claims, and where it comes from.
+struct Claim<'a> {
+    from: &'a str,
+    name: &'a str,
+    address: &'a str,
+    port: u16,
+    uid: &'a str,
+}
+
+fn claim<'a>(from: &'a str, name: &'a str, address: &'a str, port: u16, uid: &'a str) -> Claim<'a> {
+    Claim {
+        from,
+        name,
+        address,
+        port,
+        uid,
+    }
+}
+
 async fn register(
     m: &ManagerProc,
-    from: &str,
-    name: &str,
-    address: &str,
-    port: u16,
-    uid: &str,
+    c: Claim<'_>,
     key: &str,
     join_token: Option<&str>,
 ) -> (u16, String) {
+    let Claim {
+        from,
+        name,
+        address,
+        port,
+        uid,
+    } = c;
     let csr = halyard_pki::make_csr_for_key(&[address.to_string()], key).expect("csr");
     let url = format!(
         "{}/ovirt-engine/services/host-register?command=register&name={name}&address={address}&port={port}&uniqueId={uid}",
@@ -94,11 +116,7 @@ async fn registration_is_decided_on_the_peer_and_cannot_take_over_a_host() {
     // An unapproved peer claiming the approved address: pending, no certificate.
     let (code, b) = register(
         &m,
-        "127.0.0.2",
-        "evil1",
-        "127.0.0.1",
-        54321,
-        "u-evil1",
+        claim("127.0.0.2", "evil1", "127.0.0.1", 54321, "u-evil1"),
         &key(),
         None,
     )
@@ -114,11 +132,7 @@ async fn registration_is_decided_on_the_peer_and_cannot_take_over_a_host() {
     // An approved peer asking to be reached elsewhere: pending too.
     let (code, _) = register(
         &m,
-        "127.0.0.1",
-        "evil2",
-        "10.9.9.9",
-        54321,
-        "u-evil2",
+        claim("127.0.0.1", "evil2", "10.9.9.9", 54321, "u-evil2"),
         &key(),
         None,
     )
@@ -131,11 +145,7 @@ async fn registration_is_decided_on_the_peer_and_cannot_take_over_a_host() {
     let good_key = key();
     let (code, b) = register(
         &m,
-        "127.0.0.1",
-        "good",
-        "127.0.0.1",
-        1,
-        "u-good",
+        claim("127.0.0.1", "good", "127.0.0.1", 1, "u-good"),
         &good_key,
         None,
     )
@@ -152,11 +162,7 @@ async fn registration_is_decided_on_the_peer_and_cannot_take_over_a_host() {
     // The same agent asking again (restarted): nothing changes, same certificate.
     let (code, _) = register(
         &m,
-        "127.0.0.1",
-        "good",
-        "127.0.0.1",
-        1,
-        "u-good",
+        claim("127.0.0.1", "good", "127.0.0.1", 1, "u-good"),
         &good_key,
         None,
     )
@@ -168,11 +174,7 @@ async fn registration_is_decided_on_the_peer_and_cannot_take_over_a_host() {
     let evil_key = key();
     let (code, b) = register(
         &m,
-        "127.0.0.2",
-        "good",
-        "127.0.0.3",
-        2,
-        "u-good",
+        claim("127.0.0.2", "good", "127.0.0.3", 2, "u-good"),
         &evil_key,
         None,
     )
@@ -216,11 +218,7 @@ async fn registration_is_decided_on_the_peer_and_cannot_take_over_a_host() {
     let first = key();
     let (code, _) = register(
         &m,
-        "127.0.0.2",
-        "p1",
-        "10.0.0.7",
-        54321,
-        "u-p1",
+        claim("127.0.0.2", "p1", "10.0.0.7", 54321, "u-p1"),
         &first,
         None,
     )
@@ -228,11 +226,7 @@ async fn registration_is_decided_on_the_peer_and_cannot_take_over_a_host() {
     assert_eq!(code, 200);
     let (code, b) = register(
         &m,
-        "127.0.0.2",
-        "p1",
-        "10.0.0.7",
-        54321,
-        "u-p1",
+        claim("127.0.0.2", "p1", "10.0.0.7", 54321, "u-p1"),
         &key(),
         None,
     )
@@ -256,11 +250,7 @@ async fn the_ca_refuses_the_managers_names() {
     let t = m.token().await;
     let (code, _) = register(
         &m,
-        "127.0.0.2",
-        "fake-manager",
-        "localhost",
-        8443,
-        "u-fm",
+        claim("127.0.0.2", "fake-manager", "localhost", 8443, "u-fm"),
         &key(),
         None,
     )
@@ -301,34 +291,50 @@ async fn pending_registrations_are_rate_limited_and_capped() {
     for i in 0..3 {
         let (code, b) = register(
             &m,
-            "127.0.0.2",
-            &format!("r{i}"),
-            "10.0.0.1",
-            1,
-            &format!("u-r{i}"),
+            claim(
+                "127.0.0.2",
+                &format!("r{i}"),
+                "10.0.0.1",
+                1,
+                &format!("u-r{i}"),
+            ),
             &key(),
             None,
         )
         .await;
         assert_eq!(code, 200, "{b}");
     }
-    let (code, b) = register(&m, "127.0.0.2", "r3", "10.0.0.1", 1, "u-r3", &key(), None).await;
+    let (code, b) = register(
+        &m,
+        claim("127.0.0.2", "r3", "10.0.0.1", 1, "u-r3"),
+        &key(),
+        None,
+    )
+    .await;
     assert_eq!(code, 429, "per source: {b}");
     for i in 4..6 {
         let (code, b) = register(
             &m,
-            "127.0.0.4",
-            &format!("r{i}"),
-            "10.0.0.1",
-            1,
-            &format!("u-r{i}"),
+            claim(
+                "127.0.0.4",
+                &format!("r{i}"),
+                "10.0.0.1",
+                1,
+                &format!("u-r{i}"),
+            ),
             &key(),
             None,
         )
         .await;
         assert_eq!(code, 200, "{b}");
     }
-    let (code, b) = register(&m, "127.0.0.5", "r6", "10.0.0.1", 1, "u-r6", &key(), None).await;
+    let (code, b) = register(
+        &m,
+        claim("127.0.0.5", "r6", "10.0.0.1", 1, "u-r6"),
+        &key(),
+        None,
+    )
+    .await;
     assert_eq!(code, 429, "in all: {b}");
     assert!(b.contains("wait for approval"), "{b}");
 }
@@ -357,11 +363,7 @@ async fn join_tokens_approve_once_and_cannot_be_guessed() {
     // For j1 only.
     let (code, _) = register(
         &m,
-        "127.0.0.2",
-        "j2",
-        "10.1.1.2",
-        1,
-        "u-j2",
+        claim("127.0.0.2", "j2", "10.1.1.2", 1, "u-j2"),
         &key(),
         Some(&secret),
     )
@@ -370,11 +372,7 @@ async fn join_tokens_approve_once_and_cannot_be_guessed() {
     let k = key();
     let (code, b) = register(
         &m,
-        "127.0.0.2",
-        "j1",
-        "10.1.1.1",
-        1,
-        "u-j1",
+        claim("127.0.0.2", "j1", "10.1.1.1", 1, "u-j1"),
         &k,
         Some(&secret),
     )
@@ -386,11 +384,7 @@ async fn join_tokens_approve_once_and_cannot_be_guessed() {
     // Once.
     let (code, _) = register(
         &m,
-        "127.0.0.2",
-        "j1",
-        "10.1.1.1",
-        1,
-        "u-j1b",
+        claim("127.0.0.2", "j1", "10.1.1.1", 1, "u-j1b"),
         &key(),
         Some(&secret),
     )
@@ -401,11 +395,13 @@ async fn join_tokens_approve_once_and_cannot_be_guessed() {
     for i in 0..8 {
         last = register(
             &m,
-            "127.0.0.6",
-            &format!("g{i}"),
-            "10.1.1.9",
-            1,
-            &format!("u-g{i}"),
+            claim(
+                "127.0.0.6",
+                &format!("g{i}"),
+                "10.1.1.9",
+                1,
+                &format!("u-g{i}"),
+            ),
             &key(),
             Some("guess"),
         )
