@@ -474,7 +474,7 @@ impl Manager {
                 }
                 self.pool_forget_host(&h);
             }
-            self.set_spm_status_none(dc).await;
+            self.set_spm_status(dc, None, None).await;
         } else {
             self.on_spm("StorageDomain.deactivate", &d, &sd.id).await?;
         }
@@ -495,20 +495,6 @@ impl Manager {
         )
         .await;
         Ok(())
-    }
-
-    async fn set_spm_status_none(&self, dc: &str) {
-        let hosts: Vec<String> = self
-            .read()
-            .hosts_of_dc(dc)
-            .into_iter()
-            .map(|h| h.id.clone())
-            .collect();
-        for h in hosts {
-            let _ = self
-                .update(&h, |h: &mut Host| h.spm_status = "none".into())
-                .await;
-        }
     }
 
     /// Detaches a domain in maintenance. Disks on it must be removed first.

@@ -581,7 +581,13 @@ impl Manager {
         .await;
     }
 
-    async fn set_spm_status(&self, dc: &str, spm: Option<&str>, contending: Option<&str>) {
+    /// Each host of the data center's SPM status: `spm`, `contending` or none.
+    pub(crate) async fn set_spm_status(
+        &self,
+        dc: &str,
+        spm: Option<&str>,
+        contending: Option<&str>,
+    ) {
         let hosts: Vec<String> = self
             .read()
             .hosts_of_dc(dc)
@@ -1065,6 +1071,12 @@ impl Manager {
     async fn task_done(self: &Arc<Self>, t: &StorageTask, ok: bool, actual: Option<u64>) {
         info!(task = %t.id, kind = %t.kind, ok, "storage task ended");
         let disk = self.read().disks.get(&t.disk).cloned();
+        // The step (and a job of disk tasks alone) ends before the disk shows its
+        // outcome: whoever sees the disk ok or gone finds its job ended too.
+        self.finish_step(&t.job, &t.id, ok).await;
+        if t.owner.is_none() {
+            self.close_job_if_done(&t.job).await;
+        }
         match t.kind.as_str() {
             "delete_image" => {
                 if ok {
@@ -1123,7 +1135,6 @@ impl Manager {
         };
         let vm = disk.as_ref().and_then(|d| d.vm.clone());
         self.event(code, sev, text, None, vm.as_deref()).await;
-        self.finish_step(&t.job, &t.id, ok).await;
         // The owner finishes when its last task ended.
         if let Some((kind, id)) = &t.owner {
             let pending = self
@@ -1134,8 +1145,6 @@ impl Manager {
             if !pending {
                 self.owner_done(kind, id, &t.job).await;
             }
-        } else {
-            self.close_job_if_done(&t.job).await;
         }
     }
 

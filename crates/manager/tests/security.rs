@@ -288,53 +288,24 @@ async fn pending_registrations_are_rate_limited_and_capped() {
         "max_pending_hosts = 5\npending_registrations_per_minute = 3",
     )
     .await;
+    let pend = |from: &'static str, i: u32| {
+        let m = &m;
+        async move {
+            let (name, uid) = (format!("r{i}"), format!("u-r{i}"));
+            register(m, claim(from, &name, "10.0.0.1", 1, &uid), &key(), None).await
+        }
+    };
     for i in 0..3 {
-        let (code, b) = register(
-            &m,
-            claim(
-                "127.0.0.2",
-                &format!("r{i}"),
-                "10.0.0.1",
-                1,
-                &format!("u-r{i}"),
-            ),
-            &key(),
-            None,
-        )
-        .await;
+        let (code, b) = pend("127.0.0.2", i).await;
         assert_eq!(code, 200, "{b}");
     }
-    let (code, b) = register(
-        &m,
-        claim("127.0.0.2", "r3", "10.0.0.1", 1, "u-r3"),
-        &key(),
-        None,
-    )
-    .await;
+    let (code, b) = pend("127.0.0.2", 3).await;
     assert_eq!(code, 429, "per source: {b}");
     for i in 4..6 {
-        let (code, b) = register(
-            &m,
-            claim(
-                "127.0.0.4",
-                &format!("r{i}"),
-                "10.0.0.1",
-                1,
-                &format!("u-r{i}"),
-            ),
-            &key(),
-            None,
-        )
-        .await;
+        let (code, b) = pend("127.0.0.4", i).await;
         assert_eq!(code, 200, "{b}");
     }
-    let (code, b) = register(
-        &m,
-        claim("127.0.0.5", "r6", "10.0.0.1", 1, "u-r6"),
-        &key(),
-        None,
-    )
-    .await;
+    let (code, b) = pend("127.0.0.5", 6).await;
     assert_eq!(code, 429, "in all: {b}");
     assert!(b.contains("wait for approval"), "{b}");
 }
