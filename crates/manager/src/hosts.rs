@@ -230,6 +230,8 @@ impl Manager {
             } else {
                 missed += 1;
                 if missed == mc.missed_pings && host.status != "non_responsive" {
+                    // Its VMs first: whoever sees the host non_responsive sees them unknown.
+                    self.vms_unknown(&host_id).await;
                     self.set_host_status(&host_id, "non_responsive").await;
                     self.pool_forget_host(&host_id);
                     self.event(
@@ -240,7 +242,6 @@ impl Manager {
                         None,
                     )
                     .await;
-                    self.vms_unknown(&host_id).await;
                 }
             }
         }
