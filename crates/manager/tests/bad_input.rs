@@ -153,7 +153,9 @@ async fn bad_requests_get_faults_and_change_nothing() {
         "name%3D%27%3B+DROP+TABLE+objects%3B+--",
         "bogus%3D1",
         "name%3D%22open",
-        "name%3Da+or+name%3Db",
+        "name%3Da+or",
+        "name%3Da+sortby+bogus",
+        "page+0",
     ] {
         let (code, body) = m.api(&t, "GET", &format!("/vms?search={bad}"), "").await;
         assert_eq!(code, 400, "{bad}: {body}");

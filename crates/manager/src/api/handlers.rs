@@ -188,10 +188,22 @@ impl Req {
         Ok(out)
     }
 
+    /// The `search` parameter (with `case_sensitive`, true unless `false`, as oVirt's
+    /// API defaults).
     pub(super) fn search(&self, fields: &[&str]) -> Result<search::Query, ApiError> {
+        let cs = match self.query.get("case_sensitive").map(String::as_str) {
+            None | Some("") | Some("true") => true,
+            Some("false") => false,
+            Some(v) => {
+                return Err(ApiError::bad(format!(
+                    "case_sensitive={v:?}: true or false"
+                )))
+            }
+        };
         search::parse(
             self.query.get("search").map(String::as_str).unwrap_or(""),
             fields,
+            cs,
         )
         .map_err(|e| ApiError::bad(e.to_string()))
     }
@@ -512,10 +524,11 @@ pub(super) fn search_list<'a, T: 'a>(
     render: impl Fn(&T) -> Node,
 ) -> Out {
     let q = r.search(fields)?;
-    let max = r.max()?.unwrap_or(usize::MAX);
-    let items = objects
-        .filter(|o| q.matches(|f| field(o, f)))
-        .take(max)
+    let max = r.max()?;
+    let hits: Vec<&T> = objects.filter(|o| q.matches(|f| field(o, f))).collect();
+    let items = q
+        .arrange(hits, |o, f| field(o, f), max)
+        .into_iter()
         .map(|o| r.item(render(o)))
         .collect();
     ok(list(name, items, None))
@@ -699,19 +712,6 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
             )
         }
         ["networks", id] if get => show(&m.read().networks, id, "Network", render::network),
-        ["templates"] if get => {
-            let q = r.search(&["name", "id", "cluster", "datacenter"])?;
-            let items = if q.matches(|f| match f {
-                "name" => vec!["Blank".into()],
-                "id" => vec![BLANK_TEMPLATE.into()],
-                _ => vec![],
-            }) {
-                vec![render::blank_template(None)]
-            } else {
-                vec![]
-            };
-            ok(list("templates", items, r.max()?))
-        }
         ["templates", id] if get => {
             if *id == BLANK_TEMPLATE {
                 ok(render::blank_template(None))
@@ -1040,14 +1040,37 @@ fn hosts(m: &Arc<Manager>, r: &Req) -> Out {
     search_list(
         r,
         "hosts",
-        &["name", "id", "status", "cluster", "datacenter", "address"],
+        &[
+            "name",
+            "id",
+            "status",
+            "cluster",
+            "datacenter",
+            "address",
+            "memory",
+            "vm",
+            "vm.status",
+        ],
         inv.hosts.values(),
         |h, f| match f {
             "name" => vec![h.name.clone()],
             "id" => vec![h.id.clone()],
             "status" => vec![h.status.clone()],
             "address" => vec![h.address.clone()],
+            "memory" => vec![h.memory.to_string()],
             "cluster" => cluster_name(&inv, &h.cluster),
+            "vm" | "vm.status" => inv
+                .vms
+                .values()
+                .filter(|v| v.host.as_deref() == Some(h.id.as_str()))
+                .map(|v| {
+                    if f == "vm" {
+                        v.name.clone()
+                    } else {
+                        v.status.clone()
+                    }
+                })
+                .collect(),
             _ => dc_name_of_cluster(&inv, &h.cluster),
         },
         |h| host_node(&inv, h, &follow, &committed),
@@ -1290,12 +1313,27 @@ fn vms(m: &Arc<Manager>, r: &Req) -> Out {
             "host",
             "datacenter",
             "template",
+            "memory",
+            "os",
+            "type",
+            "description",
+            "host.status",
         ],
         inv.vms.values(),
         |v, f| match f {
             "name" => vec![v.name.clone()],
             "id" => vec![v.id.clone()],
             "status" => vec![v.status.clone()],
+            "memory" => vec![(v.memory >> 20).to_string()],
+            "os" => vec![v.os_type.clone()],
+            "type" => vec![v.vm_type.clone()],
+            "description" => vec![v.description.clone()],
+            "host.status" => v
+                .host
+                .as_ref()
+                .and_then(|h| inv.hosts.get(h))
+                .map(|h| vec![h.status.clone()])
+                .unwrap_or_default(),
             "cluster" => cluster_name(&inv, &v.cluster),
             "host" => v
                 .host
@@ -1303,7 +1341,11 @@ fn vms(m: &Arc<Manager>, r: &Req) -> Out {
                 .and_then(|h| inv.hosts.get(h))
                 .map(|h| vec![h.name.clone()])
                 .unwrap_or_default(),
-            "template" => vec!["Blank".into()],
+            "template" => vec![inv
+                .templates
+                .get(&v.template)
+                .map(|t| t.name.clone())
+                .unwrap_or_else(|| "Blank".into())],
             _ => dc_name_of_cluster(&inv, &v.cluster),
         },
         |v| vm_node(&inv, v, &follow, &committed),
@@ -1768,15 +1810,6 @@ fn reported_devices(m: &Arc<Manager>, id: &str) -> Out {
 }
 
 fn events(m: &Arc<Manager>, r: &Req) -> Out {
-    let q = r.search(&[
-        "severity",
-        "type",
-        "host",
-        "vm",
-        "id",
-        "description",
-        "code",
-    ])?;
     let from: Option<i64> = match r.query.get("from").map(String::as_str) {
         None | Some("") => None,
         Some(v) => Some(
@@ -1785,32 +1818,42 @@ fn events(m: &Arc<Manager>, r: &Req) -> Out {
         ),
     };
     let inv = m.read();
-    let items: Vec<Node> = inv
-        .events
-        .iter()
-        .rev()
-        .filter(|e| from.is_none_or(|f| e.id > f))
-        .filter(|e| {
-            q.matches(|f| match f {
-                "severity" => vec![e.severity.clone()],
-                "type" | "code" => vec![e.code.to_string()],
-                "id" => vec![e.id.to_string()],
-                "description" => vec![e.description.clone()],
-                "host" => e
-                    .host
-                    .as_ref()
-                    .and_then(|h| inv.hosts.get(h))
-                    .map(|h| vec![h.name.clone()])
-                    .unwrap_or_default(),
-                _ => {
-                    e.vm.as_ref()
-                        .and_then(|v| inv.vms.get(v))
-                        .map(|v| vec![v.name.clone()])
-                        .unwrap_or_default()
-                }
-            })
-        })
-        .map(render::event)
-        .collect();
-    ok(list("events", items, r.max()?))
+    search_list(
+        r,
+        "events",
+        EVENT_SEARCH,
+        inv.events
+            .iter()
+            .rev()
+            .filter(|e| from.is_none_or(|f| e.id > f)),
+        |e, f| match f {
+            "severity" => vec![e.severity.clone()],
+            "type" | "code" => vec![e.code.to_string()],
+            "id" => vec![e.id.to_string()],
+            "description" => vec![e.description.clone()],
+            "host" => e
+                .host
+                .as_ref()
+                .and_then(|h| inv.hosts.get(h))
+                .map(|h| vec![h.name.clone()])
+                .unwrap_or_default(),
+            _ => {
+                e.vm.as_ref()
+                    .and_then(|v| inv.vms.get(v))
+                    .map(|v| vec![v.name.clone()])
+                    .unwrap_or_default()
+            }
+        },
+        render::event,
+    )
 }
+
+const EVENT_SEARCH: &[&str] = &[
+    "severity",
+    "type",
+    "host",
+    "vm",
+    "id",
+    "description",
+    "code",
+];

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use axum::http::{Method, StatusCode};
 
 use super::handlers::{
-    check_fields, check_id, check_name, list, ok, parse_u64, ref_id, show, ApiError, Out, Req,
+    check_fields, check_id, check_name, list, ok, parse_u64, ref_id, search_list, show, ApiError,
+    Out, Req,
 };
 use super::node::Node;
 use super::render;
@@ -193,25 +194,18 @@ pub async fn route(m: &Arc<Manager>, r: &Req, s: &[&str]) -> Option<Out> {
         }
         ["disks"] if get => {
             let inv = m.read();
-            match r.search(&["name", "alias", "id", "status"]) {
-                Err(e) => Err(e),
-                Ok(q) => ok(list(
-                    "disks",
-                    inv.disks
-                        .values()
-                        .filter(|d| d.template.is_none())
-                        .filter(|d| {
-                            q.matches(|f| match f {
-                                "id" => vec![d.id.clone()],
-                                "status" => vec![d.status.clone()],
-                                _ => vec![d.name.clone()],
-                            })
-                        })
-                        .map(|d| r.item(render::disk(d)))
-                        .collect(),
-                    r.max().unwrap_or(None),
-                )),
-            }
+            search_list(
+                r,
+                "disks",
+                &["name", "alias", "id", "status"],
+                inv.disks.values().filter(|d| d.template.is_none()),
+                |d, f| match f {
+                    "id" => vec![d.id.clone()],
+                    "status" => vec![d.status.clone()],
+                    _ => vec![d.name.clone()],
+                },
+                render::disk,
+            )
         }
         ["disks"] if post => add_disk(m, r, None).await,
         ["disks", id] if get => show(&m.read().disks, id, "Disk", render::disk),
@@ -336,28 +330,26 @@ fn committed(inv: &Inventory, sd: &str) -> u64 {
 }
 
 fn storage_domains(m: &Arc<Manager>, r: &Req) -> Out {
-    let q = r.search(&["name", "id", "status", "datacenter", "type"])?;
     let inv = m.read();
-    let items = inv
-        .storage_domains
-        .values()
-        .filter(|s| {
-            q.matches(|f| match f {
-                "name" => vec![s.name.clone()],
-                "id" => vec![s.id.clone()],
-                "status" => vec![s.status.clone()],
-                "type" => vec!["data".into()],
-                _ => s
-                    .data_center
-                    .as_ref()
-                    .and_then(|d| inv.data_centers.get(d))
-                    .map(|d| vec![d.name.clone()])
-                    .unwrap_or_default(),
-            })
-        })
-        .map(|s| render::storage_domain(s, committed(&inv, &s.id)))
-        .collect();
-    ok(list("storage_domains", items, r.max()?))
+    search_list(
+        r,
+        "storage_domains",
+        &["name", "id", "status", "datacenter", "type"],
+        inv.storage_domains.values(),
+        |s, f| match f {
+            "name" => vec![s.name.clone()],
+            "id" => vec![s.id.clone()],
+            "status" => vec![s.status.clone()],
+            "type" => vec!["data".into()],
+            _ => s
+                .data_center
+                .as_ref()
+                .and_then(|d| inv.data_centers.get(d))
+                .map(|d| vec![d.name.clone()])
+                .unwrap_or_default(),
+        },
+        |s| render::storage_domain(s, committed(&inv, &s.id)),
+    )
 }
 
 async fn add_storage_domain(m: &Arc<Manager>, r: &Req) -> Out {
@@ -577,34 +569,70 @@ async fn add_snapshot(m: &Arc<Manager>, vm: &str, r: &Req) -> Out {
     Ok((StatusCode::CREATED, render::snapshot(&s)))
 }
 
+/// Templates, Blank first. Blank is in every data center (oVirt's special template), so
+/// `name=Blank and datacenter=X` finds it for every X.
 fn templates(m: &Arc<Manager>, r: &Req) -> Out {
     let q = r.search(&["name", "id", "cluster", "datacenter", "status"])?;
     let inv = m.read();
-    let mut items = Vec::new();
-    if q.matches(|f| match f {
-        "name" => vec!["Blank".into()],
-        "id" => vec![BLANK_TEMPLATE.into()],
-        "status" => vec!["ok".into()],
-        _ => vec![],
-    }) {
-        items.push(render::blank_template(None));
+    struct Row {
+        fields: [(&'static str, Vec<String>); 5],
+        node: Node,
     }
+    let dc_of = |cluster: &str| -> Vec<String> {
+        inv.clusters
+            .get(cluster)
+            .and_then(|c| inv.data_centers.get(&c.data_center))
+            .map(|d| vec![d.name.clone()])
+            .unwrap_or_default()
+    };
+    let mut rows = vec![Row {
+        fields: [
+            ("name", vec!["Blank".into()]),
+            ("id", vec![BLANK_TEMPLATE.into()]),
+            ("status", vec!["ok".into()]),
+            ("cluster", Vec::new()),
+            (
+                "datacenter",
+                inv.data_centers.values().map(|d| d.name.clone()).collect(),
+            ),
+        ],
+        node: render::blank_template(None),
+    }];
     for t in inv.templates.values() {
-        if q.matches(|f| match f {
-            "name" => vec![t.name.clone()],
-            "id" => vec![t.id.clone()],
-            "status" => vec![t.status.clone()],
-            "cluster" => inv
-                .clusters
-                .get(&t.cluster)
-                .map(|c| vec![c.name.clone()])
-                .unwrap_or_default(),
-            _ => vec![],
-        }) {
-            items.push(render::template(t));
-        }
+        rows.push(Row {
+            fields: [
+                ("name", vec![t.name.clone()]),
+                ("id", vec![t.id.clone()]),
+                ("status", vec![t.status.clone()]),
+                (
+                    "cluster",
+                    inv.clusters
+                        .get(&t.cluster)
+                        .map(|c| vec![c.name.clone()])
+                        .unwrap_or_default(),
+                ),
+                ("datacenter", dc_of(&t.cluster)),
+            ],
+            node: render::template(t),
+        });
     }
-    ok(list("templates", items, r.max()?))
+    let value = |row: &Row, f: &str| -> Vec<String> {
+        row.fields
+            .iter()
+            .find(|(k, _)| *k == f)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let hits: Vec<Row> = rows
+        .into_iter()
+        .filter(|row| q.matches(|f| value(row, f)))
+        .collect();
+    let items = q
+        .arrange(hits, value, r.max()?)
+        .into_iter()
+        .map(|row| row.node)
+        .collect();
+    ok(list("templates", items, None))
 }
 
 async fn add_template(m: &Arc<Manager>, r: &Req) -> Out {
