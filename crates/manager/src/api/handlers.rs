@@ -635,10 +635,20 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
             return Err(ApiError::not_found("Entity not found"));
         }
     }
-    if let Some(out) = super::storage::route(m, r, &s).await {
+    // Halyard's own collections first; everything else is oVirt's model.
+    if let Some(out) = super::jointokens::route(m, r, &s).await {
         return out;
     }
-    if let Some(out) = super::jointokens::route(m, r, &s).await {
+    let model = super::model::model();
+    let Some(res) = model.resolve(&s) else {
+        return Err(ApiError::not_found(format!(
+            "No resource for {} /{}",
+            r.method,
+            r.segments.join("/")
+        )));
+    };
+    check_method(&res, &r.method)?;
+    if let Some(out) = super::storage::route(m, r, &s).await {
         return out;
     }
     match s.as_slice() {
@@ -675,7 +685,6 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
                 None,
             ))
         }
-        ["datacenters", _, "storagedomains"] if get => ok(Node::new("storage_domains")),
         ["clusters"] if get => clusters(m, r),
         ["clusters"] if post => add_cluster(m, r).await,
         ["clusters", id] if get => show(&m.read().clusters, id, "Cluster", render::cluster),
@@ -719,7 +728,6 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
                 Err(ApiError::not_found(format!("Template {id} not found")))
             }
         }
-        ["templates", _, sub] if get => ok(Node::new(sub)),
         ["hosts"] if get => hosts(m, r),
         ["hosts"] if post => add_host(m, r).await,
         ["hosts", id] if get => {
@@ -731,13 +739,8 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
         }
         ["hosts", id] if put => update_host(m, id, r).await,
         ["hosts", id] if del => remove_host(m, id).await,
-        ["hosts", id, action] if post => host_action(m, id, action, r).await,
-        ["hosts", id, sub] if get => {
-            check_id(id)?;
-            if !m.read().hosts.contains_key(*id) {
-                return Err(ApiError::not_found(format!("Host {id} not found")));
-            }
-            ok(Node::new(sub))
+        ["hosts", id, action] if post && HOST_ACTIONS.contains(action) => {
+            host_action(m, id, action, r).await
         }
         ["vms"] if get => vms(m, r),
         ["vms"] if post => add_vm(m, r).await,
@@ -774,25 +777,9 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
         }
         ["vms", vid, "nics", nid] if del => remove_nic(m, vid, nid).await,
         ["vms", id, "reporteddevices"] if get => reported_devices(m, id),
-        ["vms", id, action] if post => vm_action(m, id, action, r).await,
-        ["vms", id, sub] if get => {
-            check_id(id)?;
-            if !m.read().vms.contains_key(*id) {
-                return Err(ApiError::not_found(format!("VM {id} not found")));
-            }
-            let name = match *sub {
-                "diskattachments" => "disk_attachments",
-                "numanodes" => "vm_numa_nodes",
-                "graphicsconsoles" => "graphics_consoles",
-                "hostdevices" => "host_devices",
-                "affinitylabels" => "affinity_labels",
-                "katelloerrata" => "katello_errata",
-                "mediateddevices" => "vm_mediated_devices",
-                other => other,
-            };
-            ok(Node::new(name))
+        ["vms", id, action] if post && VM_ACTIONS.contains(action) => {
+            vm_action(m, id, action, r).await
         }
-        ["vms", _, sub, id] if get => Err(ApiError::not_found(format!("{sub} {id} not found"))),
         ["events"] if get => events(m, r),
         ["events", id] if get => {
             let id: i64 = id
@@ -833,40 +820,113 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
                 .collect(),
             None,
         )),
-        _ => Err(ApiError::not_found(format!(
-            "No resource for {} /{}",
+        _ => Err(not_implemented(&res, r)),
+    }
+}
+
+/// The actions of hosts and VMs Halyard carries out (the others of the model are 501).
+const HOST_ACTIONS: &[&str] = &[
+    "approve",
+    "activate",
+    "deactivate",
+    "refresh",
+    "enrollcertificate",
+];
+const VM_ACTIONS: &[&str] = &["start", "stop", "shutdown", "reboot", "suspend"];
+
+/// The HTTP method must be one the model gives the service (or POST for an action).
+fn check_method(res: &super::model::Resolved<'_>, method: &Method) -> Result<(), ApiError> {
+    use super::model::Method as M;
+    let s = res.service;
+    let ok = match (method, res.action) {
+        (m, Some(_)) => *m == Method::POST,
+        (m, None) if *m == Method::GET => s.has(M::List) || s.has(M::Get),
+        (m, None) if *m == Method::POST => s.has(M::Add),
+        (m, None) if *m == Method::PUT => s.has(M::Update),
+        (m, None) if *m == Method::DELETE => s.has(M::Remove),
+        _ => false,
+    };
+    if ok {
+        return Ok(());
+    }
+    let methods: Vec<&str> = s.methods.iter().map(|m| m.as_str()).collect();
+    Err(ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "Method Not Allowed",
+        format!(
+            "{method} is not a method of {} in oVirt's API (it has: {})",
+            s.name,
+            if methods.is_empty() {
+                "none".to_string()
+            } else {
+                methods.join(", ")
+            }
+        ),
+    ))
+}
+
+/// A service (or action) of oVirt's API that Halyard does not implement yet: an
+/// honest 501 naming it, never an empty list or a silent accept.
+fn not_implemented(res: &super::model::Resolved<'_>, r: &Req) -> ApiError {
+    use super::model::Method as M;
+    let s = res.service;
+    let what = match res.action {
+        Some(a) => format!("the action {} of {}", a.name, s.name),
+        None => {
+            let m = if r.method == Method::GET {
+                if s.has(M::List) {
+                    M::List
+                } else {
+                    M::Get
+                }
+            } else if r.method == Method::POST {
+                M::Add
+            } else if r.method == Method::PUT {
+                M::Update
+            } else {
+                M::Remove
+            };
+            format!("{}.{}", s.name, m.as_str())
+        }
+    };
+    ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "Not Implemented",
+        format!(
+            "Halyard does not implement {what} yet ({} /ovirt-engine/api/{})",
             r.method,
             r.segments.join("/")
-        ))),
-    }
+        ),
+    )
 }
 
 fn root(m: &Arc<Manager>) -> Node {
     let inv = m.read();
     let mut n = Node::new("api");
-    for rel in [
-        "clusters",
-        "datacenters",
-        "events",
-        "hosts",
-        "jobs",
-        "networks",
-        "templates",
-        "vms",
-        "operatingsystems",
-        "storagedomains",
-        "disks",
-    ] {
-        n.push(Node::link(rel, &format!("{}/{rel}", render::BASE)));
+    // Every service of the root, from the model; `<coll>/search` for the searchable.
+    let model = super::model::model();
+    for (path, svc) in &model.root().locators {
+        n.push(Node::link(path, &format!("{}/{path}", render::BASE)));
+        let searchable = model.service(svc).is_some_and(|s| s.list.is_some())
+            && [
+                "vms",
+                "hosts",
+                "clusters",
+                "datacenters",
+                "templates",
+                "storagedomains",
+                "disks",
+                "events",
+                "networks",
+            ]
+            .contains(&path.as_str());
+        if searchable {
+            n.push(Node::link(
+                &format!("{path}/search"),
+                &format!("{}/{path}?search={{query}}", render::BASE),
+            ));
+        }
     }
-    n.push(Node::link(
-        "vms/search",
-        &format!("{}/vms?search={{query}}", render::BASE),
-    ));
-    n.push(Node::link(
-        "hosts/search",
-        &format!("{}/hosts?search={{query}}", render::BASE),
-    ));
     n.push(
         Node::new("product_info")
             .with(Node::leaf("instance_id", &m.pki.ca_fingerprint))

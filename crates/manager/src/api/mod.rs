@@ -2,6 +2,7 @@
 
 pub mod handlers;
 pub mod jointokens;
+pub mod model;
 pub mod node;
 pub mod render;
 pub mod search;

@@ -1,0 +1,135 @@
+//! Every `href` reachable from `/ovirt-engine/api` gets a real answer or an honest
+//! fault: a document, or 501 naming the service Halyard does not implement yet. Never
+//! a 404 for a link the Manager itself wrote, never a 500.
+
+use std::collections::{BTreeSet, VecDeque};
+
+use halyard_manager::api::node::Node;
+use halyard_testinfra::manager::{Database, ManagerProc};
+
+fn hrefs(n: &Node, out: &mut Vec<String>) {
+    if let Some(h) = n.attr_of("href") {
+        out.push(h.to_string());
+    }
+    for c in &n.children {
+        hrefs(c, out);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_link_gets_a_real_answer_or_an_honest_fault() {
+    let m = ManagerProc::start(Database::Sqlite, "").await;
+    let t = m.token().await;
+    // Something of each kind the walk can reach.
+    let (code, b) = m
+        .api(
+            &t,
+            "POST",
+            "/vms",
+            "<vm><name>walk</name><cluster><name>Default</name></cluster><template><name>Blank</name></template></vm>",
+        )
+        .await;
+    assert_eq!(code, 201, "{b}");
+    let vm = Node::parse_xml(b.as_bytes())
+        .expect("xml")
+        .id()
+        .expect("id")
+        .to_string();
+    let (code, b) = m
+        .api(
+            &t,
+            "POST",
+            &format!("/vms/{vm}/nics"),
+            "<nic><name>nic1</name></nic>",
+        )
+        .await;
+    assert_eq!(code, 201, "{b}");
+
+    let base = "/ovirt-engine/api";
+    let mut seen = BTreeSet::new();
+    let mut todo = VecDeque::from([base.to_string()]);
+    let (mut real, mut honest) = (0, Vec::new());
+    let mut wrong = Vec::new();
+    while let Some(h) = todo.pop_front() {
+        if !seen.insert(h.clone()) || seen.len() > 3000 {
+            continue;
+        }
+        let path = h.trim_start_matches(base);
+        let (code, body) = m.api(&t, "GET", path, "").await;
+        let doc = Node::parse_xml(body.as_bytes());
+        match (code, &doc) {
+            (200, Ok(n)) => {
+                real += 1;
+                let mut found = Vec::new();
+                hrefs(n, &mut found);
+                for f in found {
+                    if f.starts_with(base) && !f.contains('{') && !f.contains('?') {
+                        todo.push_back(f);
+                    }
+                }
+            }
+            (501, Ok(n))
+                if n.name == "fault"
+                    && n.text_of("detail")
+                        .is_some_and(|d| d.contains("does not implement")) =>
+            {
+                honest.push(path.to_string());
+            }
+            // A service of the model that has no GET (add-only imports, /options).
+            (405, Ok(n))
+                if n.name == "fault"
+                    && n.text_of("detail")
+                        .is_some_and(|d| d.contains("not a method")) =>
+            {
+                honest.push(path.to_string());
+            }
+            _ => wrong.push(format!(
+                "{code} GET {path}: {}",
+                body.chars().take(300).collect::<String>()
+            )),
+        }
+    }
+    eprintln!(
+        "{} links: {real} real answers, {} honest 501s, {} wrong",
+        seen.len(),
+        honest.len(),
+        wrong.len()
+    );
+    for h in &honest {
+        eprintln!("  501 {h}");
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert!(real >= 20, "the walk reached the real collections");
+    assert!(seen.contains(&format!("{base}/vms/{vm}/nics")));
+}
+
+/// Methods and actions the model does not have are refused as such; what it has and
+/// Halyard does not do is a 501 naming the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_model_decides_what_exists() {
+    let m = ManagerProc::start(Database::Sqlite, "").await;
+    let t = m.token().await;
+    for (method, path, code, text) in [
+        ("GET", "/nothing", 404, "No resource"),
+        (
+            "GET",
+            "/vms/00000000-0000-0000-0000-000000000001/bogus",
+            404,
+            "No resource",
+        ),
+        ("PUT", "/vms", 405, "not a method of VmsService"),
+        ("DELETE", "/clusterlevels", 405, "not a method"),
+        ("GET", "/roles", 501, "RolesService.list"),
+        ("GET", "/tags", 501, "TagsService.list"),
+        (
+            "POST",
+            "/vms/00000000-0000-0000-0000-000000000001/migrate",
+            501,
+            "the action migrate of VmService",
+        ),
+    ] {
+        let (got, body) = m.api(&t, method, path, "<action/>").await;
+        assert_eq!(got, code, "{method} {path}: {body}");
+        assert!(body.contains(text), "{method} {path}: {body}");
+    }
+}
