@@ -43,7 +43,21 @@ async fn both_agents_report_the_same_to_the_manager() {
             &g.domain,
             r#"{"execute":"guest-get-host-name"}"#,
         ]);
-        let addr = virsh(&["domifaddr", &g.domain, "--source", "agent"]);
+        // eth0's IPv6 link-local address appears once duplicate address detection is
+        // over (a second or two after the link is up): wait for it in each guest, so
+        // that both are compared in the same state.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let addr = loop {
+            let a = virsh(&["domifaddr", &g.domain, "--source", "agent"]);
+            let eth0_v6 = a
+                .lines()
+                .skip_while(|l| !l.starts_with("eth0"))
+                .any(|l| l.contains("fe80:"));
+            if eth0_v6 || std::time::Instant::now() > deadline {
+                break a;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        };
         // MACs and link-local addresses differ by design; the guest's own address too.
         let normalised: String = addr
             .lines()
