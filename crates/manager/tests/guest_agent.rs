@@ -51,9 +51,17 @@ async fn both_agents_report_the_same_to_the_manager() {
             let a = virsh(&["domifaddr", &g.domain, "--source", "agent"]);
             let eth0_v6 = a
                 .lines()
-                .skip_while(|l| !l.starts_with("eth0"))
+                .skip_while(|l| !l.trim_start().starts_with("eth0"))
                 .any(|l| l.contains("fe80:"));
             if eth0_v6 || std::time::Instant::now() > deadline {
+                eprintln!(
+                    "{}: eth0 link-local {} after {:?} more",
+                    g.domain,
+                    if eth0_v6 { "seen" } else { "not seen" },
+                    std::time::Duration::from_secs(30).saturating_sub(
+                        deadline.saturating_duration_since(std::time::Instant::now())
+                    )
+                );
                 break a;
             }
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
