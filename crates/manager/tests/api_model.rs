@@ -133,3 +133,48 @@ async fn the_model_decides_what_exists() {
         assert!(body.contains(text), "{method} {path}: {body}");
     }
 }
+
+/// What the model allows but Halyard does not act on is refused, naming it: the SDK's
+/// set_vm_serial_number.py, pin_vm.py and set_vm_lease_storage_domain.py used to "pass"
+/// with nothing changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_halyard_does_not_act_on_is_refused() {
+    let m = ManagerProc::start(Database::Sqlite, "").await;
+    let t = m.token().await;
+    let (code, b) = m
+        .api(
+            &t,
+            "POST",
+            "/vms",
+            "<vm><name>strict</name><cluster><name>Default</name></cluster><template><name>Blank</name></template></vm>",
+        )
+        .await;
+    assert_eq!(code, 201, "{b}");
+    let vm = Node::parse_xml(b.as_bytes())
+        .expect("xml")
+        .id()
+        .expect("id")
+        .to_string();
+    for (body, element) in [
+        ("<vm><serial_number><policy>custom</policy><value>x</value></serial_number></vm>", "serial_number&gt; is in oVirt"),
+        ("<vm><cpu><cpu_tune><vcpu_pins><vcpu_pin><vcpu>0</vcpu><cpu_set>0</cpu_set></vcpu_pin></vcpu_pins></cpu_tune></cpu></vm>", "cpu/cpu_tune&gt;"),
+        ("<vm><lease><storage_domain id=\"00000000-0000-0000-0000-000000000001\"/></lease></vm>", "lease&gt;"),
+        ("<vm><no_such_thing/></vm>", "unknown element &lt;no_such_thing&gt;"),
+    ] {
+        let (code, b) = m.api(&t, "PUT", &format!("/vms/{vm}"), body).await;
+        assert_eq!(code, 400, "{body}: {b}");
+        assert!(b.contains(element), "{body}: {b}");
+    }
+    let (code, b) = m
+        .api(
+            &t,
+            "POST",
+            &format!("/vms/{vm}/start"),
+            "<action><pause>true</pause></action>",
+        )
+        .await;
+    assert_eq!(code, 400, "{b}");
+    assert!(b.contains("pause"), "{b}");
+    let (_, b) = m.api(&t, "GET", &format!("/vms/{vm}"), "").await;
+    assert!(b.contains("<name>strict</name>"), "nothing changed: {b}");
+}

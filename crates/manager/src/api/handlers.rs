@@ -125,15 +125,33 @@ pub struct Req {
 }
 
 impl Req {
-    /// An action's `<action>` body (empty is allowed), with known fields only.
-    pub(super) fn action_body(&self) -> Result<Node, ApiError> {
+    /// An action's `<action>` body (empty is allowed): parameters of the model's
+    /// action of `service`, and only those the handler acts on.
+    pub(super) fn action_body(
+        &self,
+        service: &str,
+        action: &str,
+        acts_on: &[&str],
+    ) -> Result<Node, ApiError> {
         let body = if self.body.is_empty() {
             Node::new("action")
         } else {
             self.body_node("action")?
         };
-        check_fields(&body, ACTION_FIELDS)?;
+        super::validate::check_action(&body, service, action, acts_on)?;
         Ok(body)
+    }
+
+    /// A `<root>` document of model type `ty`, checked against what the handler acts on.
+    pub(super) fn document(
+        &self,
+        root: &str,
+        ty: &str,
+        acts_on: &[&str],
+    ) -> Result<Node, ApiError> {
+        let n = self.body_node(root)?;
+        super::validate::check_document(&n, ty, acts_on)?;
+        Ok(n)
     }
 
     /// Renders a list item now, in the answer's format (see [`Node::serialized`]).
@@ -209,211 +227,38 @@ impl Req {
     }
 }
 
-/// Elements the oVirt model defines for documents clients send (others are refused).
-const VM_FIELDS: &[&str] = &[
+/// What the handlers act on, per document (see `validate`): everything else in a
+/// request is refused, naming it.
+const VM_ADD: &[&str] = &[
     "name",
     "description",
-    "comment",
     "cluster",
     "template",
     "memory",
-    "memory_policy",
-    "cpu",
-    "os",
+    "cpu/topology",
+    "os/type",
+    "os/kernel",
+    "os/initrd",
+    "os/cmdline",
     "type",
-    "high_availability",
-    "stateless",
-    "delete_protected",
-    "bios",
-    "console",
-    "cpu_shares",
-    "custom_properties",
-    "display",
-    "initialization",
-    "io",
-    "large_icon",
-    "small_icon",
-    "migration",
-    "placement_policy",
-    "rng_device",
-    "serial_number",
-    "soundcard_enabled",
-    "sso",
-    "start_paused",
-    "time_zone",
-    "usb",
-    "virtio_scsi",
-    "instance_type",
-    "cpu_profile",
-    "nics",
-    "disk_attachments",
-    "original_template",
-    "quota",
-    "storage_domain",
-    "origin",
-    "custom_cpu_model",
-    "custom_emulated_machine",
-    "multi_queues_enabled",
-    "tpm_enabled",
-    "lease",
-    "status",
     "id",
-    "href",
-    "link",
-    "host",
-    "creation_time",
-    "start_time",
-    "stop_time",
-    "run_once",
-    "use_latest_template_version",
-    "vm_pool",
-    "auto_pinning_policy",
-    "cpu_pinning_policy",
-    "storage_error_resume_behaviour",
-    "tunnel_migration",
-    "numa_tune_mode",
-    "payloads",
-    "virtio_scsi_multi_queues",
-    "virtio_scsi_multi_queues_enabled",
-    "fqdn",
-    "guest_operating_system",
-    "guest_time_zone",
-    "next_run_configuration_exists",
-    "has_illegal_images",
-    "migration_downtime",
-    "custom_compatibility_version",
-    "domain",
-    "stop_reason",
-    "status_detail",
-    "tags",
-    "permissions",
 ];
-const HOST_FIELDS: &[&str] = &[
+const VM_UPDATE: &[&str] = &[
     "name",
     "description",
-    "comment",
-    "address",
-    "port",
-    "root_password",
-    "cluster",
-    "ssh",
-    "spm",
-    "power_management",
-    "override_iptables",
-    "display",
-    "os",
-    "type",
-    "protocol",
-    "certificate",
-    "cpu",
     "memory",
-    "status",
+    "cpu/topology",
+    "os/type",
+    "os/kernel",
+    "os/initrd",
+    "os/cmdline",
     "id",
-    "href",
-    "link",
-    "external_status",
-    "hosted_engine",
-    "kdump_status",
-    "ksm",
-    "vgpu_placement",
-    "reinstallation_required",
 ];
-const NIC_FIELDS: &[&str] = &[
-    "name",
-    "interface",
-    "mac",
-    "network",
-    "vnic_profile",
-    "linked",
-    "plugged",
-    "description",
-    "comment",
-    "boot_protocol",
-    "on_boot",
-    "id",
-    "href",
-    "link",
-    "vm",
-];
-const ACTION_FIELDS: &[&str] = &[
-    "async",
-    "cluster",
-    "host",
-    "force",
-    "reason",
-    "vm",
-    "use_cloud_init",
-    "use_sysprep",
-    "use_ignition",
-    "use_initialization",
-    "volatile",
-    "pause",
-    "filter",
-    "correlation_id",
-    "fence_type",
-    "maintenance_after_restart",
-    "stop_gluster_service",
-    "grace_period",
-    "restore_memory",
-    "root_password",
-    "ssh",
-    "activate",
-    "reboot",
-    "deploy_hosted_engine",
-    "undeploy_hosted_engine",
-    "timeout",
-    "authorized_key",
-    "status",
-    "details",
-    "job",
-    "description",
-    "storage_domain",
-    "template",
-    "disks",
-    "snapshot",
-    "name",
-    "comment",
-];
-const DC_FIELDS: &[&str] = &[
-    "name",
-    "description",
-    "comment",
-    "local",
-    "version",
-    "storage_format",
-    "quota_mode",
-    "mac_pool",
-    "id",
-    "href",
-    "link",
-    "status",
-    "supported_versions",
-];
-const CLUSTER_FIELDS: &[&str] = &[
-    "name",
-    "description",
-    "comment",
-    "data_center",
-    "cpu",
-    "version",
-    "management_network",
-    "ballooning_enabled",
-    "memory_policy",
-    "scheduling_policy",
-    "threads_as_cores",
-    "virt_service",
-    "gluster_service",
-    "mac_pool",
-    "id",
-    "href",
-    "link",
-    "bios_type",
-    "firewall_type",
-    "fencing_policy",
-    "migration",
-    "error_handling",
-    "ksm",
-];
+const HOST_ADD: &[&str] = &["name", "address", "port", "root_password", "cluster"];
+const HOST_UPDATE: &[&str] = &["name", "spm/priority", "id"];
+const NIC_ADD: &[&str] = &["name", "interface", "mac", "network", "vnic_profile"];
+const DC_ADD: &[&str] = &["name", "description", "local"];
+const CLUSTER_ADD: &[&str] = &["name", "description", "data_center", "cpu/type"];
 
 pub(super) fn check_fields(n: &Node, allowed: &[&str]) -> Result<(), ApiError> {
     for c in &n.children {
@@ -824,6 +669,9 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
     }
 }
 
+/// What host actions act on: `cluster` (approve), `async` (answered when done).
+const HOST_ACTION_PARAMS: &[&str] = &["cluster", "async"];
+
 /// The actions of hosts and VMs Halyard carries out (the others of the model are 501).
 const HOST_ACTIONS: &[&str] = &[
     "approve",
@@ -988,7 +836,7 @@ fn dcs(m: &Arc<Manager>, r: &Req) -> Out {
 
 async fn add_dc(m: &Arc<Manager>, r: &Req) -> Out {
     let n = r.body_node("data_center")?;
-    check_fields(&n, DC_FIELDS)?;
+    super::validate::check_document(&n, "DataCenter", DC_ADD)?;
     let name = n.text_of("name").unwrap_or("").to_string();
     check_name(&name, "data center")?;
     let _g = m.write_lock.lock().await;
@@ -1047,7 +895,7 @@ fn clusters(m: &Arc<Manager>, r: &Req) -> Out {
 
 async fn add_cluster(m: &Arc<Manager>, r: &Req) -> Out {
     let n = r.body_node("cluster")?;
-    check_fields(&n, CLUSTER_FIELDS)?;
+    super::validate::check_document(&n, "Cluster", CLUSTER_ADD)?;
     let name = n.text_of("name").unwrap_or("").to_string();
     check_name(&name, "cluster")?;
     let _g = m.write_lock.lock().await;
@@ -1138,8 +986,7 @@ fn hosts(m: &Arc<Manager>, r: &Req) -> Out {
 }
 
 async fn add_host(m: &Arc<Manager>, r: &Req) -> Out {
-    let n = r.body_node("host")?;
-    check_fields(&n, HOST_FIELDS)?;
+    let n = r.document("host", "Host", HOST_ADD)?;
     let name = n.text_of("name").unwrap_or("").to_string();
     check_name(&name, "host")?;
     let address = n.text_of("address").unwrap_or("").to_string();
@@ -1180,8 +1027,7 @@ async fn add_host(m: &Arc<Manager>, r: &Req) -> Out {
 
 async fn update_host(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
     check_id(id)?;
-    let n = r.body_node("host")?;
-    check_fields(&n, HOST_FIELDS)?;
+    let n = r.document("host", "Host", HOST_UPDATE)?;
     let name = n.text_of("name");
     if let Some(name) = name {
         check_name(name, "host")?;
@@ -1272,7 +1118,7 @@ async fn remove_host(m: &Arc<Manager>, id: &str) -> Out {
 
 async fn host_action(m: &Arc<Manager>, id: &str, action: &str, r: &Req) -> Out {
     check_id(id)?;
-    let body = r.action_body()?;
+    let body = r.action_body("HostService", action, HOST_ACTION_PARAMS)?;
     let h = m
         .read()
         .hosts
@@ -1483,8 +1329,7 @@ fn vm_spec(n: &Node) -> Result<VmSpec, ApiError> {
 }
 
 async fn add_vm(m: &Arc<Manager>, r: &Req) -> Out {
-    let n = r.body_node("vm")?;
-    check_fields(&n, VM_FIELDS)?;
+    let n = r.document("vm", "Vm", VM_ADD)?;
     let name = n.text_of("name").unwrap_or("").to_string();
     check_name(&name, "VM")?;
     let spec = vm_spec(&n)?;
@@ -1605,8 +1450,7 @@ async fn add_vm(m: &Arc<Manager>, r: &Req) -> Out {
 
 async fn update_vm(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
     check_id(id)?;
-    let n = r.body_node("vm")?;
-    check_fields(&n, VM_FIELDS)?;
+    let n = r.document("vm", "Vm", VM_UPDATE)?;
     let spec = vm_spec(&n)?;
     let _g = m.write_lock.lock().await;
     let name = n.text_of("name");
@@ -1729,7 +1573,7 @@ async fn remove_vm(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
 
 async fn vm_action(m: &Arc<Manager>, id: &str, action: &str, r: &Req) -> Out {
     check_id(id)?;
-    r.action_body()?;
+    r.action_body("VmService", action, &["async"])?;
     let name = m
         .read()
         .vms
@@ -1755,8 +1599,7 @@ async fn vm_action(m: &Arc<Manager>, id: &str, action: &str, r: &Req) -> Out {
 
 async fn add_nic(m: &Arc<Manager>, vm: &str, r: &Req) -> Out {
     check_id(vm)?;
-    let n = r.body_node("nic")?;
-    check_fields(&n, NIC_FIELDS)?;
+    let n = r.document("nic", "Nic", NIC_ADD)?;
     let name = n.text_of("name").unwrap_or("").to_string();
     check_name(&name, "NIC")?;
     let interface = n.text_of("interface").unwrap_or("virtio").to_string();

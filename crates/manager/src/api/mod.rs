@@ -7,3 +7,4 @@ pub mod node;
 pub mod render;
 pub mod search;
 pub mod storage;
+pub mod validate;

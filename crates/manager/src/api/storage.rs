@@ -7,8 +7,7 @@ use std::sync::Arc;
 use axum::http::{Method, StatusCode};
 
 use super::handlers::{
-    check_fields, check_id, check_name, list, ok, parse_u64, ref_id, search_list, show, ApiError,
-    Out, Req,
+    check_id, check_name, list, ok, parse_u64, ref_id, search_list, show, ApiError, Out, Req,
 };
 use super::node::Node;
 use super::render;
@@ -17,101 +16,33 @@ use crate::images::{active_snapshot_id, NewDisk};
 use crate::model::*;
 use crate::state::Manager;
 
-const SD_FIELDS: &[&str] = &[
+/// What the handlers act on, per document (see `validate`).
+const SD_ADD: &[&str] = &[
     "name",
     "description",
-    "comment",
     "type",
-    "storage",
-    "host",
+    "storage/type",
+    "storage/address",
+    "storage/path",
+    "storage/vfs_type",
+    "storage/mount_options",
     "storage_format",
-    "wipe_after_delete",
-    "discard_after_delete",
-    "backup",
-    "warning_low_space_indicator",
-    "critical_space_action_blocker",
-    "block_size",
-    "id",
-    "href",
-    "data_center",
-    "data_centers",
-    "import",
-    "supports_discard",
+    "host",
 ];
-const STORAGE_FIELDS: &[&str] = &[
-    "type",
-    "path",
-    "address",
-    "vfs_type",
-    "mount_options",
-    "nfs_version",
-    "nfs_timeo",
-    "nfs_retrans",
-];
-const DISK_FIELDS: &[&str] = &[
+const SD_ATTACH: &[&str] = &["id", "name"];
+const DISK_ADD: &[&str] = &[
     "name",
     "alias",
     "description",
-    "comment",
     "provisioned_size",
-    "initial_size",
     "format",
     "sparse",
     "storage_domains",
     "storage_domain",
-    "bootable",
-    "interface",
-    "shareable",
-    "wipe_after_delete",
-    "propagate_errors",
-    "content_type",
-    "storage_type",
-    "backup",
-    "qcow_version",
-    "id",
-    "href",
-    "active",
-    "status",
-    "disk_profile",
-    "quota",
-    "pass_discard",
 ];
-const ATTACHMENT_FIELDS: &[&str] = &[
-    "disk",
-    "bootable",
-    "interface",
-    "active",
-    "pass_discard",
-    "read_only",
-    "uses_scsi_reservation",
-    "logical_name",
-    "id",
-    "href",
-];
-const SNAPSHOT_FIELDS: &[&str] = &[
-    "description",
-    "persist_memorystate",
-    "disk_attachments",
-    "date",
-    "snapshot_type",
-    "id",
-    "href",
-];
-const TEMPLATE_FIELDS: &[&str] = &[
-    "name",
-    "description",
-    "comment",
-    "vm",
-    "cluster",
-    "storage_domain",
-    "version",
-    "id",
-    "href",
-    "memory",
-    "os",
-    "cpu",
-    "type",
-];
+const ATTACHMENT_ADD: &[&str] = &["disk", "bootable", "interface", "active", "id"];
+const SNAPSHOT_ADD: &[&str] = &["description", "persist_memorystate"];
+const TEMPLATE_ADD: &[&str] = &["name", "description", "vm"];
 
 /// Storage routes; None for paths that are not storage's.
 pub async fn route(m: &Arc<Manager>, r: &Req, s: &[&str]) -> Option<Out> {
@@ -353,8 +284,12 @@ fn storage_domains(m: &Arc<Manager>, r: &Req) -> Out {
 }
 
 async fn add_storage_domain(m: &Arc<Manager>, r: &Req) -> Out {
-    let n = r.body_node("storage_domain")?;
-    check_fields(&n, SD_FIELDS)?;
+    let n = r.document("storage_domain", "StorageDomain", SD_ADD)?;
+    if let Some(f) = n.text_of("storage_format").filter(|f| *f != "v5") {
+        return Err(ApiError::bad(format!(
+            "storage_format {f:?}: Halyard makes storage format v5 domains"
+        )));
+    }
     let name = n.text_of("name").unwrap_or("").to_string();
     check_name(&name, "storage domain")?;
     if let Some(t) = n.text_of("type") {
@@ -367,7 +302,6 @@ async fn add_storage_domain(m: &Arc<Manager>, r: &Req) -> Out {
     let st = n
         .get("storage")
         .ok_or_else(|| ApiError::bad("Cannot add Storage Domain. <storage> is required."))?;
-    check_fields(st, STORAGE_FIELDS)?;
     let host = n
         .get("host")
         .and_then(|h| h.id().or_else(|| h.text_of("name")))
@@ -402,8 +336,7 @@ async fn remove_storage_domain(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
 
 async fn attach(m: &Arc<Manager>, dc: &str, r: &Req) -> Out {
     check_id(dc)?;
-    let n = r.body_node("storage_domain")?;
-    check_fields(&n, SD_FIELDS)?;
+    let n = r.document("storage_domain", "StorageDomain", SD_ATTACH)?;
     let sd = {
         let inv = m.read();
         ref_id(
@@ -430,7 +363,7 @@ async fn attach(m: &Arc<Manager>, dc: &str, r: &Req) -> Out {
 async fn sd_action(m: &Arc<Manager>, dc: &str, sd: &str, action: &str, r: &Req) -> Out {
     check_id(dc)?;
     check_id(sd)?;
-    let _ = r.action_body()?;
+    let _ = r.action_body("AttachedStorageDomainService", action, &["async"])?;
     match action {
         "activate" => m.activate_storage_domain(dc, sd).await?,
         "deactivate" => m.deactivate_storage_domain(dc, sd).await?,
@@ -445,7 +378,7 @@ async fn sd_action(m: &Arc<Manager>, dc: &str, sd: &str, action: &str, r: &Req) 
 
 /// A new disk from a `<disk>` document.
 fn new_disk(m: &Arc<Manager>, d: &Node) -> Result<NewDisk, ApiError> {
-    check_fields(d, DISK_FIELDS)?;
+    super::validate::check_document(d, "Disk", DISK_ADD)?;
     let name = d
         .text_of("name")
         .or_else(|| d.text_of("alias"))
@@ -510,7 +443,15 @@ fn bool_of(n: &Node, k: &str) -> Result<Option<bool>, ApiError> {
 async fn add_attachment(m: &Arc<Manager>, vm: &str, r: &Req) -> Out {
     check_id(vm)?;
     let n = r.body_node("disk_attachment")?;
-    check_fields(&n, ATTACHMENT_FIELDS)?;
+    // The inline disk is checked as a disk below.
+    let mut outer = n.clone();
+    outer.children.retain(|c| c.name != "disk");
+    super::validate::check_document(&outer, "DiskAttachment", ATTACHMENT_ADD)?;
+    if bool_of(&n, "active")? == Some(false) {
+        return Err(ApiError::bad(
+            "Cannot add a disk attachment with active=false: deactivated disks are not supported yet.",
+        ));
+    }
     if !m.read().vms.contains_key(vm) {
         return Err(ApiError::not_found(format!("VM {vm} not found")));
     }
@@ -552,8 +493,7 @@ async fn add_attachment(m: &Arc<Manager>, vm: &str, r: &Req) -> Out {
 
 async fn add_snapshot(m: &Arc<Manager>, vm: &str, r: &Req) -> Out {
     check_id(vm)?;
-    let n = r.body_node("snapshot")?;
-    check_fields(&n, SNAPSHOT_FIELDS)?;
+    let n = r.document("snapshot", "Snapshot", SNAPSHOT_ADD)?;
     if bool_of(&n, "persist_memorystate")? == Some(true) {
         return Err(ApiError::bad(
             "Snapshots with memory state are not supported yet (persist_memorystate=false).",
@@ -637,7 +577,7 @@ fn templates(m: &Arc<Manager>, r: &Req) -> Out {
 
 async fn add_template(m: &Arc<Manager>, r: &Req) -> Out {
     let n = r.body_node("template")?;
-    check_fields(&n, TEMPLATE_FIELDS)?;
+    super::validate::check_document(&n, "Template", TEMPLATE_ADD)?;
     let name = n.text_of("name").unwrap_or("").to_string();
     check_name(&name, "template")?;
     let vm = {
