@@ -146,6 +146,9 @@ pub struct Host {
     /// it applies until an admin approves it.
     #[serde(default)]
     pub pending_change: Option<PendingRegistration>,
+    /// Tags assigned to it.
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 /// What a registration of a known host asked for.
@@ -160,6 +163,21 @@ pub struct PendingRegistration {
     pub from: String,
     pub time: i64,
 }
+
+/// A tag: a name objects are labelled with (and searched by); tags form a tree.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Tag {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// The parent tag (none: under the root tag).
+    #[serde(default)]
+    pub parent: Option<String>,
+}
+
+/// oVirt's root tag: every tag without a parent is under it.
+pub const ROOT_TAG: &str = "00000000-0000-0000-0000-000000000000";
 
 /// A one-time token an admin makes for a host to join (as Incus and Proxmox join
 /// nodes): a registration that presents it is approved at once. Only its hash is kept.
@@ -388,6 +406,9 @@ pub struct Vm {
     pub vm_type: String,
     #[serde(default)]
     pub guest: GuestInfo,
+    /// Tags assigned to it.
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 /// What the guest agent reports (issue 6 fills it in).
@@ -442,6 +463,11 @@ pub struct Event {
     pub data_center: Option<String>,
     #[serde(default)]
     pub correlation_id: Option<String>,
+    /// External events (`POST /events`): who sent it and its id there.
+    #[serde(default)]
+    pub origin: Option<String>,
+    #[serde(default)]
+    pub custom_id: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -485,6 +511,7 @@ pub struct Inventory {
     pub templates: BTreeMap<String, Template>,
     pub tasks: BTreeMap<String, StorageTask>,
     pub join_tokens: BTreeMap<String, JoinToken>,
+    pub tags: BTreeMap<String, Tag>,
     pub events: std::collections::VecDeque<Event>,
     pub next_event_id: i64,
 }

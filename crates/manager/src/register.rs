@@ -464,6 +464,7 @@ pub(crate) fn new_host(
         enroll_token_hash: None,
         registered_from: String::new(),
         pending_change: None,
+        tags: Vec::new(),
     }
 }
 

@@ -341,6 +341,9 @@ impl Manager {
         for x in self.db.all::<JoinToken>("jointoken").await? {
             inv.join_tokens.insert(x.id.clone(), x);
         }
+        for x in self.db.all::<Tag>("tag").await? {
+            inv.tags.insert(x.id.clone(), x);
+        }
         inv.events = self
             .db
             .recent_events::<Event>(EVENTS_IN_MEMORY as i64)
@@ -477,6 +480,21 @@ impl Manager {
         host: Option<&str>,
         vm: Option<&str>,
     ) {
+        self.event_from(code, severity, description, host, vm, None)
+            .await;
+    }
+
+    /// [`Manager::event`] with an external origin (`POST /events`): (origin, custom id).
+    /// Returns the event.
+    pub async fn event_from(
+        &self,
+        code: i64,
+        severity: &str,
+        description: String,
+        host: Option<&str>,
+        vm: Option<&str>,
+        external: Option<(String, i64)>,
+    ) -> Event {
         let ev = {
             let mut inv = self.inv.write().unwrap_or_else(|p| p.into_inner());
             let id = inv.next_event_id.max(1);
@@ -498,6 +516,8 @@ impl Manager {
                 cluster,
                 data_center,
                 correlation_id: None,
+                origin: external.as_ref().map(|e| e.0.clone()),
+                custom_id: external.as_ref().map(|e| e.1),
             };
             inv.events.push_back(ev.clone());
             while inv.events.len() > EVENTS_IN_MEMORY {
@@ -509,6 +529,7 @@ impl Manager {
         if let Err(e) = self.db.add_event(ev.id, &ev).await {
             warn!(error = %e, "cannot store an event");
         }
+        ev
     }
 
     // ----- persistence ------------------------------------------------------------------
@@ -643,4 +664,5 @@ stored! {
     Template => "template", templates;
     StorageTask => "task", tasks;
     JoinToken => "jointoken", join_tokens;
+    Tag => "tag", tags;
 }

@@ -497,6 +497,7 @@ mod tests {
             stop_reason: String::new(),
             vm_type: "server".into(),
             guest: GuestInfo::default(),
+            tags: Vec::new(),
         }
     }
 
@@ -607,6 +608,7 @@ mod tests {
             stop_reason: String::new(),
             vm_type: "server".into(),
             guest: GuestInfo::default(),
+            tags: Vec::new(),
         };
         let x = domain_xml(&vm, &[], &Default::default(), "/var/log/halyard/vms");
         let n = crate::api::node::Node::parse_xml(x.as_bytes()).expect("well-formed");

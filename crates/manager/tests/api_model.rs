@@ -120,7 +120,7 @@ async fn the_model_decides_what_exists() {
         ("PUT", "/vms", 405, "not a method of VmsService"),
         ("DELETE", "/clusterlevels", 405, "not a method"),
         ("GET", "/roles", 501, "RolesService.list"),
-        ("GET", "/tags", 501, "TagsService.list"),
+        ("GET", "/affinitylabels", 501, "AffinityLabelsService.list"),
         (
             "POST",
             "/vms/00000000-0000-0000-0000-000000000001/migrate",

@@ -496,6 +496,12 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
     if let Some(out) = super::storage::route(m, r, &s).await {
         return out;
     }
+    if let Some(out) = super::tags::route(m, r, &s).await {
+        return out;
+    }
+    if let Some(out) = super::inventory::route(m, r, &s).await {
+        return out;
+    }
     match s.as_slice() {
         [] if get => ok(root(m)),
         ["datacenters"] if get => dcs(m, r),
@@ -652,16 +658,10 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
         ["jobs", _, "steps"] if get => ok(Node::new("steps")),
         ["operatingsystems"] if get => ok(list(
             "operating_systems",
-            ["other", "other_linux", "rhel_9x64", "debian_12"]
+            super::inventory::OPERATING_SYSTEMS
                 .iter()
                 .enumerate()
-                .map(|(i, n)| {
-                    Node::new("operating_system")
-                        .attr("href", format!("{}/operatingsystems/{i}", render::BASE))
-                        .attr("id", i)
-                        .with(Node::leaf("name", n))
-                        .with(Node::leaf("description", n))
-                })
+                .map(|(i, n)| super::inventory::operating_system(i, n))
                 .collect(),
             None,
         )),
@@ -958,6 +958,7 @@ fn hosts(m: &Arc<Manager>, r: &Req) -> Out {
             "memory",
             "vm",
             "vm.status",
+            "tag",
         ],
         inv.hosts.values(),
         |h, f| match f {
@@ -966,6 +967,7 @@ fn hosts(m: &Arc<Manager>, r: &Req) -> Out {
             "status" => vec![h.status.clone()],
             "address" => vec![h.address.clone()],
             "memory" => vec![h.memory.to_string()],
+            "tag" => super::tags::names(&inv, &h.tags),
             "cluster" => cluster_name(&inv, &h.cluster),
             "vm" | "vm.status" => inv
                 .vms
@@ -1224,6 +1226,7 @@ fn vms(m: &Arc<Manager>, r: &Req) -> Out {
             "type",
             "description",
             "host.status",
+            "tag",
         ],
         inv.vms.values(),
         |v, f| match f {
@@ -1232,6 +1235,7 @@ fn vms(m: &Arc<Manager>, r: &Req) -> Out {
             "status" => vec![v.status.clone()],
             "memory" => vec![(v.memory >> 20).to_string()],
             "os" => vec![v.os_type.clone()],
+            "tag" => super::tags::names(&inv, &v.tags),
             "type" => vec![v.vm_type.clone()],
             "description" => vec![v.description.clone()],
             "host.status" => v
@@ -1427,6 +1431,7 @@ async fn add_vm(m: &Arc<Manager>, r: &Req) -> Out {
         stop_reason: String::new(),
         vm_type: n.text_of("type").unwrap_or("server").to_string(),
         guest: GuestInfo::default(),
+        tags: Vec::new(),
     };
     m.insert(&vm).await?;
     if tpl.is_some() {

@@ -379,8 +379,8 @@ pub fn event(e: &Event) -> Node {
         .with(Node::leaf("description", &e.description))
         .with(Node::leaf("severity", &e.severity))
         .with(Node::leaf("time", iso8601(e.time)))
-        .with(Node::leaf("origin", "oVirt"))
-        .with(Node::leaf("custom_id", -1))
+        .with(Node::leaf("origin", e.origin.as_deref().unwrap_or("oVirt")))
+        .with(Node::leaf("custom_id", e.custom_id.unwrap_or(-1)))
         .with(Node::leaf("flood_rate", 0))
         .opt("correlation_id", e.correlation_id.as_ref());
     if let Some(h) = &e.host {

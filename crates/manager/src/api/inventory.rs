@@ -1,0 +1,395 @@
+//! Updating and removing the inventory's containers (data centers, clusters, logical
+//! networks), adding networks, external events (`POST /events`) and operating systems
+//! by id.
+
+use std::sync::Arc;
+
+use axum::http::{Method, StatusCode};
+
+use super::handlers::{check_id, check_name, ok, parse_u64, ref_id, ApiError, Out, Req};
+use super::node::Node;
+use super::render;
+use crate::model::*;
+use crate::state::Manager;
+
+const DC_UPDATE: &[&str] = &["name", "description", "id"];
+const CLUSTER_UPDATE: &[&str] = &["name", "description", "cpu/type", "id"];
+const NETWORK_ADD: &[&str] = &["name", "description", "data_center", "mtu"];
+const NETWORK_UPDATE: &[&str] = &["name", "description", "mtu", "id"];
+const EVENT_ADD: &[&str] = &[
+    "description",
+    "severity",
+    "origin",
+    "custom_id",
+    "vm",
+    "host",
+    "flood_rate",
+];
+
+/// The operating systems VMs can have (id = index).
+pub const OPERATING_SYSTEMS: &[&str] = &["other", "other_linux", "rhel_9x64", "debian_12"];
+
+pub fn operating_system(i: usize, name: &str) -> Node {
+    Node::new("operating_system")
+        .attr("href", format!("{}/operatingsystems/{i}", render::BASE))
+        .attr("id", i)
+        .with(Node::leaf("name", name))
+        .with(Node::leaf("description", name))
+}
+
+pub async fn route(m: &Arc<Manager>, r: &Req, s: &[&str]) -> Option<Out> {
+    let (post, put, del) = (
+        r.method == Method::POST,
+        r.method == Method::PUT,
+        r.method == Method::DELETE,
+    );
+    Some(match s {
+        ["datacenters", id] if put => update_dc(m, id, r).await,
+        ["datacenters", id] if del => remove_dc(m, id).await,
+        ["clusters", id] if put => update_cluster(m, id, r).await,
+        ["clusters", id] if del => remove_cluster(m, id).await,
+        ["networks"] if post => add_network(m, r).await,
+        ["networks", id] if put => update_network(m, id, r).await,
+        ["networks", id] if del => remove_network(m, id).await,
+        ["events"] if post => add_event(m, r).await,
+        ["operatingsystems", id] if r.method == Method::GET => id
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| OPERATING_SYSTEMS.get(i).map(|n| operating_system(i, n)))
+            .map(ok)
+            .unwrap_or_else(|| {
+                Err(ApiError::not_found(format!(
+                    "Operating system {id} not found"
+                )))
+            }),
+        _ => return None,
+    })
+}
+
+fn done() -> Out {
+    ok(Node::new("action").with(Node::leaf("status", "complete")))
+}
+
+fn new_name<'a>(n: &'a Node, what: &str) -> Result<Option<&'a str>, ApiError> {
+    match n.text_of("name") {
+        Some(x) => {
+            check_name(x, what)?;
+            Ok(Some(x))
+        }
+        None => Ok(None),
+    }
+}
+
+async fn update_dc(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
+    check_id(id)?;
+    let n = r.document("data_center", "DataCenter", DC_UPDATE)?;
+    let name = new_name(&n, "data center")?;
+    let _g = m.write_lock.lock().await;
+    if let Some(x) = name {
+        if m.read()
+            .data_centers
+            .values()
+            .any(|d| d.name == x && d.id != id)
+        {
+            return Err(ApiError::conflict(format!(
+                "Cannot edit Data Center. The name {x:?} is already in use."
+            )));
+        }
+    }
+    let d = m
+        .update(id, |d: &mut DataCenter| {
+            if let Some(x) = name {
+                d.name = x.to_string();
+            }
+            if let Some(x) = n.text_of("description") {
+                d.description = x.to_string();
+            }
+            d.clone()
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("Data center {id} not found")))?;
+    ok(render::data_center(&d))
+}
+
+async fn remove_dc(m: &Arc<Manager>, id: &str) -> Out {
+    check_id(id)?;
+    let _g = m.write_lock.lock().await;
+    let nets: Vec<String> = {
+        let inv = m.read();
+        let d = inv
+            .data_centers
+            .get(id)
+            .ok_or_else(|| ApiError::not_found(format!("Data center {id} not found")))?;
+        if inv.clusters.values().any(|c| c.data_center == id) {
+            return Err(ApiError::conflict(format!(
+                "Cannot remove Data Center {}: it has clusters; remove them first.",
+                d.name
+            )));
+        }
+        if inv
+            .storage_domains
+            .values()
+            .any(|s| s.data_center.as_deref() == Some(id))
+        {
+            return Err(ApiError::conflict(format!(
+                "Cannot remove Data Center {}: storage domains are attached to it; detach them first.",
+                d.name
+            )));
+        }
+        inv.networks
+            .values()
+            .filter(|n| n.data_center == id)
+            .map(|n| n.id.clone())
+            .collect()
+    };
+    for n in nets {
+        m.remove::<Network>(&n).await?;
+    }
+    let d = m.remove::<DataCenter>(id).await?;
+    if let Some(d) = d {
+        m.event(
+            954,
+            "normal",
+            format!("Data Center {} was removed by admin@internal.", d.name),
+            None,
+            None,
+        )
+        .await;
+    }
+    done()
+}
+
+async fn update_cluster(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
+    check_id(id)?;
+    let n = r.document("cluster", "Cluster", CLUSTER_UPDATE)?;
+    let name = new_name(&n, "cluster")?;
+    let _g = m.write_lock.lock().await;
+    if let Some(x) = name {
+        if m.read()
+            .clusters
+            .values()
+            .any(|c| c.name == x && c.id != id)
+        {
+            return Err(ApiError::conflict(format!(
+                "Cannot edit Cluster. The name {x:?} is already in use."
+            )));
+        }
+    }
+    let c = m
+        .update(id, |c: &mut Cluster| {
+            if let Some(x) = name {
+                c.name = x.to_string();
+            }
+            if let Some(x) = n.text_of("description") {
+                c.description = x.to_string();
+            }
+            if let Some(t) = n.get("cpu").and_then(|c| c.text_of("type")) {
+                c.cpu_type = t.to_string();
+            }
+            c.clone()
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("Cluster {id} not found")))?;
+    ok(render::cluster(&c))
+}
+
+async fn remove_cluster(m: &Arc<Manager>, id: &str) -> Out {
+    check_id(id)?;
+    let _g = m.write_lock.lock().await;
+    {
+        let inv = m.read();
+        let c = inv
+            .clusters
+            .get(id)
+            .ok_or_else(|| ApiError::not_found(format!("Cluster {id} not found")))?;
+        if inv.hosts.values().any(|h| h.cluster == id) || inv.vms.values().any(|v| v.cluster == id)
+        {
+            return Err(ApiError::conflict(format!(
+                "Cannot remove Cluster {}: it has hosts or VMs.",
+                c.name
+            )));
+        }
+        if inv.templates.values().any(|t| t.cluster == id) {
+            return Err(ApiError::conflict(format!(
+                "Cannot remove Cluster {}: templates belong to it.",
+                c.name
+            )));
+        }
+    }
+    if let Some(c) = m.remove::<Cluster>(id).await? {
+        m.event(
+            813,
+            "normal",
+            format!("Cluster {} was removed by admin@internal.", c.name),
+            None,
+            None,
+        )
+        .await;
+    }
+    done()
+}
+
+fn mtu(n: &Node) -> Result<Option<u32>, ApiError> {
+    match parse_u64(n, "mtu")? {
+        None => Ok(None),
+        Some(v) if v == 0 || (68..=65535).contains(&v) => Ok(Some(v as u32)),
+        Some(v) => Err(ApiError::bad(format!("mtu {v}: 0 (default) or 68..65535"))),
+    }
+}
+
+async fn add_network(m: &Arc<Manager>, r: &Req) -> Out {
+    let n = r.document("network", "Network", NETWORK_ADD)?;
+    let name = n.text_of("name").unwrap_or("").to_string();
+    check_name(&name, "network")?;
+    let mtu = mtu(&n)?;
+    let _g = m.write_lock.lock().await;
+    let dc = {
+        let inv = m.read();
+        ref_id(
+            n.get("data_center"),
+            |x| inv.dc_by_name(x).map(|d| d.id.clone()),
+            "data center",
+        )?
+        .ok_or_else(|| ApiError::bad("a network needs a <data_center>"))?
+    };
+    if !m.read().data_centers.contains_key(&dc) {
+        return Err(ApiError::not_found(format!("Data center {dc} not found")));
+    }
+    if m.read()
+        .networks
+        .values()
+        .any(|x| x.data_center == dc && x.name == name)
+    {
+        return Err(ApiError::conflict(format!(
+            "Cannot add Network. The name {name:?} is already in use in the data center."
+        )));
+    }
+    let net = Network {
+        id: uuid::Uuid::new_v4().to_string(),
+        name,
+        description: n.text_of("description").unwrap_or("").to_string(),
+        data_center: dc,
+        mtu: mtu.unwrap_or(0),
+    };
+    m.insert(&net).await?;
+    Ok((StatusCode::CREATED, render::network(&net)))
+}
+
+async fn update_network(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
+    check_id(id)?;
+    let n = r.document("network", "Network", NETWORK_UPDATE)?;
+    let name = new_name(&n, "network")?;
+    let mtu = mtu(&n)?;
+    let _g = m.write_lock.lock().await;
+    if let Some(x) = name {
+        let inv = m.read();
+        let dc = inv.networks.get(id).map(|x| x.data_center.clone());
+        if inv
+            .networks
+            .values()
+            .any(|o| o.name == x && o.id != id && Some(&o.data_center) == dc.as_ref())
+        {
+            return Err(ApiError::conflict(format!(
+                "Cannot edit Network. The name {x:?} is already in use."
+            )));
+        }
+    }
+    let net = m
+        .update(id, |net: &mut Network| {
+            if let Some(x) = name {
+                net.name = x.to_string();
+            }
+            if let Some(x) = n.text_of("description") {
+                net.description = x.to_string();
+            }
+            if let Some(x) = mtu {
+                net.mtu = x;
+            }
+            net.clone()
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("Network {id} not found")))?;
+    ok(render::network(&net))
+}
+
+async fn remove_network(m: &Arc<Manager>, id: &str) -> Out {
+    check_id(id)?;
+    let _g = m.write_lock.lock().await;
+    {
+        let inv = m.read();
+        let net = inv
+            .networks
+            .get(id)
+            .ok_or_else(|| ApiError::not_found(format!("Network {id} not found")))?;
+        if net.name == "ovirtmgmt" {
+            return Err(ApiError::conflict(
+                "Cannot remove the management network ovirtmgmt.",
+            ));
+        }
+        if inv.nics.values().any(|x| x.network == id) {
+            return Err(ApiError::conflict(format!(
+                "Cannot remove Network {}: VM NICs use it.",
+                net.name
+            )));
+        }
+    }
+    m.remove::<Network>(id).await?;
+    done()
+}
+
+/// oVirt's external events: 12000 normal, 12001 warning, 12002 error.
+async fn add_event(m: &Arc<Manager>, r: &Req) -> Out {
+    let n = r.document("event", "Event", EVENT_ADD)?;
+    let description = n.text_of("description").unwrap_or("").to_string();
+    if description.is_empty()
+        || description.chars().count() > 4000
+        || description.chars().any(|c| c.is_control() && c != '\n')
+    {
+        return Err(ApiError::bad(
+            "an external event needs a <description> of 1 to 4000 printable characters",
+        ));
+    }
+    let origin = n
+        .text_of("origin")
+        .filter(|o| !o.is_empty() && o.len() <= 255 && !o.chars().any(char::is_control))
+        .ok_or_else(|| ApiError::bad("an external event needs its <origin>"))?
+        .to_string();
+    let custom_id: i64 = n
+        .text_of("custom_id")
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| ApiError::bad("an external event needs a numeric <custom_id>"))?;
+    let (code, severity) = match n.text_of("severity").unwrap_or("normal") {
+        "normal" => (12000, "normal"),
+        "warning" => (12001, "warning"),
+        "error" => (12002, "error"),
+        "alert" => (12002, "alert"),
+        other => {
+            return Err(ApiError::bad(format!(
+                "severity {other:?}: normal, warning, error or alert"
+            )))
+        }
+    };
+    let (vm, host) = {
+        let inv = m.read();
+        let vm = n.get("vm").and_then(|v| v.id()).map(str::to_string);
+        let host = n.get("host").and_then(|h| h.id()).map(str::to_string);
+        if vm.as_ref().is_some_and(|v| !inv.vms.contains_key(v)) {
+            return Err(ApiError::not_found("VM not found"));
+        }
+        if host.as_ref().is_some_and(|h| !inv.hosts.contains_key(h)) {
+            return Err(ApiError::not_found("Host not found"));
+        }
+        (vm, host)
+    };
+    let ev = m
+        .event_from(
+            code,
+            severity,
+            description,
+            host.as_deref(),
+            vm.as_deref(),
+            Some((origin, custom_id)),
+        )
+        .await;
+    Ok((StatusCode::CREATED, render::event(&ev)))
+}
