@@ -148,6 +148,9 @@ impl Manager {
             apply_domain_stats(&mut sd, &st);
         }
         self.insert(&sd).await.map_err(failed)?;
+        crate::api::kinds::companions(self, "StorageDomain", &sd.id)
+            .await
+            .map_err(failed)?;
         self.event(
             956,
             "normal",

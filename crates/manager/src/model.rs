@@ -62,6 +62,9 @@ pub struct Cluster {
     pub description: String,
     pub data_center: String,
     pub cpu_type: String,
+    /// The MAC pool its NICs take addresses from (empty: the Default pool).
+    #[serde(default)]
+    pub mac_pool: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -174,6 +177,47 @@ pub struct Tag {
     /// The parent tag (none: under the root tag).
     #[serde(default)]
     pub parent: Option<String>,
+}
+
+/// An object of a declared collection of oVirt's model (`api::records`): its document
+/// normalised against the model's type (model members only, references as
+/// `<x href=".." id=".."/>`), kept as it is shown. Its behaviour, where it has any, is
+/// in the module of its area (the scheduler reads affinity groups, NICs take MACs from
+/// MAC pools, ...).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    pub id: String,
+    /// The model type (`VnicProfile`).
+    pub ty: String,
+    #[serde(with = "crate::api::node::as_xml")]
+    pub doc: crate::api::node::Node,
+    /// One of oVirt's predefined objects (roles, policies, the default MAC pool):
+    /// neither changed nor removed.
+    #[serde(default)]
+    pub builtin: bool,
+}
+
+impl Record {
+    pub fn text(&self, member: &str) -> Option<&str> {
+        self.doc.text_of(member)
+    }
+    pub fn name(&self) -> &str {
+        self.text("name").unwrap_or("")
+    }
+    /// The id a reference member points to.
+    pub fn link(&self, member: &str) -> Option<&str> {
+        self.doc.get(member).and_then(|n| n.attr_of("id"))
+    }
+    /// The ids a list member holds (`<vms><vm id=".."/></vms>`).
+    pub fn list(&self, member: &str) -> Vec<&str> {
+        self.doc
+            .get(member)
+            .map(|l| l.children.iter().filter_map(|c| c.attr_of("id")).collect())
+            .unwrap_or_default()
+    }
+    pub fn flag(&self, member: &str) -> bool {
+        self.text(member) == Some("true")
+    }
 }
 
 /// oVirt's root tag: every tag without a parent is under it.
@@ -409,6 +453,9 @@ pub struct Vm {
     /// Tags assigned to it.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// The VM pool it belongs to.
+    #[serde(default)]
+    pub pool: Option<String>,
 }
 
 /// What the guest agent reports (issue 6 fills it in).
@@ -443,6 +490,9 @@ pub struct Nic {
     pub network: String,
     pub plugged: bool,
     pub linked: bool,
+    /// Its vNIC profile (which names the network).
+    #[serde(default)]
+    pub vnic_profile: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -512,6 +562,7 @@ pub struct Inventory {
     pub tasks: BTreeMap<String, StorageTask>,
     pub join_tokens: BTreeMap<String, JoinToken>,
     pub tags: BTreeMap<String, Tag>,
+    pub records: BTreeMap<String, Record>,
     pub events: std::collections::VecDeque<Event>,
     pub next_event_id: i64,
 }
@@ -588,6 +639,13 @@ impl Inventory {
     }
     pub fn dc_of_cluster(&self, cluster: &str) -> Option<&str> {
         self.clusters.get(cluster).map(|c| c.data_center.as_str())
+    }
+    /// The records of model type `ty`.
+    pub fn records_of<'a>(&'a self, ty: &'a str) -> impl Iterator<Item = &'a Record> + 'a {
+        self.records.values().filter(move |r| r.ty == ty)
+    }
+    pub fn record(&self, ty: &str, id: &str) -> Option<&Record> {
+        self.records.get(id).filter(|r| r.ty == ty)
     }
     pub fn nics_of(&self, vm: &str) -> Vec<&Nic> {
         self.nics.values().filter(|n| n.vm == vm).collect()

@@ -344,6 +344,9 @@ impl Manager {
         for x in self.db.all::<Tag>("tag").await? {
             inv.tags.insert(x.id.clone(), x);
         }
+        for x in self.db.all::<Record>("record").await? {
+            inv.records.insert(x.id.clone(), x);
+        }
         inv.events = self
             .db
             .recent_events::<Event>(EVENTS_IN_MEMORY as i64)
@@ -352,6 +355,8 @@ impl Manager {
         inv.next_event_id = self.db.max_event_id().await? + 1;
         let empty = inv.data_centers.is_empty();
         *self.inv.write().unwrap_or_else(|p| p.into_inner()) = inv;
+        // The predefined objects first: the defaults' companions point to them.
+        crate::api::kinds::seed(self).await?;
         if empty {
             self.create_defaults().await?;
         }
@@ -374,6 +379,7 @@ impl Manager {
             description: "The default server cluster".into(),
             data_center: dc.id.clone(),
             cpu_type: "Halyard Any CPU".into(),
+            mac_pool: String::new(),
         };
         let net = Network {
             id: uuid::Uuid::new_v4().to_string(),
@@ -385,6 +391,8 @@ impl Manager {
         self.insert(&dc).await?;
         self.insert(&cl).await?;
         self.insert(&net).await?;
+        crate::api::kinds::companions(self, "Cluster", &cl.id).await?;
+        crate::api::kinds::companions(self, "Network", &net.id).await?;
         Ok(())
     }
 
@@ -579,8 +587,18 @@ impl Manager {
         T::map_mut(&mut self.write()).get_mut(id).map(f)
     }
 
-    /// Deletes an object from the database, then from the inventory.
+    /// Deletes an object from the database, then from the inventory; then the
+    /// records that cannot live without it (`api::kinds::orphans`).
     pub async fn remove<T: Stored>(&self, id: &str) -> anyhow::Result<Option<T>> {
+        let gone = self.remove_only::<T>(id).await?;
+        if gone.is_some() {
+            crate::api::kinds::orphans(self, id).await?;
+        }
+        Ok(gone)
+    }
+
+    /// [`Manager::remove`] without the orphans.
+    pub async fn remove_only<T: Stored>(&self, id: &str) -> anyhow::Result<Option<T>> {
         let _g = self.store.lock().await;
         self.db.delete(T::KIND, id).await?;
         Ok(T::map_mut(&mut self.write()).remove(id))
@@ -665,4 +683,5 @@ stored! {
     StorageTask => "task", tasks;
     JoinToken => "jointoken", join_tokens;
     Tag => "tag", tags;
+    Record => "record", records;
 }

@@ -498,6 +498,7 @@ mod tests {
             vm_type: "server".into(),
             guest: GuestInfo::default(),
             tags: Vec::new(),
+            pool: None,
         }
     }
 
@@ -609,6 +610,7 @@ mod tests {
             vm_type: "server".into(),
             guest: GuestInfo::default(),
             tags: Vec::new(),
+            pool: None,
         };
         let x = domain_xml(&vm, &[], &Default::default(), "/var/log/halyard/vms");
         let n = crate::api::node::Node::parse_xml(x.as_bytes()).expect("well-formed");

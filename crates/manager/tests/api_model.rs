@@ -119,8 +119,13 @@ async fn the_model_decides_what_exists() {
         ),
         ("PUT", "/vms", 405, "not a method of VmsService"),
         ("DELETE", "/clusterlevels", 405, "not a method"),
-        ("GET", "/roles", 501, "RolesService.list"),
-        ("GET", "/affinitylabels", 501, "AffinityLabelsService.list"),
+        ("GET", "/imagetransfers", 501, "ImageTransfersService.list"),
+        (
+            "GET",
+            "/schedulingpolicies",
+            501,
+            "SchedulingPoliciesService.list",
+        ),
         (
             "POST",
             "/vms/00000000-0000-0000-0000-000000000001/migrate",

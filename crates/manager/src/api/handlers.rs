@@ -258,7 +258,7 @@ const HOST_ADD: &[&str] = &["name", "address", "port", "root_password", "cluster
 const HOST_UPDATE: &[&str] = &["name", "spm/priority", "id"];
 const NIC_ADD: &[&str] = &["name", "interface", "mac", "network", "vnic_profile"];
 const DC_ADD: &[&str] = &["name", "description", "local"];
-const CLUSTER_ADD: &[&str] = &["name", "description", "data_center", "cpu/type"];
+const CLUSTER_ADD: &[&str] = &["name", "description", "data_center", "cpu/type", "mac_pool"];
 
 pub(super) fn check_fields(n: &Node, allowed: &[&str]) -> Result<(), ApiError> {
     for c in &n.children {
@@ -500,6 +500,9 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
         return out;
     }
     if let Some(out) = super::inventory::route(m, r, &s).await {
+        return out;
+    }
+    if let Some(out) = super::records::route(m, r, &s).await {
         return out;
     }
     match s.as_slice() {
@@ -796,24 +799,30 @@ fn root(m: &Arc<Manager>) -> Node {
     )));
     let up_hosts = inv.hosts.values().filter(|h| h.status == "up").count();
     let up_vms = inv.vms.values().filter(|v| v.status == "up").count();
+    let up_sds = inv
+        .storage_domains
+        .values()
+        .filter(|s| s.status == "active")
+        .count();
+    let users = inv.records_of("User").count();
+    let item = |name: &str, active: usize, total: usize| {
+        Node::new(name)
+            .with(Node::leaf("active", active))
+            .with(Node::leaf("total", total))
+    };
+    // oVirt's summary: users active = logged in (the admin, who is asking).
     n.push(
         Node::new("summary")
-            .with(
-                Node::new("hosts")
-                    .with(Node::leaf("active", up_hosts))
-                    .with(Node::leaf("total", inv.hosts.len())),
-            )
-            .with(
-                Node::new("vms")
-                    .with(Node::leaf("active", up_vms))
-                    .with(Node::leaf("total", inv.vms.len())),
-            ),
+            .with(item("hosts", up_hosts, inv.hosts.len()))
+            .with(item("storage_domains", up_sds, inv.storage_domains.len()))
+            .with(item("users", 1.min(users), users))
+            .with(item("vms", up_vms, inv.vms.len())),
     );
     n.push(Node::leaf("time", iso8601(now_ms())));
     n.push(Node::reference(
         "authenticated_user",
-        &format!("{}/users/admin", render::BASE),
-        "admin",
+        &format!("{}/users/{}", render::BASE, super::access::ADMIN_USER_ID),
+        super::access::ADMIN_USER_ID,
     ));
     n
 }
@@ -866,6 +875,7 @@ async fn add_dc(m: &Arc<Manager>, r: &Req) -> Out {
     m.insert(&net)
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
+    super::kinds::companions(m, "Network", &net.id).await?;
     m.event(
         950,
         "normal",
@@ -916,6 +926,10 @@ async fn add_cluster(m: &Arc<Manager>, r: &Req) -> Out {
             "Cannot add Cluster. The name {name:?} is already in use."
         )));
     }
+    let mac_pool = match n.get("mac_pool") {
+        Some(p) => super::records::find_ref(&m.read(), "MacPool", p)?,
+        None => String::new(),
+    };
     let c = Cluster {
         id: uuid::Uuid::new_v4().to_string(),
         name,
@@ -926,10 +940,12 @@ async fn add_cluster(m: &Arc<Manager>, r: &Req) -> Out {
             .and_then(|c| c.text_of("type"))
             .unwrap_or("Halyard Any CPU")
             .to_string(),
+        mac_pool,
     };
     m.insert(&c)
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
+    super::kinds::companions(m, "Cluster", &c.id).await?;
     m.event(
         809,
         "normal",
@@ -1227,9 +1243,16 @@ fn vms(m: &Arc<Manager>, r: &Req) -> Out {
             "description",
             "host.status",
             "tag",
+            "pool",
         ],
         inv.vms.values(),
         |v, f| match f {
+            "pool" => v
+                .pool
+                .as_ref()
+                .and_then(|p| inv.record("VmPool", p))
+                .map(|p| vec![p.name().to_string()])
+                .unwrap_or_default(),
             "name" => vec![v.name.clone()],
             "id" => vec![v.id.clone()],
             "status" => vec![v.status.clone()],
@@ -1334,9 +1357,16 @@ fn vm_spec(n: &Node) -> Result<VmSpec, ApiError> {
 
 async fn add_vm(m: &Arc<Manager>, r: &Req) -> Out {
     let n = r.document("vm", "Vm", VM_ADD)?;
+    let vm = new_vm(m, &n, None).await?;
+    let node = vm_node(&m.read(), &vm, &[], &HashMap::new());
+    Ok((StatusCode::CREATED, node))
+}
+
+/// Makes a VM from a checked `<vm>` document (a pool's VMs name their pool).
+pub(super) async fn new_vm(m: &Arc<Manager>, n: &Node, pool: Option<&str>) -> Result<Vm, ApiError> {
     let name = n.text_of("name").unwrap_or("").to_string();
     check_name(&name, "VM")?;
-    let spec = vm_spec(&n)?;
+    let spec = vm_spec(n)?;
     let _g = m.write_lock.lock().await;
     let (cluster, template) = {
         let inv = m.read();
@@ -1432,6 +1462,7 @@ async fn add_vm(m: &Arc<Manager>, r: &Req) -> Out {
         vm_type: n.text_of("type").unwrap_or("server").to_string(),
         guest: GuestInfo::default(),
         tags: Vec::new(),
+        pool: pool.map(str::to_string),
     };
     m.insert(&vm).await?;
     if tpl.is_some() {
@@ -1449,8 +1480,7 @@ async fn add_vm(m: &Arc<Manager>, r: &Req) -> Out {
         Some(&vm.id),
     )
     .await;
-    let node = vm_node(&m.read(), &vm, &[], &HashMap::new());
-    Ok((StatusCode::CREATED, node))
+    Ok(vm)
 }
 
 async fn update_vm(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
@@ -1500,6 +1530,13 @@ async fn update_vm(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
 }
 
 async fn remove_vm(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
+    // Its disks go with it (detach_only=true keeps them).
+    let detach_only = r.query.get("detach_only").map(String::as_str) == Some("true");
+    delete_vm(m, id, detach_only).await
+}
+
+/// Removes a down VM with its snapshots, NICs and (unless `detach_only`) disks.
+pub(super) async fn delete_vm(m: &Arc<Manager>, id: &str, detach_only: bool) -> Out {
     check_id(id)?;
     let _g = m.write_lock.lock().await;
     let vm = m
@@ -1540,8 +1577,6 @@ async fn remove_vm(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
             vm.name
         )));
     }
-    // Its disks go with it (detach_only=true keeps them).
-    let detach_only = r.query.get("detach_only").map(String::as_str) == Some("true");
     drop(_g);
     for d in &disks {
         if detach_only {
@@ -1620,42 +1655,57 @@ async fn add_nic(m: &Arc<Manager>, vm: &str, r: &Req) -> Out {
         .get(vm)
         .cloned()
         .ok_or_else(|| ApiError::not_found(format!("VM {vm} not found")))?;
-    let network = {
+    let id = uuid::Uuid::new_v4().to_string();
+    let (network, profile, mac) = {
         let inv = m.read();
         let dc = inv
             .clusters
             .get(&v.cluster)
             .map(|c| c.data_center.clone())
             .unwrap_or_default();
-        let by_name = |x: &str| {
-            inv.networks
-                .values()
-                .find(|n| n.name == x && n.data_center == dc)
-                .map(|n| n.id.clone())
-        };
-        ref_id(
-            n.get("network").or(n.get("vnic_profile")),
-            by_name,
-            "network",
-        )?
-        .or_else(|| by_name("ovirtmgmt"))
-        .ok_or_else(|| ApiError::bad("the data center has no management network"))?
-    };
-    if !m.read().networks.contains_key(&network) {
-        return Err(ApiError::not_found(format!("Network {network} not found")));
-    }
-    let id = uuid::Uuid::new_v4().to_string();
-    let mac = match n.get("mac").and_then(|x| x.text_of("address")) {
-        Some(a) => {
-            let ok = a.len() == 17
-                && a.split(':')
-                    .all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok());
-            if !ok {
-                return Err(ApiError::bad(format!("invalid MAC address {a:?}")));
+        let profile = match n.get("vnic_profile") {
+            Some(p) => {
+                let id = super::records::find_ref(&inv, "VnicProfile", p)?;
+                inv.record("VnicProfile", &id).cloned()
             }
-            a.to_ascii_lowercase()
+            None => None,
+        };
+        let network = match (&profile, n.get("network")) {
+            (Some(p), _) => p.link("network").unwrap_or("").to_string(),
+            (None, given) => {
+                let by_name = |x: &str| {
+                    inv.networks
+                        .values()
+                        .find(|n| n.name == x && n.data_center == dc)
+                        .map(|n| n.id.clone())
+                };
+                ref_id(given, by_name, "network")?
+                    .or_else(|| by_name("ovirtmgmt"))
+                    .ok_or_else(|| ApiError::bad("the data center has no management network"))?
+            }
+        };
+        match inv.networks.get(&network) {
+            None => return Err(ApiError::not_found(format!("Network {network} not found"))),
+            Some(net) if net.data_center != dc => {
+                return Err(ApiError::bad(format!(
+                    "Cannot add Interface: network {} is not in the VM's data center",
+                    net.name
+                )))
+            }
+            Some(_) => {}
         }
-        None => crate::vms::mac_for(&id),
+        // Without a profile the NIC takes the network's own (the one of its name).
+        let profile = profile.map(|p| p.id).or_else(|| {
+            let name = inv.networks.get(&network).map(|x| x.name.clone());
+            inv.records_of("VnicProfile")
+                .find(|p| {
+                    p.link("network") == Some(network.as_str()) && Some(p.name()) == name.as_deref()
+                })
+                .map(|p| p.id.clone())
+        });
+        let asked = n.get("mac").and_then(|x| x.text_of("address"));
+        let mac = super::macpools::allocate(&inv, &v.cluster, asked, &id)?;
+        (network, profile, mac)
     };
     let nic = Nic {
         id,
@@ -1666,6 +1716,7 @@ async fn add_nic(m: &Arc<Manager>, vm: &str, r: &Req) -> Out {
         network,
         plugged: true,
         linked: true,
+        vnic_profile: profile,
     };
     m.insert(&nic)
         .await

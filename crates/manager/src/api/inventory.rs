@@ -13,7 +13,7 @@ use crate::model::*;
 use crate::state::Manager;
 
 const DC_UPDATE: &[&str] = &["name", "description", "id"];
-const CLUSTER_UPDATE: &[&str] = &["name", "description", "cpu/type", "id"];
+const CLUSTER_UPDATE: &[&str] = &["name", "description", "cpu/type", "mac_pool", "id"];
 const NETWORK_ADD: &[&str] = &["name", "description", "data_center", "mtu"];
 const NETWORK_UPDATE: &[&str] = &["name", "description", "mtu", "id"];
 const EVENT_ADD: &[&str] = &[
@@ -37,6 +37,43 @@ pub fn operating_system(i: usize, name: &str) -> Node {
         .with(Node::leaf("description", name))
 }
 
+/// The cluster compatibility levels (oVirt's 4.2 to 4.7, the Manager's own API level).
+pub const CLUSTER_LEVELS: &[&str] = &["4.2", "4.3", "4.4", "4.5", "4.6", "4.7"];
+
+/// The x86_64 CPU types, as facts (see the file's header).
+const CPU_TYPES: &str = include_str!("model/cpu_types.txt");
+
+/// A cluster level: its CPU types and every permit (as oVirt lists them).
+pub fn cluster_level(level: &str) -> Node {
+    let href = format!("{}/clusterlevels/{level}", render::BASE);
+    let mut cpus = Node::new("cpu_types");
+    for line in CPU_TYPES.lines().filter(|l| l.starts_with("cpu_type ")) {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        if let [_, _, name @ .., lvl] = w.as_slice() {
+            cpus.push(
+                Node::new("cpu_type")
+                    .with(Node::leaf("architecture", "x86_64"))
+                    .with(Node::leaf("level", lvl))
+                    .with(Node::leaf("name", name.join(" "))),
+            );
+        }
+    }
+    let mut permits = Node::new("permits");
+    for p in super::access::permits() {
+        // A level's permits are listed, not addressed (oVirt has no service for them).
+        permits.push(super::access::permit(p, ""));
+    }
+    Node::new("cluster_level")
+        .attr("href", &href)
+        .attr("id", level)
+        .with(Node::link(
+            "clusterfeatures",
+            &format!("{href}/clusterfeatures"),
+        ))
+        .with(cpus)
+        .with(permits)
+}
+
 pub async fn route(m: &Arc<Manager>, r: &Req, s: &[&str]) -> Option<Out> {
     let (post, put, del) = (
         r.method == Method::POST,
@@ -52,6 +89,15 @@ pub async fn route(m: &Arc<Manager>, r: &Req, s: &[&str]) -> Option<Out> {
         ["networks", id] if put => update_network(m, id, r).await,
         ["networks", id] if del => remove_network(m, id).await,
         ["events"] if post => add_event(m, r).await,
+        ["vmpools", id, "allocatevm"] if post => allocate_vm(m, id, r).await,
+        ["clusterlevels"] if r.method == Method::GET => ok(CLUSTER_LEVELS
+            .iter()
+            .fold(Node::new("cluster_levels"), |n, l| n.with(cluster_level(l)))),
+        ["clusterlevels", id] if r.method == Method::GET => CLUSTER_LEVELS
+            .iter()
+            .find(|l| **l == *id)
+            .map(|l| ok(cluster_level(l)))
+            .unwrap_or_else(|| Err(ApiError::not_found(format!("Cluster level {id} not found")))),
         ["operatingsystems", id] if r.method == Method::GET => id
             .parse::<usize>()
             .ok()
@@ -164,6 +210,10 @@ async fn update_cluster(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
     let n = r.document("cluster", "Cluster", CLUSTER_UPDATE)?;
     let name = new_name(&n, "cluster")?;
     let _g = m.write_lock.lock().await;
+    let mac_pool = match n.get("mac_pool") {
+        Some(p) => Some(super::records::find_ref(&m.read(), "MacPool", p)?),
+        None => None,
+    };
     if let Some(x) = name {
         if m.read()
             .clusters
@@ -185,6 +235,9 @@ async fn update_cluster(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
             }
             if let Some(t) = n.get("cpu").and_then(|c| c.text_of("type")) {
                 c.cpu_type = t.to_string();
+            }
+            if let Some(p) = mac_pool {
+                c.mac_pool = p;
             }
             c.clone()
         })
@@ -272,6 +325,7 @@ async fn add_network(m: &Arc<Manager>, r: &Req) -> Out {
         mtu: mtu.unwrap_or(0),
     };
     m.insert(&net).await?;
+    super::kinds::companions(m, "Network", &net.id).await?;
     Ok((StatusCode::CREATED, render::network(&net)))
 }
 
@@ -392,4 +446,15 @@ async fn add_event(m: &Arc<Manager>, r: &Req) -> Out {
         )
         .await;
     Ok((StatusCode::CREATED, render::event(&ev)))
+}
+
+async fn allocate_vm(m: &Arc<Manager>, pool: &str, r: &Req) -> Out {
+    r.action_body("VmPoolService", "allocatevm", &["async"])?;
+    let vm = super::vmpools::allocate(m, pool).await?;
+    Ok((
+        StatusCode::OK,
+        Node::new("action")
+            .with(Node::reference("vm", &render::href("vms", &vm), &vm))
+            .with(Node::leaf("status", "complete")),
+    ))
 }

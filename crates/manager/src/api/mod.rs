@@ -1,12 +1,19 @@
 //! The REST API (oVirt Engine API v4).
 
+pub mod access;
+pub mod affinity;
 pub mod handlers;
 pub mod inventory;
 pub mod jointokens;
+pub mod kinds;
+pub mod macpools;
 pub mod model;
 pub mod node;
+pub mod quotas;
+pub mod records;
 pub mod render;
 pub mod search;
 pub mod storage;
 pub mod tags;
 pub mod validate;
+pub mod vmpools;

@@ -622,3 +622,20 @@ mod tests {
         }
     }
 }
+
+/// Serde of a [`Node`] as its XML text (stored documents).
+pub mod as_xml {
+    use super::Node;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(n: &Node, s: S) -> Result<S::Ok, S::Error> {
+        let mut x = String::new();
+        n.write_xml(&mut x);
+        s.serialize_str(&x)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Node, D::Error> {
+        let x = String::deserialize(d)?;
+        Node::parse_xml(x.as_bytes()).map_err(serde::de::Error::custom)
+    }
+}

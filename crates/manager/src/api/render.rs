@@ -41,6 +41,8 @@ pub fn cluster(c: &Cluster) -> Node {
     obj("cluster", "clusters", &c.id)
         .with(Node::link("networks", &format!("{h}/networks")))
         .with(Node::link("permissions", &format!("{h}/permissions")))
+        .with(Node::link("affinitygroups", &format!("{h}/affinitygroups")))
+        .with(Node::link("cpuprofiles", &format!("{h}/cpuprofiles")))
         .with(Node::leaf("name", &c.name))
         .with(Node::leaf("description", &c.description))
         .with(
@@ -50,6 +52,11 @@ pub fn cluster(c: &Cluster) -> Node {
         )
         .with(Node::leaf("ballooning_enabled", false))
         .with(version(4, 7))
+        .with(Node::reference(
+            "mac_pool",
+            &href("macpools", crate::api::macpools::pool_id(c)),
+            crate::api::macpools::pool_id(c),
+        ))
         .with(Node::reference(
             "data_center",
             &href("datacenters", &c.data_center),
@@ -206,6 +213,9 @@ pub fn vm(v: &Vm, nics: &[&Nic]) -> Node {
     ] {
         n.push(Node::link(rel, &format!("{hr}/{rel}")));
     }
+    if let Some(p) = &v.pool {
+        n.push(Node::reference("vm_pool", &href("vmpools", p), p));
+    }
     n = n
         .with(Node::leaf("name", &v.name))
         .with(Node::leaf("description", &v.description))
@@ -326,7 +336,7 @@ pub fn vm(v: &Vm, nics: &[&Nic]) -> Node {
 }
 
 pub fn nic(x: &Nic) -> Node {
-    Node::new("nic")
+    let n = Node::new("nic")
         .attr("href", format!("{}/nics/{}", href("vms", &x.vm), x.id))
         .attr("id", &x.id)
         .with(Node::leaf("name", &x.name))
@@ -339,12 +349,11 @@ pub fn nic(x: &Nic) -> Node {
             &href("networks", &x.network),
             &x.network,
         ))
-        .with(Node::reference(
-            "vnic_profile",
-            &href("vnicprofiles", &x.network),
-            &x.network,
-        ))
-        .with(Node::reference("vm", &href("vms", &x.vm), &x.vm))
+        .with(Node::reference("vm", &href("vms", &x.vm), &x.vm));
+    match &x.vnic_profile {
+        Some(p) => n.with(Node::reference("vnic_profile", &href("vnicprofiles", p), p)),
+        None => n,
+    }
 }
 
 /// The Blank template.
@@ -414,8 +423,8 @@ pub fn job(j: &Job) -> Node {
         .with(Node::leaf("status", &j.status))
         .with(Node::reference(
             "owner",
-            &format!("{BASE}/users/admin"),
-            "admin",
+            &format!("{BASE}/users/{}", crate::api::access::ADMIN_USER_ID),
+            crate::api::access::ADMIN_USER_ID,
         ))
 }
 
