@@ -74,6 +74,49 @@ pub struct Network {
     pub description: String,
     pub data_center: String,
     pub mtu: u32,
+    /// The VLAN tag of the logical network (applied by hosts with the host networking
+    /// work; kept and shown now).
+    #[serde(default)]
+    pub vlan: Option<u16>,
+    /// oVirt's usages (`vm`, `management`, ...); empty in documents stored before they
+    /// were kept: `vm` (and `management` for ovirtmgmt).
+    #[serde(default)]
+    pub usages: Vec<String>,
+    /// The clusters it is assigned to (`None`: every cluster of its data center, as the
+    /// management network and networks stored before assignments were kept).
+    #[serde(default)]
+    pub clusters: Option<Vec<ClusterNetwork>>,
+}
+
+/// A network assigned to a cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClusterNetwork {
+    pub cluster: String,
+    /// Hosts of the cluster lacking it are non-operational (oVirt's required network).
+    pub required: bool,
+}
+
+impl Network {
+    pub fn usages(&self) -> Vec<String> {
+        if !self.usages.is_empty() {
+            return self.usages.clone();
+        }
+        let mut u = vec!["vm".to_string()];
+        if self.name == "ovirtmgmt" {
+            u.push("management".into());
+        }
+        u
+    }
+    /// Its assignment to `cluster` (of its data center), if it has one.
+    pub fn in_cluster(&self, cluster: &str) -> Option<ClusterNetwork> {
+        match &self.clusters {
+            None => Some(ClusterNetwork {
+                cluster: cluster.to_string(),
+                required: true,
+            }),
+            Some(l) => l.iter().find(|c| c.cluster == cluster).cloned(),
+        }
+    }
 }
 
 /// A host as the Manager knows it.

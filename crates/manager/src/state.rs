@@ -387,6 +387,9 @@ impl Manager {
             description: "Management Network".into(),
             data_center: dc.id.clone(),
             mtu: 0,
+            vlan: None,
+            usages: vec!["vm".into(), "management".into()],
+            clusters: None,
         };
         self.insert(&dc).await?;
         self.insert(&cl).await?;

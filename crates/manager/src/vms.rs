@@ -167,6 +167,14 @@ pub fn apply_guest_info(g: &mut GuestInfo, s: &VmStats) {
     }
 }
 
+/// Boot settings for one run of a VM (not kept).
+#[derive(Debug, Clone, Default)]
+pub struct RunOnce {
+    pub kernel: Option<String>,
+    pub initrd: Option<String>,
+    pub cmdline: Option<String>,
+}
+
 /// A MAC in oVirt's default pool range, derived from the NIC id.
 pub fn mac_for(id: &str) -> String {
     let b = uuid::Uuid::parse_str(id)
@@ -264,6 +272,11 @@ impl Manager {
     /// as wait_for_launch, so concurrent starts see its memory taken), then VM.create
     /// outside the lock; if the host refuses, the placement is undone.
     pub async fn vm_start(self: &Arc<Self>, id: &str) -> Result<(), VmError> {
+        self.vm_start_once(id, &RunOnce::default()).await
+    }
+
+    /// [`Manager::vm_start`] with boot settings for this run only (oVirt's run once).
+    pub async fn vm_start_once(self: &Arc<Self>, id: &str, once: &RunOnce) -> Result<(), VmError> {
         let (vm, host_id, client, xml) = {
             let _g = self.write_lock.lock().await;
             let mut vm = self.vm(id)?;
@@ -311,7 +324,17 @@ impl Manager {
                     .collect()
             };
             let drives = self.drives_xml(id);
-            let xml = domain_xml(&vm, &nics, &drives, &self.cfg.vm_console_dir);
+            let mut boot = vm.clone();
+            for (field, v) in [
+                (&mut boot.kernel, &once.kernel),
+                (&mut boot.initrd, &once.initrd),
+                (&mut boot.cmdline, &once.cmdline),
+            ] {
+                if let Some(v) = v {
+                    *field = v.clone();
+                }
+            }
+            let xml = domain_xml(&boot, &nics, &drives, &self.cfg.vm_console_dir);
             let placed = self
                 .update(id, |v: &mut Vm| {
                     v.status = "wait_for_launch".into();

@@ -130,6 +130,50 @@ pub fn sdk_python() -> PathBuf {
     py
 }
 
+/// A virtualenv with Ansible (the `ansible` package of PyPI, which carries the
+/// `ovirt.ovirt` collection) and the oVirt SDK it drives; made once per machine.
+pub fn ansible_venv() -> PathBuf {
+    let work = env::Env::get().work_dir().to_path_buf();
+    let _l = lock(&work.join("ansible-venv.lock"));
+    let venv = work.join("ansible-venv");
+    let py = venv.join("bin/python");
+    let ok = Command::new(&py)
+        .args([
+            "-c",
+            "import ovirtsdk4, ansible_collections.ovirt.ovirt, ansible; print(ansible.__version__)",
+        ])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+        && venv.join("bin/ansible-playbook").exists();
+    if !ok {
+        let _ = fs::remove_dir_all(&venv);
+        let st = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 -m venv");
+        assert!(st.success(), "creating the Ansible virtualenv failed");
+        let out = Command::new(&py)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "ansible>=12,<13",
+                "ovirt-engine-sdk-python>=4.6,<4.7",
+            ])
+            .output()
+            .expect("pip");
+        assert!(
+            out.status.success(),
+            "pip install ansible ovirt-engine-sdk-python failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    venv
+}
+
 /// A private PostgreSQL server (initdb in a temporary directory, run as `postgres`).
 pub struct Postgres {
     pub dir: PathBuf,
@@ -374,6 +418,11 @@ impl ManagerProc {
 
     pub fn api_url(&self) -> String {
         format!("{}/ovirt-engine/api", self.url())
+    }
+
+    /// admin@internal's password.
+    pub fn password(&self) -> &str {
+        &self.password
     }
 
     pub fn ca(&self) -> PathBuf {

@@ -542,23 +542,6 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
         ["clusters"] if get => clusters(m, r),
         ["clusters"] if post => add_cluster(m, r).await,
         ["clusters", id] if get => show(&m.read().clusters, id, "Cluster", render::cluster),
-        ["clusters", id, "networks"] if get => {
-            let inv = m.read();
-            let dc = inv
-                .clusters
-                .get(*id)
-                .map(|c| c.data_center.clone())
-                .unwrap_or_default();
-            ok(list(
-                "networks",
-                inv.networks
-                    .values()
-                    .filter(|n| n.data_center == dc)
-                    .map(render::network)
-                    .collect(),
-                None,
-            ))
-        }
         ["networks"] if get => {
             let inv = m.read();
             search_list(
@@ -631,6 +614,14 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
         }
         ["vms", vid, "nics", nid] if del => remove_nic(m, vid, nid).await,
         ["vms", id, "reporteddevices"] if get => reported_devices(m, id),
+        // Halyard gives VMs no virtual NUMA nodes: the list is empty, truly.
+        ["vms", id, "numanodes"] if get => {
+            check_id(id)?;
+            if !m.read().vms.contains_key(*id) {
+                return Err(ApiError::not_found(format!("VM {id} not found")));
+            }
+            ok(Node::new("vm_numa_nodes"))
+        }
         ["vms", id, action] if post && VM_ACTIONS.contains(action) => {
             vm_action(m, id, action, r).await
         }
@@ -868,6 +859,9 @@ async fn add_dc(m: &Arc<Manager>, r: &Req) -> Out {
         description: "Management Network".into(),
         data_center: dc.id.clone(),
         mtu: 0,
+        vlan: None,
+        usages: vec!["vm".into(), "management".into()],
+        clusters: None,
     };
     m.insert(&dc)
         .await
@@ -1613,7 +1607,26 @@ pub(super) async fn delete_vm(m: &Arc<Manager>, id: &str, detach_only: bool) -> 
 
 async fn vm_action(m: &Arc<Manager>, id: &str, action: &str, r: &Req) -> Out {
     check_id(id)?;
-    r.action_body("VmService", action, &["async"])?;
+    let acts: &[&str] = if action == "start" {
+        &["async", "vm"]
+    } else {
+        &["async"]
+    };
+    let body = r.action_body("VmService", action, acts)?;
+    // Run once: <action><vm><os><kernel/><initrd/><cmdline/></os></vm></action>.
+    let once = match body.get("vm") {
+        Some(v) => {
+            super::validate::check_document(v, "Vm", &["os/kernel", "os/initrd", "os/cmdline"])?;
+            let os = v.get("os");
+            let text = |k: &str| os.and_then(|o| o.text_of(k)).map(str::to_string);
+            crate::vms::RunOnce {
+                kernel: text("kernel"),
+                initrd: text("initrd"),
+                cmdline: text("cmdline"),
+            }
+        }
+        None => crate::vms::RunOnce::default(),
+    };
     let name = m
         .read()
         .vms
@@ -1622,7 +1635,7 @@ async fn vm_action(m: &Arc<Manager>, id: &str, action: &str, r: &Req) -> Out {
         .ok_or_else(|| ApiError::not_found(format!("VM {id} not found")))?;
     let job = m.start_job(format!("{} VM {name}", action)).await;
     let r = match action {
-        "start" => m.vm_start(id).await,
+        "start" => m.vm_start_once(id, &once).await,
         "stop" => m.vm_stop(id).await,
         "shutdown" => m.vm_shutdown(id, false).await,
         "reboot" => m.vm_shutdown(id, true).await,
@@ -1689,6 +1702,12 @@ async fn add_nic(m: &Arc<Manager>, vm: &str, r: &Req) -> Out {
             Some(net) if net.data_center != dc => {
                 return Err(ApiError::bad(format!(
                     "Cannot add Interface: network {} is not in the VM's data center",
+                    net.name
+                )))
+            }
+            Some(net) if net.in_cluster(&v.cluster).is_none() => {
+                return Err(ApiError::bad(format!(
+                    "Cannot add Interface: network {} is not assigned to the VM's cluster",
                     net.name
                 )))
             }

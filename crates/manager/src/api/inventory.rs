@@ -14,8 +14,58 @@ use crate::state::Manager;
 
 const DC_UPDATE: &[&str] = &["name", "description", "id"];
 const CLUSTER_UPDATE: &[&str] = &["name", "description", "cpu/type", "mac_pool", "id"];
-const NETWORK_ADD: &[&str] = &["name", "description", "data_center", "mtu"];
-const NETWORK_UPDATE: &[&str] = &["name", "description", "mtu", "id"];
+const NETWORK_ADD: &[&str] = &[
+    "name",
+    "description",
+    "data_center",
+    "mtu",
+    "vlan",
+    "usages",
+];
+const NETWORK_UPDATE: &[&str] = &["name", "description", "mtu", "vlan", "usages", "id"];
+const CLUSTER_NETWORK: &[&str] = &["id", "name", "required"];
+
+/// `<vlan id="100"/>`: a tag of 0..4094.
+fn vlan(n: &Node) -> Result<Option<u16>, ApiError> {
+    let Some(v) = n.get("vlan") else {
+        return Ok(None);
+    };
+    match v.id().map(str::parse::<u16>) {
+        Some(Ok(t)) if t <= 4094 => Ok(Some(t)),
+        _ => Err(ApiError::bad(
+            "<vlan id=\"..\"/>: a VLAN tag from 0 to 4094",
+        )),
+    }
+}
+
+/// `<usages><usage>vm</usage></usages>`: oVirt's network usages.
+fn usages(n: &Node) -> Result<Option<Vec<String>>, ApiError> {
+    let Some(u) = n.get("usages") else {
+        return Ok(None);
+    };
+    let mut out = Vec::new();
+    for x in &u.children {
+        let v = x.text.as_deref().unwrap_or("").trim().to_lowercase();
+        if ![
+            "vm",
+            "management",
+            "display",
+            "migration",
+            "gluster",
+            "default_route",
+        ]
+        .contains(&v.as_str())
+        {
+            return Err(ApiError::bad(format!(
+                "<usage>{v}</usage> is not a network usage"
+            )));
+        }
+        if !out.contains(&v) {
+            out.push(v);
+        }
+    }
+    Ok(Some(out))
+}
 const EVENT_ADD: &[&str] = &[
     "description",
     "severity",
@@ -90,6 +140,25 @@ pub async fn route(m: &Arc<Manager>, r: &Req, s: &[&str]) -> Option<Out> {
         ["networks", id] if del => remove_network(m, id).await,
         ["events"] if post => add_event(m, r).await,
         ["vmpools", id, "allocatevm"] if post => allocate_vm(m, id, r).await,
+        ["clusters", c, "networks"] if r.method == Method::GET => cluster_networks(m, c),
+        ["clusters", c, "networks"] if post => assign_network(m, c, r).await,
+        ["clusters", c, "networks", n] if r.method == Method::GET => {
+            let inv = m.read();
+            match inv
+                .networks
+                .get(*n)
+                .and_then(|x| x.in_cluster(c).map(|a| (x, a)))
+            {
+                Some((x, a)) if inv.dc_of_cluster(c) == Some(x.data_center.as_str()) => {
+                    ok(cluster_network(x, &a))
+                }
+                _ => Err(ApiError::not_found(format!(
+                    "Network {n} is not assigned to cluster {c}"
+                ))),
+            }
+        }
+        ["clusters", c, "networks", n] if put => assign_update(m, c, n, r).await,
+        ["clusters", c, "networks", n] if del => unassign_network(m, c, n).await,
         ["clusterlevels"] if r.method == Method::GET => ok(CLUSTER_LEVELS
             .iter()
             .fold(Node::new("cluster_levels"), |n, l| n.with(cluster_level(l)))),
@@ -323,6 +392,10 @@ async fn add_network(m: &Arc<Manager>, r: &Req) -> Out {
         description: n.text_of("description").unwrap_or("").to_string(),
         data_center: dc,
         mtu: mtu.unwrap_or(0),
+        vlan: vlan(&n)?,
+        usages: usages(&n)?.unwrap_or_else(|| vec!["vm".into()]),
+        // A new network is in no cluster until it is assigned (clusters/{id}/networks).
+        clusters: Some(Vec::new()),
     };
     m.insert(&net).await?;
     super::kinds::companions(m, "Network", &net.id).await?;
@@ -334,6 +407,7 @@ async fn update_network(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
     let n = r.document("network", "Network", NETWORK_UPDATE)?;
     let name = new_name(&n, "network")?;
     let mtu = mtu(&n)?;
+    let (vlan, usages) = (vlan(&n)?, usages(&n)?);
     let _g = m.write_lock.lock().await;
     if let Some(x) = name {
         let inv = m.read();
@@ -358,6 +432,12 @@ async fn update_network(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
             }
             if let Some(x) = mtu {
                 net.mtu = x;
+            }
+            if n.get("vlan").is_some() {
+                net.vlan = vlan;
+            }
+            if let Some(u) = usages {
+                net.usages = u;
             }
             net.clone()
         })
@@ -457,4 +537,179 @@ async fn allocate_vm(m: &Arc<Manager>, pool: &str, r: &Req) -> Out {
             .with(Node::reference("vm", &render::href("vms", &vm), &vm))
             .with(Node::leaf("status", "complete")),
     ))
+}
+
+/// A network as a cluster has it: with its assignment (`required`, the cluster).
+fn cluster_network(n: &Network, a: &ClusterNetwork) -> Node {
+    let mut x = render::network(n);
+    x.set_attr(
+        "href",
+        format!("{}/networks/{}", render::href("clusters", &a.cluster), n.id),
+    );
+    x.push(Node::reference(
+        "cluster",
+        &render::href("clusters", &a.cluster),
+        &a.cluster,
+    ));
+    x.push(Node::leaf("required", a.required));
+    x
+}
+
+fn cluster_networks(m: &Arc<Manager>, c: &str) -> Out {
+    check_id(c)?;
+    let inv = m.read();
+    let dc = inv
+        .dc_of_cluster(c)
+        .ok_or_else(|| ApiError::not_found(format!("Cluster {c} not found")))?;
+    let mut l = Node::new("networks");
+    for n in inv.networks.values().filter(|n| n.data_center == dc) {
+        if let Some(a) = n.in_cluster(c) {
+            l.push(cluster_network(n, &a));
+        }
+    }
+    ok(l)
+}
+
+/// Makes the assignments of a network explicit (a network stored without them is in
+/// every cluster of its data center).
+fn explicit(inv: &Inventory, n: &Network) -> Vec<ClusterNetwork> {
+    match &n.clusters {
+        Some(l) => l.clone(),
+        None => inv
+            .clusters
+            .values()
+            .filter(|c| c.data_center == n.data_center)
+            .map(|c| ClusterNetwork {
+                cluster: c.id.clone(),
+                required: true,
+            })
+            .collect(),
+    }
+}
+
+async fn assign_network(m: &Arc<Manager>, c: &str, r: &Req) -> Out {
+    check_id(c)?;
+    let n = r.document("network", "Network", CLUSTER_NETWORK)?;
+    let required = n.text_of("required").map(|v| v == "true").unwrap_or(false);
+    let _g = m.write_lock.lock().await;
+    let (id, list) = {
+        let inv = m.read();
+        let dc = inv
+            .dc_of_cluster(c)
+            .ok_or_else(|| ApiError::not_found(format!("Cluster {c} not found")))?
+            .to_string();
+        let id = ref_id(
+            Some(&n),
+            |x| {
+                inv.networks
+                    .values()
+                    .find(|o| o.name == x && o.data_center == dc)
+                    .map(|o| o.id.clone())
+            },
+            "network",
+        )?
+        .unwrap_or_default();
+        let net = inv
+            .networks
+            .get(&id)
+            .filter(|x| x.data_center == dc)
+            .ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "Network {id} not found in the cluster's data center"
+                ))
+            })?;
+        if net.in_cluster(c).is_some() {
+            return Err(ApiError::conflict(format!(
+                "Cannot attach Network to Cluster. Network {} is already attached to the cluster.",
+                net.name
+            )));
+        }
+        let mut list = explicit(&inv, net);
+        list.push(ClusterNetwork {
+            cluster: c.to_string(),
+            required,
+        });
+        (id, list)
+    };
+    let net = m
+        .update(&id, |x: &mut Network| {
+            x.clusters = Some(list);
+            x.clone()
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found("the network was removed meanwhile"))?;
+    let a = net
+        .in_cluster(c)
+        .ok_or_else(|| ApiError::internal("assignment lost"))?;
+    Ok((StatusCode::CREATED, cluster_network(&net, &a)))
+}
+
+async fn assign_update(m: &Arc<Manager>, c: &str, id: &str, r: &Req) -> Out {
+    check_id(id)?;
+    let n = r.document("network", "Network", CLUSTER_NETWORK)?;
+    let _g = m.write_lock.lock().await;
+    let mut list = {
+        let inv = m.read();
+        let net = inv
+            .networks
+            .get(id)
+            .filter(|x| x.in_cluster(c).is_some())
+            .ok_or_else(|| {
+                ApiError::not_found(format!("Network {id} is not assigned to cluster {c}"))
+            })?;
+        explicit(&inv, net)
+    };
+    if let Some(v) = n.text_of("required") {
+        for a in list.iter_mut().filter(|a| a.cluster == c) {
+            a.required = v == "true";
+        }
+    }
+    let net = m
+        .update(id, |x: &mut Network| {
+            x.clusters = Some(list);
+            x.clone()
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found("the network was removed meanwhile"))?;
+    let a = net
+        .in_cluster(c)
+        .ok_or_else(|| ApiError::internal("assignment lost"))?;
+    ok(cluster_network(&net, &a))
+}
+
+async fn unassign_network(m: &Arc<Manager>, c: &str, id: &str) -> Out {
+    check_id(id)?;
+    let _g = m.write_lock.lock().await;
+    let list = {
+        let inv = m.read();
+        let net = inv
+            .networks
+            .get(id)
+            .filter(|x| x.in_cluster(c).is_some())
+            .ok_or_else(|| {
+                ApiError::not_found(format!("Network {id} is not assigned to cluster {c}"))
+            })?;
+        if net.usages().iter().any(|u| u == "management") {
+            return Err(ApiError::conflict(format!(
+                "Cannot detach the management network {} from the cluster.",
+                net.name
+            )));
+        }
+        let used = inv
+            .nics
+            .values()
+            .any(|x| x.network == id && inv.vms.get(&x.vm).is_some_and(|v| v.cluster == c));
+        if used {
+            return Err(ApiError::conflict(format!(
+                "Cannot detach Network {} from the cluster: VM NICs in the cluster use it.",
+                net.name
+            )));
+        }
+        let mut l = explicit(&inv, net);
+        l.retain(|a| a.cluster != c);
+        l
+    };
+    m.update(id, |x: &mut Network| x.clusters = Some(list))
+        .await?;
+    ok(Node::new("action").with(Node::leaf("status", "complete")))
 }

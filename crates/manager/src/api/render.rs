@@ -65,21 +65,28 @@ pub fn cluster(c: &Cluster) -> Node {
 }
 
 pub fn network(n: &Network) -> Node {
-    obj("network", "networks", &n.id)
+    let h = href("networks", &n.id);
+    let mut x = obj("network", "networks", &n.id)
+        .with(Node::link("vnicprofiles", &format!("{h}/vnicprofiles")))
+        .with(Node::link("permissions", &format!("{h}/permissions")))
         .with(Node::leaf("name", &n.name))
         .with(Node::leaf("description", &n.description))
         .with(Node::leaf("mtu", n.mtu))
         .with(Node::leaf("stp", false))
         .with(
-            Node::new("usages")
-                .with(Node::leaf("usage", "vm"))
-                .with(Node::leaf("usage", "management")),
+            n.usages()
+                .iter()
+                .fold(Node::new("usages"), |u, x| u.with(Node::leaf("usage", x))),
         )
         .with(Node::reference(
             "data_center",
             &href("datacenters", &n.data_center),
             &n.data_center,
-        ))
+        ));
+    if let Some(v) = n.vlan {
+        x.push(Node::new("vlan").attr("id", v));
+    }
+    x
 }
 
 /// A host; `scheduling_memory` from [`Inventory::scheduling_memory`].

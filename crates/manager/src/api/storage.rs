@@ -39,6 +39,7 @@ const DISK_ADD: &[&str] = &[
     "sparse",
     "storage_domains",
     "storage_domain",
+    "content_type",
 ];
 const ATTACHMENT_ADD: &[&str] = &["disk", "bootable", "interface", "active", "id"];
 const SNAPSHOT_ADD: &[&str] = &["description", "persist_memorystate"];
@@ -128,11 +129,22 @@ pub async fn route(m: &Arc<Manager>, r: &Req, s: &[&str]) -> Option<Out> {
             search_list(
                 r,
                 "disks",
-                &["name", "alias", "id", "status"],
+                &["name", "alias", "id", "status", "storage", "vm_names"],
                 inv.disks.values().filter(|d| d.template.is_none()),
                 |d, f| match f {
                     "id" => vec![d.id.clone()],
                     "status" => vec![d.status.clone()],
+                    "storage" => inv
+                        .storage_domains
+                        .get(&d.storage_domain)
+                        .map(|s| vec![s.name.clone()])
+                        .unwrap_or_default(),
+                    "vm_names" => {
+                        d.vm.as_ref()
+                            .and_then(|v| inv.vms.get(v))
+                            .map(|v| vec![v.name.clone()])
+                            .unwrap_or_default()
+                    }
                     _ => vec![d.name.clone()],
                 },
                 render::disk,
@@ -385,6 +397,13 @@ fn new_disk(m: &Arc<Manager>, d: &Node) -> Result<NewDisk, ApiError> {
         .unwrap_or("")
         .to_string();
     check_name(&name, "disk")?;
+    if let Some(ct) = d.text_of("content_type") {
+        if ct != "data" {
+            return Err(ApiError::bad(format!(
+                "Cannot add Disk. content_type {ct:?}: Halyard makes data disks only"
+            )));
+        }
+    }
     let size = parse_u64(d, "provisioned_size")?
         .ok_or_else(|| ApiError::bad("Cannot add Disk. <provisioned_size> is required."))?;
     let sd_node = d
