@@ -4,7 +4,7 @@
 //! - [`api`]: oVirt Engine API v4 documents, search, handlers.
 //! - [`state`]: configuration, database, inventory, users and tokens, events.
 //! - [`hosts`]: monitoring of host agents.
-//! - [`vms`]: scheduler, domain XML, VM actions.
+//! - [`vms`]: scheduler, domain XML, VM actions; [`scheduling`]: the affinity units.
 //! - [`storage`]: storage domains, the pool, SPM election and failover, storage tasks.
 //! - [`domains`]: storage domain lifecycle; [`images`]: disks, snapshots, templates.
 //! - [`register`]: host registration, approval, enrollment.
@@ -18,6 +18,7 @@ pub mod images;
 pub mod memory;
 pub mod model;
 pub mod register;
+pub mod scheduling;
 pub mod server;
 pub mod state;
 pub mod storage;

@@ -499,6 +499,9 @@ pub struct Vm {
     /// The VM pool it belongs to.
     #[serde(default)]
     pub pool: Option<String>,
+    /// The instance type it was made with.
+    #[serde(default)]
+    pub instance_type: Option<String>,
 }
 
 /// What the guest agent reports (issue 6 fills it in).

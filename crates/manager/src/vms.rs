@@ -221,7 +221,26 @@ pub fn pick_host(
         ));
     }
     candidates.retain(|(_, free)| *free >= vm.memory);
-    candidates.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.name.cmp(&b.0.name)));
+    if candidates.is_empty() {
+        return Err(VmError::Conflict(format!(
+            "Cannot run VM. There is no host that satisfies current scheduling constraints: no host has {} MiB of free memory.",
+            vm.memory >> 20
+        )));
+    }
+    let mut ids: Vec<String> = candidates.iter().map(|(h, _)| h.id.clone()).collect();
+    let penalty = crate::scheduling::affinity(inv, vm, &mut ids).map_err(|why| {
+        VmError::Conflict(format!(
+            "Cannot run VM. There is no host that satisfies current scheduling constraints: {why}."
+        ))
+    })?;
+    candidates.retain(|(h, _)| ids.contains(&h.id));
+    let weight = |h: &Host| penalty.get(&h.id).copied().unwrap_or(0);
+    candidates.sort_by(|a, b| {
+        weight(a.0)
+            .cmp(&weight(b.0))
+            .then(b.1.cmp(&a.1))
+            .then(a.0.name.cmp(&b.0.name))
+    });
     candidates
         .first()
         .map(|(h, _)| h.id.clone())
@@ -522,6 +541,7 @@ mod tests {
             guest: GuestInfo::default(),
             tags: Vec::new(),
             pool: None,
+            instance_type: None,
         }
     }
 
@@ -564,6 +584,61 @@ mod tests {
             .expect_err("no host")
             .to_string()
             .contains("is up"));
+    }
+
+    fn record(ty: &str, id: &str, xml: &str) -> Record {
+        Record {
+            id: id.into(),
+            ty: ty.into(),
+            doc: crate::api::node::Node::parse_xml(xml.as_bytes()).expect("xml"),
+            builtin: false,
+        }
+    }
+
+    #[test]
+    fn affinity_groups_and_labels_steer_placement() {
+        const G: u64 = 1 << 30;
+        let mut inv = Inventory::default();
+        for h in [host("a", 8 * G, "up"), host("b", 4 * G, "up")] {
+            inv.hosts.insert(h.id.clone(), h);
+        }
+        inv.vms.insert("p".into(), vm("p", G, Some("b"), "up"));
+        fn add(inv: &mut Inventory, r: Record) {
+            inv.records.insert(r.id.clone(), r);
+        }
+        // Hard positive VM affinity: v goes where its peer runs, though a has more memory.
+        add(&mut inv, record("AffinityGroup", "g1", "<affinity_group><name>together</name><cluster id=\"c\"/><vms_rule><enabled>true</enabled><enforcing>true</enforcing><positive>true</positive></vms_rule><vms><vm id=\"p\"/><vm id=\"v\"/></vms></affinity_group>"));
+        assert_eq!(
+            pick_host_any(&inv, &vm("v", G, None, "down")).expect("placed"),
+            "b"
+        );
+        // A hard negative host rule against b as well leaves nothing, named.
+        add(&mut inv, record("AffinityGroup", "g2", "<affinity_group><name>not-b</name><cluster id=\"c\"/><hosts_rule><enabled>true</enabled><enforcing>true</enforcing><positive>false</positive></hosts_rule><vms><vm id=\"v\"/></vms><hosts><host id=\"b\"/></hosts></affinity_group>"));
+        let e = pick_host_any(&inv, &vm("v", G, None, "down")).expect_err("none");
+        assert!(e.to_string().contains("AffinityGroups"), "{e}");
+        // Made soft, the group only weighs: b breaks the host rule, a the VM rule; a
+        // has more memory and wins the tie.
+        inv.records.remove("g1");
+        inv.records.insert("g1".into(), record("AffinityGroup", "g1", "<affinity_group><name>together</name><cluster id=\"c\"/><vms_rule><enabled>true</enabled><enforcing>false</enforcing><positive>true</positive></vms_rule><vms><vm id=\"p\"/><vm id=\"v\"/></vms></affinity_group>"));
+        let e = pick_host_any(&inv, &vm("v", G, None, "down")).expect("placed");
+        assert_eq!(e, "a");
+        // An affinity label on the VM: only hosts with the label.
+        inv.records.clear();
+        inv.records.insert("l".into(), record("AffinityLabel", "l", "<affinity_label><name>gpu</name><vms><vm id=\"v\"/></vms><hosts><host id=\"b\"/></hosts></affinity_label>"));
+        assert_eq!(
+            pick_host_any(&inv, &vm("v", G, None, "down")).expect("placed"),
+            "b"
+        );
+        inv.records.insert(
+            "l".into(),
+            record(
+                "AffinityLabel",
+                "l",
+                "<affinity_label><name>gpu</name><vms><vm id=\"v\"/></vms></affinity_label>",
+            ),
+        );
+        let e = pick_host_any(&inv, &vm("v", G, None, "down")).expect_err("none");
+        assert!(e.to_string().contains("Label"), "{e}");
     }
 
     #[test]
@@ -634,6 +709,7 @@ mod tests {
             guest: GuestInfo::default(),
             tags: Vec::new(),
             pool: None,
+            instance_type: None,
         };
         let x = domain_xml(&vm, &[], &Default::default(), "/var/log/halyard/vms");
         let n = crate::api::node::Node::parse_xml(x.as_bytes()).expect("well-formed");

@@ -456,3 +456,39 @@ async fn vm_pools_make_their_vms() {
     let (_, b) = m.api(&t, "GET", "/vms", "").await;
     assert_eq!(names(&b, "vm").len(), 0, "{b}");
 }
+
+/// An instance type sizes the VMs made with it; it cannot be removed while they exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_types_size_new_vms() {
+    let m = ManagerProc::start(Database::Sqlite, "").await;
+    let t = m.token().await;
+    let (c, b) = m.api(&t, "POST", "/instancetypes", "<instance_type><name>small</name><memory>536870912</memory><cpu><topology><sockets>1</sockets><cores>2</cores><threads>1</threads></topology></cpu></instance_type>").await;
+    assert_eq!(c, 201, "{b}");
+    let it = doc(&b).id().expect("id").to_string();
+    let (c, b) = m
+        .api(
+            &t,
+            "POST",
+            "/instancetypes",
+            "<instance_type><name>huge</name><memory>1</memory></instance_type>",
+        )
+        .await;
+    assert_eq!(c, 400, "{b}");
+    let (c, b) = m.api(&t, "POST", "/vms", "<vm><name>sized</name><cluster><name>Default</name></cluster><template><name>Blank</name></template><instance_type><name>small</name></instance_type></vm>").await;
+    assert_eq!(c, 201, "{b}");
+    let v = doc(&b);
+    assert_eq!(v.text_of("memory"), Some("536870912"), "{b}");
+    assert_eq!(
+        v.get("cpu")
+            .and_then(|c| c.get("topology"))
+            .and_then(|t| t.text_of("cores")),
+        Some("2")
+    );
+    assert_eq!(v.get("instance_type").and_then(Node::id), Some(it.as_str()));
+    assert_eq!(
+        m.api(&t, "DELETE", &format!("/instancetypes/{it}"), "")
+            .await
+            .0,
+        409
+    );
+}

@@ -241,6 +241,7 @@ const VM_ADD: &[&str] = &[
     "os/initrd",
     "os/cmdline",
     "type",
+    "instance_type",
     "id",
 ];
 const VM_UPDATE: &[&str] = &[
@@ -1412,6 +1413,36 @@ pub(super) async fn new_vm(m: &Arc<Manager>, n: &Node, pool: Option<&str>) -> Re
             "Cannot add VM. The VM name {name:?} is already in use."
         )));
     }
+    // An instance type gives the memory and CPUs the document does not.
+    let (instance_type, it) = match n.get("instance_type") {
+        None => (None, None),
+        Some(x) => {
+            let inv = m.read();
+            let id = super::records::find_ref(&inv, "InstanceType", x)?;
+            let rec = inv.record("InstanceType", &id).cloned();
+            (Some(id), rec)
+        }
+    };
+    let it_num = |path: &[&str]| -> Option<u64> {
+        let mut node = &it.as_ref()?.doc;
+        for p in path {
+            node = node.get(p)?;
+        }
+        node.text.as_deref()?.parse().ok()
+    };
+    let spec = VmSpec {
+        memory: spec.memory.or(it_num(&["memory"])),
+        sockets: spec
+            .sockets
+            .or(it_num(&["cpu", "topology", "sockets"]).map(|x| x as u32)),
+        cores: spec
+            .cores
+            .or(it_num(&["cpu", "topology", "cores"]).map(|x| x as u32)),
+        threads: spec
+            .threads
+            .or(it_num(&["cpu", "topology", "threads"]).map(|x| x as u32)),
+        ..spec
+    };
     let vm = Vm {
         id: uuid::Uuid::new_v4().to_string(),
         name,
@@ -1457,6 +1488,7 @@ pub(super) async fn new_vm(m: &Arc<Manager>, n: &Node, pool: Option<&str>) -> Re
         guest: GuestInfo::default(),
         tags: Vec::new(),
         pool: pool.map(str::to_string),
+        instance_type,
     };
     m.insert(&vm).await?;
     if tpl.is_some() {

@@ -277,7 +277,10 @@ pub static KINDS: &[Kind] = &[
         required: &["name"],
         unique_in: "",
         search: &[],
-        rules: PLAIN,
+        rules: Rules {
+            check: instance_type,
+            in_use: instance_type_in_use,
+        },
         effects: Effects::None,
     },
     Kind {
@@ -381,6 +384,39 @@ fn no_check(_: &Inventory, _: &mut Node, _: Option<&Record>) -> Result<(), ApiEr
 }
 fn never(_: &Inventory, _: &Record) -> Option<String> {
     None
+}
+
+/// An instance type's sizes are ones a VM can have.
+fn instance_type(_: &Inventory, doc: &mut Node, _: Option<&Record>) -> Result<(), ApiError> {
+    let num = |path: &[&str]| -> Option<i64> {
+        let mut n = &*doc;
+        for p in path {
+            n = n.get(p)?;
+        }
+        n.text.as_deref()?.parse().ok()
+    };
+    if let Some(m) = num(&["memory"]) {
+        if !(1 << 20..=4 << 40).contains(&m) {
+            return Err(ApiError::bad("<memory>: from 1 MiB to 4 TiB, in bytes"));
+        }
+    }
+    for k in ["sockets", "cores", "threads"] {
+        if let Some(v) = num(&["cpu", "topology", k]) {
+            if !(1..=256).contains(&v) {
+                return Err(ApiError::bad(format!(
+                    "<cpu><topology><{k}>: from 1 to 256"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn instance_type_in_use(inv: &Inventory, r: &Record) -> Option<String> {
+    inv.vms
+        .values()
+        .find(|v| v.instance_type.as_deref() == Some(r.id.as_str()))
+        .map(|v| format!("VM {} was made with it", v.name))
 }
 
 fn vnic_profile_in_use(inv: &Inventory, r: &Record) -> Option<String> {

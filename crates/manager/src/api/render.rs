@@ -223,6 +223,13 @@ pub fn vm(v: &Vm, nics: &[&Nic]) -> Node {
     if let Some(p) = &v.pool {
         n.push(Node::reference("vm_pool", &href("vmpools", p), p));
     }
+    if let Some(t) = &v.instance_type {
+        n.push(Node::reference(
+            "instance_type",
+            &href("instancetypes", t),
+            t,
+        ));
+    }
     n = n
         .with(Node::leaf("name", &v.name))
         .with(Node::leaf("description", &v.description))
