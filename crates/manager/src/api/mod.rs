@@ -5,6 +5,7 @@ pub mod affinity;
 pub mod handlers;
 pub mod inventory;
 pub mod jointokens;
+pub mod json;
 pub mod kinds;
 pub mod macpools;
 pub mod model;
