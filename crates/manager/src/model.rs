@@ -609,6 +609,11 @@ pub struct Inventory {
     pub join_tokens: BTreeMap<String, JoinToken>,
     pub tags: BTreeMap<String, Tag>,
     pub records: BTreeMap<String, Record>,
+    /// VM name -> id (names are unique): searches by name are lookups.
+    pub vm_names: HashMap<String, String>,
+    /// Host id -> memory of the VMs placed there (every state but down), kept as VMs
+    /// change (see `Stored::reindex`).
+    pub committed: HashMap<String, u64>,
     pub events: std::collections::VecDeque<Event>,
     pub next_event_id: i64,
 }
@@ -620,15 +625,29 @@ impl Inventory {
     /// Memory committed to the VMs placed on each host (every state but down), in one
     /// pass over the VMs.
     pub fn committed_memory(&self) -> HashMap<&str, u64> {
-        let mut m: HashMap<&str, u64> = HashMap::new();
-        for v in self.vms.values() {
-            if let Some(h) = v.host.as_deref() {
-                if v.status != "down" {
-                    *m.entry(h).or_default() += v.memory;
-                }
+        self.committed
+            .iter()
+            .map(|(h, m)| (h.as_str(), *m))
+            .collect()
+    }
+
+    /// What a VM adds to its host's committed memory.
+    pub fn commitment(v: &Vm) -> Option<(&str, u64)> {
+        match v.host.as_deref() {
+            Some(h) if v.status != "down" => Some((h, v.memory)),
+            _ => None,
+        }
+    }
+
+    /// Takes a VM's commitment out (`sign` false) or puts it in.
+    pub fn commit(&mut self, v: &Vm, add: bool) {
+        if let Some((h, mem)) = Self::commitment(v) {
+            let e = self.committed.entry(h.to_string()).or_default();
+            *e = if add { *e + mem } else { e.saturating_sub(mem) };
+            if *e == 0 {
+                self.committed.remove(h);
             }
         }
-        m
     }
 
     /// oVirt's max_scheduling_memory: the host's memory less what its VMs are given
@@ -655,7 +674,7 @@ impl Inventory {
     }
 
     pub fn vm_by_name(&self, name: &str) -> Option<&Vm> {
-        self.vms.values().find(|v| v.name == name)
+        self.vm_names.get(name).and_then(|id| self.vms.get(id))
     }
     pub fn host_by_name(&self, name: &str) -> Option<&Host> {
         self.hosts.values().find(|h| h.name == name)

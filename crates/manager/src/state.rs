@@ -315,6 +315,7 @@ impl Manager {
             inv.hosts.insert(h.id.clone(), h);
         }
         for v in self.db.all::<Vm>("vm").await? {
+            Vm::reindex(&mut inv, None, Some(&v));
             inv.vms.insert(v.id.clone(), v);
         }
         for n in self.db.all::<Nic>("nic").await? {
@@ -555,7 +556,9 @@ impl Manager {
     pub async fn insert<T: Stored>(&self, v: &T) -> anyhow::Result<()> {
         let _g = self.store.lock().await;
         self.db.put(T::KIND, v.key(), v).await?;
-        T::map_mut(&mut self.write()).insert(v.key().to_string(), v.clone());
+        let mut inv = self.write();
+        let old = T::map_mut(&mut inv).insert(v.key().to_string(), v.clone());
+        T::reindex(&mut inv, old.as_ref(), Some(v));
         Ok(())
     }
 
@@ -574,7 +577,9 @@ impl Manager {
         let r = f(&mut cur);
         if cur != before {
             self.db.put(T::KIND, id, &cur).await?;
-            T::map_mut(&mut self.write()).insert(id.to_string(), cur);
+            let mut inv = self.write();
+            T::map_mut(&mut inv).insert(id.to_string(), cur.clone());
+            T::reindex(&mut inv, Some(&before), Some(&cur));
         }
         Ok(Some(r))
     }
@@ -587,7 +592,13 @@ impl Manager {
         f: impl FnOnce(&mut T) -> R,
     ) -> Option<R> {
         let _g = self.store.lock().await;
-        T::map_mut(&mut self.write()).get_mut(id).map(f)
+        let mut inv = self.write();
+        let cur = T::map_mut(&mut inv).get_mut(id)?;
+        let before = cur.clone();
+        let r = f(cur);
+        let after = cur.clone();
+        T::reindex(&mut inv, Some(&before), Some(&after));
+        Some(r)
     }
 
     /// Deletes an object from the database, then from the inventory; then the
@@ -604,7 +615,10 @@ impl Manager {
     pub async fn remove_only<T: Stored>(&self, id: &str) -> anyhow::Result<Option<T>> {
         let _g = self.store.lock().await;
         self.db.delete(T::KIND, id).await?;
-        Ok(T::map_mut(&mut self.write()).remove(id))
+        let mut inv = self.write();
+        let old = T::map_mut(&mut inv).remove(id);
+        T::reindex(&mut inv, old.as_ref(), None);
+        Ok(old)
     }
 
     pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Inventory> {
@@ -652,6 +666,33 @@ pub trait Stored: Serialize + Clone + PartialEq + Send + Sync + 'static {
     fn key(&self) -> &str;
     fn map(inv: &Inventory) -> &BTreeMap<String, Self>;
     fn map_mut(inv: &mut Inventory) -> &mut BTreeMap<String, Self>;
+    /// Keeps the inventory's indexes of this kind when an object changes.
+    fn reindex(_inv: &mut Inventory, _old: Option<&Self>, _new: Option<&Self>) {}
+}
+
+impl Stored for Vm {
+    const KIND: &'static str = "vm";
+    fn key(&self) -> &str {
+        &self.id
+    }
+    fn map(inv: &Inventory) -> &BTreeMap<String, Self> {
+        &inv.vms
+    }
+    fn map_mut(inv: &mut Inventory) -> &mut BTreeMap<String, Self> {
+        &mut inv.vms
+    }
+    fn reindex(inv: &mut Inventory, old: Option<&Self>, new: Option<&Self>) {
+        if let Some(o) = old {
+            if inv.vm_names.get(&o.name) == Some(&o.id) {
+                inv.vm_names.remove(&o.name);
+            }
+            inv.commit(o, false);
+        }
+        if let Some(n) = new {
+            inv.vm_names.insert(n.name.clone(), n.id.clone());
+            inv.commit(n, true);
+        }
+    }
 }
 
 macro_rules! stored {
@@ -676,7 +717,6 @@ stored! {
     Cluster => "cluster", clusters;
     Network => "network", networks;
     Host => "host", hosts;
-    Vm => "vm", vms;
     Nic => "nic", nics;
     Job => "job", jobs;
     StorageDomain => "storagedomain", storage_domains;

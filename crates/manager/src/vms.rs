@@ -545,6 +545,13 @@ mod tests {
         }
     }
 
+    /// Puts a VM into the inventory as the Manager does (its indexes kept).
+    fn put_vm(inv: &mut Inventory, v: Vm) {
+        use crate::state::Stored;
+        let old = inv.vms.insert(v.id.clone(), v.clone());
+        Vm::reindex(inv, old.as_ref(), Some(&v));
+    }
+
     fn pick_host_any(inv: &Inventory, vm: &Vm) -> Result<String, VmError> {
         pick_host(inv, vm, |_, _| true)
     }
@@ -563,8 +570,7 @@ mod tests {
         // Most free first: a (4 GiB), then, with 2 GiB placed on a, b.
         let v = vm("v1", 2 * G, None, "down");
         assert_eq!(pick_host_any(&inv, &v).expect("placed"), "a");
-        inv.vms
-            .insert("v1".into(), vm("v1", 2 * G, Some("a"), "wait_for_launch"));
+        put_vm(&mut inv, vm("v1", 2 * G, Some("a"), "wait_for_launch"));
         assert_eq!(
             pick_host_any(&inv, &vm("v2", G, None, "down")).expect("placed"),
             "b"
@@ -573,7 +579,7 @@ mod tests {
         let err = pick_host_any(&inv, &vm("v3", 3 * G, None, "down")).expect_err("full");
         assert!(err.to_string().contains("free memory"), "{err}");
         // Down VMs do not count; VMs in other clusters are not placed.
-        inv.vms.insert("v1".into(), vm("v1", 2 * G, None, "down"));
+        put_vm(&mut inv, vm("v1", 2 * G, None, "down"));
         assert_eq!(
             pick_host_any(&inv, &vm("v4", 3 * G, None, "down")).expect("placed"),
             "a"
@@ -602,7 +608,7 @@ mod tests {
         for h in [host("a", 8 * G, "up"), host("b", 4 * G, "up")] {
             inv.hosts.insert(h.id.clone(), h);
         }
-        inv.vms.insert("p".into(), vm("p", G, Some("b"), "up"));
+        put_vm(&mut inv, vm("p", G, Some("b"), "up"));
         fn add(inv: &mut Inventory, r: Record) {
             inv.records.insert(r.id.clone(), r);
         }

@@ -369,9 +369,29 @@ pub(super) fn search_list<'a, T: 'a>(
     field: impl Fn(&T, &str) -> Vec<String>,
     render: impl Fn(&T) -> Node,
 ) -> Out {
+    search_list_indexed(r, name, fields, objects, |_| None, field, render)
+}
+
+/// [`search_list`] with an index: `lookup(query)` gives the only candidates when the
+/// query pins a field an index has (`name=x`, `id=x`; see `Query::exact`).
+pub(super) fn search_list_indexed<'a, T: 'a>(
+    r: &Req,
+    name: &str,
+    fields: &[&str],
+    objects: impl Iterator<Item = &'a T>,
+    lookup: impl Fn(&search::Query) -> Option<Vec<&'a T>>,
+    field: impl Fn(&T, &str) -> Vec<String>,
+    render: impl Fn(&T) -> Node,
+) -> Out {
     let q = r.search(fields)?;
     let max = r.max()?;
-    let hits: Vec<&T> = objects.filter(|o| q.matches(|f| field(o, f))).collect();
+    let hits: Vec<&T> = match lookup(&q) {
+        Some(c) => c
+            .into_iter()
+            .filter(|o| q.matches(|f| field(o, f)))
+            .collect(),
+        None => objects.filter(|o| q.matches(|f| field(o, f))).collect(),
+    };
     let items = q
         .arrange(hits, |o, f| field(o, f), max)
         .into_iter()
@@ -1221,7 +1241,14 @@ fn vms(m: &Arc<Manager>, r: &Req) -> Out {
     let follow = r.follow(VM_FOLLOW)?;
     let inv = m.read();
     let committed = follow_committed(&inv, &follow);
-    search_list(
+    let lookup = |q: &search::Query| {
+        if let Some(id) = q.exact("id") {
+            return Some(inv.vms.get(id).into_iter().collect());
+        }
+        q.exact("name")
+            .map(|n| inv.vm_by_name(n).into_iter().collect())
+    };
+    search_list_indexed(
         r,
         "vms",
         &[
@@ -1241,6 +1268,7 @@ fn vms(m: &Arc<Manager>, r: &Req) -> Out {
             "pool",
         ],
         inv.vms.values(),
+        lookup,
         |v, f| match f {
             "pool" => v
                 .pool

@@ -401,6 +401,19 @@ impl Query {
         self.any.is_empty()
     }
 
+    /// The value of `field` when every match must have exactly it (one `and` group
+    /// holding `field=value` without wildcards, case-sensitive): an index gives the
+    /// candidates, the whole query still decides.
+    pub fn exact(&self, field: &str) -> Option<&str> {
+        if !self.case_sensitive || self.any.len() != 1 {
+            return None;
+        }
+        self.any[0]
+            .iter()
+            .find(|c| c.field == field && c.op == Op::Eq && !c.value.contains('*'))
+            .map(|c| c.value.as_str())
+    }
+
     /// True if the object matches; `value_of(field)` gives the object's values for a
     /// field (several for fields such as tags or the names of linked objects).
     pub fn matches(&self, value_of: impl Fn(&str) -> Vec<String>) -> bool {
