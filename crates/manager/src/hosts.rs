@@ -385,11 +385,23 @@ impl Manager {
                         .collect()
                 })
                 .unwrap_or_default();
+            let sample = serde_json::from_value::<halyard_proto::vdsm::HostStats>(st.clone())
+                .ok()
+                .map(|stats| HostSample {
+                    time: now_ms(),
+                    stats,
+                });
             // Stats are kept in memory only.
             self.update_memory(host_id, |h: &mut Host| {
                 h.free_memory = free;
                 h.cpu_idle = idle;
                 h.domains_bad = bad;
+                if let Some(s) = sample {
+                    h.samples.push(s);
+                    if h.samples.len() > 2 {
+                        h.samples.remove(0);
+                    }
+                }
             })
             .await;
         }
@@ -470,6 +482,12 @@ impl Manager {
                 let before = v.guest.agent;
                 if let Some(stats) = &stats {
                     crate::vms::apply_guest_info(&mut v.guest, stats);
+                    if !from_event {
+                        v.sample = Some(VmSample {
+                            time: now_ms(),
+                            stats: stats.clone(),
+                        });
+                    }
                 }
                 (before, v.guest.agent, v.name.clone())
             })

@@ -150,6 +150,9 @@ pub struct Host {
     /// Domains the host reports as not valid (Host.getStats storageDomains), memory only.
     #[serde(skip)]
     pub domains_bad: Vec<String>,
+    /// The last two Host.getStats samples (memory only): statistics and NIC rates.
+    #[serde(skip)]
+    pub samples: Vec<HostSample>,
     #[serde(default)]
     pub spm_status: String,
     // Reported by the host.
@@ -195,6 +198,21 @@ pub struct Host {
     /// Tags assigned to it.
     #[serde(default)]
     pub tags: Vec<String>,
+}
+
+/// One Host.getStats sample, as the statistics show it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HostSample {
+    /// When the Manager took it (ms).
+    pub time: i64,
+    pub stats: halyard_proto::vdsm::HostStats,
+}
+
+/// One VM's last stats from its host (Host.getAllVmStats / events).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct VmSample {
+    pub time: i64,
+    pub stats: halyard_proto::vdsm::VmStats,
 }
 
 /// What a registration of a known host asked for.
@@ -499,6 +517,9 @@ pub struct Vm {
     /// The VM pool it belongs to.
     #[serde(default)]
     pub pool: Option<String>,
+    /// The last stats its host reported (memory only).
+    #[serde(skip)]
+    pub sample: Option<VmSample>,
     /// The instance type it was made with.
     #[serde(default)]
     pub instance_type: Option<String>,

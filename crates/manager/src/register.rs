@@ -447,6 +447,7 @@ pub(crate) fn new_host(
         spm_status: "none".into(),
         spm_id: 0,
         domains_bad: Vec::new(),
+        samples: Vec::new(),
         memory: 0,
         free_memory: 0,
         cpu_model: String::new(),

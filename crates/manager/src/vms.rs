@@ -541,6 +541,7 @@ mod tests {
             guest: GuestInfo::default(),
             tags: Vec::new(),
             pool: None,
+            sample: None,
             instance_type: None,
         }
     }
@@ -715,6 +716,7 @@ mod tests {
             guest: GuestInfo::default(),
             tags: Vec::new(),
             pool: None,
+            sample: None,
             instance_type: None,
         };
         let x = domain_xml(&vm, &[], &Default::default(), "/var/log/halyard/vms");

@@ -66,7 +66,7 @@ async fn sdk_flow_on_postgresql() {
 /// restart it: both recover, and the guest was never restarted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_failure_and_recovery() {
-    let m = ManagerProc::start(Database::Sqlite, "").await;
+    let m = ManagerProc::start(Database::Sqlite, "[monitoring]\nstats_interval_secs = 2\n").await;
     let name = format!("f{}", std::process::id());
     let mut host = registering_host(&m, &name).await;
     let vm_name = host.domain_name("sdk-vm");
@@ -105,6 +105,66 @@ async fn host_failure_and_recovery() {
         let i = body.find(" id=\"").expect("host id") + 5;
         body[i..i + 36].to_string()
     };
+
+    // Statistics come from the agent's real samples: the host's, its NICs' (rates
+    // once two samples are in), the running VM's.
+    use halyard_manager::api::node::Node;
+    let stat = |xml: &str, name: &str| -> Option<f64> {
+        let n = Node::parse_xml(xml.as_bytes()).ok()?;
+        let s = n
+            .all("statistic")
+            .find(|s| s.text_of("name") == Some(name))?;
+        s.get("values")?
+            .get("value")?
+            .text_of("datum")?
+            .parse()
+            .ok()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, hs) = m
+            .api(&token, "GET", &format!("/hosts/{host_id}/statistics"), "")
+            .await;
+        let (_, vs) = m
+            .api(&token, "GET", &format!("/vms/{vm_id}/statistics"), "")
+            .await;
+        let (_, nics) = m
+            .api(&token, "GET", &format!("/hosts/{host_id}/nics"), "")
+            .await;
+        let nic = Node::parse_xml(nics.as_bytes())
+            .ok()
+            .and_then(|n| n.all("host_nic").find_map(|x| x.id().map(str::to_string)));
+        let rates = match &nic {
+            Some(nid) => {
+                let (_, ns) = m
+                    .api(
+                        &token,
+                        "GET",
+                        &format!("/hosts/{host_id}/nics/{nid}/statistics"),
+                        "",
+                    )
+                    .await;
+                stat(&ns, "data.current.rx").is_some() && stat(&ns, "data.total.rx").is_some()
+            }
+            None => false,
+        };
+        let idle = stat(&hs, "cpu.current.idle");
+        let used = stat(&hs, "memory.used");
+        let elapsed = stat(&vs, "elapsed.time");
+        if idle.is_some_and(|x| (0.0..=100.0).contains(&x))
+            && used.is_some_and(|x| x > 0.0)
+            && elapsed.is_some()
+            && stat(&vs, "memory.installed").is_some_and(|x| x > 0.0)
+            && rates
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no statistics from the samples:\n{hs}\n{vs}\n{nics}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     host.kill9();
     let killed = Instant::now();

@@ -526,6 +526,9 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
     if let Some(out) = super::records::route(m, r, &s).await {
         return out;
     }
+    if let Some(out) = super::statistics::route(m, r, &s).await {
+        return out;
+    }
     match s.as_slice() {
         [] if get => ok(root(m)),
         ["datacenters"] if get => dcs(m, r),
@@ -1516,6 +1519,7 @@ pub(super) async fn new_vm(m: &Arc<Manager>, n: &Node, pool: Option<&str>) -> Re
         guest: GuestInfo::default(),
         tags: Vec::new(),
         pool: pool.map(str::to_string),
+        sample: None,
         instance_type,
     };
     m.insert(&vm).await?;

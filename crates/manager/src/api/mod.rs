@@ -14,6 +14,7 @@ pub mod quotas;
 pub mod records;
 pub mod render;
 pub mod search;
+pub mod statistics;
 pub mod storage;
 pub mod tags;
 pub mod validate;
