@@ -65,6 +65,9 @@ pub struct Cluster {
     /// The MAC pool its NICs take addresses from (empty: the Default pool).
     #[serde(default)]
     pub mac_pool: String,
+    /// Its scheduling policy (empty: oVirt's default, `none`).
+    #[serde(default)]
+    pub scheduling_policy: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -381,6 +381,7 @@ impl Manager {
             data_center: dc.id.clone(),
             cpu_type: "Halyard Any CPU".into(),
             mac_pool: String::new(),
+            scheduling_policy: String::new(),
         };
         let net = Network {
             id: uuid::Uuid::new_v4().to_string(),

@@ -220,27 +220,25 @@ pub fn pick_host(
             "Cannot run VM. There is no host that satisfies current scheduling constraints: no up host is connected to every storage domain of the VM's disks.".into(),
         ));
     }
-    candidates.retain(|(_, free)| *free >= vm.memory);
-    if candidates.is_empty() {
-        return Err(VmError::Conflict(format!(
-            "Cannot run VM. There is no host that satisfies current scheduling constraints: no host has {} MiB of free memory.",
-            vm.memory >> 20
-        )));
+    // The cluster's scheduling policy: its filters, then its weights.
+    let policy = crate::scheduling::active(inv, &vm.cluster);
+    if policy.filters.contains("Memory") {
+        candidates.retain(|(_, free)| *free >= vm.memory);
+        if candidates.is_empty() {
+            return Err(VmError::Conflict(format!(
+                "Cannot run VM. There is no host that satisfies current scheduling constraints: filter Memory: no host has {} MiB of free memory.",
+                vm.memory >> 20
+            )));
+        }
     }
     let mut ids: Vec<String> = candidates.iter().map(|(h, _)| h.id.clone()).collect();
-    let penalty = crate::scheduling::affinity(inv, vm, &mut ids).map_err(|why| {
+    let penalty = crate::scheduling::affinity(inv, vm, &policy, &mut ids).map_err(|why| {
         VmError::Conflict(format!(
             "Cannot run VM. There is no host that satisfies current scheduling constraints: {why}."
         ))
     })?;
     candidates.retain(|(h, _)| ids.contains(&h.id));
-    let weight = |h: &Host| penalty.get(&h.id).copied().unwrap_or(0);
-    candidates.sort_by(|a, b| {
-        weight(a.0)
-            .cmp(&weight(b.0))
-            .then(b.1.cmp(&a.1))
-            .then(a.0.name.cmp(&b.0.name))
-    });
+    crate::scheduling::weigh(inv, &policy, &mut candidates, &penalty);
     candidates
         .first()
         .map(|(h, _)| h.id.clone())
@@ -646,6 +644,55 @@ mod tests {
         );
         let e = pick_host_any(&inv, &vm("v", G, None, "down")).expect_err("none");
         assert!(e.to_string().contains("Label"), "{e}");
+    }
+
+    #[test]
+    fn the_clusters_scheduling_policy_weighs_hosts() {
+        const G: u64 = 1 << 30;
+        let mut inv = Inventory::default();
+        for h in [host("a", 8 * G, "up"), host("b", 4 * G, "up")] {
+            inv.hosts.insert(h.id.clone(), h);
+        }
+        let cluster = |policy: &str| Cluster {
+            id: "c".into(),
+            name: "c".into(),
+            description: String::new(),
+            data_center: "d".into(),
+            cpu_type: String::new(),
+            mac_pool: String::new(),
+            scheduling_policy: policy.into(),
+        };
+        let id_of = |name: &str| {
+            crate::scheduling::policies()
+                .iter()
+                .find(|p| p.name == name)
+                .map(|p| p.id.clone())
+                .expect("policy")
+        };
+        // none (the default): most free memory.
+        inv.clusters.insert("c".into(), cluster(""));
+        assert_eq!(
+            pick_host_any(&inv, &vm("v", G, None, "down")).expect("placed"),
+            "a"
+        );
+        // power_saving: the fullest host that fits.
+        inv.clusters
+            .insert("c".into(), cluster(&id_of("power_saving")));
+        assert_eq!(
+            pick_host_any(&inv, &vm("v", G, None, "down")).expect("placed"),
+            "b"
+        );
+        // vm_evenly_distributed: the host with fewer VMs, though it has less memory.
+        inv.clusters
+            .insert("c".into(), cluster(&id_of("vm_evenly_distributed")));
+        put_vm(&mut inv, vm("w", G, Some("a"), "up"));
+        assert_eq!(
+            pick_host_any(&inv, &vm("v", G, None, "down")).expect("placed"),
+            "b"
+        );
+        // Every policy has the Memory filter: a VM too big for both is refused.
+        let e = pick_host_any(&inv, &vm("huge", 16 * G, None, "down")).expect_err("full");
+        assert!(e.to_string().contains("filter Memory"), "{e}");
     }
 
     #[test]

@@ -122,9 +122,9 @@ async fn the_model_decides_what_exists() {
         ("GET", "/imagetransfers", 501, "ImageTransfersService.list"),
         (
             "GET",
-            "/schedulingpolicies",
+            "/externalhostproviders",
             501,
-            "SchedulingPoliciesService.list",
+            "ExternalHostProvidersService.list",
         ),
         (
             "POST",

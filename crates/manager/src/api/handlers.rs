@@ -259,7 +259,14 @@ const HOST_ADD: &[&str] = &["name", "address", "port", "root_password", "cluster
 const HOST_UPDATE: &[&str] = &["name", "spm/priority", "id"];
 const NIC_ADD: &[&str] = &["name", "interface", "mac", "network", "vnic_profile"];
 const DC_ADD: &[&str] = &["name", "description", "local"];
-const CLUSTER_ADD: &[&str] = &["name", "description", "data_center", "cpu/type", "mac_pool"];
+const CLUSTER_ADD: &[&str] = &[
+    "name",
+    "description",
+    "data_center",
+    "cpu/type",
+    "mac_pool",
+    "scheduling_policy",
+];
 
 pub(super) fn check_fields(n: &Node, allowed: &[&str]) -> Result<(), ApiError> {
     for c in &n.children {
@@ -948,6 +955,10 @@ async fn add_cluster(m: &Arc<Manager>, r: &Req) -> Out {
         Some(p) => super::records::find_ref(&m.read(), "MacPool", p)?,
         None => String::new(),
     };
+    let scheduling_policy = match n.get("scheduling_policy") {
+        Some(p) => super::records::find_ref(&m.read(), "SchedulingPolicy", p)?,
+        None => String::new(),
+    };
     let c = Cluster {
         id: uuid::Uuid::new_v4().to_string(),
         name,
@@ -959,6 +970,7 @@ async fn add_cluster(m: &Arc<Manager>, r: &Req) -> Out {
             .unwrap_or("Halyard Any CPU")
             .to_string(),
         mac_pool,
+        scheduling_policy,
     };
     m.insert(&c)
         .await

@@ -13,7 +13,14 @@ use crate::model::*;
 use crate::state::Manager;
 
 const DC_UPDATE: &[&str] = &["name", "description", "id"];
-const CLUSTER_UPDATE: &[&str] = &["name", "description", "cpu/type", "mac_pool", "id"];
+const CLUSTER_UPDATE: &[&str] = &[
+    "name",
+    "description",
+    "cpu/type",
+    "mac_pool",
+    "scheduling_policy",
+    "id",
+];
 const NETWORK_ADD: &[&str] = &[
     "name",
     "description",
@@ -85,6 +92,21 @@ pub fn operating_system(i: usize, name: &str) -> Node {
         .attr("id", i)
         .with(Node::leaf("name", name))
         .with(Node::leaf("description", name))
+}
+
+/// A scheduling policy unit (built in; oVirt's external units are not supported).
+fn policy_unit(u: &crate::scheduling::Unit) -> Node {
+    Node::new("scheduling_policy_unit")
+        .attr(
+            "href",
+            format!("{}/schedulingpolicyunits/{}", render::BASE, u.id),
+        )
+        .attr("id", &u.id)
+        .with(Node::leaf("name", &u.name))
+        .with(Node::leaf("description", &u.description))
+        .with(Node::leaf("type", &u.kind))
+        .with(Node::leaf("internal", true))
+        .with(Node::leaf("enabled", true))
 }
 
 /// The cluster compatibility levels (oVirt's 4.2 to 4.7, the Manager's own API level).
@@ -159,6 +181,23 @@ pub async fn route(m: &Arc<Manager>, r: &Req, s: &[&str]) -> Option<Out> {
         }
         ["clusters", c, "networks", n] if put => assign_update(m, c, n, r).await,
         ["clusters", c, "networks", n] if del => unassign_network(m, c, n).await,
+        ["schedulingpolicyunits"] if r.method == Method::GET => ok(crate::scheduling::units()
+            .iter()
+            .fold(Node::new("scheduling_policy_units"), |n, u| {
+                n.with(policy_unit(u))
+            })),
+        ["schedulingpolicyunits", id] if r.method == Method::GET => crate::scheduling::units()
+            .iter()
+            .find(|u| u.id == *id)
+            .map(|u| ok(policy_unit(u)))
+            .unwrap_or_else(|| {
+                Err(ApiError::not_found(format!(
+                    "Scheduling policy unit {id} not found"
+                )))
+            }),
+        ["schedulingpolicyunits", _] if del => Err(ApiError::conflict(
+            "Cannot remove a policy unit of the engine (Halyard has no external units)",
+        )),
         ["clusterlevels"] if r.method == Method::GET => ok(CLUSTER_LEVELS
             .iter()
             .fold(Node::new("cluster_levels"), |n, l| n.with(cluster_level(l)))),
@@ -283,6 +322,10 @@ async fn update_cluster(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
         Some(p) => Some(super::records::find_ref(&m.read(), "MacPool", p)?),
         None => None,
     };
+    let policy = match n.get("scheduling_policy") {
+        Some(p) => Some(super::records::find_ref(&m.read(), "SchedulingPolicy", p)?),
+        None => None,
+    };
     if let Some(x) = name {
         if m.read()
             .clusters
@@ -307,6 +350,9 @@ async fn update_cluster(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
             }
             if let Some(p) = mac_pool {
                 c.mac_pool = p;
+            }
+            if let Some(p) = policy {
+                c.scheduling_policy = p;
             }
             c.clone()
         })

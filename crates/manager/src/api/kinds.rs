@@ -377,7 +377,43 @@ pub static KINDS: &[Kind] = &[
         },
         effects: Effects::VmPool,
     },
+    Kind {
+        ty: "SchedulingPolicy",
+        home: Home::Top("schedulingpolicies"),
+        under: &[],
+        add: acts!["filters", "weight", "balances"],
+        update: acts!["filters", "weight", "balances"],
+        required: &["name"],
+        unique_in: "",
+        search: &[],
+        rules: Rules {
+            check: scheduling_policy,
+            in_use: scheduling_policy_in_use,
+        },
+        effects: Effects::None,
+    },
 ];
+
+/// A policy of one's own is never locked nor the default.
+fn scheduling_policy(_: &Inventory, doc: &mut Node, _: Option<&Record>) -> Result<(), ApiError> {
+    doc.children
+        .retain(|c| c.name != "locked" && c.name != "default_policy");
+    doc.push(Node::leaf("locked", false));
+    doc.push(Node::leaf("default_policy", false));
+    if doc.get("balances").is_some_and(|b| b.children.len() > 1) {
+        return Err(ApiError::bad(
+            "a scheduling policy has at most one balance unit",
+        ));
+    }
+    Ok(())
+}
+
+fn scheduling_policy_in_use(inv: &Inventory, r: &Record) -> Option<String> {
+    inv.clusters
+        .values()
+        .find(|c| c.scheduling_policy == r.id)
+        .map(|c| format!("cluster {} uses it", c.name))
+}
 
 fn no_check(_: &Inventory, _: &mut Node, _: Option<&Record>) -> Result<(), ApiError> {
     Ok(())
@@ -434,12 +470,61 @@ pub struct Entry {
     pub administrative: bool,
 }
 
-/// The catalogue of a model type whose objects are fixed, if it has one.
+/// The catalogue of a model type whose objects are fixed, if it has one: permits,
+/// and the scheduling policy units (all, or those a policy may use as its filters,
+/// weights or balances).
 pub fn catalogue(ty: &str) -> Option<&'static [Entry]> {
+    static UNITS: std::sync::OnceLock<[Vec<Entry>; 4]> = std::sync::OnceLock::new();
+    let units = UNITS.get_or_init(|| {
+        let of = |kind: Option<&str>| -> Vec<Entry> {
+            crate::scheduling::units()
+                .iter()
+                .filter(|u| kind.is_none_or(|k| u.kind == k))
+                .map(|u| Entry {
+                    id: u.id.clone(),
+                    name: u.name.clone(),
+                    administrative: false,
+                })
+                .collect()
+        };
+        [
+            of(None),
+            of(Some("filter")),
+            of(Some("weight")),
+            of(Some("load_balancing")),
+        ]
+    });
     match ty {
         "Permit" => Some(crate::api::access::permits()),
+        "SchedulingPolicyUnit" => Some(&units[0]),
+        "Filter" => Some(&units[1]),
+        "Weight" => Some(&units[2]),
+        "Balance" => Some(&units[3]),
         _ => None,
     }
+}
+
+/// oVirt's built-in scheduling policies (locked).
+pub fn policy_builtins() -> Vec<(&'static str, String, String)> {
+    crate::scheduling::policies()
+        .iter()
+        .map(|p| {
+            let list = |tag: &str, ids: &mut dyn Iterator<Item = &String>| -> String {
+                ids.map(|u| format!("<{tag} id=\"{u}\"/>")).collect()
+            };
+            let filters = list("filter", &mut p.filters.iter());
+            let weights = list("weight", &mut p.weights.iter().map(|(u, _)| u));
+            let balances = list("balance", &mut p.balances.iter());
+            (
+                "SchedulingPolicy",
+                p.id.clone(),
+                format!(
+                    "<scheduling_policy><name>{}</name><locked>true</locked><default_policy>{}</default_policy><filters>{filters}</filters><weight>{weights}</weight><balances>{balances}</balances></scheduling_policy>",
+                    p.name, p.default
+                ),
+            )
+        })
+        .collect()
 }
 
 /// Seeds oVirt's predefined objects that are missing (they cannot be removed, so
@@ -448,6 +533,7 @@ pub async fn seed(m: &Manager) -> anyhow::Result<()> {
     for (ty, id, doc) in crate::api::access::builtins()
         .into_iter()
         .chain(crate::api::macpools::builtins())
+        .chain(policy_builtins())
     {
         // One at a time: a later one may point to an earlier one.
         let rec = {

@@ -362,10 +362,12 @@ pub fn render(inv: &Inventory, k: &Kind, r: &Record) -> Node {
             n.push(c.clone());
         }
     }
-    for m in members.iter().filter(|m| m.link && m.list) {
-        if let Some(rel) = &m.rel {
-            n.push(Node::link(rel, &format!("{href}/{rel}")));
-        }
+    for m in members
+        .iter()
+        .filter(|m| m.link && m.list && m.rel.is_some())
+    {
+        let seg = segment(k.ty, m);
+        n.push(Node::link(seg, &format!("{href}/{seg}")));
     }
     n
 }
@@ -405,6 +407,31 @@ fn search_fields(k: &Kind) -> Vec<&'static str> {
     }
     f.extend(k.search.iter().map(|(s, _)| *s));
     f
+}
+
+/// The URL segment of a list member of type `ty` (its `rel`, unless the model's item
+/// service of `ty` names the collection otherwise: a scheduling policy's `weight` list
+/// lives at `weights`).
+fn segment<'a>(ty: &str, m: &'a Member) -> &'a str {
+    let rel: &'a str = m.rel.as_deref().unwrap_or(&m.name);
+    for svc in model().services.values() {
+        if svc.get.as_deref() != Some(ty) {
+            continue;
+        }
+        if svc.locators.iter().any(|(p, _)| p == rel) {
+            return rel;
+        }
+        for (p, target) in &svc.locators {
+            let lists = model()
+                .service(target)
+                .and_then(|t| t.list.as_ref())
+                .is_some_and(|(_, t)| *t == m.ty);
+            if lists {
+                return p;
+            }
+        }
+    }
+    rel
 }
 
 /// What a request path asks of the declared collections.
@@ -450,7 +477,7 @@ fn target<'a>(s: &'a [&'a str]) -> Option<Target<'a>> {
         model()
             .members(k.ty)?
             .iter()
-            .find(|m| m.list && m.link && m.rel.as_deref() == Some(seg))
+            .find(|m| m.list && m.link && m.rel.is_some() && segment(k.ty, m) == seg)
     };
     if n >= 3 {
         if let Some(k) = collection_kind(&s[..n - 2]) {
@@ -610,11 +637,7 @@ fn reference(inv: &Inventory, ty: &str, id: &str, under: &str) -> Node {
 fn list_href(inv: &Inventory, item: &[&str], rec: &Record, mem: &Member) -> String {
     let _ = item;
     let ty = &rec.ty;
-    format!(
-        "{}/{}",
-        href_of(inv, ty, &rec.id),
-        mem.rel.as_deref().unwrap_or(&mem.name)
-    )
+    format!("{}/{}", href_of(inv, ty, &rec.id), segment(ty, mem))
 }
 
 fn list(m: &Arc<Manager>, r: &Req, k: &'static Kind, sc: &Option<(&Member, String)>) -> Out {

@@ -57,6 +57,14 @@ pub fn cluster(c: &Cluster) -> Node {
             &href("macpools", crate::api::macpools::pool_id(c)),
             crate::api::macpools::pool_id(c),
         ))
+        .with({
+            let p = if c.scheduling_policy.is_empty() {
+                crate::scheduling::default_policy()
+            } else {
+                &c.scheduling_policy
+            };
+            Node::reference("scheduling_policy", &href("schedulingpolicies", p), p)
+        })
         .with(Node::reference(
             "data_center",
             &href("datacenters", &c.data_center),
