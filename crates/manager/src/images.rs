@@ -125,6 +125,7 @@ impl Manager {
                 .map(|a| a.2.clone())
                 .unwrap_or_else(|| "virtio".into()),
             template: None,
+            quota: None,
             creation_time: now_ms(),
         };
         self.insert(&disk).await.map_err(failed)?;
@@ -499,6 +500,7 @@ impl Manager {
                 bootable: d.bootable,
                 interface: d.interface.clone(),
                 template: Some(t.id.clone()),
+                quota: None,
                 creation_time: now_ms(),
             };
             t.disks.push(td.id.clone());
@@ -584,6 +586,7 @@ impl Manager {
                 bootable: td.bootable,
                 interface: td.interface.clone(),
                 template: None,
+                quota: None,
                 creation_time: now_ms(),
             };
             self.insert(&d).await.map_err(failed)?;

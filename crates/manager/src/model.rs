@@ -377,6 +377,9 @@ pub struct Disk {
     /// The template it belongs to (template disks).
     #[serde(default)]
     pub template: Option<String>,
+    /// The quota it consumes (audit mode).
+    #[serde(default)]
+    pub quota: Option<String>,
     pub creation_time: i64,
 }
 
@@ -526,6 +529,9 @@ pub struct Vm {
     /// The instance type it was made with.
     #[serde(default)]
     pub instance_type: Option<String>,
+    /// The quota it consumes (audit mode: accounted, never refused).
+    #[serde(default)]
+    pub quota: Option<String>,
 }
 
 /// What the guest agent reports (issue 6 fills it in).

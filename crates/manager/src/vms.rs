@@ -541,6 +541,7 @@ mod tests {
             pool: None,
             sample: None,
             instance_type: None,
+            quota: None,
         }
     }
 
@@ -765,6 +766,7 @@ mod tests {
             pool: None,
             sample: None,
             instance_type: None,
+            quota: None,
         };
         let x = domain_xml(&vm, &[], &Default::default(), "/var/log/halyard/vms");
         let n = crate::api::node::Node::parse_xml(x.as_bytes()).expect("well-formed");

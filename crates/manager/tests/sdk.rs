@@ -166,6 +166,62 @@ async fn host_failure_and_recovery() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
+    // Quotas in audit mode: the running VM's vCPUs and memory are accounted against the
+    // limit it consumes; going over is an event, nothing is refused.
+    let (_, dcs) = m
+        .api(&token, "GET", "/datacenters?search=name%3DDefault", "")
+        .await;
+    let dc = Node::parse_xml(dcs.as_bytes())
+        .ok()
+        .and_then(|n| {
+            n.all("data_center")
+                .next()
+                .and_then(|d| d.id().map(str::to_string))
+        })
+        .expect("dc");
+    let (c, q) = m
+        .api(
+            &token,
+            "POST",
+            &format!("/datacenters/{dc}/quotas"),
+            "<quota><name>audit</name></quota>",
+        )
+        .await;
+    assert_eq!(c, 201, "{q}");
+    let q = Node::parse_xml(q.as_bytes())
+        .ok()
+        .and_then(|n| n.id().map(str::to_string))
+        .expect("quota");
+    let limits = format!("/datacenters/{dc}/quotas/{q}/quotaclusterlimits");
+    let (c, b) = m
+        .api(&token, "POST", &limits, "<quota_cluster_limit><vcpu_limit>0</vcpu_limit><memory_limit>-1</memory_limit></quota_cluster_limit>")
+        .await;
+    assert_eq!(c, 201, "{b}");
+    let body: &'static str = Box::leak(format!("<vm><quota id=\"{q}\"/></vm>").into_boxed_str());
+    let (c, b) = m.api(&token, "PUT", &format!("/vms/{vm_id}"), body).await;
+    assert_eq!(c, 200, "{b}");
+    let (_, b) = m.api(&token, "GET", &limits, "").await;
+    let usage = Node::parse_xml(b.as_bytes()).ok().and_then(|n| {
+        n.all("quota_cluster_limit")
+            .next()
+            .and_then(|l| l.text_of("vcpu_usage").map(str::to_string))
+    });
+    assert_eq!(usage.as_deref(), Some("1"), "{b}");
+    let (_, ev) = m.api(&token, "GET", "/events?max=20", "").await;
+    assert!(ev.contains("Quota audit is over its soft limit"), "{ev}");
+    assert_eq!(
+        m.api(
+            &token,
+            "DELETE",
+            &format!("/datacenters/{dc}/quotas/{q}"),
+            ""
+        )
+        .await
+        .0,
+        409,
+        "a quota in use"
+    );
+
     host.kill9();
     let killed = Instant::now();
     let mut non_responsive = None;

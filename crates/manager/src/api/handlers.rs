@@ -242,9 +242,11 @@ const VM_ADD: &[&str] = &[
     "os/cmdline",
     "type",
     "instance_type",
+    "quota",
     "id",
 ];
 const VM_UPDATE: &[&str] = &[
+    "quota",
     "name",
     "description",
     "memory",
@@ -1400,6 +1402,17 @@ async fn add_vm(m: &Arc<Manager>, r: &Req) -> Out {
     Ok((StatusCode::CREATED, node))
 }
 
+/// The data center of the cluster a `<vm>` document names.
+fn inv_dc_of_cluster(m: &Arc<Manager>, n: &Node) -> Result<Option<String>, ApiError> {
+    let inv = m.read();
+    let c = ref_id(
+        n.get("cluster"),
+        |x| inv.cluster_by_name(x).map(|c| c.id.clone()),
+        "cluster",
+    )?;
+    Ok(c.and_then(|c| inv.dc_of_cluster(&c).map(str::to_string)))
+}
+
 /// Makes a VM from a checked `<vm>` document (a pool's VMs name their pool).
 pub(super) async fn new_vm(m: &Arc<Manager>, n: &Node, pool: Option<&str>) -> Result<Vm, ApiError> {
     let name = n.text_of("name").unwrap_or("").to_string();
@@ -1465,6 +1478,14 @@ pub(super) async fn new_vm(m: &Arc<Manager>, n: &Node, pool: Option<&str>) -> Re
             let rec = inv.record("InstanceType", &id).cloned();
             (Some(id), rec)
         }
+    };
+    let quota = match n.get("quota") {
+        None => None,
+        Some(q) => Some(super::quotas::find(
+            &m.read(),
+            q,
+            inv_dc_of_cluster(m, n)?.as_deref(),
+        )?),
     };
     let it_num = |path: &[&str]| -> Option<u64> {
         let mut node = &it.as_ref()?.doc;
@@ -1533,6 +1554,7 @@ pub(super) async fn new_vm(m: &Arc<Manager>, n: &Node, pool: Option<&str>) -> Re
         pool: pool.map(str::to_string),
         sample: None,
         instance_type,
+        quota,
     };
     m.insert(&vm).await?;
     if tpl.is_some() {
@@ -1567,11 +1589,26 @@ async fn update_vm(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
             )));
         }
     }
+    let quota = match n.get("quota") {
+        None => None,
+        Some(q) => {
+            let inv = m.read();
+            let dc = inv
+                .vms
+                .get(id)
+                .and_then(|v| inv.dc_of_cluster(&v.cluster))
+                .map(str::to_string);
+            Some(super::quotas::find(&inv, q, dc.as_deref())?)
+        }
+    };
     // Only the fields the request names change (a status report meanwhile stays).
     let vm = m
         .update(id, |vm: &mut Vm| {
             if let Some(name) = name {
                 vm.name = name.to_string();
+            }
+            if let Some(q) = &quota {
+                vm.quota = Some(q.clone());
             }
             if let Some(d) = n.text_of("description") {
                 vm.description = d.to_string();
@@ -1596,6 +1633,10 @@ async fn update_vm(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
         })
         .await?
         .ok_or_else(|| ApiError::not_found(format!("VM {id} not found")))?;
+    drop(_g);
+    if let Some(q) = &quota {
+        super::quotas::audit(m, q).await;
+    }
     ok(render::vm(&vm, &[]))
 }
 
@@ -1723,6 +1764,12 @@ async fn vm_action(m: &Arc<Manager>, id: &str, action: &str, r: &Req) -> Out {
     };
     m.finish_job(&job, r.is_ok()).await;
     r?;
+    if action == "start" {
+        let quota = m.read().vms.get(id).and_then(|v| v.quota.clone());
+        if let Some(q) = quota {
+            super::quotas::audit(m, &q).await;
+        }
+    }
     ok(render::action_done(Some(&job)))
 }
 

@@ -40,6 +40,7 @@ pub static KINDS: &[Kind] = &[
         rules: Rules {
             check: crate::api::macpools::check,
             in_use: crate::api::macpools::in_use,
+            show: None,
         },
         effects: Effects::None,
     },
@@ -55,6 +56,7 @@ pub static KINDS: &[Kind] = &[
         rules: Rules {
             check: no_check,
             in_use: vnic_profile_in_use,
+            show: None,
         },
         effects: Effects::None,
     },
@@ -70,6 +72,7 @@ pub static KINDS: &[Kind] = &[
         rules: Rules {
             check: crate::api::affinity::check_label,
             in_use: never,
+            show: None,
         },
         effects: Effects::None,
     },
@@ -106,6 +109,7 @@ pub static KINDS: &[Kind] = &[
         rules: Rules {
             check: crate::api::affinity::check_group,
             in_use: never,
+            show: None,
         },
         effects: Effects::None,
     },
@@ -121,6 +125,7 @@ pub static KINDS: &[Kind] = &[
         rules: Rules {
             check: crate::api::access::check_role,
             in_use: crate::api::access::role_in_use,
+            show: None,
         },
         effects: Effects::None,
     },
@@ -160,6 +165,7 @@ pub static KINDS: &[Kind] = &[
         rules: Rules {
             check: crate::api::access::check_permission,
             in_use: never,
+            show: None,
         },
         effects: Effects::None,
     },
@@ -182,6 +188,7 @@ pub static KINDS: &[Kind] = &[
         rules: Rules {
             check: crate::api::access::check_user,
             in_use: crate::api::access::user_in_use,
+            show: None,
         },
         effects: Effects::None,
     },
@@ -197,6 +204,7 @@ pub static KINDS: &[Kind] = &[
         rules: Rules {
             check: crate::api::access::check_group,
             in_use: never,
+            show: None,
         },
         effects: Effects::None,
     },
@@ -234,7 +242,8 @@ pub static KINDS: &[Kind] = &[
         search: &[],
         rules: Rules {
             check: crate::api::quotas::check_quota,
-            in_use: never,
+            in_use: crate::api::quotas::in_use,
+            show: None,
         },
         effects: Effects::None,
     },
@@ -250,6 +259,7 @@ pub static KINDS: &[Kind] = &[
         rules: Rules {
             check: crate::api::quotas::check_cluster_limit,
             in_use: never,
+            show: Some(crate::api::quotas::show_cluster_limit),
         },
         effects: Effects::None,
     },
@@ -265,6 +275,7 @@ pub static KINDS: &[Kind] = &[
         rules: Rules {
             check: crate::api::quotas::check_storage_limit,
             in_use: never,
+            show: Some(crate::api::quotas::show_storage_limit),
         },
         effects: Effects::None,
     },
@@ -280,6 +291,7 @@ pub static KINDS: &[Kind] = &[
         rules: Rules {
             check: instance_type,
             in_use: instance_type_in_use,
+            show: None,
         },
         effects: Effects::None,
     },
@@ -374,6 +386,7 @@ pub static KINDS: &[Kind] = &[
         rules: Rules {
             check: crate::api::vmpools::check,
             in_use: crate::api::vmpools::running,
+            show: None,
         },
         effects: Effects::VmPool,
     },
@@ -389,6 +402,7 @@ pub static KINDS: &[Kind] = &[
         rules: Rules {
             check: scheduling_policy,
             in_use: scheduling_policy_in_use,
+            show: None,
         },
         effects: Effects::None,
     },

@@ -43,10 +43,15 @@ pub type Check = fn(&Inventory, &mut Node, Option<&Record>) -> Result<(), ApiErr
 /// Why a record cannot be removed now (it is in use), if it cannot.
 pub type InUse = fn(&Inventory, &Record) -> Option<String>;
 
+/// Adds what is computed rather than stored (a quota limit's usage) to a record as it
+/// is shown.
+pub type Show = fn(&Inventory, &Record, &mut Node);
+
 #[derive(Clone, Copy)]
 pub struct Rules {
     pub check: Check,
     pub in_use: InUse,
+    pub show: Option<Show>,
 }
 
 fn no_check(_: &Inventory, _: &mut Node, _: Option<&Record>) -> Result<(), ApiError> {
@@ -59,6 +64,7 @@ fn never_in_use(_: &Inventory, _: &Record) -> Option<String> {
 pub const PLAIN: Rules = Rules {
     check: no_check,
     in_use: never_in_use,
+    show: None,
 };
 
 /// One declared collection.
@@ -368,6 +374,9 @@ pub fn render(inv: &Inventory, k: &Kind, r: &Record) -> Node {
     {
         let seg = segment(k.ty, m);
         n.push(Node::link(seg, &format!("{href}/{seg}")));
+    }
+    if let Some(show) = k.rules.show {
+        show(inv, r, &mut n);
     }
     n
 }

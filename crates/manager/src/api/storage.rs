@@ -40,6 +40,7 @@ const DISK_ADD: &[&str] = &[
     "storage_domains",
     "storage_domain",
     "content_type",
+    "quota",
 ];
 const ATTACHMENT_ADD: &[&str] = &["disk", "bootable", "interface", "active", "id"];
 const SNAPSHOT_ADD: &[&str] = &["description", "persist_memorystate"];
@@ -445,8 +446,31 @@ fn new_disk(m: &Arc<Manager>, d: &Node) -> Result<NewDisk, ApiError> {
 async fn add_disk(m: &Arc<Manager>, r: &Req, vm: Option<&str>) -> Out {
     let n = r.body_node("disk")?;
     let spec = new_disk(m, &n)?;
+    let quota = match n.get("quota") {
+        None => None,
+        Some(q) => {
+            let inv = m.read();
+            let dc = inv
+                .storage_domains
+                .get(&spec.storage_domain)
+                .and_then(|s| s.data_center.clone());
+            Some(super::quotas::find(&inv, q, dc.as_deref())?)
+        }
+    };
     let attach = vm.map(|v| (v.to_string(), false, "virtio".to_string()));
-    let d = m.add_disk(spec, attach).await?;
+    let mut d = m.add_disk(spec, attach).await?;
+    if let Some(q) = quota {
+        if let Some(x) = m
+            .update(&d.id, |x: &mut Disk| {
+                x.quota = Some(q.clone());
+                x.clone()
+            })
+            .await?
+        {
+            d = x;
+        }
+        super::quotas::audit(m, &q).await;
+    }
     Ok((StatusCode::CREATED, render::disk(&d)))
 }
 
