@@ -723,6 +723,7 @@ mod tests {
                 interface: "virtio".into(),
                 template: None,
                 creation_time: 0,
+                quota: None,
             },
         );
         // Only "small" reaches sd1: it is chosen although "big" has more memory.
