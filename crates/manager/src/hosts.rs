@@ -431,8 +431,9 @@ impl Manager {
             if reported.iter().any(|(id, _)| *id == v.id) {
                 continue;
             }
-            let launching = v.status == "wait_for_launch"
-                && v.start_time.is_some_and(|t| now_ms() - t < 60_000);
+            let launching = v.creating
+                || (v.status == "wait_for_launch"
+                    && v.start_time.is_some_and(|t| now_ms() - t < 60_000));
             if !launching && v.status != "down" {
                 self.vm_down(&v.id, "The VM is no longer on its host".into(), false)
                     .await;

@@ -526,6 +526,10 @@ pub struct Vm {
     /// The last stats its host reported (memory only).
     #[serde(skip)]
     pub sample: Option<VmSample>,
+    /// VM.create is on its way to the host (memory only): a stats sample that does not
+    /// list the VM yet does not mean it went down.
+    #[serde(skip)]
+    pub creating: bool,
     /// The instance type it was made with.
     #[serde(default)]
     pub instance_type: Option<String>,

@@ -355,6 +355,7 @@ impl Manager {
             let placed = self
                 .update(id, |v: &mut Vm| {
                     v.status = "wait_for_launch".into();
+                    v.creating = true;
                     v.host = Some(host_id.clone());
                     v.start_time = Some(now_ms());
                     v.stop_time = None;
@@ -372,13 +373,22 @@ impl Manager {
             .get(&host_id)
             .map(|h| h.name.clone())
             .unwrap_or_default();
-        if let Err(e) = client
+        let created = client
             .call_value(
                 "VM.create",
                 json!({"vmID": vm.id, "vmParams": {"vmId": vm.id, "xml": xml}}),
             )
-            .await
-        {
+            .await;
+        // The host has answered: from now on its samples tell whether the VM runs (the
+        // grace for a launch counts from here).
+        self.update_memory(id, |v: &mut Vm| {
+            v.creating = false;
+            if v.status == "wait_for_launch" {
+                v.start_time = Some(now_ms());
+            }
+        })
+        .await;
+        if let Err(e) = created {
             let _g = self.write_lock.lock().await;
             let _ = self
                 .update(id, |v: &mut Vm| {
@@ -540,6 +550,7 @@ mod tests {
             tags: Vec::new(),
             pool: None,
             sample: None,
+            creating: false,
             instance_type: None,
             quota: None,
         }
@@ -766,6 +777,7 @@ mod tests {
             tags: Vec::new(),
             pool: None,
             sample: None,
+            creating: false,
             instance_type: None,
             quota: None,
         };

@@ -1553,6 +1553,7 @@ pub(super) async fn new_vm(m: &Arc<Manager>, n: &Node, pool: Option<&str>) -> Re
         tags: Vec::new(),
         pool: pool.map(str::to_string),
         sample: None,
+        creating: false,
         instance_type,
         quota,
     };
