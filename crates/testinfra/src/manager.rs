@@ -89,19 +89,17 @@ pub fn static_guest_agent() -> PathBuf {
     out
 }
 
-/// The Python of a virtualenv holding the unmodified SDK from PyPI.
-pub fn sdk_python() -> PathBuf {
+/// A virtualenv under the work directory, made once per machine: `probe` (Python
+/// code) must succeed in it, else it is made anew with `packages` from PyPI.
+fn venv(name: &str, probe: &str, packages: &[&str]) -> PathBuf {
     let work = env::Env::get().work_dir().to_path_buf();
-    let _l = lock(&work.join("sdk-venv.lock"));
-    let venv = work.join("sdk-venv");
+    let _l = lock(&work.join(format!("{name}.lock")));
+    let venv = work.join(name);
     let py = venv.join("bin/python");
     let ok = Command::new(&py)
-        .args([
-            "-c",
-            "import ovirtsdk4, ovirtsdk4.version as v; print(v.VERSION)",
-        ])
+        .args(["-c", probe])
         .output()
-        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).starts_with("4.6"))
+        .map(|o| o.status.success())
         .unwrap_or(false);
     if !ok {
         let _ = fs::remove_dir_all(&venv);
@@ -110,68 +108,41 @@ pub fn sdk_python() -> PathBuf {
             .arg(&venv)
             .status()
             .expect("python3 -m venv");
-        assert!(st.success(), "creating the SDK virtualenv failed");
+        assert!(st.success(), "creating the virtualenv {name} failed");
         let out = Command::new(&py)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "ovirt-engine-sdk-python>=4.6,<4.7",
-            ])
+            .args(["-m", "pip", "install", "-q"])
+            .args(packages)
             .output()
             .expect("pip");
         assert!(
             out.status.success(),
-            "pip install ovirt-engine-sdk-python failed (needs gcc, python3-dev, libxml2-dev):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    py
-}
-
-/// A virtualenv with Ansible (the `ansible` package of PyPI, which carries the
-/// `ovirt.ovirt` collection) and the oVirt SDK it drives; made once per machine.
-pub fn ansible_venv() -> PathBuf {
-    let work = env::Env::get().work_dir().to_path_buf();
-    let _l = lock(&work.join("ansible-venv.lock"));
-    let venv = work.join("ansible-venv");
-    let py = venv.join("bin/python");
-    let ok = Command::new(&py)
-        .args([
-            "-c",
-            "import ovirtsdk4, ansible_collections.ovirt.ovirt, ansible; print(ansible.__version__)",
-        ])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-        && venv.join("bin/ansible-playbook").exists();
-    if !ok {
-        let _ = fs::remove_dir_all(&venv);
-        let st = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("python3 -m venv");
-        assert!(st.success(), "creating the Ansible virtualenv failed");
-        let out = Command::new(&py)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "ansible>=12,<13",
-                "ovirt-engine-sdk-python>=4.6,<4.7",
-            ])
-            .output()
-            .expect("pip");
-        assert!(
-            out.status.success(),
-            "pip install ansible ovirt-engine-sdk-python failed:\n{}",
+            "pip install {} failed (the SDK needs gcc, python3-dev, libxml2-dev):\n{}",
+            packages.join(" "),
             String::from_utf8_lossy(&out.stderr)
         );
     }
     venv
+}
+
+/// The Python of a virtualenv holding the unmodified SDK from PyPI.
+pub fn sdk_python() -> PathBuf {
+    venv(
+        "sdk-venv",
+        "import ovirtsdk4.version as v; assert v.VERSION.startswith('4.6')",
+        &["ovirt-engine-sdk-python>=4.6,<4.7"],
+    )
+    .join("bin/python")
+}
+
+/// A virtualenv with Ansible (the `ansible` package of PyPI, which carries the
+/// `ovirt.ovirt` collection) and the oVirt SDK it drives.
+pub fn ansible_venv() -> PathBuf {
+    venv(
+        "ansible-venv",
+        "import ovirtsdk4, ansible_collections.ovirt.ovirt, ansible, shutil, sys, os; \
+         assert os.path.exists(os.path.join(os.path.dirname(sys.executable), 'ansible-playbook'))",
+        &["ansible>=12,<13", "ovirt-engine-sdk-python>=4.6,<4.7"],
+    )
 }
 
 /// A private PostgreSQL server (initdb in a temporary directory, run as `postgres`).

@@ -690,19 +690,21 @@ async fn assign_network(m: &Arc<Manager>, c: &str, r: &Req) -> Out {
     Ok((StatusCode::CREATED, cluster_network(&net, &a)))
 }
 
+/// Network `id` as assigned to cluster `c`.
+fn assigned<'a>(inv: &'a Inventory, c: &str, id: &str) -> Result<&'a Network, ApiError> {
+    inv.networks
+        .get(id)
+        .filter(|x| x.in_cluster(c).is_some())
+        .ok_or_else(|| ApiError::not_found(format!("Network {id} is not assigned to cluster {c}")))
+}
+
 async fn assign_update(m: &Arc<Manager>, c: &str, id: &str, r: &Req) -> Out {
     check_id(id)?;
     let n = r.document("network", "Network", CLUSTER_NETWORK)?;
     let _g = m.write_lock.lock().await;
     let mut list = {
         let inv = m.read();
-        let net = inv
-            .networks
-            .get(id)
-            .filter(|x| x.in_cluster(c).is_some())
-            .ok_or_else(|| {
-                ApiError::not_found(format!("Network {id} is not assigned to cluster {c}"))
-            })?;
+        let net = assigned(&inv, c, id)?;
         explicit(&inv, net)
     };
     if let Some(v) = n.text_of("required") {
@@ -728,13 +730,7 @@ async fn unassign_network(m: &Arc<Manager>, c: &str, id: &str) -> Out {
     let _g = m.write_lock.lock().await;
     let list = {
         let inv = m.read();
-        let net = inv
-            .networks
-            .get(id)
-            .filter(|x| x.in_cluster(c).is_some())
-            .ok_or_else(|| {
-                ApiError::not_found(format!("Network {id} is not assigned to cluster {c}"))
-            })?;
+        let net = assigned(&inv, c, id)?;
         if net.usages().iter().any(|u| u == "management") {
             return Err(ApiError::conflict(format!(
                 "Cannot detach the management network {} from the cluster.",
