@@ -187,6 +187,16 @@ pub async fn route(m: &Arc<Manager>, r: &Req, s: &[&str]) -> Option<Out> {
                 ))),
             }
         }
+        ["vms", vm, "diskattachments", d] if r.method == Method::PUT => {
+            update_attachment(m, vm, d, r).await
+        }
+        ["disks", id] if r.method == Method::PUT => update_disk(m, id, r).await,
+        ["templates", id] if r.method == Method::PUT && *id != BLANK_TEMPLATE => {
+            update_named::<Template>(m, id, r, "template", "Template").await
+        }
+        ["storagedomains", id] if r.method == Method::PUT => {
+            update_named::<StorageDomain>(m, id, r, "storage_domain", "StorageDomain").await
+        }
         ["vms", vm, "diskattachments", d] if del => {
             // API v4: the disk is only detached unless detach_only=false.
             let remove = r.query.get("detach_only").map(String::as_str) == Some("false");
@@ -637,4 +647,147 @@ async fn add_template(m: &Arc<Manager>, r: &Req) -> Out {
         .create_template(&name, n.text_of("description").unwrap_or(""), &vm)
         .await?;
     Ok((StatusCode::CREATED, render::template(&t)))
+}
+
+/// What updating a disk acts on: its names. (A larger `provisioned_size` — extending
+/// it — comes with the snapshots and disks work; it is refused naming the element.)
+const DISK_UPDATE: &[&str] = &["name", "alias", "description", "id"];
+const ATTACHMENT_UPDATE: &[&str] = &["bootable", "interface", "id"];
+const NAMED_UPDATE: &[&str] = &["name", "description", "id"];
+
+/// A stored object with a name and a description.
+trait Named: crate::state::Stored {
+    fn names(&mut self) -> (&mut String, &mut String);
+    fn render(&self, inv: &Inventory) -> Node;
+}
+
+impl Named for Template {
+    fn names(&mut self) -> (&mut String, &mut String) {
+        (&mut self.name, &mut self.description)
+    }
+    fn render(&self, _: &Inventory) -> Node {
+        render::template(self)
+    }
+}
+
+impl Named for StorageDomain {
+    fn names(&mut self) -> (&mut String, &mut String) {
+        (&mut self.name, &mut self.description)
+    }
+    fn render(&self, inv: &Inventory) -> Node {
+        let committed: u64 = inv
+            .disks
+            .values()
+            .filter(|d| d.storage_domain == self.id)
+            .map(|d| d.provisioned_size)
+            .sum();
+        render::storage_domain(self, committed)
+    }
+}
+
+/// PUT of a template or a storage domain: its name (unique) and description.
+async fn update_named<T: Named>(m: &Arc<Manager>, id: &str, r: &Req, root: &str, ty: &str) -> Out {
+    check_id(id)?;
+    let n = r.document(root, ty, NAMED_UPDATE)?;
+    let name = n.text_of("name").map(str::to_string);
+    if let Some(x) = &name {
+        check_name(x, root)?;
+        let clash = T::map(&m.read())
+            .values()
+            .any(|o| o.key() != id && o.clone().names().0 == x);
+        if clash {
+            return Err(ApiError::conflict(format!(
+                "Cannot edit {ty}. The name {x:?} is already in use."
+            )));
+        }
+    }
+    let desc = n.text_of("description").map(str::to_string);
+    let v = m
+        .update(id, |o: &mut T| {
+            let (nm, d) = o.names();
+            if let Some(x) = &name {
+                *nm = x.clone();
+            }
+            if let Some(x) = &desc {
+                *d = x.clone();
+            }
+            o.clone()
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("{ty} {id} not found")))?;
+    ok(v.render(&m.read()))
+}
+
+async fn update_disk(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
+    check_id(id)?;
+    let n = r.document("disk", "Disk", DISK_UPDATE)?;
+    let name = n
+        .text_of("name")
+        .or_else(|| n.text_of("alias"))
+        .map(str::to_string);
+    if let Some(x) = &name {
+        check_name(x, "disk")?;
+    }
+    let desc = n.text_of("description").map(str::to_string);
+    let d = m
+        .update(id, |d: &mut Disk| {
+            if let Some(x) = &name {
+                d.name = x.clone();
+            }
+            if let Some(x) = &desc {
+                d.description = x.clone();
+            }
+            d.clone()
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("Disk {id} not found")))?;
+    ok(render::disk(&d))
+}
+
+/// PUT of a VM's disk attachment: `bootable` and `interface`, while the VM is down.
+async fn update_attachment(m: &Arc<Manager>, vm: &str, d: &str, r: &Req) -> Out {
+    check_id(vm)?;
+    check_id(d)?;
+    let n = r.document("disk_attachment", "DiskAttachment", ATTACHMENT_UPDATE)?;
+    let bootable = bool_of(&n, "bootable")?;
+    let interface = n.text_of("interface").map(str::to_string);
+    if let Some(i) = &interface {
+        if !matches!(i.as_str(), "virtio" | "virtio_scsi" | "ide" | "sata") {
+            return Err(ApiError::bad(format!("disk interface {i:?}")));
+        }
+    }
+    {
+        let inv = m.read();
+        match inv.disks.get(d) {
+            Some(x) if x.vm.as_deref() == Some(vm) => {}
+            _ => {
+                return Err(ApiError::not_found(format!(
+                    "Disk attachment {d} not found"
+                )))
+            }
+        }
+        let down = inv.vms.get(vm).is_some_and(|v| v.status == "down");
+        let changes = bootable.is_some_and(|b| Some(b) != inv.disks.get(d).map(|x| x.bootable))
+            || interface
+                .as_deref()
+                .is_some_and(|i| Some(i) != inv.disks.get(d).map(|x| x.interface.as_str()));
+        if changes && !down {
+            return Err(ApiError::conflict(
+                "Cannot edit the disk attachment while the VM runs (Halyard does not hot-change devices yet)",
+            ));
+        }
+    }
+    let x = m
+        .update(d, |x: &mut Disk| {
+            if let Some(b) = bootable {
+                x.bootable = b;
+            }
+            if let Some(i) = &interface {
+                x.interface = i.clone();
+            }
+            x.clone()
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("Disk {d} not found")))?;
+    ok(render::disk_attachment(&x, "vms", vm))
 }

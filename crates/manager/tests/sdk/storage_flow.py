@@ -95,6 +95,8 @@ sd = sds.add(types.StorageDomain(
     name="data1", type=types.StorageDomainType.DATA, host=types.Host(name=HOST),
     storage=host_storage(SD_PATH)))
 step("storage domain %s added: %s, %d GiB available" % (sd.name, sd.status, (sd.available or 0) >> 30))
+sds.storage_domain_service(sd.id).update(types.StorageDomain(description="the main domain"))
+assert sds.storage_domain_service(sd.id).get().description == "the main domain"
 assert sd.status == types.StorageDomainStatus.UNATTACHED
 attached = system.data_centers_service().data_center_service(dc.id).storage_domains_service()
 attached.add(types.StorageDomain(id=sd.id))
@@ -196,7 +198,14 @@ step("vm %s from the template: disk %s, %d KiB used" % (vm2.name, d2.name, d2.ac
 extra = system.disks_service().add(types.Disk(name=VM2 + "_extra", format=types.DiskFormat.RAW, sparse=True,
                                               provisioned_size=64 * 2**20, storage_domains=[types.StorageDomain(name="data1")]))
 wait("the extra disk to be ok", lambda: system.disks_service().disk_service(extra.id).get().status == types.DiskStatus.OK)
+system.disks_service().disk_service(extra.id).update(types.Disk(name=VM2 + "_renamed"))
+assert system.disks_service().disk_service(extra.id).get().name == VM2 + "_renamed"
+refused("extending a disk (not done yet)", lambda: system.disks_service().disk_service(extra.id).update(
+    types.Disk(provisioned_size=128 * 2**20)), 400)
 vm2_service.disk_attachments_service().add(types.DiskAttachment(disk=types.Disk(id=extra.id), interface=types.DiskInterface.VIRTIO, bootable=False, active=True))
+att = vm2_service.disk_attachments_service().attachment_service(extra.id)
+att.update(types.DiskAttachment(interface=types.DiskInterface.VIRTIO_SCSI))
+assert att.get().interface == types.DiskInterface.VIRTIO_SCSI
 assert len(vm2_service.disk_attachments_service().list()) == 2
 refused("attaching it to a second VM", lambda: vm_service.disk_attachments_service().add(types.DiskAttachment(disk=types.Disk(id=extra.id), interface=types.DiskInterface.VIRTIO)), 409)
 vm2_service.disk_attachments_service().attachment_service(extra.id).remove()
