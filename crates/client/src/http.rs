@@ -202,7 +202,19 @@ pub async fn request_from(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<HttpResponse, ClientError> {
-    let limits = Limits::default();
+    request_limited(local, tls, method, url, headers, body, Limits::default()).await
+}
+
+/// [`request_from`] with other limits (a benchmark reading a 25,000-VM list).
+pub async fn request_limited(
+    local: Option<std::net::IpAddr>,
+    tls: Arc<rustls::ClientConfig>,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    limits: Limits,
+) -> Result<HttpResponse, ClientError> {
     let (host, port, path) = split_url(url)?;
     let mut s = crate::connect_tls_from(local, &host, port, tls).await?;
     let mut req = format!(

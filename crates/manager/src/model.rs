@@ -573,6 +573,8 @@ pub struct Nic {
     /// Its vNIC profile (which names the network).
     #[serde(default)]
     pub vnic_profile: Option<String>,
+    #[serde(default)]
+    pub description: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

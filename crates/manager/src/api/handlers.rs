@@ -258,14 +258,22 @@ const VM_UPDATE: &[&str] = &[
     "id",
 ];
 const HOST_ADD: &[&str] = &["name", "address", "port", "root_password", "cluster"];
-const HOST_UPDATE: &[&str] = &["name", "spm/priority", "id"];
-const NIC_ADD: &[&str] = &["name", "interface", "mac", "network", "vnic_profile"];
+const HOST_UPDATE: &[&str] = &["name", "spm/priority", "cluster", "id"];
+const NIC_ADD: &[&str] = &[
+    "name",
+    "description",
+    "interface",
+    "mac",
+    "network",
+    "vnic_profile",
+];
 const DC_ADD: &[&str] = &["name", "description", "local"];
 const CLUSTER_ADD: &[&str] = &[
     "name",
     "description",
     "data_center",
     "cpu/type",
+    "cpu/architecture",
     "mac_pool",
     "scheduling_policy",
 ];
@@ -856,11 +864,17 @@ fn dcs(m: &Arc<Manager>, r: &Req) -> Out {
     search_list(
         r,
         "data_centers",
-        &["name", "id", "status"],
+        &["name", "id", "status", "cluster"],
         inv.data_centers.values(),
         |d, f| match f {
             "name" => vec![d.name.clone()],
             "id" => vec![d.id.clone()],
+            "cluster" => inv
+                .clusters
+                .values()
+                .filter(|c| c.data_center == d.id)
+                .map(|c| c.name.clone())
+                .collect(),
             _ => vec![d.status.clone()],
         },
         render::data_center,
@@ -952,6 +966,13 @@ async fn add_cluster(m: &Arc<Manager>, r: &Req) -> Out {
         return Err(ApiError::conflict(format!(
             "Cannot add Cluster. The name {name:?} is already in use."
         )));
+    }
+    if let Some(a) = n.get("cpu").and_then(|c| c.text_of("architecture")) {
+        if a != "x86_64" {
+            return Err(ApiError::bad(format!(
+                "Cannot add Cluster. CPU architecture {a:?}: Halyard runs x86_64 hosts only"
+            )));
+        }
     }
     let mac_pool = match n.get("mac_pool") {
         Some(p) => super::records::find_ref(&m.read(), "MacPool", p)?,
@@ -1095,6 +1116,43 @@ async fn update_host(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
         None => None,
     };
     let _g = m.write_lock.lock().await;
+    // Another cluster: in maintenance, within its data center (a move across data
+    // centers would change its storage pool; not done yet).
+    let cluster = match n.get("cluster") {
+        None => None,
+        Some(c) => {
+            let inv = m.read();
+            let cid = ref_id(
+                Some(c),
+                |x| inv.cluster_by_name(x).map(|c| c.id.clone()),
+                "cluster",
+            )?
+            .unwrap_or_default();
+            let h = inv
+                .hosts
+                .get(id)
+                .ok_or_else(|| ApiError::not_found(format!("Host {id} not found")))?;
+            let to = inv
+                .clusters
+                .get(&cid)
+                .ok_or_else(|| ApiError::not_found(format!("Cluster {cid} not found")))?;
+            if cid != h.cluster {
+                if h.status != "maintenance" {
+                    return Err(ApiError::conflict(format!(
+                        "Cannot edit Host. Host {} must be in maintenance to change its cluster.",
+                        h.name
+                    )));
+                }
+                if inv.dc_of_cluster(&h.cluster) != Some(to.data_center.as_str()) {
+                    return Err(ApiError::bad(format!(
+                        "Cannot move host {} to cluster {}: it is in another data center (Halyard moves hosts within their data center only, for now)",
+                        h.name, to.name
+                    )));
+                }
+            }
+            Some(cid)
+        }
+    };
     if let Some(name) = name {
         if m.read()
             .hosts
@@ -1114,6 +1172,9 @@ async fn update_host(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
             }
             if let Some(p) = priority {
                 h.spm_priority = p;
+            }
+            if let Some(c) = &cluster {
+                h.cluster = c.clone();
             }
             h.clone()
         })
@@ -1396,6 +1457,13 @@ fn vm_spec(n: &Node) -> Result<VmSpec, ApiError> {
 }
 
 async fn add_vm(m: &Arc<Manager>, r: &Req) -> Out {
+    for p in ["clone", "clone_permissions"] {
+        if r.query.get(p).map(String::as_str) == Some("true") {
+            return Err(ApiError::bad(format!(
+                "{p}=true: Halyard does not copy a template's disks or permissions into a new VM yet (its disks are thin layers on the template's)"
+            )));
+        }
+    }
     let n = r.document("vm", "Vm", VM_ADD)?;
     let vm = new_vm(m, &n, None).await?;
     let node = vm_node(&m.read(), &vm, &[], &HashMap::new());
@@ -1860,6 +1928,7 @@ async fn add_nic(m: &Arc<Manager>, vm: &str, r: &Req) -> Out {
         plugged: true,
         linked: true,
         vnic_profile: profile,
+        description: n.text_of("description").unwrap_or("").to_string(),
     };
     m.insert(&nic)
         .await

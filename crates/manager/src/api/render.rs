@@ -362,6 +362,7 @@ pub fn nic(x: &Nic) -> Node {
         .attr("href", format!("{}/nics/{}", href("vms", &x.vm), x.id))
         .attr("id", &x.id)
         .with(Node::leaf("name", &x.name))
+        .with(Node::leaf("description", &x.description))
         .with(Node::leaf("interface", &x.interface))
         .with(Node::leaf("linked", x.linked))
         .with(Node::new("mac").with(Node::leaf("address", &x.mac)))

@@ -44,7 +44,8 @@ const DISK_ADD: &[&str] = &[
 ];
 const ATTACHMENT_ADD: &[&str] = &["disk", "bootable", "interface", "active", "id"];
 const SNAPSHOT_ADD: &[&str] = &["description", "persist_memorystate"];
-const TEMPLATE_ADD: &[&str] = &["name", "description", "vm"];
+/// A template is made from a VM (by id or name) as it is: its disks' formats stay.
+const TEMPLATE_ADD: &[&str] = &["name", "description", "vm/name"];
 
 /// Storage routes; None for paths that are not storage's.
 pub async fn route(m: &Arc<Manager>, r: &Req, s: &[&str]) -> Option<Out> {

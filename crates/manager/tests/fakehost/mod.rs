@@ -533,7 +533,14 @@ impl Api {
         body: &str,
     ) -> anyhow::Result<(u16, Vec<u8>)> {
         let auth = format!("Bearer {}", self.token);
-        let r = halyard_client::http::request(
+        // Our own client of our own Manager: lists of 25,000 VMs are larger than the
+        // default bound.
+        let limits = halyard_client::http::Limits {
+            max_response: 1 << 30,
+            ..Default::default()
+        };
+        let r = halyard_client::http::request_limited(
+            None,
             self.tls.clone(),
             method,
             &format!("{}{path}", self.url),
@@ -544,6 +551,7 @@ impl Api {
                 ("Accept", accept),
             ],
             body.as_bytes(),
+            limits,
         )
         .await?;
         Ok((r.status, r.body))
