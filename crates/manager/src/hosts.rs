@@ -387,10 +387,7 @@ impl Manager {
                 .unwrap_or_default();
             let sample = serde_json::from_value::<halyard_proto::vdsm::HostStats>(st.clone())
                 .ok()
-                .map(|stats| HostSample {
-                    time: now_ms(),
-                    stats,
-                });
+                .map(|stats| HostSample::of(now_ms(), &stats));
             // Stats are kept in memory only.
             self.update_memory(host_id, |h: &mut Host| {
                 h.free_memory = free;
@@ -484,10 +481,7 @@ impl Manager {
                 if let Some(stats) = &stats {
                     crate::vms::apply_guest_info(&mut v.guest, stats);
                     if !from_event {
-                        v.sample = Some(VmSample {
-                            time: now_ms(),
-                            stats: stats.clone(),
-                        });
+                        v.sample = Some(VmSample::of(now_ms(), stats));
                     }
                 }
                 (before, v.guest.agent, v.name.clone())

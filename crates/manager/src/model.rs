@@ -203,19 +203,94 @@ pub struct Host {
     pub tags: Vec<String>,
 }
 
-/// One Host.getStats sample, as the statistics show it.
+/// What the statistics show of one Host.getStats sample (only that is kept).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct HostSample {
     /// When the Manager took it (ms).
     pub time: i64,
-    pub stats: halyard_proto::vdsm::HostStats,
+    pub cpu_user: f64,
+    pub cpu_sys: f64,
+    pub cpu_idle: f64,
+    pub cpu_load: f64,
+    /// MiB.
+    pub mem_free: u64,
+    pub mem_shared: u64,
+    pub swap_total: u64,
+    pub swap_free: u64,
+    pub boot_time: f64,
+    pub nics: Vec<NicSample>,
 }
 
-/// One VM's last stats from its host (Host.getAllVmStats / events).
+/// One host NIC in a sample.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NicSample {
+    pub name: String,
+    pub rx: f64,
+    pub tx: f64,
+    pub rx_errors: f64,
+    pub tx_errors: f64,
+    /// Mbit/s.
+    pub speed: f64,
+    pub up: bool,
+}
+
+fn num(s: &str) -> f64 {
+    s.trim().parse().unwrap_or(0.0)
+}
+
+impl HostSample {
+    pub fn of(time: i64, s: &halyard_proto::vdsm::HostStats) -> HostSample {
+        HostSample {
+            time,
+            cpu_user: num(&s.cpu_user),
+            cpu_sys: num(&s.cpu_sys),
+            cpu_idle: num(&s.cpu_idle),
+            cpu_load: num(&s.cpu_load),
+            mem_free: s.mem_free,
+            mem_shared: s.mem_shared,
+            swap_total: s.swap_total,
+            swap_free: s.swap_free,
+            boot_time: num(&s.boot_time),
+            nics: s
+                .network
+                .iter()
+                .map(|(name, n)| NicSample {
+                    name: name.clone(),
+                    rx: num(&n.rx),
+                    tx: num(&n.tx),
+                    rx_errors: num(&n.rx_errors),
+                    tx_errors: num(&n.tx_errors),
+                    speed: num(&n.speed),
+                    up: n.state == "up",
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What the statistics show of a VM's last stats from its host.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct VmSample {
     pub time: i64,
-    pub stats: halyard_proto::vdsm::VmStats,
+    /// Percent.
+    pub cpu_user: f64,
+    pub cpu_sys: f64,
+    pub mem_usage: f64,
+    /// Seconds.
+    pub elapsed: f64,
+}
+
+impl VmSample {
+    pub fn of(time: i64, s: &halyard_proto::vdsm::VmStats) -> VmSample {
+        let n = |x: &Option<String>| x.as_deref().map(num).unwrap_or(0.0);
+        VmSample {
+            time,
+            cpu_user: n(&s.cpu_user),
+            cpu_sys: n(&s.cpu_sys),
+            mem_usage: n(&s.mem_usage),
+            elapsed: n(&s.elapsed_time),
+        }
+    }
 }
 
 /// What a registration of a known host asked for.
@@ -675,14 +750,12 @@ impl Inventory {
         }
     }
 
-    /// Takes a VM's commitment out (`sign` false) or puts it in.
-    pub fn commit(&mut self, v: &Vm, add: bool) {
-        if let Some((h, mem)) = Self::commitment(v) {
-            let e = self.committed.entry(h.to_string()).or_default();
-            *e = if add { *e + mem } else { e.saturating_sub(mem) };
-            if *e == 0 {
-                self.committed.remove(h);
-            }
+    /// Takes `mem` committed on host `h` out (`add` false) or puts it in.
+    pub fn commit(&mut self, h: &str, mem: u64, add: bool) {
+        let e = self.committed.entry(h.to_string()).or_default();
+        *e = if add { *e + mem } else { e.saturating_sub(mem) };
+        if *e == 0 {
+            self.committed.remove(h);
         }
     }
 

@@ -595,10 +595,13 @@ impl Manager {
         let _g = self.store.lock().await;
         let mut inv = self.write();
         let cur = T::map_mut(&mut inv).get_mut(id)?;
-        let before = cur.clone();
+        // What the indexes hold of it, not a copy of it (this is the monitor's hot path).
+        let before = cur.index_key();
         let r = f(cur);
-        let after = cur.clone();
-        T::reindex(&mut inv, Some(&before), Some(&after));
+        let after = cur.index_key();
+        if before != after {
+            T::reindex_keys(&mut inv, before, after);
+        }
         Some(r)
     }
 
@@ -667,8 +670,27 @@ pub trait Stored: Serialize + Clone + PartialEq + Send + Sync + 'static {
     fn key(&self) -> &str;
     fn map(inv: &Inventory) -> &BTreeMap<String, Self>;
     fn map_mut(inv: &mut Inventory) -> &mut BTreeMap<String, Self>;
+    /// What the inventory's indexes hold of an object (none for most kinds).
+    fn index_key(&self) -> Option<IndexKey> {
+        None
+    }
+    /// Keeps the indexes when an object's key changes (`None`: not there).
+    fn reindex_keys(_inv: &mut Inventory, _old: Option<IndexKey>, _new: Option<IndexKey>) {}
     /// Keeps the inventory's indexes of this kind when an object changes.
-    fn reindex(_inv: &mut Inventory, _old: Option<&Self>, _new: Option<&Self>) {}
+    fn reindex(inv: &mut Inventory, old: Option<&Self>, new: Option<&Self>) {
+        let (o, n) = (old.and_then(Self::index_key), new.and_then(Self::index_key));
+        if o != n {
+            Self::reindex_keys(inv, o, n);
+        }
+    }
+}
+
+/// What the indexes hold of a VM: its name, and the memory it commits on its host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexKey {
+    pub id: String,
+    pub name: String,
+    pub commitment: Option<(String, u64)>,
 }
 
 impl Stored for Vm {
@@ -682,16 +704,27 @@ impl Stored for Vm {
     fn map_mut(inv: &mut Inventory) -> &mut BTreeMap<String, Self> {
         &mut inv.vms
     }
-    fn reindex(inv: &mut Inventory, old: Option<&Self>, new: Option<&Self>) {
+    fn index_key(&self) -> Option<IndexKey> {
+        Some(IndexKey {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            commitment: Inventory::commitment(self).map(|(h, m)| (h.to_string(), m)),
+        })
+    }
+    fn reindex_keys(inv: &mut Inventory, old: Option<IndexKey>, new: Option<IndexKey>) {
         if let Some(o) = old {
             if inv.vm_names.get(&o.name) == Some(&o.id) {
                 inv.vm_names.remove(&o.name);
             }
-            inv.commit(o, false);
+            if let Some((h, m)) = &o.commitment {
+                inv.commit(h, *m, false);
+            }
         }
         if let Some(n) = new {
             inv.vm_names.insert(n.name.clone(), n.id.clone());
-            inv.commit(n, true);
+            if let Some((h, m)) = &n.commitment {
+                inv.commit(h, *m, true);
+            }
         }
     }
 }

@@ -558,7 +558,7 @@ mod tests {
 
     /// Puts a VM into the inventory as the Manager does (its indexes kept).
     fn put_vm(inv: &mut Inventory, v: Vm) {
-        use crate::state::Stored;
+        use crate::state::Stored as _;
         let old = inv.vms.insert(v.id.clone(), v.clone());
         Vm::reindex(inv, old.as_ref(), Some(&v));
     }

@@ -88,10 +88,6 @@ fn render(stats: Vec<Stat>, owner_tag: &str, owner_href: &str, owner: &str) -> N
     l
 }
 
-fn num(s: &str) -> f64 {
-    s.trim().parse().unwrap_or(0.0)
-}
-
 fn host_stats(h: &Host) -> Vec<Stat> {
     let mut out = vec![gauge(
         "memory.total",
@@ -99,7 +95,7 @@ fn host_stats(h: &Host) -> Vec<Stat> {
         "bytes",
         h.memory as f64,
     )];
-    let Some(s) = h.samples.last().map(|x| &x.stats) else {
+    let Some(s) = h.samples.last() else {
         return out;
     };
     let mib = 1024.0 * 1024.0;
@@ -131,35 +127,25 @@ fn host_stats(h: &Host) -> Vec<Stat> {
             "bytes",
             s.swap_total.saturating_sub(s.swap_free) as f64 * mib,
         ),
-        gauge(
-            "cpu.current.user",
-            "User CPU usage",
-            "percent",
-            num(&s.cpu_user),
-        ),
+        gauge("cpu.current.user", "User CPU usage", "percent", s.cpu_user),
         gauge(
             "cpu.current.system",
             "System CPU usage",
             "percent",
-            num(&s.cpu_sys),
+            s.cpu_sys,
         ),
-        gauge(
-            "cpu.current.idle",
-            "Idle CPU usage",
-            "percent",
-            num(&s.cpu_idle),
-        ),
+        gauge("cpu.current.idle", "Idle CPU usage", "percent", s.cpu_idle),
         gauge(
             "cpu.load.avg.5m",
             "CPU 5 minute load average",
             "none",
-            num(&s.cpu_load),
+            s.cpu_load,
         ),
         gauge(
             "boot.time",
             "Boot time of the machine",
             "seconds",
-            num(&s.boot_time),
+            s.boot_time,
         ),
     ]);
     out
@@ -169,19 +155,16 @@ fn nic_id(host: &str, name: &str) -> String {
     stat_id(host, &format!("nic:{name}"))
 }
 
-fn host_nic(h: &Host, name: &str, n: &halyard_proto::vdsm::HostNicStats) -> Node {
-    let id = nic_id(&h.id, name);
+fn host_nic(h: &Host, n: &NicSample) -> Node {
+    let id = nic_id(&h.id, &n.name);
     let hr = format!("{}/nics/{id}", href("hosts", &h.id));
     Node::new("host_nic")
         .attr("href", &hr)
         .attr("id", &id)
         .with(Node::link("statistics", &format!("{hr}/statistics")))
-        .with(Node::leaf("name", name))
-        .with(Node::leaf("speed", (num(&n.speed) * 1e6) as u64))
-        .with(Node::leaf(
-            "status",
-            if n.state == "up" { "up" } else { "down" },
-        ))
+        .with(Node::leaf("name", &n.name))
+        .with(Node::leaf("speed", (n.speed * 1e6) as u64))
+        .with(Node::leaf("status", if n.up { "up" } else { "down" }))
         .with(Node::reference("host", &href("hosts", &h.id), &h.id))
 }
 
@@ -189,29 +172,24 @@ fn nic_stats(h: &Host, name: &str) -> Vec<Stat> {
     let cur = h
         .samples
         .last()
-        .and_then(|s| s.stats.network.get(name).map(|n| (s, n)));
+        .and_then(|s| s.nics.iter().find(|n| n.name == name).map(|n| (s, n)));
     let Some((s, n)) = cur else {
         return Vec::new();
     };
     let mut out = vec![
-        gauge("data.total.rx", "Total received data", "bytes", num(&n.rx)),
-        gauge(
-            "data.total.tx",
-            "Total transmitted data",
-            "bytes",
-            num(&n.tx),
-        ),
+        gauge("data.total.rx", "Total received data", "bytes", n.rx),
+        gauge("data.total.tx", "Total transmitted data", "bytes", n.tx),
         gauge(
             "errors.total.rx",
             "Total receive errors",
             "none",
-            num(&n.rx_errors),
+            n.rx_errors,
         ),
         gauge(
             "errors.total.tx",
             "Total transmit errors",
             "none",
-            num(&n.tx_errors),
+            n.tx_errors,
         ),
     ];
     for x in &mut out {
@@ -219,19 +197,19 @@ fn nic_stats(h: &Host, name: &str) -> Vec<Stat> {
     }
     // Rates over the last two samples.
     if let Some(prev) = h.samples.iter().rev().nth(1) {
-        if let Some(p) = prev.stats.network.get(name) {
+        if let Some(p) = prev.nics.iter().find(|p| p.name == name) {
             let secs = ((s.time - prev.time) as f64 / 1000.0).max(0.001);
             out.push(gauge(
                 "data.current.rx",
                 "Receive data rate",
                 "bytes_per_second",
-                ((num(&n.rx) - num(&p.rx)) / secs).max(0.0).round(),
+                ((n.rx - p.rx) / secs).max(0.0).round(),
             ));
             out.push(gauge(
                 "data.current.tx",
                 "Transmit data rate",
                 "bytes_per_second",
-                ((num(&n.tx) - num(&p.tx)) / secs).max(0.0).round(),
+                ((n.tx - p.tx) / secs).max(0.0).round(),
             ));
         }
     }
@@ -245,36 +223,39 @@ fn vm_stats(v: &Vm) -> Vec<Stat> {
         "bytes",
         v.memory as f64,
     )];
-    let Some(s) = v
-        .sample
-        .as_ref()
-        .filter(|_| v.status != "down")
-        .map(|x| &x.stats)
-    else {
+    let Some(s) = v.sample.as_ref().filter(|_| v.status != "down") else {
         return out;
     };
-    let pct = |x: &Option<String>| x.as_deref().map(num).unwrap_or(0.0);
-    let (guest, hyp) = (pct(&s.cpu_user), pct(&s.cpu_sys));
     out.extend([
         gauge(
             "memory.used",
             "Memory used (agent)",
             "bytes",
-            (v.memory as f64 * pct(&s.mem_usage) / 100.0).round(),
+            (v.memory as f64 * s.mem_usage / 100.0).round(),
         ),
-        gauge("cpu.current.guest", "CPU used by guest", "percent", guest),
-        gauge("cpu.current.hypervisor", "CPU overhead", "percent", hyp),
+        gauge(
+            "cpu.current.guest",
+            "CPU used by guest",
+            "percent",
+            s.cpu_user,
+        ),
+        gauge(
+            "cpu.current.hypervisor",
+            "CPU overhead",
+            "percent",
+            s.cpu_sys,
+        ),
         gauge(
             "cpu.current.total",
             "Total CPU used",
             "percent",
-            guest + hyp,
+            s.cpu_user + s.cpu_sys,
         ),
         gauge(
             "elapsed.time",
             "Time elapsed since the VM was started",
             "seconds",
-            s.elapsed_time.as_deref().map(num).unwrap_or(0.0),
+            s.elapsed,
         ),
     ]);
     out
@@ -305,24 +286,15 @@ pub async fn route(m: &Arc<Manager>, r: &Req, s: &[&str]) -> Option<Out> {
             .get(id)
             .ok_or_else(|| ApiError::not_found(format!("VM {id} not found")))
     };
-    let nics = |h: &Host| -> Vec<(String, halyard_proto::vdsm::HostNicStats)> {
-        h.samples
-            .last()
-            .map(|s| {
-                s.stats
-                    .network
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect()
-            })
-            .unwrap_or_default()
+    let nics = |h: &Host| -> Vec<NicSample> {
+        h.samples.last().map(|s| s.nics.clone()).unwrap_or_default()
     };
     let host_stat_list = |h: &Host| render(host_stats(h), "host", &href("hosts", &h.id), &h.id);
     let vm_stat_list = |v: &Vm| render(vm_stats(v), "vm", &href("vms", &v.id), &v.id);
     let nic_by_id = |h: &Host, nid: &str| {
         nics(h)
             .into_iter()
-            .find(|(name, _)| nic_id(&h.id, name) == nid)
+            .find(|n| nic_id(&h.id, &n.name) == nid)
             .ok_or_else(|| ApiError::not_found(format!("Host NIC {nid} not found")))
     };
     Some(match s {
@@ -330,18 +302,18 @@ pub async fn route(m: &Arc<Manager>, r: &Req, s: &[&str]) -> Option<Out> {
         ["hosts", id, "statistics", sid] => host(id).map(host_stat_list).and_then(|l| one(l, sid)),
         ["hosts", id, "nics"] => host(id).and_then(|h| {
             let mut l = Node::new("host_nics");
-            for (name, n) in nics(h) {
-                l.push(host_nic(h, &name, &n));
+            for n in nics(h) {
+                l.push(host_nic(h, &n));
             }
             ok(l)
         }),
         ["hosts", id, "nics", nid] => host(id)
-            .and_then(|h| nic_by_id(h, nid).map(|(name, n)| host_nic(h, &name, &n)))
+            .and_then(|h| nic_by_id(h, nid).map(|n| host_nic(h, &n)))
             .and_then(ok),
         ["hosts", id, "nics", nid, "statistics"] => host(id).and_then(|h| {
-            let (name, _) = nic_by_id(h, nid)?;
+            let n = nic_by_id(h, nid)?;
             let nh = format!("{}/nics/{nid}", href("hosts", &h.id));
-            ok(render(nic_stats(h, &name), "host_nic", &nh, nid))
+            ok(render(nic_stats(h, &n.name), "host_nic", &nh, nid))
         }),
         ["vms", id, "statistics"] => vm(id).map(vm_stat_list).and_then(ok),
         ["vms", id, "statistics", sid] => vm(id).map(vm_stat_list).and_then(|l| one(l, sid)),
