@@ -722,6 +722,8 @@ pub struct Inventory {
     pub records: BTreeMap<String, Record>,
     /// VM name -> id (names are unique): searches by name are lookups.
     pub vm_names: HashMap<String, String>,
+    /// MAC address -> how many NICs have it (addresses are checked against every NIC).
+    pub macs: HashMap<u64, u32>,
     /// Host id -> memory of the VMs placed there (every state but down), kept as VMs
     /// change (see `Stored::reindex`).
     pub committed: HashMap<String, u64>,

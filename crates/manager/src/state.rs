@@ -319,6 +319,7 @@ impl Manager {
             inv.vms.insert(v.id.clone(), v);
         }
         for n in self.db.all::<Nic>("nic").await? {
+            Nic::reindex(&mut inv, None, Some(&n));
             inv.nics.insert(n.id.clone(), n);
         }
         for j in self.db.all::<Job>("job").await? {
@@ -685,12 +686,14 @@ pub trait Stored: Serialize + Clone + PartialEq + Send + Sync + 'static {
     }
 }
 
-/// What the indexes hold of a VM: its name, and the memory it commits on its host.
-#[derive(Debug, Clone, PartialEq)]
+/// What the indexes hold of an object: a VM's name and the memory it commits on its
+/// host; a NIC's MAC address.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct IndexKey {
     pub id: String,
     pub name: String,
     pub commitment: Option<(String, u64)>,
+    pub mac: Option<u64>,
 }
 
 impl Stored for Vm {
@@ -709,6 +712,7 @@ impl Stored for Vm {
             id: self.id.clone(),
             name: self.name.clone(),
             commitment: Inventory::commitment(self).map(|(h, m)| (h.to_string(), m)),
+            mac: None,
         })
     }
     fn reindex_keys(inv: &mut Inventory, old: Option<IndexKey>, new: Option<IndexKey>) {
@@ -725,6 +729,39 @@ impl Stored for Vm {
             if let Some((h, m)) = &n.commitment {
                 inv.commit(h, *m, true);
             }
+        }
+    }
+}
+
+impl Stored for Nic {
+    const KIND: &'static str = "nic";
+    fn key(&self) -> &str {
+        &self.id
+    }
+    fn map(inv: &Inventory) -> &BTreeMap<String, Self> {
+        &inv.nics
+    }
+    fn map_mut(inv: &mut Inventory) -> &mut BTreeMap<String, Self> {
+        &mut inv.nics
+    }
+    fn index_key(&self) -> Option<IndexKey> {
+        Some(IndexKey {
+            id: self.id.clone(),
+            mac: crate::api::macpools::parse_mac(&self.mac),
+            ..IndexKey::default()
+        })
+    }
+    fn reindex_keys(inv: &mut Inventory, old: Option<IndexKey>, new: Option<IndexKey>) {
+        if let Some(m) = old.and_then(|k| k.mac) {
+            if let Some(c) = inv.macs.get_mut(&m) {
+                *c = c.saturating_sub(1);
+                if *c == 0 {
+                    inv.macs.remove(&m);
+                }
+            }
+        }
+        if let Some(m) = new.and_then(|k| k.mac) {
+            *inv.macs.entry(m).or_default() += 1;
         }
     }
 }
@@ -751,7 +788,6 @@ stored! {
     Cluster => "cluster", clusters;
     Network => "network", networks;
     Host => "host", hosts;
-    Nic => "nic", nics;
     Job => "job", jobs;
     StorageDomain => "storagedomain", storage_domains;
     Disk => "disk", disks;

@@ -2,8 +2,6 @@
 //! `macpools`; a cluster points to one, the Default pool when it names none).
 //! Addresses are unique across the pool unless the pool allows duplicates.
 
-use std::collections::HashSet;
-
 use super::handlers::ApiError;
 use super::node::Node;
 use crate::model::*;
@@ -121,15 +119,6 @@ pub fn pool_id(c: &Cluster) -> &str {
     }
 }
 
-/// The clusters sharing the pool `pool`.
-fn clusters_of(inv: &Inventory, pool: &str) -> HashSet<String> {
-    inv.clusters
-        .values()
-        .filter(|c| pool_id(c) == pool)
-        .map(|c| c.id.clone())
-        .collect()
-}
-
 /// A MAC for a new NIC of a VM in `cluster`: `asked` if given (it must be free
 /// unless the pool allows duplicates), else a free address of the pool's ranges
 /// (starting from one derived from the NIC id, so addresses spread).
@@ -151,20 +140,12 @@ pub fn allocate(
         ))
     })?;
     let dup_ok = pool.flag("allow_duplicates");
-    let members = clusters_of(inv, pool_id);
-    let used: HashSet<u64> = inv
-        .nics
-        .values()
-        .filter(|n| {
-            inv.vms
-                .get(&n.vm)
-                .is_some_and(|v| members.contains(&v.cluster))
-        })
-        .filter_map(|n| parse_mac(&n.mac))
-        .collect();
+    // Every NIC's address counts (an index kept as NICs change): an address is never
+    // given twice, whichever pool it came from.
+    let used = |v: u64| inv.macs.contains_key(&v);
     if let Some(a) = asked {
         let v = parse_mac(a).ok_or_else(|| ApiError::bad(format!("invalid MAC address {a:?}")))?;
-        if used.contains(&v) && !dup_ok {
+        if used(v) && !dup_ok {
             return Err(ApiError::conflict(format!(
                 "Cannot add Interface. MAC Address {} is already in use (MAC pool {:?} does not allow duplicates).",
                 format_mac(v),
@@ -181,7 +162,7 @@ pub fn allocate(
         // From the derived address to the end of the range, then from its start.
         let mut v = start;
         for _ in 0..size.min(1 << 20) {
-            if !used.contains(&v) {
+            if !used(v) {
                 return Ok(format_mac(v));
             }
             v = if v == *to { *from } else { v + 1 };
