@@ -202,12 +202,19 @@ pub fn weigh(
 ) {
     let n = candidates.len() as i64;
     let mut score: HashMap<String, i64> = HashMap::new();
-    let guests = |h: &Host| {
-        inv.vms
-            .values()
-            .filter(|v| v.host.as_deref() == Some(h.id.as_str()) && v.status != "down")
-            .count() as i64
-    };
+    // Running guests per host, counted once (not per host per weight).
+    let mut running: HashMap<&str, i64> = HashMap::new();
+    if a.weights
+        .iter()
+        .any(|(u, _)| u == "OptimalForEvenGuestDistribution")
+    {
+        for v in inv.vms.values().filter(|v| v.status != "down") {
+            if let Some(h) = v.host.as_deref() {
+                *running.entry(h).or_default() += 1;
+            }
+        }
+    }
+    let guests = |h: &Host| running.get(h.id.as_str()).copied().unwrap_or(0);
     for (unit, factor) in &a.weights {
         let key: Option<Key> = match unit.as_str() {
             "OptimalForMemoryEvenDistribution" => Some(Box::new(|_, free| -(free as i64 >> 20))),
