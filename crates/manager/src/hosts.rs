@@ -4,6 +4,7 @@
 //! `|virt|VM_status|` events in between. Missed checks make the host non_responsive and
 //! its VMs unknown; when it answers again both recover.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -402,6 +403,15 @@ impl Manager {
             })
             .await;
         }
+        // The VMs that were on this host, launched, before the host was asked: only
+        // those can be missing from its answer. A VM placed while the call is in flight
+        // may already be powering up when the answer is read, yet absent from it.
+        let before: HashMap<String, Option<i64>> = self
+            .read()
+            .vms_on(host_id)
+            .filter(|v| !v.creating && v.status != "down")
+            .map(|v| (v.id.clone(), v.start_time))
+            .collect();
         let Ok(list) = c.call_value("Host.getAllVmStats", json!({})).await else {
             return;
         };
@@ -416,25 +426,27 @@ impl Manager {
         for (id, st) in &reported {
             self.vm_report(host_id, id, st, false).await;
         }
-        // VMs we think run there that the host does not report went down.
-        let ours: Vec<Vm> = self
-            .read()
-            .vms
-            .values()
-            .filter(|v| v.host.as_deref() == Some(host_id))
-            .cloned()
-            .collect();
-        for v in ours {
-            if reported.iter().any(|(id, _)| *id == v.id) {
-                continue;
-            }
-            let launching = v.creating
-                || (v.status == "wait_for_launch"
-                    && v.start_time.is_some_and(|t| now_ms() - t < 60_000));
-            if !launching && v.status != "down" {
-                self.vm_down(&v.id, "The VM is no longer on its host".into(), false)
-                    .await;
-            }
+        // VMs that ran there before the call, still placed there the same way (not
+        // stopped and started again meanwhile), that the host does not report went down.
+        let reported: HashSet<&str> = reported.iter().map(|(id, _)| id.as_str()).collect();
+        let gone: Vec<String> = {
+            let inv = self.read();
+            inv.vms_on(host_id)
+                .filter(|v| {
+                    let launching = v.creating
+                        || (v.status == "wait_for_launch"
+                            && v.start_time.is_some_and(|t| now_ms() - t < 60_000));
+                    !reported.contains(v.id.as_str())
+                        && before.get(&v.id) == Some(&v.start_time)
+                        && !launching
+                        && v.status != "down"
+                })
+                .map(|v| v.id.clone())
+                .collect()
+        };
+        for id in gone {
+            self.vm_down(&id, "The VM is no longer on its host".into(), false)
+                .await;
         }
     }
 
@@ -584,9 +596,8 @@ impl Manager {
     async fn vms_unknown(&self, host_id: &str) {
         let vms: Vec<String> = self
             .read()
-            .vms
-            .values()
-            .filter(|v| v.host.as_deref() == Some(host_id) && v.status != "down")
+            .vms_on(host_id)
+            .filter(|v| v.status != "down")
             .map(|v| v.id.clone())
             .collect();
         for id in vms {

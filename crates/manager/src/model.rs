@@ -611,6 +611,47 @@ pub struct Vm {
     /// The quota it consumes (audit mode: accounted, never refused).
     #[serde(default)]
     pub quota: Option<String>,
+    /// Where it may run (oVirt's placement_policy).
+    #[serde(default)]
+    pub placement: Placement,
+    /// The serial number its guest sees (oVirt's serial_number; none: the host's).
+    #[serde(default)]
+    pub serial_number: Option<SerialNumber>,
+    /// Its serial console (oVirt's console.enabled); none: on, Halyard's default (the
+    /// console log is how a VM's boot is read).
+    #[serde(default)]
+    pub console_enabled: Option<bool>,
+}
+
+/// oVirt's placement_policy: the hosts a VM is pinned to (the scheduler's PinToHost
+/// filter; empty: any host of its cluster) and its migration affinity
+/// (migratable, user_migratable, pinned).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Placement {
+    #[serde(default)]
+    pub affinity: String,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+/// oVirt's serial_number: `policy` host (the host's hardware UUID), vm (the VM's id)
+/// or custom (`value`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SerialNumber {
+    pub policy: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+impl SerialNumber {
+    /// The serial the guest sees on `host` (its hardware UUID).
+    pub fn value_for(&self, vm: &Vm, host_uuid: &str) -> String {
+        match self.policy.as_str() {
+            "vm" => vm.id.clone(),
+            "custom" => self.value.clone(),
+            _ => host_uuid.to_string(),
+        }
+    }
 }
 
 /// What the guest agent reports (issue 6 fills it in).
@@ -727,23 +768,41 @@ pub struct Inventory {
     /// Host id -> memory of the VMs placed there (every state but down), kept as VMs
     /// change (see `Stored::reindex`).
     pub committed: HashMap<String, u64>,
+    /// Host id -> the VMs placed there (a VM has a host from placement until it is
+    /// down), kept as VMs change: a host's VMs are a lookup, not a walk over every VM.
+    pub vms_on: HashMap<String, std::collections::BTreeSet<String>>,
+    /// VM id -> its NICs, and VM id -> its disks (kept as NICs and disks change).
+    pub nics_by_vm: HashMap<String, std::collections::BTreeSet<String>>,
+    pub disks_by_vm: HashMap<String, std::collections::BTreeSet<String>>,
     pub events: std::collections::VecDeque<Event>,
     pub next_event_id: i64,
+}
+
+/// Adds `member` to the set under `key` of an index (`add`) or takes it out (an empty
+/// set goes).
+pub fn index_set(
+    index: &mut HashMap<String, std::collections::BTreeSet<String>>,
+    key: &str,
+    member: &str,
+    add: bool,
+) {
+    if add {
+        index
+            .entry(key.to_string())
+            .or_default()
+            .insert(member.to_string());
+    } else if let Some(set) = index.get_mut(key) {
+        set.remove(member);
+        if set.is_empty() {
+            index.remove(key);
+        }
+    }
 }
 
 /// Memory kept back on every host for the host itself (oVirt's reserved memory).
 pub const HOST_RESERVED_MEMORY: u64 = 256 << 20;
 
 impl Inventory {
-    /// Memory committed to the VMs placed on each host (every state but down), in one
-    /// pass over the VMs.
-    pub fn committed_memory(&self) -> HashMap<&str, u64> {
-        self.committed
-            .iter()
-            .map(|(h, m)| (h.as_str(), *m))
-            .collect()
-    }
-
     /// What a VM adds to its host's committed memory.
     pub fn commitment(v: &Vm) -> Option<(&str, u64)> {
         match v.host.as_deref() {
@@ -762,26 +821,32 @@ impl Inventory {
     }
 
     /// oVirt's max_scheduling_memory: the host's memory less what its VMs are given
-    /// (`committed`, from [`Inventory::committed_memory`]) and less the host's reserve.
-    /// It counts a VM from the moment it is placed, so back-to-back starts never
-    /// overbook a host between two samples.
-    pub fn scheduling_memory_with(&self, h: &Host, committed: &HashMap<&str, u64>) -> u64 {
+    /// (the `committed` index) and less the host's reserve. It counts a VM from the
+    /// moment it is placed, so back-to-back starts never overbook a host between two
+    /// samples.
+    pub fn scheduling_memory(&self, h: &Host) -> u64 {
         h.memory
-            .saturating_sub(committed.get(h.id.as_str()).copied().unwrap_or(0))
+            .saturating_sub(self.committed.get(&h.id).copied().unwrap_or(0))
             .saturating_sub(HOST_RESERVED_MEMORY)
     }
 
-    /// [`Inventory::scheduling_memory_with`] for one host.
-    pub fn scheduling_memory(&self, h: &Host) -> u64 {
-        let committed: u64 = self
-            .vms
-            .values()
-            .filter(|v| v.host.as_deref() == Some(h.id.as_str()) && v.status != "down")
-            .map(|v| v.memory)
-            .sum();
-        h.memory
-            .saturating_sub(committed)
-            .saturating_sub(HOST_RESERVED_MEMORY)
+    /// The VMs placed on a host (from the `vms_on` index).
+    pub fn vms_on<'a>(&'a self, host: &str) -> impl Iterator<Item = &'a Vm> + 'a {
+        self.vms_on
+            .get(host)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.vms.get(id))
+    }
+
+    /// Whether a host has a VM in any state but down.
+    pub fn host_runs_vms(&self, host: &str) -> bool {
+        self.vms_on(host).any(|v| v.status != "down")
+    }
+
+    /// Puts VM `vm` on host `h` in the `vms_on` index (`add`) or takes it out.
+    pub fn place(&mut self, h: &str, vm: &str, add: bool) {
+        index_set(&mut self.vms_on, h, vm, add);
     }
 
     pub fn vm_by_name(&self, name: &str) -> Option<&Vm> {
@@ -797,9 +862,11 @@ impl Inventory {
         self.data_centers.values().find(|c| c.name == name)
     }
     pub fn disks_of(&self, vm: &str) -> Vec<&Disk> {
-        self.disks
-            .values()
-            .filter(|d| d.vm.as_deref() == Some(vm))
+        self.disks_by_vm
+            .get(vm)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.disks.get(id))
             .collect()
     }
     /// Hosts of a data center (through their clusters).
@@ -824,7 +891,12 @@ impl Inventory {
         self.records.get(id).filter(|r| r.ty == ty)
     }
     pub fn nics_of(&self, vm: &str) -> Vec<&Nic> {
-        self.nics.values().filter(|n| n.vm == vm).collect()
+        self.nics_by_vm
+            .get(vm)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.nics.get(id))
+            .collect()
     }
 }
 

@@ -1,5 +1,5 @@
 //! Scheduling policies and their units, by oVirt's names (facts of the engine in
-//! `api/model/scheduling.txt`: 38 units, 5 built-in policies). A cluster's policy
+//! `api/model/scheduling.txt`: 39 units, 5 built-in policies). A cluster's policy
 //! decides which filters run and how hosts are weighed: `Memory` (free scheduling
 //! memory), `VmAffinityGroups` and `VmToHostsAffinityGroups` (filters for enforcing
 //! groups, weights for the others), the mandatory `Label` filter (a VM with affinity

@@ -329,6 +329,7 @@ impl Manager {
             inv.storage_domains.insert(x.id.clone(), x);
         }
         for x in self.db.all::<Disk>("disk").await? {
+            Disk::reindex(&mut inv, None, Some(&x));
             inv.disks.insert(x.id.clone(), x);
         }
         for x in self.db.all::<Snapshot>("snapshot").await? {
@@ -693,6 +694,8 @@ pub struct IndexKey {
     pub id: String,
     pub name: String,
     pub commitment: Option<(String, u64)>,
+    /// The host a VM is placed on; the VM a NIC or disk belongs to.
+    pub host: Option<String>,
     pub mac: Option<u64>,
 }
 
@@ -712,6 +715,7 @@ impl Stored for Vm {
             id: self.id.clone(),
             name: self.name.clone(),
             commitment: Inventory::commitment(self).map(|(h, m)| (h.to_string(), m)),
+            host: self.host.clone(),
             mac: None,
         })
     }
@@ -723,11 +727,17 @@ impl Stored for Vm {
             if let Some((h, m)) = &o.commitment {
                 inv.commit(h, *m, false);
             }
+            if let Some(h) = &o.host {
+                inv.place(h, &o.id, false);
+            }
         }
         if let Some(n) = new {
             inv.vm_names.insert(n.name.clone(), n.id.clone());
             if let Some((h, m)) = &n.commitment {
                 inv.commit(h, *m, true);
+            }
+            if let Some(h) = &n.host {
+                inv.place(h, &n.id, true);
             }
         }
     }
@@ -748,10 +758,21 @@ impl Stored for Nic {
         Some(IndexKey {
             id: self.id.clone(),
             mac: crate::api::macpools::parse_mac(&self.mac),
+            host: Some(self.vm.clone()),
             ..IndexKey::default()
         })
     }
     fn reindex_keys(inv: &mut Inventory, old: Option<IndexKey>, new: Option<IndexKey>) {
+        if let Some(k) = &old {
+            if let Some(vm) = &k.host {
+                crate::model::index_set(&mut inv.nics_by_vm, vm, &k.id, false);
+            }
+        }
+        if let Some(k) = &new {
+            if let Some(vm) = &k.host {
+                crate::model::index_set(&mut inv.nics_by_vm, vm, &k.id, true);
+            }
+        }
         if let Some(m) = old.and_then(|k| k.mac) {
             if let Some(c) = inv.macs.get_mut(&m) {
                 *c = c.saturating_sub(1);
@@ -762,6 +783,40 @@ impl Stored for Nic {
         }
         if let Some(m) = new.and_then(|k| k.mac) {
             *inv.macs.entry(m).or_default() += 1;
+        }
+    }
+}
+
+impl Stored for Disk {
+    const KIND: &'static str = "disk";
+    fn key(&self) -> &str {
+        &self.id
+    }
+    fn map(inv: &Inventory) -> &BTreeMap<String, Self> {
+        &inv.disks
+    }
+    fn map_mut(inv: &mut Inventory) -> &mut BTreeMap<String, Self> {
+        &mut inv.disks
+    }
+    fn index_key(&self) -> Option<IndexKey> {
+        Some(IndexKey {
+            id: self.id.clone(),
+            host: self.vm.clone(),
+            ..IndexKey::default()
+        })
+    }
+    fn reindex_keys(inv: &mut Inventory, old: Option<IndexKey>, new: Option<IndexKey>) {
+        if let Some(vm) = old
+            .as_ref()
+            .and_then(|k| k.host.as_ref().map(|h| (h, &k.id)))
+        {
+            crate::model::index_set(&mut inv.disks_by_vm, vm.0, vm.1, false);
+        }
+        if let Some(vm) = new
+            .as_ref()
+            .and_then(|k| k.host.as_ref().map(|h| (h, &k.id)))
+        {
+            crate::model::index_set(&mut inv.disks_by_vm, vm.0, vm.1, true);
         }
     }
 }
@@ -790,7 +845,6 @@ stored! {
     Host => "host", hosts;
     Job => "job", jobs;
     StorageDomain => "storagedomain", storage_domains;
-    Disk => "disk", disks;
     Snapshot => "snapshot", snapshots;
     Template => "template", templates;
     StorageTask => "task", tasks;

@@ -37,6 +37,7 @@ pub fn domain_xml(
     nics: &[(Nic, String)],
     drives: &(String, String),
     console_dir: &str,
+    host_uuid: &str,
 ) -> String {
     let mem_kib = vm.memory / 1024;
     let vcpus = (vm.sockets * vm.cores * vm.threads).max(1);
@@ -52,13 +53,35 @@ pub fn domain_xml(
     } else {
         os.push_str("<boot dev=\"hd\"/>");
     }
-    let mut devices = format!(
-        "<serial type=\"pty\"><log file=\"{dir}/{id}.log\" append=\"off\"/><target port=\"0\"/></serial>\
-         <console type=\"pty\"><target type=\"serial\" port=\"0\"/></console>\
-         <channel type=\"unix\"><target type=\"virtio\" name=\"org.qemu.guest_agent.0\"/></channel>\
-         <memballoon model=\"none\"/>",
-        dir = esc(console_dir.trim_end_matches('/')),
+    // The guest's SMBIOS system information, as oVirt writes it; the serial by the
+    // VM's policy (none: the host's hardware UUID, as VDSM gives).
+    os.push_str("<smbios mode=\"sysinfo\"/>");
+    let serial = match &vm.serial_number {
+        Some(s) => s.value_for(vm, host_uuid),
+        None => host_uuid.to_string(),
+    };
+    let sysinfo = format!(
+        "<sysinfo type=\"smbios\"><system><entry name=\"manufacturer\">oVirt</entry><entry name=\"product\">OS-NAME:</entry><entry name=\"version\">OS-VERSION:</entry><entry name=\"family\">oVirt</entry>{serial}<entry name=\"uuid\">{id}</entry></system></sysinfo>",
+        serial = if serial.is_empty() {
+            String::new()
+        } else {
+            format!("<entry name=\"serial\">{}</entry>", esc(&serial))
+        },
         id = vm.id
+    );
+    let mut devices = if vm.console_enabled != Some(false) {
+        format!(
+            "<serial type=\"pty\"><log file=\"{dir}/{id}.log\" append=\"off\"/><target port=\"0\"/></serial>\
+             <console type=\"pty\"><target type=\"serial\" port=\"0\"/></console>",
+            dir = esc(console_dir.trim_end_matches('/')),
+            id = vm.id
+        )
+    } else {
+        String::new()
+    };
+    devices.push_str(
+        "<channel type=\"unix\"><target type=\"virtio\" name=\"org.qemu.guest_agent.0\"/></channel>\
+         <memballoon model=\"none\"/>",
     );
     devices.push_str(&drives.0);
     let mut meta_devices = drives.1.clone();
@@ -84,6 +107,7 @@ pub fn domain_xml(
 <memory>{mem_kib}</memory>
 <currentMemory>{mem_kib}</currentMemory>
 <vcpu current="{vcpus}">{vcpus}</vcpu>
+{sysinfo}
 <metadata><ovirt-tune:qos/><ovirt-vm:vm><ovirt-vm:clusterVersion>4.7</ovirt-vm:clusterVersion><ovirt-vm:custom/>{meta_devices}<ovirt-vm:launchPaused>false</ovirt-vm:launchPaused><ovirt-vm:resumeBehavior>auto_resume</ovirt-vm:resumeBehavior></ovirt-vm:vm></metadata>
 <cpu match="exact" mode="host-passthrough"><topology cores="{cores}" sockets="{sockets}" threads="{threads}"/></cpu>
 <os>{os}</os>
@@ -197,7 +221,6 @@ pub fn pick_host(
     vm: &Vm,
     reach: impl Fn(&Host, &str) -> bool,
 ) -> Result<String, VmError> {
-    let committed = inv.committed_memory();
     let domains: Vec<&str> = inv
         .disks_of(&vm.id)
         .iter()
@@ -207,7 +230,7 @@ pub fn pick_host(
         .hosts
         .values()
         .filter(|h| h.status == "up" && h.cluster == vm.cluster)
-        .map(|h| (h, inv.scheduling_memory_with(h, &committed)))
+        .map(|h| (h, inv.scheduling_memory(h)))
         .collect();
     if candidates.is_empty() {
         return Err(VmError::Conflict(
@@ -222,6 +245,14 @@ pub fn pick_host(
     }
     // The cluster's scheduling policy: its filters, then its weights.
     let policy = crate::scheduling::active(inv, &vm.cluster);
+    if policy.filters.contains("PinToHost") && !vm.placement.hosts.is_empty() {
+        candidates.retain(|(h, _)| vm.placement.hosts.contains(&h.id));
+        if candidates.is_empty() {
+            return Err(VmError::Conflict(
+                "Cannot run VM. There is no host that satisfies current scheduling constraints: filter PinToHost: none of the hosts the VM is pinned to is up and usable.".into(),
+            ));
+        }
+    }
     if policy.filters.contains("Memory") {
         candidates.retain(|(_, free)| *free >= vm.memory);
         if candidates.is_empty() {
@@ -351,7 +382,13 @@ impl Manager {
                     *field = v.clone();
                 }
             }
-            let xml = domain_xml(&boot, &nics, &drives, &self.cfg.vm_console_dir);
+            let host_uuid = self
+                .read()
+                .hosts
+                .get(&host_id)
+                .map(|h| h.hardware_uuid.clone())
+                .unwrap_or_default();
+            let xml = domain_xml(&boot, &nics, &drives, &self.cfg.vm_console_dir, &host_uuid);
             let placed = self
                 .update(id, |v: &mut Vm| {
                     v.status = "wait_for_launch".into();
@@ -553,6 +590,9 @@ mod tests {
             creating: false,
             instance_type: None,
             quota: None,
+            placement: Placement::default(),
+            serial_number: None,
+            console_enabled: None,
         }
     }
 
@@ -561,6 +601,13 @@ mod tests {
         use crate::state::Stored as _;
         let old = inv.vms.insert(v.id.clone(), v.clone());
         Vm::reindex(inv, old.as_ref(), Some(&v));
+    }
+
+    /// Puts a disk into the inventory as the Manager does (its indexes kept).
+    fn put_disk(inv: &mut Inventory, d: Disk) {
+        use crate::state::Stored as _;
+        Disk::reindex(inv, None, Some(&d));
+        inv.disks.insert(d.id.clone(), d);
     }
 
     fn pick_host_any(inv: &Inventory, vm: &Vm) -> Result<String, VmError> {
@@ -715,8 +762,8 @@ mod tests {
             inv.hosts.insert(h.id.clone(), h);
         }
         let v = vm("v1", G, None, "down");
-        inv.disks.insert(
-            "d1".into(),
+        put_disk(
+            &mut inv,
             Disk {
                 id: "d1".into(),
                 name: "d1".into(),
@@ -780,12 +827,79 @@ mod tests {
             creating: false,
             instance_type: None,
             quota: None,
+            placement: Placement::default(),
+            serial_number: None,
+            console_enabled: None,
         };
-        let x = domain_xml(&vm, &[], &Default::default(), "/var/log/halyard/vms");
+        let x = domain_xml(&vm, &[], &Default::default(), "/var/log/halyard/vms", "");
         let n = crate::api::node::Node::parse_xml(x.as_bytes()).expect("well-formed");
         assert_eq!(n.text_of("name"), Some("a<b>&\"c'"));
         assert_eq!(n.text_of("memory"), Some("131072"));
         assert_eq!(n.text_of("vcpu"), Some("2"));
         assert!(mac_for(&vm.id).starts_with("56:6f:"));
+    }
+
+    /// The SMBIOS serial a guest sees, by policy, and the serial console on or off.
+    #[test]
+    fn serial_number_and_console() {
+        let mut v = vm(
+            "8d2e5c8a-3f0e-4b8c-9a1b-0123456789ab",
+            1 << 30,
+            None,
+            "down",
+        );
+        let serial = |v: &Vm| -> Option<String> {
+            let x = domain_xml(v, &[], &Default::default(), "/c", "host-uuid");
+            let n = crate::api::node::Node::parse_xml(x.as_bytes()).expect("well-formed");
+            assert_eq!(
+                n.get("os")
+                    .and_then(|o| o.get("smbios"))
+                    .and_then(|s| s.attr_of("mode")),
+                Some("sysinfo")
+            );
+            n.get("sysinfo")
+                .and_then(|s| s.get("system"))
+                .and_then(|s| s.all("entry").find(|e| e.attr_of("name") == Some("serial")))
+                .and_then(|e| e.text.clone())
+        };
+        assert_eq!(serial(&v).as_deref(), Some("host-uuid"));
+        for (policy, want) in [
+            ("host", "host-uuid"),
+            ("vm", "8d2e5c8a-3f0e-4b8c-9a1b-0123456789ab"),
+            ("custom", "my<serial>"),
+        ] {
+            v.serial_number = Some(SerialNumber {
+                policy: policy.into(),
+                value: "my<serial>".into(),
+            });
+            assert_eq!(serial(&v).as_deref(), Some(want), "{policy}");
+        }
+        let with_console = domain_xml(&v, &[], &Default::default(), "/c", "");
+        assert!(with_console.contains("<serial type=\"pty\">"));
+        v.console_enabled = Some(false);
+        let without = domain_xml(&v, &[], &Default::default(), "/c", "");
+        assert!(!without.contains("<serial") && !without.contains("<console"));
+    }
+
+    /// PinToHost: a VM pinned to hosts runs only there, and not at all when none of
+    /// them can take it.
+    #[test]
+    fn pinned_vms_run_only_on_their_hosts() {
+        const G: u64 = 1 << 30;
+        let mut inv = Inventory::default();
+        for h in [
+            host("big", 8 * G, "up"),
+            host("small", 2 * G, "up"),
+            host("off", 8 * G, "maintenance"),
+        ] {
+            inv.hosts.insert(h.id.clone(), h);
+        }
+        let mut v = vm("v1", G, None, "down");
+        assert_eq!(pick_host_any(&inv, &v).expect("placed"), "big");
+        v.placement.hosts = vec!["small".into()];
+        assert_eq!(pick_host_any(&inv, &v).expect("placed"), "small");
+        v.placement.hosts = vec!["off".into()];
+        let err = pick_host_any(&inv, &v).expect_err("its host is in maintenance");
+        assert!(err.to_string().contains("PinToHost"), "{err}");
     }
 }

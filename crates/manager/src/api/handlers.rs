@@ -243,10 +243,17 @@ const VM_ADD: &[&str] = &[
     "type",
     "instance_type",
     "quota",
+    "placement_policy",
+    "serial_number",
+    "console/enabled",
+    "console/enabled",
     "id",
 ];
 const VM_UPDATE: &[&str] = &[
     "quota",
+    "placement_policy",
+    "serial_number",
+    "console/enabled",
     "name",
     "description",
     "memory",
@@ -313,8 +320,7 @@ const VM_FOLLOW: &[&str] = &["nics", "cluster", "host", "template"];
 const HOST_FOLLOW: &[&str] = &["cluster"];
 
 /// A VM with the links in `follow` embedded.
-/// `committed`: [`Inventory::committed_memory`] when `follow` has `host`.
-fn vm_node(inv: &Inventory, v: &Vm, follow: &[String], committed: &HashMap<&str, u64>) -> Node {
+fn vm_node(inv: &Inventory, v: &Vm, follow: &[String]) -> Node {
     let want = |k: &str| follow.iter().any(|f| f == k);
     let nics = if want("nics") {
         inv.nics_of(&v.id)
@@ -332,10 +338,7 @@ fn vm_node(inv: &Inventory, v: &Vm, follow: &[String], committed: &HashMap<&str,
     }
     if want("host") {
         if let Some(h) = v.host.as_ref().and_then(|h| inv.hosts.get(h)) {
-            n.replace(
-                "host",
-                render::host(h, inv.scheduling_memory_with(h, committed)),
-            );
+            n.replace("host", render::host(h, inv.scheduling_memory(h)));
         }
     }
     if want("template") {
@@ -349,25 +352,12 @@ fn vm_node(inv: &Inventory, v: &Vm, follow: &[String], committed: &HashMap<&str,
 
 /// A down VM whose disks are being made or changed shows image_locked.
 fn vm_images_locked(inv: &Inventory, vm: &str) -> bool {
-    if inv.disks.is_empty() {
-        return false;
-    }
-    inv.disks
-        .values()
-        .any(|d| d.vm.as_deref() == Some(vm) && d.status == "locked")
-}
-
-fn follow_committed<'a>(inv: &'a Inventory, follow: &[String]) -> HashMap<&'a str, u64> {
-    if follow.iter().any(|f| f == "host") {
-        inv.committed_memory()
-    } else {
-        HashMap::new()
-    }
+    inv.disks_of(vm).iter().any(|d| d.status == "locked")
 }
 
 /// A host with the links in `follow` embedded.
-fn host_node(inv: &Inventory, h: &Host, follow: &[String], committed: &HashMap<&str, u64>) -> Node {
-    let mut n = render::host(h, inv.scheduling_memory_with(h, committed));
+fn host_node(inv: &Inventory, h: &Host, follow: &[String]) -> Node {
+    let mut n = render::host(h, inv.scheduling_memory(h));
     if follow.iter().any(|f| f == "cluster") {
         if let Some(c) = inv.clusters.get(&h.cluster) {
             n.replace("cluster", render::cluster(c));
@@ -611,9 +601,7 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
         ["hosts", id] if get => {
             let follow = r.follow(HOST_FOLLOW)?;
             let inv = m.read();
-            show(&inv.hosts, id, "Host", |h| {
-                host_node(&inv, h, &follow, &inv.committed_memory())
-            })
+            show(&inv.hosts, id, "Host", |h| host_node(&inv, h, &follow))
         }
         ["hosts", id] if put => update_host(m, id, r).await,
         ["hosts", id] if del => remove_host(m, id).await,
@@ -625,9 +613,7 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
         ["vms", id] if get => {
             let follow = r.follow(VM_FOLLOW)?;
             let inv = m.read();
-            show(&inv.vms, id, "VM", |v| {
-                vm_node(&inv, v, &follow, &follow_committed(&inv, &follow))
-            })
+            show(&inv.vms, id, "VM", |v| vm_node(&inv, v, &follow))
         }
         ["vms", id] if put => update_vm(m, id, r).await,
         ["vms", id] if del => remove_vm(m, id, r).await,
@@ -1013,7 +999,6 @@ async fn add_cluster(m: &Arc<Manager>, r: &Req) -> Out {
 fn hosts(m: &Arc<Manager>, r: &Req) -> Out {
     let follow = r.follow(HOST_FOLLOW)?;
     let inv = m.read();
-    let committed = inv.committed_memory();
     search_list(
         r,
         "hosts",
@@ -1039,9 +1024,7 @@ fn hosts(m: &Arc<Manager>, r: &Req) -> Out {
             "tag" => super::tags::names(&inv, &h.tags),
             "cluster" => cluster_name(&inv, &h.cluster),
             "vm" | "vm.status" => inv
-                .vms
-                .values()
-                .filter(|v| v.host.as_deref() == Some(h.id.as_str()))
+                .vms_on(&h.id)
                 .map(|v| {
                     if f == "vm" {
                         v.name.clone()
@@ -1052,7 +1035,7 @@ fn hosts(m: &Arc<Manager>, r: &Req) -> Out {
                 .collect(),
             _ => dc_name_of_cluster(&inv, &h.cluster),
         },
-        |h| host_node(&inv, h, &follow, &committed),
+        |h| host_node(&inv, h, &follow),
     )
 }
 
@@ -1149,6 +1132,13 @@ async fn update_host(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
                         h.name, to.name
                     )));
                 }
+                let pinned = pinned_to(&inv, id);
+                if !pinned.is_empty() {
+                    return Err(ApiError::conflict(format!(
+                        "Cannot edit Host. The following VMs are pinned to it: {}.",
+                        pinned.join(", ")
+                    )));
+                }
             }
             Some(cid)
         }
@@ -1193,14 +1183,17 @@ async fn remove_host(m: &Arc<Manager>, id: &str) -> Out {
         .get(id)
         .cloned()
         .ok_or_else(|| ApiError::not_found(format!("Host {id} not found")))?;
-    if m.read()
-        .vms
-        .values()
-        .any(|v| v.host.as_deref() == Some(id) && v.status != "down")
-    {
+    if m.read().host_runs_vms(id) {
         return Err(ApiError::conflict(format!(
             "Cannot remove Host. Host {} has running VMs.",
             h.name
+        )));
+    }
+    let pinned = pinned_to(&m.read(), id);
+    if !pinned.is_empty() {
+        return Err(ApiError::conflict(format!(
+            "Cannot remove Host. The following VMs are pinned to it: {}.",
+            pinned.join(", ")
         )));
     }
     if !matches!(
@@ -1252,11 +1245,7 @@ async fn host_action(m: &Arc<Manager>, id: &str, action: &str, r: &Req) -> Out {
                 .map_err(|e| ApiError::conflict(e.to_string()))
         }
         "deactivate" => {
-            if m.read()
-                .vms
-                .values()
-                .any(|v| v.host.as_deref() == Some(id) && v.status != "down")
-            {
+            if m.read().host_runs_vms(id) {
                 Err(ApiError::conflict(format!(
                     "Cannot switch Host {} to Maintenance mode: it runs VMs.",
                     h.name
@@ -1318,7 +1307,6 @@ async fn host_action(m: &Arc<Manager>, id: &str, action: &str, r: &Req) -> Out {
 fn vms(m: &Arc<Manager>, r: &Req) -> Out {
     let follow = r.follow(VM_FOLLOW)?;
     let inv = m.read();
-    let committed = follow_committed(&inv, &follow);
     let lookup = |q: &search::Query| {
         if let Some(id) = q.exact("id") {
             return Some(inv.vms.get(id).into_iter().collect());
@@ -1382,7 +1370,7 @@ fn vms(m: &Arc<Manager>, r: &Req) -> Out {
                 .unwrap_or_else(|| "Blank".into())],
             _ => dc_name_of_cluster(&inv, &v.cluster),
         },
-        |v| vm_node(&inv, v, &follow, &committed),
+        |v| vm_node(&inv, v, &follow),
     )
 }
 
@@ -1466,7 +1454,7 @@ async fn add_vm(m: &Arc<Manager>, r: &Req) -> Out {
     }
     let n = r.document("vm", "Vm", VM_ADD)?;
     let vm = new_vm(m, &n, None).await?;
-    let node = vm_node(&m.read(), &vm, &[], &HashMap::new());
+    let node = vm_node(&m.read(), &vm, &[]);
     Ok((StatusCode::CREATED, node))
 }
 
@@ -1479,6 +1467,94 @@ fn inv_dc_of_cluster(m: &Arc<Manager>, n: &Node) -> Result<Option<String>, ApiEr
         "cluster",
     )?;
     Ok(c.and_then(|c| inv.dc_of_cluster(&c).map(str::to_string)))
+}
+
+/// A `<placement_policy>`: the hosts (by id or name, each of the VM's cluster) the VM
+/// is pinned to and its migration affinity; `old` is what it had (an update changes
+/// only what the document names).
+fn placement_of(
+    inv: &Inventory,
+    n: &Node,
+    cluster: &str,
+    old: &Placement,
+) -> Result<Option<Placement>, ApiError> {
+    let Some(p) = n.get("placement_policy") else {
+        return Ok(None);
+    };
+    let mut out = old.clone();
+    if let Some(a) = p.text_of("affinity") {
+        out.affinity = a.to_string();
+    }
+    if out.affinity.is_empty() {
+        out.affinity = "migratable".into();
+    }
+    if let Some(hosts) = p.get("hosts") {
+        let mut ids = Vec::new();
+        for h in hosts.all("host") {
+            let id = ref_id(
+                Some(h),
+                |x| inv.host_by_name(x).map(|h| h.id.clone()),
+                "host",
+            )?
+            .unwrap_or_default();
+            let host = inv
+                .hosts
+                .get(&id)
+                .ok_or_else(|| ApiError::not_found(format!("Host {id} not found")))?;
+            if host.cluster != cluster {
+                return Err(ApiError::conflict(format!(
+                    "Cannot edit VM. The VM can be pinned only to hosts of its cluster; host {} is in another cluster.",
+                    host.name
+                )));
+            }
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        out.hosts = ids;
+    }
+    Ok(Some(out))
+}
+
+/// `<console><enabled>`: the VM's serial console on or off.
+fn console_of(n: &Node) -> Result<Option<bool>, ApiError> {
+    match n.get("console").and_then(|c| c.text_of("enabled")) {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(x) => Err(ApiError::bad(format!(
+            "console/enabled: {x:?} is not a Boolean"
+        ))),
+    }
+}
+
+/// The names of the VMs pinned to a host (their placement_policy names it).
+fn pinned_to(inv: &Inventory, host: &str) -> Vec<String> {
+    inv.vms
+        .values()
+        .filter(|v| v.placement.hosts.iter().any(|h| h == host))
+        .map(|v| v.name.clone())
+        .collect()
+}
+
+/// A `<serial_number>`: policy host, vm or custom (with a value).
+fn serial_number_of(n: &Node) -> Result<Option<SerialNumber>, ApiError> {
+    let Some(s) = n.get("serial_number") else {
+        return Ok(None);
+    };
+    let policy = s.text_of("policy").unwrap_or("host").to_string();
+    let value = s.text_of("value").unwrap_or("").to_string();
+    if policy == "custom" && value.trim().is_empty() {
+        return Err(ApiError::bad(
+            "Cannot edit VM. A custom serial number policy needs a serial number value.",
+        ));
+    }
+    if value.len() > 255 || value.chars().any(char::is_control) {
+        return Err(ApiError::bad(
+            "Cannot edit VM. A serial number is at most 255 characters, without control characters.",
+        ));
+    }
+    Ok(Some(SerialNumber { policy, value }))
 }
 
 /// Makes a VM from a checked `<vm>` document (a pool's VMs name their pool).
@@ -1515,6 +1591,8 @@ pub(super) async fn new_vm(m: &Arc<Manager>, n: &Node, pool: Option<&str>) -> Re
     if !m.read().clusters.contains_key(&cluster) {
         return Err(ApiError::not_found(format!("Cluster {cluster} not found")));
     }
+    let placement = placement_of(&m.read(), n, &cluster, &Placement::default())?;
+    let serial_number = serial_number_of(n)?;
     let tpl = if template == BLANK_TEMPLATE {
         None
     } else {
@@ -1624,6 +1702,9 @@ pub(super) async fn new_vm(m: &Arc<Manager>, n: &Node, pool: Option<&str>) -> Re
         creating: false,
         instance_type,
         quota,
+        placement: placement.unwrap_or_default(),
+        serial_number,
+        console_enabled: console_of(n)?,
     };
     m.insert(&vm).await?;
     if tpl.is_some() {
@@ -1652,7 +1733,7 @@ async fn update_vm(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
     let name = n.text_of("name");
     if let Some(name) = name {
         check_name(name, "VM")?;
-        if m.read().vms.values().any(|v| v.name == name && v.id != id) {
+        if m.read().vm_by_name(name).is_some_and(|v| v.id != id) {
             return Err(ApiError::conflict(format!(
                 "Cannot edit VM. The VM name {name:?} is already in use."
             )));
@@ -1670,11 +1751,30 @@ async fn update_vm(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
             Some(super::quotas::find(&inv, q, dc.as_deref())?)
         }
     };
+    let placement = {
+        let inv = m.read();
+        let cur = inv
+            .vms
+            .get(id)
+            .ok_or_else(|| ApiError::not_found(format!("VM {id} not found")))?;
+        placement_of(&inv, &n, &cur.cluster, &cur.placement)?
+    };
+    let serial_number = serial_number_of(&n)?;
+    let console = console_of(&n)?;
     // Only the fields the request names change (a status report meanwhile stays).
     let vm = m
         .update(id, |vm: &mut Vm| {
             if let Some(name) = name {
                 vm.name = name.to_string();
+            }
+            if let Some(p) = &placement {
+                vm.placement = p.clone();
+            }
+            if let Some(s) = &serial_number {
+                vm.serial_number = Some(s.clone());
+            }
+            if let Some(c) = console {
+                vm.console_enabled = Some(c);
             }
             if let Some(q) = &quota {
                 vm.quota = Some(q.clone());

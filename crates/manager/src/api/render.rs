@@ -309,6 +309,30 @@ pub fn vm(v: &Vm, nics: &[&Nic]) -> Node {
     if let Some(h) = &v.host {
         n.push(Node::reference("host", &href("hosts", h), h));
     }
+    let mut placement = Node::new("placement_policy").with(Node::leaf(
+        "affinity",
+        if v.placement.affinity.is_empty() {
+            "migratable"
+        } else {
+            &v.placement.affinity
+        },
+    ));
+    if !v.placement.hosts.is_empty() {
+        let mut hosts = Node::new("hosts");
+        for h in &v.placement.hosts {
+            hosts.push(Node::reference("host", &href("hosts", h), h));
+        }
+        placement.push(hosts);
+    }
+    n.push(placement);
+    n.push(Node::new("console").with(Node::leaf("enabled", v.console_enabled != Some(false))));
+    if let Some(s) = &v.serial_number {
+        n.push(
+            Node::new("serial_number")
+                .with(Node::leaf("policy", &s.policy))
+                .opt("value", (!s.value.is_empty()).then_some(&s.value)),
+        );
+    }
     if !v.guest.fqdn.is_empty() {
         n.push(Node::leaf("fqdn", &v.guest.fqdn));
     }

@@ -602,19 +602,27 @@ impl Api {
     ) -> anyhow::Result<Duration> {
         let t0 = Instant::now();
         loop {
-            let n = self
-                .statuses(coll)
-                .await?
-                .iter()
-                .filter(|x| x.1 == status)
-                .count();
+            let all = self.statuses(coll).await?;
+            let n = all.iter().filter(|x| x.1 == status).count();
             if n >= want {
                 return Ok(t0.elapsed());
             }
-            anyhow::ensure!(
-                t0.elapsed() < timeout,
-                "only {n} of {want} {coll} are {status} after {timeout:?}"
-            );
+            if t0.elapsed() >= timeout {
+                // What the others are, and a few of them, to tell where they were lost.
+                let mut other: std::collections::BTreeMap<&str, usize> = Default::default();
+                for x in all.iter().filter(|x| x.1 != status) {
+                    *other.entry(x.1.as_str()).or_default() += 1;
+                }
+                let some: Vec<&str> = all
+                    .iter()
+                    .filter(|x| x.1 != status)
+                    .take(5)
+                    .map(|x| x.0.as_str())
+                    .collect();
+                anyhow::bail!(
+                    "only {n} of {want} {coll} are {status} after {timeout:?}; the others: {other:?} (e.g. {some:?})"
+                );
+            }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }

@@ -183,19 +183,6 @@ NEEDS_FEATURE = {
         "the OVF of a VM: GET /vms?search=name%3Dmyvm&all_content=true answers without "
         "<initialization><configuration><data> (AttributeError: 'NoneType' object has no attribute "
         "'configuration')",
-    "enable_serial_console":
-        "the serial console: GET /vms?search=name%3Dmyvm&all_content=true answers without <console> "
-        "(AttributeError on vm.console.enabled); PUT /vms/{id} <vm><console><enabled>true</enabled>"
-        "</console></vm> -> 400 [<console> is in oVirt's model, but Halyard does not act on it yet; "
-        "remove it from the request]",
-    "set_vm_serial_number":
-        "VM serial number policy: PUT /vms/{id} <vm><serial_number><policy>custom</policy><value>"
-        "myserial</value></serial_number></vm> -> 400 [<serial_number> is in oVirt's model, but "
-        "Halyard does not act on it yet; remove it from the request]",
-    "pin_vm":
-        "VM placement policy: PUT /vms/{id} <vm><placement_policy><hosts><host><name>myhost</name>"
-        "</host></hosts></placement_policy></vm> -> 400 [<placement_policy> is in oVirt's model, but "
-        "Halyard does not act on it yet; remove it from the request]",
     "set_vm_lease_storage_domain":
         "VM high availability and leases: PUT /vms/{id} <vm><high_availability><enabled>true</enabled>"
         "</high_availability><lease><storage_domain id=.../></lease></vm> -> 400 "
