@@ -23,12 +23,39 @@ pub fn iso8601(ms: i64) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let (y, m, d) = halyard_common::text::civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}+00:00",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
+    // Written digit by digit (no formatting machinery: lists of thousands of objects
+    // carry several dates each).
+    let mut s = String::with_capacity(29);
+    let put = |s: &mut String, v: i64, width: u32| {
+        if v < 0 {
+            s.push('-');
+        }
+        let v = v.unsigned_abs();
+        let digits = v.checked_ilog10().unwrap_or(0) + 1;
+        for _ in digits..width {
+            s.push('0');
+        }
+        let mut div = 10u64.pow(digits - 1);
+        while div > 0 {
+            s.push(char::from(b'0' + ((v / div) % 10) as u8));
+            div /= 10;
+        }
+    };
+    put(&mut s, y, 4);
+    s.push('-');
+    put(&mut s, i64::from(m), 2);
+    s.push('-');
+    put(&mut s, i64::from(d), 2);
+    s.push('T');
+    put(&mut s, rem / 3600, 2);
+    s.push(':');
+    put(&mut s, (rem / 60) % 60, 2);
+    s.push(':');
+    put(&mut s, rem % 60, 2);
+    s.push('.');
+    put(&mut s, milli, 3);
+    s.push_str("+00:00");
+    s
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -908,5 +935,23 @@ mod tests {
     fn dates() {
         assert_eq!(iso8601(0), "1970-01-01T00:00:00.000+00:00");
         assert_eq!(iso8601(1_795_000_000_123), "2026-11-18T11:06:40.123+00:00");
+    }
+
+    proptest::proptest! {
+        /// The digit-by-digit writer gives what the formatting machinery gives.
+        #[test]
+        fn dates_as_formatted(ms in -62_000_000_000_000i64..250_000_000_000_000i64) {
+            let secs = ms.div_euclid(1000);
+            let rem = secs.rem_euclid(86_400);
+            let (y, m, d) = halyard_common::text::civil_from_days(secs.div_euclid(86_400));
+            let want = format!(
+                "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}+00:00",
+                rem / 3600,
+                (rem / 60) % 60,
+                rem % 60,
+                ms.rem_euclid(1000)
+            );
+            proptest::prop_assert_eq!(iso8601(ms), want);
+        }
     }
 }

@@ -20,7 +20,7 @@ fn rule(doc: &Node, name: &str, enabled: bool, positive: bool, enforcing: bool) 
             .map(|v| v == "true")
             .unwrap_or(d)
     };
-    Node::new(name)
+    Node::new(name.to_string())
         .with(Node::leaf("enabled", flag("enabled", enabled)))
         .with(Node::leaf("enforcing", flag("enforcing", enforcing)))
         .with(Node::leaf("positive", flag("positive", positive)))

@@ -100,17 +100,24 @@ pub fn format_of(headers: &HeaderMap) -> Format {
     }
 }
 
-pub fn respond(status: StatusCode, n: &Node, f: Format) -> Response {
+pub fn respond(status: StatusCode, n: Node, f: Format) -> Response {
     let (ct, body) = match f {
         Format::Xml => ("application/xml;charset=UTF-8", n.to_xml()),
-        Format::Json => ("application/json", n.to_json_string()),
+        // A list serialised as it was made is the answer as it is.
+        Format::Json => {
+            let body = match n.raw {
+                Some(raw) => raw,
+                None => n.to_json_string(),
+            };
+            ("application/json", body)
+        }
     };
     crate::memory::after_response(body.len());
     (status, [("content-type", ct)], body).into_response()
 }
 
 pub fn fault(e: &ApiError, f: Format) -> Response {
-    respond(e.status, &e.node(), f)
+    respond(e.status, e.node(), f)
 }
 
 /// A parsed request.
@@ -155,10 +162,6 @@ impl Req {
     }
 
     /// Renders a list item now, in the answer's format (see [`Node::serialized`]).
-    pub(super) fn item(&self, n: Node) -> Node {
-        Node::serialized(&n, self.format == Format::Json)
-    }
-
     pub(super) fn body_node(&self, root: &str) -> Result<Node, ApiError> {
         if self.body.is_empty() {
             return Err(ApiError::bad("the request needs a body"));
@@ -399,12 +402,12 @@ pub(super) fn search_list_indexed<'a, T: 'a>(
             .collect(),
         None => objects.filter(|o| q.matches(|f| field(o, f))).collect(),
     };
-    let items = q
-        .arrange(hits, |o, f| field(o, f), max)
-        .into_iter()
-        .map(|o| r.item(render(o)))
-        .collect();
-    ok(list(name, items, None))
+    let hits = q.arrange(hits, |o, f| field(o, f), max);
+    ok(Node::list_of(
+        name,
+        hits.into_iter().map(render),
+        r.format == Format::Json,
+    ))
 }
 
 /// The name of a cluster, and of the data center a cluster belongs to, as search values.
@@ -430,7 +433,7 @@ fn dc_name_of_cluster(inv: &Inventory, cluster: &str) -> Vec<String> {
 }
 
 pub(super) fn list(name: &str, items: Vec<Node>, max: Option<usize>) -> Node {
-    let mut n = Node::new(name);
+    let mut n = Node::new(name.to_string());
     for i in items.into_iter().take(max.unwrap_or(usize::MAX)) {
         n.push(i);
     }
@@ -469,7 +472,7 @@ pub(super) fn ref_id(
 /// Dispatches one API request.
 pub async fn dispatch(m: &Arc<Manager>, r: Req, f: Format) -> Response {
     match route(m, &r).await {
-        Ok((status, n)) => respond(status, &n, f),
+        Ok((status, n)) => respond(status, n, f),
         Err(e) => fault(&e, f),
     }
 }
@@ -823,7 +826,7 @@ fn root(m: &Arc<Manager>) -> Node {
         .filter(|s| s.status == "active")
         .count();
     let users = inv.records_of("User").count();
-    let item = |name: &str, active: usize, total: usize| {
+    let item = |name: &'static str, active: usize, total: usize| {
         Node::new(name)
             .with(Node::leaf("active", active))
             .with(Node::leaf("total", total))

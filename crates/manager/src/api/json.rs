@@ -8,7 +8,7 @@
 //! Request bodies in this shape parse back with `Node::parse_json`; the round trip
 //! XML -> JSON -> XML keeps every document of every type (see the tests).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use super::model::{model, Member, Type};
@@ -16,13 +16,38 @@ use super::node::{json_str, Node};
 
 /// The model type of a document element: by its tag (`vm` -> `Vm`), or a collection's
 /// item type by the collection tag (`vms` -> `Vm`).
-type TagMap = HashMap<&'static str, &'static str>;
+type TagMap = HashMap<&'static str, &'static str, Fnv>;
+
+/// FNV-1a: the writer's lookups are by short names the model itself holds (no
+/// hostile keys), millions of times for a long list; SipHash costs more than the rest.
+#[derive(Default, Clone, Copy)]
+struct FnvHasher(u64);
+
+impl std::hash::Hasher for FnvHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+type Fnv = std::hash::BuildHasherDefault<FnvHasher>;
 
 fn tags() -> &'static (TagMap, TagMap) {
     static T: OnceLock<(TagMap, TagMap)> = OnceLock::new();
     T.get_or_init(|| {
-        let mut items: HashMap<&str, &str> = HashMap::new();
-        let mut colls: HashMap<&str, &str> = HashMap::new();
+        let mut items: TagMap = HashMap::default();
+        let mut colls: TagMap = HashMap::default();
         let squash = |s: &str| s.replace('_', "").to_lowercase();
         let mut names: Vec<&String> = model().types.keys().collect();
         names.sort();
@@ -70,9 +95,45 @@ pub fn to_string(n: &Node) -> String {
     s
 }
 
-fn member<'a>(ty: Option<&str>, name: &str) -> Option<&'a Member> {
-    let ms: &'static [Member] = model().members(ty?)?;
-    ms.iter().find(|m| m.name == name)
+/// Each struct type's members by name (a lookup per element written, not a walk over
+/// a type's members: a VM has over a hundred).
+type MemberIndex = HashMap<&'static str, MemberMap, Fnv>;
+type MemberMap = HashMap<&'static str, &'static Member, Fnv>;
+
+fn members() -> &'static MemberIndex {
+    static M: OnceLock<MemberIndex> = OnceLock::new();
+    M.get_or_init(|| {
+        let mut out: MemberIndex = HashMap::default();
+        for (name, t) in &model().types {
+            if let Type::Struct { members, .. } = t {
+                let by: MemberMap = members.iter().map(|m| (m.name.as_str(), m)).collect();
+                out.insert(name.as_str(), by);
+            }
+        }
+        out
+    })
+}
+
+/// `n`'s children ordered by name, those of one name in document order (one sorted
+/// vector instead of a map of vectors: the writer runs once per element of a list of
+/// thousands of objects).
+fn grouped(n: &Node) -> Vec<&Node> {
+    let mut kids: Vec<&Node> = n.children.iter().collect();
+    kids.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
+    kids
+}
+
+/// The children called `k` at the start of `kids[*p..]` (from [`grouped`], walked in
+/// key order): `*p` moves past them.
+fn take<'a, 'n>(kids: &'a [&'n Node], p: &mut usize, k: &str) -> &'a [&'n Node] {
+    while *p < kids.len() && kids[*p].name.as_str() < k {
+        *p += 1;
+    }
+    let start = *p;
+    while *p < kids.len() && kids[*p].name.as_str() == k {
+        *p += 1;
+    }
+    &kids[start..*p]
 }
 
 /// A list: `{"<item>": [..]}` with the holder's own attributes (a link's href).
@@ -81,10 +142,7 @@ fn holder(n: &Node, item_ty: Option<&str>, s: &mut String) {
         s.push_str(r);
         return;
     }
-    let mut fields: BTreeMap<&str, Vec<&Node>> = BTreeMap::new();
-    for c in &n.children {
-        fields.entry(c.name.as_str()).or_default().push(c);
-    }
+    let kids = grouped(n);
     s.push('{');
     let mut first = true;
     for (k, v) in &n.attrs {
@@ -93,7 +151,10 @@ fn holder(n: &Node, item_ty: Option<&str>, s: &mut String) {
         s.push(':');
         json_str(s, v);
     }
-    for (k, items) in &fields {
+    let mut i = 0;
+    while i < kids.len() {
+        let k = kids[i].name.as_str();
+        let items = take(&kids, &mut i, k);
         sep(s, &mut first);
         json_str(s, k);
         s.push_str(":[");
@@ -101,7 +162,7 @@ fn holder(n: &Node, item_ty: Option<&str>, s: &mut String) {
             if i > 0 {
                 s.push(',');
             }
-            let ty = if *k == "link" { None } else { item_ty };
+            let ty = if k == "link" { None } else { item_ty };
             value(c, ty, s);
         }
         s.push(']');
@@ -128,37 +189,34 @@ fn value(n: &Node, ty: Option<&str>, s: &mut String) {
             return;
         }
     }
-    let known = ty.and_then(|t| model().members(t)).is_some();
-    let mut fields: BTreeMap<&str, Vec<&Node>> = BTreeMap::new();
-    for c in &n.children {
-        fields.entry(c.name.as_str()).or_default().push(c);
-    }
+    let known = ty.and_then(|t| members().get(t));
+    let kids = grouped(n);
     s.push('{');
     let mut first = true;
-    let mut keys: BTreeMap<&str, ()> = BTreeMap::new();
-    for (k, _) in &n.attrs {
-        keys.insert(k, ());
-    }
-    for k in fields.keys() {
-        keys.insert(k, ());
-    }
+    // Keys in order: the attributes, the children's names, `value` for text.
+    let mut keys: Vec<&str> = Vec::with_capacity(n.attrs.len() + kids.len() + 1);
+    keys.extend(n.attrs.iter().map(|(k, _)| k.as_str()));
+    keys.extend(kids.iter().map(|c| c.name.as_str()));
     if n.text.is_some() {
-        keys.insert("value", ());
+        keys.push("value");
     }
-    for k in keys.keys() {
+    keys.sort_unstable();
+    keys.dedup();
+    let mut p = 0;
+    for k in keys {
         sep(s, &mut first);
         json_str(s, k);
         s.push(':');
+        let items = take(&kids, &mut p, k);
         if let Some((_, v)) = n.attrs.iter().find(|(a, _)| a == k) {
             json_str(s, v);
             continue;
         }
-        if *k == "value" && !fields.contains_key("value") {
+        if k == "value" && items.is_empty() {
             json_str(s, n.text.as_deref().unwrap_or(""));
             continue;
         }
-        let items = &fields[k];
-        match member(ty, k).filter(|_| known) {
+        match known.and_then(|mm| mm.get(k).copied()) {
             Some(m) if m.list && items.len() == 1 => holder(items[0], Some(&m.ty), s),
             Some(m) if !m.list && items.len() == 1 => value(items[0], Some(&m.ty), s),
             m => {
@@ -166,8 +224,8 @@ fn value(n: &Node, ty: Option<&str>, s: &mut String) {
                 // always), else the element itself.
                 let ity = m
                     .map(|m| m.ty.as_str())
-                    .or_else(|| tags().0.get(*k).copied());
-                if items.len() == 1 && *k != "link" {
+                    .or_else(|| tags().0.get(k).copied());
+                if items.len() == 1 && k != "link" {
                     value(items[0], ity, s);
                 } else {
                     s.push('[');
@@ -200,9 +258,9 @@ mod tests {
     /// A random document of type `ty`: members of the model with values of their
     /// types, nested structs and lists (one to three items).
     fn doc(ty: &str, tag: &str, r: &mut u64, depth: usize) -> Node {
-        let mut n = Node::new(tag);
+        let mut n = Node::new(tag.to_string());
         let Some(members) = model().members(ty) else {
-            return Node::leaf(tag, format!("v{}", next(r) % 1000));
+            return Node::leaf(tag.to_string(), format!("v{}", next(r) % 1000));
         };
         for m in members {
             if !next(r).is_multiple_of(3) {

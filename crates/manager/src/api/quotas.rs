@@ -144,7 +144,7 @@ pub async fn audit(m: &Arc<Manager>, quota: &str) {
 
 fn pct(doc: &mut Node, k: &str, default: i64) -> Result<(), ApiError> {
     match doc.text_of(k).map(|v| v.parse::<i64>()) {
-        None => doc.push(Node::leaf(k, default)),
+        None => doc.push(Node::leaf(k.to_string(), default)),
         Some(Ok(v)) if (0..=100).contains(&v) => {}
         Some(_) => {
             return Err(ApiError::bad(format!(

@@ -82,7 +82,7 @@ fn render(stats: Vec<Stat>, owner_tag: &str, owner_href: &str, owner: &str) -> N
                 ))
                 .with(Node::leaf("unit", s.unit))
                 .with(Node::new("values").with(Node::new("value").with(Node::leaf("datum", datum))))
-                .with(Node::reference(owner_tag, owner_href, owner)),
+                .with(Node::reference(owner_tag.to_string(), owner_href, owner)),
         );
     }
     l

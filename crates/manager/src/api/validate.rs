@@ -83,7 +83,7 @@ fn walk(n: &Node, ty: &str, prefix: &str, acts_on: &[&str]) -> Result<(), ApiErr
             )));
         };
         let path = if prefix.is_empty() {
-            c.name.clone()
+            c.name.to_string()
         } else {
             format!("{prefix}/{}", c.name)
         };
