@@ -55,6 +55,10 @@ pub enum ClientError {
 
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Response>>>>;
 
+/// Events a connection queues for a receiver that has not read them yet (each slot
+/// is allocated up front); a receiver further behind is told it lagged.
+pub const EVENT_QUEUE: usize = 256;
+
 /// A connection to one host agent.
 pub struct Client {
     out: mpsc::UnboundedSender<Vec<u8>>,
@@ -216,7 +220,9 @@ impl Client {
             let _ = wr.shutdown().await;
         });
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
-        let (events, _) = broadcast::channel(1024);
+        // Each slot is allocated up front (a Manager holds a connection per host): a
+        // receiver that falls further behind is told it lagged (see `events`).
+        let (events, _) = broadcast::channel(EVENT_QUEUE);
         let reader_pending = pending.clone();
         let reader_events = events.clone();
         let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -258,6 +258,9 @@ impl Manager {
         let mut rx = c.events();
         let me = self.clone();
         let hid = host_id.to_string();
+        // Weak: the task must not keep a replaced connection alive (it ends when the
+        // connection's events end).
+        let client = Arc::downgrade(c);
         tokio::spawn(
             async move {
                 loop {
@@ -270,7 +273,14 @@ impl Manager {
                             }
                             me.on_event(&hid, &n).await;
                         }
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            // Events were dropped (a burst larger than the queue): the
+                            // host's stats tell now what they would have told.
+                            warn!(dropped = n, "host events lagged; sampling the host now");
+                            if let Some(c) = client.upgrade() {
+                                me.sample(&hid, &c).await;
+                            }
+                        }
                         Err(_) => return,
                     }
                 }

@@ -141,7 +141,7 @@ async fn the_model_decides_what_exists() {
 
 /// What the model allows but Halyard does not act on is refused, naming it: the SDK's
 /// set_vm_serial_number.py, pin_vm.py and set_vm_lease_storage_domain.py used to "pass"
-/// with nothing changed.
+/// with nothing changed (the first two are acted on now: their wrong input is refused).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn input_halyard_does_not_act_on_is_refused() {
     let m = ManagerProc::start(Database::Sqlite, "").await;
@@ -161,7 +161,11 @@ async fn input_halyard_does_not_act_on_is_refused() {
         .expect("id")
         .to_string();
     for (body, element) in [
-        ("<vm><serial_number><policy>custom</policy><value>x</value></serial_number></vm>", "serial_number&gt; is in oVirt"),
+        ("<vm><high_availability><enabled>true</enabled></high_availability></vm>", "high_availability&gt; is in oVirt"),
+        ("<vm><serial_number><policy>custom</policy></serial_number></vm>", "needs a serial number value"),
+        ("<vm><serial_number><policy>custom</policy><value>a&#10;b</value></serial_number></vm>", "without control characters"),
+        ("<vm><placement_policy><hosts><host><name>nosuchhost</name></host></hosts></placement_policy></vm>", "host \"nosuchhost\" does not exist"),
+        ("<vm><console><enabled>maybe</enabled></console></vm>", "maybe"),
         ("<vm><cpu><cpu_tune><vcpu_pins><vcpu_pin><vcpu>0</vcpu><cpu_set>0</cpu_set></vcpu_pin></vcpu_pins></cpu_tune></cpu></vm>", "cpu/cpu_tune&gt;"),
         ("<vm><lease><storage_domain id=\"00000000-0000-0000-0000-000000000001\"/></lease></vm>", "lease&gt;"),
         ("<vm><no_such_thing/></vm>", "unknown element &lt;no_such_thing&gt;"),
@@ -182,4 +186,24 @@ async fn input_halyard_does_not_act_on_is_refused() {
     assert!(b.contains("pause"), "{b}");
     let (_, b) = m.api(&t, "GET", &format!("/vms/{vm}"), "").await;
     assert!(b.contains("<name>strict</name>"), "nothing changed: {b}");
+    assert!(!b.contains("<serial_number>"), "nothing changed: {b}");
+    // What is acted on is stored and shown.
+    let (code, b) = m
+        .api(
+            &t,
+            "PUT",
+            &format!("/vms/{vm}"),
+            "<vm><serial_number><policy>vm</policy></serial_number><console><enabled>false</enabled></console></vm>",
+        )
+        .await;
+    assert_eq!(code, 200, "{b}");
+    let (_, b) = m.api(&t, "GET", &format!("/vms/{vm}"), "").await;
+    assert!(
+        b.contains("<serial_number><policy>vm</policy></serial_number>"),
+        "{b}"
+    );
+    assert!(
+        b.contains("<console><enabled>false</enabled></console>"),
+        "{b}"
+    );
 }
