@@ -97,6 +97,9 @@ pub struct Monitoring {
     /// Seconds between passes of the pool monitor (hosts to connect, SPM to elect,
     /// storage tasks to follow).
     pub pool_check_secs: u64,
+    /// Seconds between passes of the VM pool monitor (prestarted VMs started again;
+    /// oVirt's VmPoolMonitorIntervalInMinutes, 5 minutes).
+    pub vm_pool_check_secs: u64,
 }
 
 impl Default for Monitoring {
@@ -108,6 +111,7 @@ impl Default for Monitoring {
             ping_timeout_secs: 3,
             spm_status_interval_secs: 10,
             pool_check_secs: 2,
+            vm_pool_check_secs: 300,
         }
     }
 }

@@ -101,6 +101,7 @@ fn main() -> anyhow::Result<()> {
         }
         tokio::spawn(halyard_manager::memory::trim_periodically());
         tokio::spawn(m.clone().pool_loop());
+        tokio::spawn(halyard_manager::api::vmpools::monitor(m.clone()));
         info!("Manager ready");
         halyard_manager::server::serve(m).await
     })

@@ -392,9 +392,10 @@ pub static KINDS: &[Kind] = &[
             "size",
             "max_user_vms",
             "type",
-            "stateful"
+            "stateful",
+            "prestarted_vms"
         ],
-        update: acts!["size", "max_user_vms"],
+        update: acts!["size", "max_user_vms", "prestarted_vms"],
         required: &["name", "cluster", "template"],
         unique_in: "",
         search: &[],

@@ -752,6 +752,7 @@ async fn add(
             let _ = m.remove::<Record>(&rec.id).await;
             return Err(e);
         }
+        super::vmpools::prestart(m, &rec).await;
     }
     let inv = m.read();
     Ok((StatusCode::CREATED, render(&inv, k, &rec)))
@@ -783,6 +784,7 @@ async fn update(m: &Arc<Manager>, r: &Req, s: &[&str]) -> Out {
         let cur = m.read().records.get(&old.id).cloned();
         if let Some(cur) = cur {
             super::vmpools::fill(m, &cur).await?;
+            super::vmpools::prestart(m, &cur).await;
         }
     }
     let inv = m.read();

@@ -74,6 +74,8 @@ pub async fn route(m: &Arc<Manager>, r: &Req, s: &[&str]) -> Option<Out> {
                 r.max()?,
             ))
         }),
+        // A disk through its storage domain: the same disk, found only in that domain.
+        ["storagedomains", sd, "disks", id] if get || del => sd_disk(m, sd, id, get).await,
         ["storagedomains", id, "templates"] if get => {
             let inv = m.read();
             ok(list(
@@ -791,4 +793,28 @@ async fn update_attachment(m: &Arc<Manager>, vm: &str, d: &str, r: &Req) -> Out 
         .await?
         .ok_or_else(|| ApiError::not_found(format!("Disk {d} not found")))?;
     ok(render::disk_attachment(&x, "vms", vm))
+}
+
+/// A disk through its storage domain (`/storagedomains/{sd}/disks/{id}`): the same
+/// disk, found only in that domain; GET shows it, DELETE removes it.
+async fn sd_disk(m: &Arc<Manager>, sd: &str, id: &str, get: bool) -> Out {
+    check_id(sd)?;
+    check_id(id)?;
+    let here = m
+        .read()
+        .disks
+        .get(id)
+        .is_some_and(|d| d.storage_domain == sd && d.template.is_none());
+    if !here {
+        return Err(ApiError::not_found(format!(
+            "Disk {id} is not on storage domain {sd}"
+        )));
+    }
+    if get {
+        return show(&m.read().disks, id, "Disk", render::disk);
+    }
+    match m.remove_disk(id).await {
+        Ok(()) => ok(Node::new("action").with(Node::leaf("status", "complete"))),
+        Err(e) => Err(e.into()),
+    }
 }

@@ -30,6 +30,20 @@ pub fn check(inv: &Inventory, doc: &mut Node, old: Option<&Record>) -> Result<()
     }
     doc.children.retain(|c| c.name != "size");
     doc.push(Node::leaf("size", size));
+    let prestarted = match doc.text_of("prestarted_vms").map(str::parse::<i64>) {
+        None => old
+            .and_then(|o| o.text("prestarted_vms"))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        Some(Ok(v)) if (0..=size).contains(&v) => v,
+        Some(_) => {
+            return Err(ApiError::bad(
+                "Cannot add VM-Pool: <prestarted_vms> is from 0 to the pool's size",
+            ))
+        }
+    };
+    doc.children.retain(|c| c.name != "prestarted_vms");
+    doc.push(Node::leaf("prestarted_vms", prestarted));
     if doc.get("max_user_vms").is_none() {
         doc.push(Node::leaf("max_user_vms", 1));
     }
@@ -80,6 +94,60 @@ pub async fn fill(m: &Arc<Manager>, pool: &Record) -> Result<(), ApiError> {
             super::handlers::new_vm(m, &doc, Some(&pool.id)).await?;
         }
         n += 1;
+    }
+}
+
+/// Starts down VMs of the pool until `prestarted_vms` of them run (oVirt's pool
+/// monitor: prestarted VMs wait for users to take them). A start that fails is an
+/// event; the next pass tries again.
+pub async fn prestart(m: &Arc<Manager>, pool: &Record) {
+    let want: usize = pool
+        .text("prestarted_vms")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    loop {
+        let (running, next) = {
+            let inv = m.read();
+            let running = vms_of(&inv, &pool.id)
+                .filter(|v| v.status != "down")
+                .count();
+            let next = vms_of(&inv, &pool.id)
+                .find(|v| v.status == "down")
+                .map(|v| (v.id.clone(), v.name.clone()));
+            (running, next)
+        };
+        let Some((id, name)) = next.filter(|_| running < want) else {
+            return;
+        };
+        if let Err(e) = m.vm_start(&id).await {
+            m.event(
+                119,
+                "error",
+                format!(
+                    "Failed to prestart VM {name} of VM pool {}: {e}",
+                    pool.name()
+                ),
+                None,
+                Some(&id),
+            )
+            .await;
+            return;
+        }
+    }
+}
+
+/// The VM pool monitor: every `vm_pool_check_secs`, each pool's prestarted VMs are
+/// started again where fewer run (one was taken, stopped, or its host failed).
+pub async fn monitor(m: Arc<Manager>) {
+    let every = std::time::Duration::from_secs(m.cfg.monitoring.vm_pool_check_secs.max(1));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let pools: Vec<Record> = m.read().records_of("VmPool").cloned().collect();
+        for p in pools {
+            prestart(&m, &p).await;
+        }
     }
 }
 

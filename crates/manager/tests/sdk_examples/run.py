@@ -220,14 +220,6 @@ NEEDS_FEATURE = {
         "a VM cloned from a snapshot: POST /vms <vm><name>myclonedvm</name><cluster><name>mycluster"
         "</name></cluster><snapshots><snapshot id=.../></snapshots></vm> -> 400 [<snapshots> is in "
         "oVirt's model, but Halyard does not act on it yet; remove it from the request]",
-    "delete_disks":
-        "disks removed through their storage domain: DELETE /storagedomains/{id}/disks/{id} -> 501 "
-        "[Halyard does not implement StorageDomainDiskService.remove yet]",
-    "add_vm_pool":
-        "prestarted pool VMs: POST /vmpools <vm_pool><max_user_vms>1</max_user_vms><name>myvmpool</name>"
-        "<prestarted_vms>1</prestarted_vms><size>3</size><type>automatic</type>...</vm_pool> -> 400 "
-        "[<prestarted_vms> is in oVirt's model, but Halyard does not act on it yet; remove it from "
-        "the request]",
     "add_vm_from_template_version":
         "template versions: the fixture's POST /templates <template><name>mytemplate</name><vm id=.../>"
         "<version><base_template id=.../><version_name>v2</version_name></version></template> -> 400 "
@@ -845,11 +837,32 @@ def check_disks(prefix, count):
     return check
 
 
+def pool_vms():
+    return [v for v in system().vms_service().list() if (v.name or "").startswith("myvmpool")]
+
+
 def check_pool(out):
     p = [p for p in system().vm_pools_service().list() if p.name == "myvmpool"]
     expect(p, "no pool myvmpool")
-    vms = [v for v in system().vms_service().list() if (v.name or "").startswith("myvmpool")]
+    expect(p[0].prestarted_vms == 1, "myvmpool has prestarted_vms %s" % p[0].prestarted_vms)
+    vms = pool_vms()
     expect(len(vms) == 3, "pool has %d VMs" % len(vms))
+    # One VM of the pool is prestarted, and only one.
+    wait("a prestarted VM of myvmpool up",
+         lambda: [v.status for v in pool_vms()].count(types.VmStatus.UP) == 1, 120)
+    expect([v.status for v in pool_vms()].count(types.VmStatus.DOWN) == 2, "more than one VM started")
+
+
+def pool_without_prestarted():
+    """myvmpool asks for no prestarted VM any more, and its running one is stopped."""
+    p = [p for p in system().vm_pools_service().list() if p.name == "myvmpool"]
+    if not p:
+        return
+    system().vm_pools_service().pool_service(p[0].id).update(types.VmPool(prestarted_vms=0))
+    for v in pool_vms():
+        if v.status != types.VmStatus.DOWN:
+            system().vms_service().vm_service(v.id).stop()
+            vm_status(v.name, types.VmStatus.DOWN)
 
 
 def check_vm_tag(present):
@@ -1129,6 +1142,7 @@ STEPS = [
       unless="reprovision_stateless_vm_in_pool"),
     E("reprovision_stateless_vm_in_pool", timeout=150, check=check_reprovision),
     E("add_vm_pool", timeout=90, check=check_pool),
+    R("myvmpool without prestarted VMs", pool_without_prestarted, unless="add_vm_pool"),
     E("remove_vm", check=check_gone("vm", "myvm")),
     E("add_vm_with_sysprep", timeout=90, after=lambda: vm_status("myvm", types.VmStatus.UP)),
     R("remove myvm (sysprep)", lambda: remove_vm("myvm"), unless="add_vm_with_sysprep"),
