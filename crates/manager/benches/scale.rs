@@ -133,6 +133,31 @@ async fn run() -> anyhow::Result<()> {
         let max = v.iter().max().copied().unwrap_or_default();
         lat.push((accept, median(&mut v), max, size));
     }
+    // The reference: the same GET by curl (an unmodified client, its own process), time
+    // to the last byte with the body thrown away.
+    let mut by_curl = Vec::new();
+    for accept in ["application/xml", "application/json"] {
+        let mut v = Vec::new();
+        for _ in 0..5 {
+            let out = std::process::Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{time_total}", "--cacert"])
+                .arg(m.ca())
+                .args(["-H", &format!("Authorization: Bearer {}", api.token)])
+                .args(["-H", &format!("Accept: {accept}"), "-H", "Version: 4"])
+                .arg(format!("{}/vms", m.api_url()))
+                .output()?;
+            let secs: f64 = String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .unwrap_or(f64::NAN);
+            v.push(Duration::from_secs_f64(if secs.is_finite() {
+                secs
+            } else {
+                0.0
+            }));
+        }
+        by_curl.push((accept, median(&mut v)));
+    }
     let mut search = Vec::new();
     for i in 0..10 {
         let t = Instant::now();
@@ -215,6 +240,13 @@ async fn run() -> anyhow::Result<()> {
             "< 1000 ms"
         );
         println!("{:<46} {:>11.0} ms", "  max", max.as_secs_f64() * 1000.0);
+    }
+    for (accept, med) in &by_curl {
+        println!(
+            "{:<46} {:>11.0} ms",
+            format!("  the same by curl, {accept} (median of 5)"),
+            med.as_secs_f64() * 1000.0
+        );
     }
     println!(
         "{:<46} {:>11.1} ms",

@@ -126,6 +126,7 @@ impl Manager {
                 .unwrap_or_else(|| "virtio".into()),
             template: None,
             quota: None,
+            inactive: false,
             creation_time: now_ms(),
         };
         self.insert(&disk).await.map_err(failed)?;
@@ -501,6 +502,7 @@ impl Manager {
                 interface: d.interface.clone(),
                 template: Some(t.id.clone()),
                 quota: None,
+                inactive: false,
                 creation_time: now_ms(),
             };
             t.disks.push(td.id.clone());
@@ -587,6 +589,7 @@ impl Manager {
                 interface: td.interface.clone(),
                 template: None,
                 quota: None,
+                inactive: false,
                 creation_time: now_ms(),
             };
             self.insert(&d).await.map_err(failed)?;
@@ -649,7 +652,12 @@ impl Manager {
     /// named by pool, domain, image and volume).
     pub fn drives_xml(&self, vm: &str) -> (String, String) {
         let inv = self.read();
-        let mut disks: Vec<&Disk> = inv.disks_of(vm);
+        // A deactivated attachment stays out of the VM.
+        let mut disks: Vec<&Disk> = inv
+            .disks_of(vm)
+            .into_iter()
+            .filter(|d| !d.inactive)
+            .collect();
         disks.sort_by(|a, b| {
             b.bootable
                 .cmp(&a.bootable)

@@ -483,6 +483,10 @@ pub struct Disk {
     #[serde(default)]
     pub quota: Option<String>,
     pub creation_time: i64,
+    /// Its attachment is deactivated (oVirt's disk_attachment active=false): the VM
+    /// starts without it.
+    #[serde(default)]
+    pub inactive: bool,
 }
 
 fn default_interface() -> String {

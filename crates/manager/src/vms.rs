@@ -783,6 +783,7 @@ mod tests {
                 template: None,
                 creation_time: 0,
                 quota: None,
+                inactive: false,
             },
         );
         // Only "small" reaches sd1: it is chosen although "big" has more memory.
@@ -910,17 +911,19 @@ mod tests {
             "render only: {} ms ({nodes} children)",
             t.elapsed().as_millis()
         );
-        for json in [false, true] {
+        for (json, par) in [(false, false), (true, false), (false, true), (true, true)] {
             let t = std::time::Instant::now();
-            let n = Node::list_of(
-                "vms",
-                vms.iter().map(|v| crate::api::render::vm(v, &[])),
-                json,
-            );
+            let render = |v: &Vm| crate::api::render::vm(v, &[]);
+            let n = if par {
+                Node::list_of_par("vms", &vms, render, json)
+            } else {
+                Node::list_of("vms", vms.iter().map(render), json)
+            };
             let len = n.raw.map(|r| r.len()).unwrap_or(0);
             println!(
-                "{}: {} ms, {:.1} MiB",
+                "{}{}: {} ms, {:.1} MiB",
                 if json { "JSON" } else { "XML" },
+                if par { ", two threads" } else { "" },
                 t.elapsed().as_millis(),
                 len as f64 / 1048576.0
             );

@@ -259,6 +259,9 @@ enum State {
     },
 }
 
+/// The most buffer an idle decoder keeps.
+const KEPT_BUFFER: usize = 16 * 1024;
+
 /// Incremental STOMP decoder. Feed it bytes with [`Decoder::feed`], take items with
 /// [`Decoder::next_item`].
 pub struct Decoder {
@@ -449,6 +452,11 @@ impl Decoder {
     fn compact(&mut self) {
         if self.pos == self.buf.len() {
             self.buf.clear();
+            // A large frame's buffer is not kept for the connection's life: a Manager
+            // holds a connection per host, each of which sends tens of KiB of stats.
+            if self.buf.capacity() > KEPT_BUFFER {
+                self.buf.shrink_to(KEPT_BUFFER);
+            }
             self.pos = 0;
             self.scan = 0;
         } else if self.pos > 64 * 1024 {

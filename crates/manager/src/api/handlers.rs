@@ -371,27 +371,27 @@ fn host_node(inv: &Inventory, h: &Host, follow: &[String]) -> Node {
 
 /// A collection: the objects `search` matches (`field` gives an object's values of a
 /// search field), at most `max`, each rendered and serialised in turn.
-pub(super) fn search_list<'a, T: 'a>(
+pub(super) fn search_list<'a, T: Sync + 'a>(
     r: &Req,
     name: &str,
     fields: &[&str],
     objects: impl Iterator<Item = &'a T>,
     field: impl Fn(&T, &str) -> Vec<String>,
-    render: impl Fn(&T) -> Node,
+    render: impl Fn(&T) -> Node + Sync,
 ) -> Out {
     search_list_indexed(r, name, fields, objects, |_| None, field, render)
 }
 
 /// [`search_list`] with an index: `lookup(query)` gives the only candidates when the
 /// query pins a field an index has (`name=x`, `id=x`; see `Query::exact`).
-pub(super) fn search_list_indexed<'a, T: 'a>(
+pub(super) fn search_list_indexed<'a, T: Sync + 'a>(
     r: &Req,
     name: &str,
     fields: &[&str],
     objects: impl Iterator<Item = &'a T>,
     lookup: impl Fn(&search::Query) -> Option<Vec<&'a T>>,
     field: impl Fn(&T, &str) -> Vec<String>,
-    render: impl Fn(&T) -> Node,
+    render: impl Fn(&T) -> Node + Sync,
 ) -> Out {
     let q = r.search(fields)?;
     let max = r.max()?;
@@ -403,9 +403,10 @@ pub(super) fn search_list_indexed<'a, T: 'a>(
         None => objects.filter(|o| q.matches(|f| field(o, f))).collect(),
     };
     let hits = q.arrange(hits, |o, f| field(o, f), max);
-    ok(Node::list_of(
+    ok(Node::list_of_par(
         name,
-        hits.into_iter().map(render),
+        &hits,
+        |o: &&T| render(o),
         r.format == Format::Json,
     ))
 }

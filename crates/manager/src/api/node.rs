@@ -255,6 +255,89 @@ impl Node {
         }
     }
 
+    /// [`Node::list_of`] for a slice, by two threads when it is long: each renders and
+    /// writes its half into its own buffer, and the halves are joined in order (the
+    /// same text). A 25,000-VM list is most of a second of work for one core.
+    pub fn list_of_par<T: Sync>(
+        name: &str,
+        items: &[T],
+        render: impl Fn(&T) -> Node + Sync,
+        json: bool,
+    ) -> Node {
+        /// Shorter lists are not worth a thread.
+        const PARALLEL_FROM: usize = 2_000;
+        Node::list_split(name, items, render, json, PARALLEL_FROM)
+    }
+
+    /// [`Node::list_of_par`], in two halves from `from` items on (at least 2).
+    fn list_split<T: Sync>(
+        name: &str,
+        items: &[T],
+        render: impl Fn(&T) -> Node + Sync,
+        json: bool,
+        from: usize,
+    ) -> Node {
+        if items.len() < from.max(2) {
+            return Node::list_of(name, items.iter().map(&render), json);
+        }
+        // Items written one after the other (JSON: comma-separated); the first half
+        // opens the list (JSON's key is the first item's name).
+        let write = |part: &[T], opens: bool| -> String {
+            let mut s = String::new();
+            for (i, it) in part.iter().enumerate() {
+                let n = render(it);
+                if i == 0 && opens {
+                    if json {
+                        s.push('{');
+                        json_str(&mut s, &n.name);
+                        s.push_str(":[");
+                    } else {
+                        s.push('<');
+                        s.push_str(name);
+                        s.push('>');
+                    }
+                } else if i > 0 && json {
+                    s.push(',');
+                }
+                if json {
+                    super::json::write_item(&n, &mut s);
+                } else {
+                    n.write_xml(&mut s);
+                }
+                if i == 0 {
+                    // The first half holds the whole answer in the end.
+                    let whole = if opens { items.len() } else { part.len() };
+                    s.reserve(s.len().saturating_mul(whole) + name.len() + 64);
+                }
+            }
+            s
+        };
+        let (a, b) = items.split_at(items.len() / 2);
+        let (mut out, rest) = std::thread::scope(|scope| {
+            let other = scope.spawn(|| write(b, false));
+            let mine = write(a, true);
+            match other.join() {
+                Ok(theirs) => (mine, theirs),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        });
+        if json {
+            out.push(',');
+            out.push_str(&rest);
+            out.push_str("]}");
+        } else {
+            out.push_str(&rest);
+            out.push_str("</");
+            out.push_str(name);
+            out.push('>');
+        }
+        Node {
+            name: name.to_string().into(),
+            raw: Some(out),
+            ..Node::default()
+        }
+    }
+
     pub fn get(&self, name: &str) -> Option<&Node> {
         self.children.iter().find(|c| c.name == name)
     }
@@ -662,7 +745,7 @@ mod tests {
         }
 
         #[test]
-        fn lists_serialised_as_made_render_the_same(n in arb_node(), count in 0usize..4) {
+        fn lists_serialised_as_made_render_the_same(n in arb_node(), count in 0usize..6) {
             // A collection written item by item is the document of the whole tree.
             let mut item = n.clone();
             item.name = "vm".into();
@@ -674,6 +757,12 @@ mod tests {
             proptest::prop_assert_eq!(tree.to_xml(), Node::list_of("vms", items(), false).to_xml());
             let json = Node::list_of("vms", items(), true);
             proptest::prop_assert_eq!(tree.to_json_string(), json.raw.unwrap_or_default());
+            // Written in two halves by two threads: the same text.
+            let all: Vec<Node> = items().collect();
+            let split = Node::list_split("vms", &all, |n: &Node| n.clone(), false, 2);
+            proptest::prop_assert_eq!(tree.to_xml(), split.to_xml());
+            let split = Node::list_split("vms", &all, |n: &Node| n.clone(), true, 2);
+            proptest::prop_assert_eq!(tree.to_json_string(), split.raw.unwrap_or_default());
         }
 
         #[test]

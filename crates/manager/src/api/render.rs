@@ -623,7 +623,7 @@ pub fn disk_attachment(d: &Disk, owner_kind: &str, owner: &str) -> Node {
             format!("{}/diskattachments/{}", href(owner_kind, owner), d.id),
         )
         .attr("id", &d.id)
-        .with(Node::leaf("active", true))
+        .with(Node::leaf("active", !d.inactive))
         .with(Node::leaf("bootable", d.bootable))
         .with(Node::leaf("interface", &d.interface))
         .with(Node::leaf("pass_discard", false))

@@ -655,7 +655,7 @@ async fn add_template(m: &Arc<Manager>, r: &Req) -> Out {
 /// What updating a disk acts on: its names. (A larger `provisioned_size` — extending
 /// it — comes with the snapshots and disks work; it is refused naming the element.)
 const DISK_UPDATE: &[&str] = &["name", "alias", "description", "id"];
-const ATTACHMENT_UPDATE: &[&str] = &["bootable", "interface", "id"];
+const ATTACHMENT_UPDATE: &[&str] = &["active", "bootable", "interface", "id"];
 const NAMED_UPDATE: &[&str] = &["name", "description", "id"];
 
 /// A stored object with a name and a description.
@@ -753,6 +753,7 @@ async fn update_attachment(m: &Arc<Manager>, vm: &str, d: &str, r: &Req) -> Out 
     check_id(d)?;
     let n = r.document("disk_attachment", "DiskAttachment", ATTACHMENT_UPDATE)?;
     let bootable = bool_of(&n, "bootable")?;
+    let active = bool_of(&n, "active")?;
     let interface = n.text_of("interface").map(str::to_string);
     if let Some(i) = &interface {
         if !matches!(i.as_str(), "virtio" | "virtio_scsi" | "ide" | "sata") {
@@ -771,12 +772,13 @@ async fn update_attachment(m: &Arc<Manager>, vm: &str, d: &str, r: &Req) -> Out 
         }
         let down = inv.vms.get(vm).is_some_and(|v| v.status == "down");
         let changes = bootable.is_some_and(|b| Some(b) != inv.disks.get(d).map(|x| x.bootable))
+            || active.is_some_and(|a| Some(!a) != inv.disks.get(d).map(|x| x.inactive))
             || interface
                 .as_deref()
                 .is_some_and(|i| Some(i) != inv.disks.get(d).map(|x| x.interface.as_str()));
         if changes && !down {
             return Err(ApiError::conflict(
-                "Cannot edit the disk attachment while the VM runs (Halyard does not hot-change devices yet)",
+                "Cannot edit the disk attachment while the VM runs (Halyard does not hot-change devices, nor hot-plug or hot-unplug disks, yet)",
             ));
         }
     }
@@ -787,6 +789,9 @@ async fn update_attachment(m: &Arc<Manager>, vm: &str, d: &str, r: &Req) -> Out 
             }
             if let Some(i) = &interface {
                 x.interface = i.clone();
+            }
+            if let Some(a) = active {
+                x.inactive = !a;
             }
             x.clone()
         })

@@ -166,11 +166,6 @@ NEEDS_FEATURE = {
         "switching the master domain: POST /datacenters/{id}/setmaster <action><storage_domain ...>"
         "</action> (?correlation_id=..., then GET /jobs?search=correlation_id=...) -> 501 [Halyard does "
         "not implement the action set_master of DataCenterService yet]",
-    "deactivate_disk_attachment":
-        "deactivating a disk attachment: PUT /vms/{id}/diskattachments/{id} <disk_attachment><active>"
-        "false</active></disk_attachment> -> 400 [<active> is in oVirt's model, but Halyard does not "
-        "act on it yet; remove it from the request] (attachment updates take bootable and interface "
-        "only)",
     "extend_disk":
         "extending a disk through its attachment: PUT /vms/{id}/diskattachments/{id} <disk_attachment>"
         "<disk><provisioned_size>12884901888</provisioned_size></disk></disk_attachment> -> 400 "
