@@ -652,17 +652,7 @@ impl Manager {
     /// named by pool, domain, image and volume).
     pub fn drives_xml(&self, vm: &str) -> (String, String) {
         let inv = self.read();
-        // A deactivated attachment stays out of the VM.
-        let mut disks: Vec<&Disk> = inv
-            .disks_of(vm)
-            .into_iter()
-            .filter(|d| !d.inactive)
-            .collect();
-        disks.sort_by(|a, b| {
-            b.bootable
-                .cmp(&a.bootable)
-                .then(a.creation_time.cmp(&b.creation_time))
-        });
+        let disks = plugged_disks(&inv, vm);
         let mut devices = String::new();
         let mut meta = String::new();
         for (i, d) in disks.iter().enumerate() {
@@ -692,4 +682,20 @@ impl Manager {
         }
         (devices, meta)
     }
+}
+
+/// The disks a VM starts with, in device order (bootable first, then by age): a
+/// deactivated attachment stays out of the VM.
+pub fn plugged_disks<'a>(inv: &'a Inventory, vm: &str) -> Vec<&'a Disk> {
+    let mut disks: Vec<&Disk> = inv
+        .disks_of(vm)
+        .into_iter()
+        .filter(|d| !d.inactive)
+        .collect();
+    disks.sort_by(|a, b| {
+        b.bootable
+            .cmp(&a.bootable)
+            .then(a.creation_time.cmp(&b.creation_time))
+    });
+    disks
 }

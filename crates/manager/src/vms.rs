@@ -607,8 +607,8 @@ mod tests {
     /// Puts a disk into the inventory as the Manager does (its indexes kept).
     fn put_disk(inv: &mut Inventory, d: Disk) {
         use crate::state::Stored as _;
-        Disk::reindex(inv, None, Some(&d));
-        inv.disks.insert(d.id.clone(), d);
+        let old = inv.disks.insert(d.id.clone(), d.clone());
+        Disk::reindex(inv, old.as_ref(), Some(&d));
     }
 
     fn pick_host_any(inv: &Inventory, vm: &Vm) -> Result<String, VmError> {
@@ -786,6 +786,15 @@ mod tests {
                 inactive: false,
             },
         );
+        // A deactivated attachment is not plugged; the VM starts without it.
+        assert_eq!(crate::images::plugged_disks(&inv, "v1").len(), 1);
+        let mut off = inv.disks["d1"].clone();
+        off.inactive = true;
+        put_disk(&mut inv, off);
+        assert!(crate::images::plugged_disks(&inv, "v1").is_empty());
+        let mut on = inv.disks["d1"].clone();
+        on.inactive = false;
+        put_disk(&mut inv, on);
         // Only "small" reaches sd1: it is chosen although "big" has more memory.
         let reach = |h: &Host, sd: &str| h.id == "small" && sd == "sd1";
         assert_eq!(pick_host(&inv, &v, reach).expect("placed"), "small");

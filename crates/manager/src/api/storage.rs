@@ -503,11 +503,7 @@ async fn add_attachment(m: &Arc<Manager>, vm: &str, r: &Req) -> Out {
     let mut outer = n.clone();
     outer.children.retain(|c| c.name != "disk");
     super::validate::check_document(&outer, "DiskAttachment", ATTACHMENT_ADD)?;
-    if bool_of(&n, "active")? == Some(false) {
-        return Err(ApiError::bad(
-            "Cannot add a disk attachment with active=false: deactivated disks are not supported yet.",
-        ));
-    }
+    let active = bool_of(&n, "active")?.unwrap_or(true);
     if !m.read().vms.contains_key(vm) {
         return Err(ApiError::not_found(format!("VM {vm} not found")));
     }
@@ -540,6 +536,17 @@ async fn add_attachment(m: &Arc<Manager>, vm: &str, r: &Req) -> Out {
             m.add_disk(spec, Some((vm.to_string(), bootable, interface)))
                 .await?
         }
+    };
+    // Attached deactivated: the VM starts without it until it is activated.
+    let disk = if active {
+        disk
+    } else {
+        m.update(&disk.id, |x: &mut Disk| {
+            x.inactive = true;
+            x.clone()
+        })
+        .await?
+        .unwrap_or(disk)
     };
     Ok((
         StatusCode::CREATED,
