@@ -268,7 +268,7 @@ impl Manager {
                         Ok(n) => {
                             if let Some(vm_id) = n.method.strip_prefix("|virt|VM_status|") {
                                 if let Some(st) = n.params.get(vm_id) {
-                                    me.vm_report(&hid, vm_id, st, true).await;
+                                    me.vm_report(&hid, vm_id, st, None).await;
                                 }
                             }
                             me.on_event(&hid, &n).await;
@@ -422,6 +422,7 @@ impl Manager {
             .filter(|v| !v.creating && v.status != "down")
             .map(|v| (v.id.clone(), v.start_time))
             .collect();
+        let asked_at = now_ms();
         let Ok(list) = c.call_value("Host.getAllVmStats", json!({})).await else {
             return;
         };
@@ -434,7 +435,7 @@ impl Manager {
             _ => Vec::new(),
         };
         for (id, st) in &reported {
-            self.vm_report(host_id, id, st, false).await;
+            self.vm_report(host_id, id, st, Some(asked_at)).await;
         }
         // VMs that ran there before the call, still placed there the same way (not
         // stopped and started again meanwhile), that the host does not report went down.
@@ -460,27 +461,36 @@ impl Manager {
         }
     }
 
-    /// A VM's status as a host reports it (stats or event).
+    /// A VM's status as a host reports it: an event (`asked_at` none), or stats asked
+    /// for at `asked_at`, which do not override a status an event set since then (the
+    /// Up event of a VM may arrive while the stats saying PoweringUp are on their way).
     pub async fn vm_report(
         self: &Arc<Self>,
         host_id: &str,
         vm_id: &str,
         st: &Value,
-        from_event: bool,
+        asked_at: Option<i64>,
     ) {
+        let from_event = asked_at.is_none();
         let Some(vdsm) = st.get("status").and_then(Value::as_str) else {
             return;
         };
-        let on_host = self
+        let (on_host, stale) = self
             .read()
             .vms
             .get(vm_id)
-            .is_some_and(|v| v.host.as_deref() == Some(host_id));
+            .map(|v| {
+                (
+                    v.host.as_deref() == Some(host_id),
+                    asked_at.is_some_and(|t| v.status_event_ms >= t),
+                )
+            })
+            .unwrap_or((false, false));
         if !on_host {
             return;
         }
         let new = api_status(vdsm);
-        if new == "down" {
+        if new == "down" && !stale {
             let reason = st.get("exitReason").and_then(Value::as_i64).unwrap_or(-1);
             let msg = st
                 .get("exitMessage")
@@ -531,9 +541,17 @@ impl Manager {
         }
         let changed = self
             .update(vm_id, |v: &mut Vm| {
-                // Still there and not down meanwhile (a Down event may have won).
-                if v.host.as_deref() != Some(host_id) || v.status == new || v.status == "down" {
+                // Still there and not down meanwhile (a Down event may have won), and
+                // not older than what an event said.
+                if v.host.as_deref() != Some(host_id)
+                    || v.status == new
+                    || v.status == "down"
+                    || asked_at.is_some_and(|t| v.status_event_ms >= t)
+                {
                     return None;
+                }
+                if from_event {
+                    v.status_event_ms = now_ms();
                 }
                 let from = std::mem::replace(&mut v.status, new.to_string());
                 if new == "up" && v.start_time.is_none() {

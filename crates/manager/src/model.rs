@@ -636,6 +636,10 @@ pub struct Vm {
     /// list the VM yet does not mean it went down.
     #[serde(skip)]
     pub creating: bool,
+    /// When a host's event last set its status (ms, memory only): stats asked for
+    /// before that are older than the status and do not change it.
+    #[serde(skip)]
+    pub status_event_ms: i64,
     /// The instance type it was made with.
     #[serde(default)]
     pub instance_type: Option<String>,

@@ -1704,6 +1704,7 @@ pub(super) async fn new_vm(m: &Arc<Manager>, n: &Node, pool: Option<&str>) -> Re
         pool: pool.map(str::to_string),
         sample: None,
         creating: false,
+        status_event_ms: 0,
         instance_type,
         quota,
         placement: placement.unwrap_or_default(),
