@@ -779,7 +779,7 @@ fn root(m: &Arc<Manager>) -> Node {
     // Every service of the root, from the model; `<coll>/search` for the searchable.
     let model = super::model::model();
     for (path, svc) in &model.root().locators {
-        n.push(Node::link(path, &format!("{}/{path}", render::BASE)));
+        n.push(Node::link(path, format!("{}/{path}", render::BASE)));
         let searchable = model.service(svc).is_some_and(|s| s.list.is_some())
             && [
                 "vms",
@@ -795,8 +795,8 @@ fn root(m: &Arc<Manager>) -> Node {
             .contains(&path.as_str());
         if searchable {
             n.push(Node::link(
-                &format!("{path}/search"),
-                &format!("{}/{path}?search={{query}}", render::BASE),
+                format!("{path}/search"),
+                format!("{}/{path}?search={{query}}", render::BASE),
             ));
         }
     }

@@ -140,7 +140,7 @@ pub fn cluster_level(level: &str) -> Node {
         .attr("id", level)
         .with(Node::link(
             "clusterfeatures",
-            &format!("{href}/clusterfeatures"),
+            format!("{href}/clusterfeatures"),
         ))
         .with(cpus)
         .with(permits)

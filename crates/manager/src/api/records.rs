@@ -373,7 +373,7 @@ pub fn render(inv: &Inventory, k: &Kind, r: &Record) -> Node {
         .filter(|m| m.link && m.list && m.rel.is_some())
     {
         let seg = segment(k.ty, m);
-        n.push(Node::link(seg, &format!("{href}/{seg}")));
+        n.push(Node::link(seg, format!("{href}/{seg}")));
     }
     if let Some(show) = k.rules.show {
         show(inv, r, &mut n);
@@ -632,7 +632,7 @@ fn reference(inv: &Inventory, ty: &str, id: &str, under: &str) -> Node {
     } else {
         href_of(inv, ty, id)
     };
-    let mut n = Node::new(&item_tag(ty))
+    let mut n = Node::new(item_tag(ty))
         .attr("href", href)
         .attr("id", id)
         .opt("name", name_of(inv, ty, id));
@@ -820,7 +820,7 @@ async fn remove(m: &Arc<Manager>, s: &[&str]) -> Out {
 
 /// Adds `id` (of the list member's type) to a record's list member.
 fn with_member(inv: &Inventory, doc: &mut Node, mem: &Member, id: &str) {
-    let item = Node::new(&item_tag(&mem.ty))
+    let item = Node::new(item_tag(&mem.ty))
         .attr("href", href_of(inv, &mem.ty, id))
         .attr("id", id);
     match doc.children.iter_mut().find(|c| c.name == mem.name) {

@@ -580,11 +580,11 @@ pub fn disk(d: &Disk) -> Node {
     obj("disk", "disks", &d.id)
         .with(Node::link(
             "permissions",
-            &format!("{}/permissions", href("disks", &d.id)),
+            format!("{}/permissions", href("disks", &d.id)),
         ))
         .with(Node::link(
             "statistics",
-            &format!("{}/statistics", href("disks", &d.id)),
+            format!("{}/statistics", href("disks", &d.id)),
         ))
         .with(Node::leaf("name", &d.name))
         .with(Node::leaf("alias", &d.name))

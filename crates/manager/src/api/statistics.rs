@@ -161,7 +161,7 @@ fn host_nic(h: &Host, n: &NicSample) -> Node {
     Node::new("host_nic")
         .attr("href", &hr)
         .attr("id", &id)
-        .with(Node::link("statistics", &format!("{hr}/statistics")))
+        .with(Node::link("statistics", format!("{hr}/statistics")))
         .with(Node::leaf("name", &n.name))
         .with(Node::leaf("speed", (n.speed * 1e6) as u64))
         .with(Node::leaf("status", if n.up { "up" } else { "down" }))
