@@ -48,6 +48,9 @@ pub fn api_status(vdsm: &str) -> &'static str {
     }
 }
 
+/// The least time between two samples of a host whose events lagged.
+const LAG_SAMPLE_EVERY: Duration = Duration::from_secs(5);
+
 impl Manager {
     /// Starts monitoring a host (idempotent).
     pub fn monitor(self: &Arc<Self>, host_id: &str) {
@@ -263,6 +266,7 @@ impl Manager {
         let client = Arc::downgrade(c);
         tokio::spawn(
             async move {
+                let mut last_lag_sample: Option<Instant> = None;
                 loop {
                     match rx.recv().await {
                         Ok(n) => {
@@ -275,10 +279,17 @@ impl Manager {
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                             // Events were dropped (a burst larger than the queue): the
-                            // host's stats tell now what they would have told.
-                            warn!(dropped = n, "host events lagged; sampling the host now");
-                            if let Some(c) = client.upgrade() {
-                                me.sample(&hid, &c).await;
+                            // host's stats tell now what they would have told (at most
+                            // once per LAG_SAMPLE_EVERY: a host flooding events does
+                            // not get the Manager to sample it without pause).
+                            let due = last_lag_sample
+                                .is_none_or(|t: Instant| t.elapsed() >= LAG_SAMPLE_EVERY);
+                            warn!(dropped = n, sampling = due, "host events lagged");
+                            if due {
+                                last_lag_sample = Some(Instant::now());
+                                if let Some(c) = client.upgrade() {
+                                    me.sample(&hid, &c).await;
+                                }
                             }
                         }
                         Err(_) => return,

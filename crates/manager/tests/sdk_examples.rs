@@ -66,7 +66,7 @@ async fn ovirt_sdk_examples() {
     let _domains = Domains;
     let m = ManagerProc::start(
         Database::Sqlite,
-        "[monitoring]\npool_check_secs = 1\nspm_status_interval_secs = 2\n",
+        "[monitoring]\npool_check_secs = 1\nspm_status_interval_secs = 2\nvm_pool_check_secs = 2\n",
     )
     .await;
     let mut o = HostOptions::new(workspace_bin("halyard-hostd", "halyard-hostd"));

@@ -111,8 +111,12 @@ pub async fn prestart(m: &Arc<Manager>, pool: &Record) {
             let running = vms_of(&inv, &pool.id)
                 .filter(|v| v.status != "down")
                 .count();
+            // A VM whose disks are still being made waits for the next pass (as in
+            // oVirt, a new pool's VMs start at the pool monitor's next run).
             let next = vms_of(&inv, &pool.id)
-                .find(|v| v.status == "down")
+                .find(|v| {
+                    v.status == "down" && inv.disks_of(&v.id).iter().all(|d| d.status == "ok")
+                })
                 .map(|v| (v.id.clone(), v.name.clone()));
             (running, next)
         };

@@ -826,9 +826,15 @@ def check_disk_sizes(out):
 
 
 def check_disks(prefix, count):
+    # A removed disk stays, locked, until its volumes are gone (as in oVirt).
+    def n():
+        return len([d for d in system().disks_service().list() if (d.name or "").startswith(prefix)])
+
     def check(out):
-        n = len([d for d in system().disks_service().list() if (d.name or "").startswith(prefix)])
-        expect(n == count, "%d disks named %s*, not %d" % (n, prefix, count))
+        try:
+            wait("%d disks named %s*" % (count, prefix), lambda: n() == count, 60)
+        except AssertionError:
+            expect(False, "%d disks named %s*, not %d" % (n(), prefix, count))
     return check
 
 
