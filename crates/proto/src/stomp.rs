@@ -582,6 +582,28 @@ mod tests {
         Ok(v)
     }
 
+    /// A large frame's buffer is given back once the frame is taken: a Manager holds
+    /// a connection per host.
+    #[test]
+    fn a_large_frames_buffer_is_not_kept() {
+        let f = Frame::new(Command::Send)
+            .header("destination", "x")
+            .body(vec![b'a'; 200 * 1024]);
+        let mut d = Decoder::new(Limits::default());
+        d.feed(&f.encode());
+        let items = decode_all(&mut d).expect("decodes");
+        assert_eq!(items.len(), 1);
+        assert!(d.buf.capacity() <= KEPT_BUFFER, "{}", d.buf.capacity());
+        // And the next frame still decodes.
+        d.feed(
+            &Frame::new(Command::Send)
+                .header("destination", "y")
+                .body(b"z".to_vec())
+                .encode(),
+        );
+        assert_eq!(decode_all(&mut d).expect("decodes").len(), 1);
+    }
+
     #[test]
     fn round_trip_with_escapes() {
         let f = Frame::new(Command::Send)
