@@ -130,6 +130,92 @@ pub struct Node {
 #[error("{0}")]
 pub struct ParseError(pub String);
 
+/// Writes a list's items into one buffer, in XML or JSON: the opening with the first
+/// item (JSON's key is its name), the separators, the closing.
+struct ListWriter<'a> {
+    s: String,
+    name: &'a str,
+    json: bool,
+    /// This writer opens the list (a second half does not).
+    opens: bool,
+    n: usize,
+    /// How many items the buffer is to hold (its size is guessed from the first).
+    expect: usize,
+}
+
+impl<'a> ListWriter<'a> {
+    fn new(name: &'a str, json: bool, opens: bool, expect: usize) -> ListWriter<'a> {
+        ListWriter {
+            s: String::new(),
+            name,
+            json,
+            opens,
+            n: 0,
+            expect,
+        }
+    }
+
+    fn push(&mut self, item: &Node) {
+        let s = &mut self.s;
+        if self.n == 0 && self.opens {
+            if self.json {
+                s.push('{');
+                json_str(s, &item.name);
+                s.push_str(":[");
+            } else {
+                s.push('<');
+                s.push_str(self.name);
+                s.push('>');
+            }
+        } else if self.n > 0 && self.json {
+            s.push(',');
+        }
+        if self.json {
+            super::json::write_item(item, s);
+        } else {
+            item.write_xml(s);
+        }
+        self.n += 1;
+        if self.n == 1 {
+            // The first item tells how long the others are.
+            let more = s.len().saturating_mul(self.expect.saturating_sub(1));
+            s.reserve(more + self.name.len() + 64);
+        }
+    }
+
+    /// The list as a node: this writer's items, then `rest` (a second half's items),
+    /// then the closing; an empty list is `<name/>` or `{}`.
+    fn finish(mut self, rest: &str) -> Node {
+        let s = &mut self.s;
+        match (self.n, self.json) {
+            (0, true) => s.push_str("{}"),
+            (0, false) => {
+                s.push('<');
+                s.push_str(self.name);
+                s.push_str("/>");
+            }
+            (_, true) => {
+                if !rest.is_empty() {
+                    s.push(',');
+                    s.push_str(rest);
+                }
+                s.push_str("]}");
+            }
+            (_, false) => {
+                s.push_str(rest);
+                s.push_str("</");
+                s.push_str(self.name);
+                s.push('>');
+            }
+        }
+        Node {
+            name: self.name.to_string().into(),
+            raw: Some(self.s),
+            ..Node::default()
+        }
+    }
+}
+
 impl Node {
     pub fn new(name: impl Into<Name>) -> Node {
         Node {
@@ -206,53 +292,11 @@ impl Node {
     /// same text as a `<name>` node holding the items): one item's tree at a time and
     /// one buffer for the whole answer, for lists of tens of thousands of objects.
     pub fn list_of(name: &str, items: impl Iterator<Item = Node>, json: bool) -> Node {
-        let mut s = String::new();
-        let mut n = 0usize;
-        let count = items.size_hint().0;
+        let mut w = ListWriter::new(name, json, true, items.size_hint().0);
         for item in items {
-            if n == 0 {
-                if json {
-                    s.push('{');
-                    json_str(&mut s, &item.name);
-                    s.push_str(":[");
-                } else {
-                    s.push('<');
-                    s.push_str(name);
-                    s.push('>');
-                }
-            } else if json {
-                s.push(',');
-            }
-            if json {
-                super::json::write_item(&item, &mut s);
-            } else {
-                item.write_xml(&mut s);
-            }
-            n += 1;
-            if n == 1 {
-                // The first item tells how long the others are.
-                s.reserve(s.len().saturating_mul(count.saturating_sub(1)) + 64);
-            }
+            w.push(&item);
         }
-        match (n, json) {
-            (0, true) => s.push_str("{}"),
-            (0, false) => {
-                s.push('<');
-                s.push_str(name);
-                s.push_str("/>");
-            }
-            (_, true) => s.push_str("]}"),
-            (_, false) => {
-                s.push_str("</");
-                s.push_str(name);
-                s.push('>');
-            }
-        }
-        Node {
-            name: name.to_string().into(),
-            raw: Some(s),
-            ..Node::default()
-        }
+        w.finish("")
     }
 
     /// [`Node::list_of`] for a slice, by two threads when it is long: each renders and
@@ -280,40 +324,22 @@ impl Node {
         if items.len() < from.max(2) {
             return Node::list_of(name, items.iter().map(&render), json);
         }
-        // Items written one after the other (JSON: comma-separated); the first half
-        // opens the list (JSON's key is the first item's name).
-        let write = |part: &[T], opens: bool| -> String {
-            let mut s = String::new();
-            for (i, it) in part.iter().enumerate() {
-                let n = render(it);
-                if i == 0 && opens {
-                    if json {
-                        s.push('{');
-                        json_str(&mut s, &n.name);
-                        s.push_str(":[");
-                    } else {
-                        s.push('<');
-                        s.push_str(name);
-                        s.push('>');
-                    }
-                } else if i > 0 && json {
-                    s.push(',');
-                }
-                if json {
-                    super::json::write_item(&n, &mut s);
-                } else {
-                    n.write_xml(&mut s);
-                }
-                if i == 0 {
-                    // The first half holds the whole answer in the end.
-                    let whole = if opens { items.len() } else { part.len() };
-                    s.reserve(s.len().saturating_mul(whole) + name.len() + 64);
-                }
+        // The first half opens the list and holds the whole answer in the end; the
+        // second is only items (both halves have at least one).
+        let write = |part: &[T], opens: bool| {
+            let mut w = ListWriter::new(
+                name,
+                json,
+                opens,
+                if opens { items.len() } else { part.len() },
+            );
+            for it in part {
+                w.push(&render(it));
             }
-            s
+            w
         };
         let (a, b) = items.split_at(items.len() / 2);
-        let (mut out, rest) = std::thread::scope(|scope| {
+        let (first, second) = std::thread::scope(|scope| {
             let other = scope.spawn(|| write(b, false));
             let mine = write(a, true);
             match other.join() {
@@ -321,21 +347,7 @@ impl Node {
                 Err(panic) => std::panic::resume_unwind(panic),
             }
         });
-        if json {
-            out.push(',');
-            out.push_str(&rest);
-            out.push_str("]}");
-        } else {
-            out.push_str(&rest);
-            out.push_str("</");
-            out.push_str(name);
-            out.push('>');
-        }
-        Node {
-            name: name.to_string().into(),
-            raw: Some(out),
-            ..Node::default()
-        }
+        first.finish(&second.s)
     }
 
     pub fn get(&self, name: &str) -> Option<&Node> {
