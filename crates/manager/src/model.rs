@@ -879,11 +879,6 @@ impl Inventory {
         self.vms_on(host).any(|v| v.status != "down")
     }
 
-    /// Puts VM `vm` on host `h` in the `vms_on` index (`add`) or takes it out.
-    pub fn place(&mut self, h: &str, vm: &str, add: bool) {
-        index_set(&mut self.vms_on, h, vm, add);
-    }
-
     pub fn vm_by_name(&self, name: &str) -> Option<&Vm> {
         self.vm_names.get(name).and_then(|id| self.vms.get(id))
     }

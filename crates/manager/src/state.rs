@@ -699,6 +699,20 @@ pub struct IndexKey {
     pub mac: Option<u64>,
 }
 
+/// Keeps an owner -> members index (`IndexKey::host`: a VM's host, a NIC's or disk's
+/// VM) as an object moves from `old` to `new`.
+fn reindex_owner(
+    index: &mut std::collections::HashMap<String, std::collections::BTreeSet<String>>,
+    old: &Option<IndexKey>,
+    new: &Option<IndexKey>,
+) {
+    for (k, add) in [(old, false), (new, true)] {
+        if let Some((owner, id)) = k.as_ref().and_then(|k| Some((k.host.as_ref()?, &k.id))) {
+            crate::model::index_set(index, owner, id, add);
+        }
+    }
+}
+
 impl Stored for Vm {
     const KIND: &'static str = "vm";
     fn key(&self) -> &str {
@@ -720,6 +734,7 @@ impl Stored for Vm {
         })
     }
     fn reindex_keys(inv: &mut Inventory, old: Option<IndexKey>, new: Option<IndexKey>) {
+        reindex_owner(&mut inv.vms_on, &old, &new);
         if let Some(o) = old {
             if inv.vm_names.get(&o.name) == Some(&o.id) {
                 inv.vm_names.remove(&o.name);
@@ -727,17 +742,11 @@ impl Stored for Vm {
             if let Some((h, m)) = &o.commitment {
                 inv.commit(h, *m, false);
             }
-            if let Some(h) = &o.host {
-                inv.place(h, &o.id, false);
-            }
         }
         if let Some(n) = new {
             inv.vm_names.insert(n.name.clone(), n.id.clone());
             if let Some((h, m)) = &n.commitment {
                 inv.commit(h, *m, true);
-            }
-            if let Some(h) = &n.host {
-                inv.place(h, &n.id, true);
             }
         }
     }
@@ -763,16 +772,7 @@ impl Stored for Nic {
         })
     }
     fn reindex_keys(inv: &mut Inventory, old: Option<IndexKey>, new: Option<IndexKey>) {
-        if let Some(k) = &old {
-            if let Some(vm) = &k.host {
-                crate::model::index_set(&mut inv.nics_by_vm, vm, &k.id, false);
-            }
-        }
-        if let Some(k) = &new {
-            if let Some(vm) = &k.host {
-                crate::model::index_set(&mut inv.nics_by_vm, vm, &k.id, true);
-            }
-        }
+        reindex_owner(&mut inv.nics_by_vm, &old, &new);
         if let Some(m) = old.and_then(|k| k.mac) {
             if let Some(c) = inv.macs.get_mut(&m) {
                 *c = c.saturating_sub(1);
@@ -806,18 +806,7 @@ impl Stored for Disk {
         })
     }
     fn reindex_keys(inv: &mut Inventory, old: Option<IndexKey>, new: Option<IndexKey>) {
-        if let Some(vm) = old
-            .as_ref()
-            .and_then(|k| k.host.as_ref().map(|h| (h, &k.id)))
-        {
-            crate::model::index_set(&mut inv.disks_by_vm, vm.0, vm.1, false);
-        }
-        if let Some(vm) = new
-            .as_ref()
-            .and_then(|k| k.host.as_ref().map(|h| (h, &k.id)))
-        {
-            crate::model::index_set(&mut inv.disks_by_vm, vm.0, vm.1, true);
-        }
+        reindex_owner(&mut inv.disks_by_vm, &old, &new);
     }
 }
 
