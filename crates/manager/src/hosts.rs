@@ -319,8 +319,10 @@ impl Manager {
                 .unwrap_or("")
                 .to_string()
         };
+        let networks = reported_networks(&caps);
         let r = self
             .update(host_id, |h: &mut Host| {
+                h.networks = networks;
                 h.cpu_model = s("cpuModel");
                 h.cpu_speed = s("cpuSpeed");
                 h.cpu_threads = n("cpuThreads");
@@ -723,6 +725,27 @@ pub fn renewal_due(not_after_ms: i64, now_ms: i64, life_ms: i64) -> bool {
     not_after_ms != 0 && not_after_ms - now_ms <= life_ms / 3
 }
 
+/// At most this many network names are kept of a host's report, each at most
+/// [`MAX_NETWORK_NAME`] bytes (the report comes from the host: bounded, not trusted).
+pub const MAX_NETWORKS: usize = 1024;
+pub const MAX_NETWORK_NAME: usize = 256;
+
+/// The networks a host's capabilities name: `networks` (VDSM's configured networks)
+/// and `bridges` (a bridged network is a bridge of its name), sorted, without repeats.
+pub fn reported_networks(caps: &Value) -> Vec<String> {
+    let mut out: Vec<String> = ["networks", "bridges"]
+        .iter()
+        .filter_map(|k| caps.get(*k).and_then(Value::as_object))
+        .flat_map(|m| m.keys())
+        .filter(|n| !n.is_empty() && n.len() <= MAX_NETWORK_NAME)
+        .take(MAX_NETWORKS)
+        .cloned()
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -739,5 +762,24 @@ mod tests {
         assert!(renewal_due(not_after, not_after + day, life));
         // Hosts without a certificate the Manager signed are never renewed.
         assert!(!renewal_due(0, issued, life));
+    }
+
+    /// A host's networks: both maps' names, once each; what is not a map, empty or too
+    /// long is left out, and at most MAX_NETWORKS are kept.
+    #[test]
+    fn reported_networks_are_bounded() {
+        let caps = serde_json::json!({
+            "networks": {"ovirtmgmt": {"bridged": true}, "storage": {}},
+            "bridges": {"ovirtmgmt": {}, "virbr0": {}, "": {}, "x".repeat(MAX_NETWORK_NAME + 1): {}},
+        });
+        assert_eq!(reported_networks(&caps), ["ovirtmgmt", "storage", "virbr0"]);
+        assert!(
+            reported_networks(&serde_json::json!({"networks": ["a"], "bridges": 3})).is_empty()
+        );
+        let many: serde_json::Map<String, Value> = (0..MAX_NETWORKS + 10)
+            .map(|i| (format!("n{i}"), serde_json::json!({})))
+            .collect();
+        let caps = serde_json::json!({ "bridges": many });
+        assert_eq!(reported_networks(&caps).len(), MAX_NETWORKS);
     }
 }

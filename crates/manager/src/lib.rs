@@ -23,3 +23,8 @@ pub mod server;
 pub mod state;
 pub mod storage;
 pub mod vms;
+
+/// The unit tests (and their rendering benchmark) allocate as the daemon does.
+#[cfg(test)]
+#[global_allocator]
+static TEST_ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -8,6 +8,10 @@ use halyard_manager::config::Config;
 use halyard_manager::state::Manager;
 use tracing::info;
 
+/// mimalloc: see `halyard_manager::memory` for why and how its memory is returned.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     version,

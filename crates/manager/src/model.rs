@@ -228,6 +228,10 @@ pub struct Host {
     /// Tags assigned to it.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// The networks it has (Host.getCapabilities `networks` and `bridges`; a bridged
+    /// network is a bridge named after it): what the scheduler's Network filter checks.
+    #[serde(default)]
+    pub networks: Vec<String>,
 }
 
 /// What the statistics show of one Host.getStats sample (only that is kept).
@@ -920,6 +924,25 @@ impl Inventory {
     pub fn record(&self, ty: &str, id: &str) -> Option<&Record> {
         self.records.get(id).filter(|r| r.ty == ty)
     }
+    /// The network (a bridge of its name on the host) a VM NIC is on: its network's
+    /// name, `ovirtmgmt` for a NIC without one.
+    pub fn nic_network(&self, n: &Nic) -> String {
+        self.networks
+            .get(&n.network)
+            .map(|x| x.name.clone())
+            .unwrap_or_else(|| "ovirtmgmt".into())
+    }
+
+    /// The NICs a VM starts with (oVirt leaves unplugged ones out of the domain), each
+    /// with its network (see [`Inventory::nic_network`]).
+    pub fn plugged_nics(&self, vm: &str) -> Vec<(Nic, String)> {
+        self.nics_of(vm)
+            .into_iter()
+            .filter(|n| n.plugged)
+            .map(|n| (n.clone(), self.nic_network(n)))
+            .collect()
+    }
+
     pub fn nics_of(&self, vm: &str) -> Vec<&Nic> {
         self.nics_by_vm
             .get(vm)

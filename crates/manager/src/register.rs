@@ -466,6 +466,7 @@ pub(crate) fn new_host(
         registered_from: String::new(),
         pending_change: None,
         tags: Vec::new(),
+        networks: Vec::new(),
     }
 }
 

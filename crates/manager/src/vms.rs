@@ -262,6 +262,36 @@ pub fn pick_host(
             )));
         }
     }
+    if policy.filters.contains("Network") {
+        // oVirt's Network filter: every network of the VM's plugged NICs on the host.
+        let mut wanted: Vec<String> = inv
+            .plugged_nics(&vm.id)
+            .into_iter()
+            .map(|(_, net)| net)
+            .collect();
+        wanted.sort();
+        wanted.dedup();
+        let lacks = |h: &Host| -> Vec<&str> {
+            wanted
+                .iter()
+                .filter(|w| h.networks.binary_search(w).is_err())
+                .map(String::as_str)
+                .collect()
+        };
+        let missing: Vec<String> = candidates
+            .iter()
+            .map(|(h, _)| (h.name.clone(), lacks(h).join(", ")))
+            .filter(|(_, m)| !m.is_empty())
+            .map(|(h, m)| format!("host {h} lacks network(s) {m}"))
+            .collect();
+        candidates.retain(|(h, _)| lacks(h).is_empty());
+        if candidates.is_empty() {
+            return Err(VmError::Conflict(format!(
+                "Cannot run VM. There is no host that satisfies current scheduling constraints: filter Network: {}.",
+                missing.join("; ")
+            )));
+        }
+    }
     let mut ids: Vec<String> = candidates.iter().map(|(h, _)| h.id.clone()).collect();
     let penalty = crate::scheduling::affinity(inv, vm, &policy, &mut ids).map_err(|why| {
         VmError::Conflict(format!(
@@ -358,20 +388,7 @@ impl Manager {
                 .host_client(&host_id)
                 .await
                 .ok_or_else(|| VmError::Failed("the chosen host is not connected".into()))?;
-            let nics: Vec<(Nic, String)> = {
-                let inv = self.read();
-                inv.nics_of(id)
-                    .into_iter()
-                    .map(|n| {
-                        let bridge = inv
-                            .networks
-                            .get(&n.network)
-                            .map(|x| x.name.clone())
-                            .unwrap_or_else(|| "ovirtmgmt".into());
-                        (n.clone(), bridge)
-                    })
-                    .collect()
-            };
+            let nics = self.read().plugged_nics(id);
             let drives = self.drives_xml(id);
             let mut boot = vm.clone();
             for (field, v) in [
@@ -922,20 +939,25 @@ mod tests {
             "render only: {} ms ({nodes} children)",
             t.elapsed().as_millis()
         );
+        // The best of five runs of each (this machine is shared and noisy).
         for (json, par) in [(false, false), (true, false), (false, true), (true, true)] {
-            let t = std::time::Instant::now();
-            let render = |v: &Vm| crate::api::render::vm(v, &[]);
-            let n = if par {
-                Node::list_of_par("vms", &vms, render, json)
-            } else {
-                Node::list_of("vms", vms.iter().map(render), json)
-            };
-            let len = n.raw.map(|r| r.len()).unwrap_or(0);
+            let mut best = u128::MAX;
+            let mut len = 0;
+            for _ in 0..5 {
+                let t = std::time::Instant::now();
+                let render = |v: &Vm| crate::api::render::vm(v, &[]);
+                let n = if par {
+                    Node::list_of_par("vms", &vms, render, json)
+                } else {
+                    Node::list_of("vms", vms.iter().map(render), json)
+                };
+                len = n.raw.map(|r| r.len()).unwrap_or(0);
+                best = best.min(t.elapsed().as_millis());
+            }
             println!(
-                "{}{}: {} ms, {:.1} MiB",
+                "{}{}: {best} ms, {:.1} MiB",
                 if json { "JSON" } else { "XML" },
                 if par { ", two threads" } else { "" },
-                t.elapsed().as_millis(),
                 len as f64 / 1048576.0
             );
         }
@@ -961,5 +983,75 @@ mod tests {
         v.placement.hosts = vec!["off".into()];
         let err = pick_host_any(&inv, &v).expect_err("its host is in maintenance");
         assert!(err.to_string().contains("PinToHost"), "{err}");
+    }
+
+    /// The Network filter: a VM runs only on hosts that have the networks of its
+    /// plugged NICs; when none has them, the fault names the hosts and networks.
+    #[test]
+    fn vms_run_only_where_their_networks_are() {
+        use crate::state::Stored as _;
+        const G: u64 = 1 << 30;
+        let mut inv = Inventory::default();
+        let mut both = host("both", 2 * G, "up");
+        both.networks = vec!["ovirtmgmt".into(), "storage".into()];
+        let mut mgmt = host("mgmt", 8 * G, "up");
+        mgmt.networks = vec!["ovirtmgmt".into()];
+        for h in [both, mgmt] {
+            inv.hosts.insert(h.id.clone(), h);
+        }
+        inv.networks.insert(
+            "net-storage".into(),
+            Network {
+                id: "net-storage".into(),
+                name: "storage".into(),
+                description: String::new(),
+                data_center: "dc".into(),
+                mtu: 1500,
+                vlan: None,
+                usages: Vec::new(),
+                clusters: None,
+            },
+        );
+        let v = vm("v1", G, None, "down");
+        put_vm(&mut inv, v.clone());
+        let nic = |inv: &mut Inventory, id: &str, network: &str, plugged: bool| {
+            let n = Nic {
+                id: id.into(),
+                vm: "v1".into(),
+                name: id.into(),
+                interface: "virtio".into(),
+                mac: "56:6f:00:00:00:01".into(),
+                network: network.into(),
+                plugged,
+                linked: true,
+                vnic_profile: None,
+                description: String::new(),
+            };
+            let old = inv.nics.insert(n.id.clone(), n.clone());
+            Nic::reindex(inv, old.as_ref(), Some(&n));
+        };
+        // A NIC without a network is on ovirtmgmt: both hosts have it, the larger wins.
+        nic(&mut inv, "n1", "", true);
+        assert_eq!(pick_host_any(&inv, &v).expect("placed"), "mgmt");
+        // An unplugged NIC asks nothing of the host.
+        nic(&mut inv, "n2", "net-storage", false);
+        assert_eq!(pick_host_any(&inv, &v).expect("placed"), "mgmt");
+        // Plugged, only the host with the storage network can run it.
+        nic(&mut inv, "n2", "net-storage", true);
+        assert_eq!(pick_host_any(&inv, &v).expect("placed"), "both");
+        if let Some(h) = inv.hosts.get_mut("both") {
+            h.networks.retain(|n| n != "storage");
+        }
+        let err = pick_host_any(&inv, &v).expect_err("no host has the network");
+        let text = err.to_string();
+        assert!(text.contains("filter Network"), "{text}");
+        assert!(
+            text.contains("host both lacks network(s) storage"),
+            "{text}"
+        );
+        assert!(
+            text.contains("host mgmt lacks network(s) storage"),
+            "{text}"
+        );
     }
 }

@@ -170,10 +170,6 @@ NEEDS_FEATURE = {
         "extending a disk through its attachment: PUT /vms/{id}/diskattachments/{id} <disk_attachment>"
         "<disk><provisioned_size>12884901888</provisioned_size></disk></disk_attachment> -> 400 "
         "[<disk> is in oVirt's model, but Halyard does not act on it yet; remove it from the request]",
-    "add_vm_nic":
-        "host networks: the example puts myvm's NIC on mynetwork, which no host has (no bridge "
-        "mynetwork; host network setup comes with the networking work) and Halyard's scheduler has "
-        "no Network filter yet, so start_vm then never sees myvm up (timed out after 120 s)",
     "download_vm_ovf":
         "the OVF of a VM: GET /vms?search=name%3Dmyvm&all_content=true answers without "
         "<initialization><configuration><data> (AttributeError: 'NoneType' object has no attribute "
@@ -597,6 +593,26 @@ def myvm_boots_test_guest():
             if p.name == "ovirtmgmt" and conn.follow_link(p.network).data_center.id == d.id]
     s.nics_service().add(types.Nic(name="nic1", interface=types.NicInterface.VIRTIO,
                                    vnic_profile=types.VnicProfile(id=prof[0].id)))
+
+
+def network_filter_refuses_mynic():
+    """After add_vm_nic, myvm has mynic on mynetwork, which no host has (no bridge of that
+    name; host network setup comes with the networking work): the scheduler's Network
+    filter refuses the start with a fault naming host and network. mynic is removed
+    again so that start_vm runs myvm."""
+    s = system().vms_service().vm_service(vm("myvm").id)
+    try:
+        s.start()
+    except sdk.Error as e:
+        text = str(e)
+        expect("filter Network" in text and "lacks network(s) mynetwork" in text,
+               "the start was refused for another reason: %s" % text)
+    else:
+        raise AssertionError("myvm started although no host has mynetwork")
+    expect(vm("myvm").status == types.VmStatus.DOWN, "myvm is not down after the refused start")
+    for n in s.nics_service().list():
+        if n.name == "mynic":
+            s.nics_service().nic_service(n.id).remove()
 
 
 def guest_reports_ip():
@@ -1097,6 +1113,8 @@ STEPS = [
     E("add_vm_disk", timeout=90, check=check_vm_disk),
     E("deactivate_disk_attachment", timeout=60, check=check_detached_disk),
     E("add_vm_nic", check=check_nic),
+    R("the Network filter refuses myvm's start on mynetwork", network_filter_refuses_mynic,
+      unless="add_vm_nic"),
     E("list_vm_disks"),
     E("follow_vm_links"),
     E("search_vms", check=output_has("myvm")),
