@@ -2,7 +2,11 @@
 //! fault: a document, or 501 naming the service Halyard does not implement yet. Never
 //! a 404 for a link the Manager itself wrote, never a 500.
 
+mod conform;
+
 use std::collections::{BTreeSet, VecDeque};
+
+use conform::conforms;
 
 use halyard_manager::api::node::Node;
 use halyard_testinfra::manager::{Database, ManagerProc};
@@ -50,6 +54,8 @@ async fn every_link_gets_a_real_answer_or_an_honest_fault() {
     let mut todo = VecDeque::from([base.to_string()]);
     let (mut real, mut honest) = (0, Vec::new());
     let mut wrong = Vec::new();
+    // Every answer's elements are members of its model type.
+    let mut off_model = Vec::new();
     while let Some(h) = todo.pop_front() {
         if !seen.insert(h.clone()) || seen.len() > 3000 {
             continue;
@@ -60,6 +66,7 @@ async fn every_link_gets_a_real_answer_or_an_honest_fault() {
         match (code, &doc) {
             (200, Ok(n)) => {
                 real += 1;
+                off_model.extend(conforms(path, n));
                 let mut found = Vec::new();
                 hrefs(n, &mut found);
                 for f in found {
@@ -99,6 +106,9 @@ async fn every_link_gets_a_real_answer_or_an_honest_fault() {
         eprintln!("  501 {h}");
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    off_model.sort();
+    off_model.dedup();
+    assert!(off_model.is_empty(), "{}", off_model.join("\n"));
     assert!(real >= 20, "the walk reached the real collections");
     assert!(seen.contains(&format!("{base}/vms/{vm}/nics")));
 }

@@ -3,6 +3,7 @@
 //! host that stops answering and comes back. The 200-host figures come from
 //! `cargo bench -p halyard-manager --bench scale`.
 
+mod conform;
 mod fakehost;
 
 use std::time::{Duration, Instant};
@@ -60,4 +61,46 @@ async fn twenty_fake_hosts_hundred_vms() {
         .await
         .expect("the host recovers");
     assert!(hosts.iter().all(|h| h.requests() > 0));
+
+    // Hosts, their NICs and statistics, VMs and theirs: only members of their model
+    // types (the walk in api_model.rs has no hosts and no running VMs).
+    let (_, b) = api
+        .call("GET", "/vms?search=name%3Dsvm-00001", "")
+        .await
+        .expect("vm");
+    let doc = halyard_manager::api::node::Node::parse_xml(b.as_bytes()).expect("xml");
+    let vm = doc
+        .children
+        .first()
+        .and_then(|v| v.id())
+        .expect("svm-00001")
+        .to_string();
+    let (_, b) = api.call("GET", "/hosts", "").await.expect("hosts");
+    let doc = halyard_manager::api::node::Node::parse_xml(b.as_bytes()).expect("xml");
+    let host = doc
+        .children
+        .first()
+        .and_then(|h| h.id())
+        .expect("a host")
+        .to_string();
+    let mut off_model = Vec::new();
+    for path in [
+        "/hosts".to_string(),
+        format!("/hosts/{host}"),
+        format!("/hosts/{host}/nics"),
+        format!("/hosts/{host}/statistics"),
+        "/vms".to_string(),
+        format!("/vms/{vm}"),
+        format!("/vms/{vm}/statistics"),
+        format!("/vms/{vm}/reporteddevices"),
+        "/clusters".to_string(),
+        "/datacenters".to_string(),
+        "/events".to_string(),
+    ] {
+        let (code, b) = api.call("GET", &path, "").await.expect("answer");
+        assert_eq!(code, 200, "GET {path}: {b}");
+        let doc = halyard_manager::api::node::Node::parse_xml(b.as_bytes()).expect("xml");
+        off_model.extend(conform::conforms(&path, &doc));
+    }
+    assert!(off_model.is_empty(), "{}", off_model.join("\n"));
 }

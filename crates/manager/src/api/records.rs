@@ -636,7 +636,13 @@ fn reference(inv: &Inventory, ty: &str, id: &str, under: &str) -> Node {
         .attr("href", href)
         .attr("id", id)
         .opt("name", name_of(inv, ty, id));
-    if let Some(e) = super::kinds::catalogue(ty).and_then(|c| c.iter().find(|e| e.id == id)) {
+    let has_admin = model()
+        .members(ty)
+        .is_some_and(|ms| ms.iter().any(|m| m.name == "administrative"));
+    if let Some(e) = super::kinds::catalogue(ty)
+        .filter(|_| has_admin)
+        .and_then(|c| c.iter().find(|e| e.id == id))
+    {
         n.push(Node::leaf("administrative", e.administrative));
     }
     n

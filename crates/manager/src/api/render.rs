@@ -1,6 +1,7 @@
 //! Model objects as API documents (element names of the oVirt API model; absolute
 //! hrefs; the links clients follow).
 
+use crate::api::model::model;
 use crate::api::node::Node;
 use crate::model::*;
 
@@ -16,6 +17,19 @@ pub fn sub(base: &str, rel: &str) -> String {
     [base, "/", rel].concat()
 }
 
+/// The sub-collection links the model gives a `ty` object at `hr` (oVirt's `<link>`s).
+fn links(n: &mut Node, ty: &str, hr: &str) {
+    for rel in model().links_of(ty) {
+        n.push(Node::link(rel, sub(hr, rel)));
+    }
+}
+
+/// [`links`], for a builder chain.
+fn linked(mut n: Node, ty: &str, hr: &str) -> Node {
+    links(&mut n, ty, hr);
+    n
+}
+
 fn obj(name: &'static str, kind: &str, id: &str) -> Node {
     let mut n = Node::new(name);
     n.attrs.reserve_exact(2);
@@ -24,10 +38,7 @@ fn obj(name: &'static str, kind: &str, id: &str) -> Node {
 
 pub fn data_center(d: &DataCenter) -> Node {
     let h = href("datacenters", &d.id);
-    obj("data_center", "datacenters", &d.id)
-        .with(Node::link("clusters", sub(&h, "clusters")))
-        .with(Node::link("networks", sub(&h, "networks")))
-        .with(Node::link("storagedomains", sub(&h, "storagedomains")))
+    linked(obj("data_center", "datacenters", &d.id), "DataCenter", &h)
         .with(Node::leaf("name", &d.name))
         .with(Node::leaf("description", &d.description))
         .with(Node::leaf("local", d.local))
@@ -46,11 +57,7 @@ fn version(major: u32, minor: u32) -> Node {
 
 pub fn cluster(c: &Cluster) -> Node {
     let h = href("clusters", &c.id);
-    obj("cluster", "clusters", &c.id)
-        .with(Node::link("networks", sub(&h, "networks")))
-        .with(Node::link("permissions", sub(&h, "permissions")))
-        .with(Node::link("affinitygroups", sub(&h, "affinitygroups")))
-        .with(Node::link("cpuprofiles", sub(&h, "cpuprofiles")))
+    linked(obj("cluster", "clusters", &c.id), "Cluster", &h)
         .with(Node::leaf("name", &c.name))
         .with(Node::leaf("description", &c.description))
         .with(
@@ -82,9 +89,7 @@ pub fn cluster(c: &Cluster) -> Node {
 
 pub fn network(n: &Network) -> Node {
     let h = href("networks", &n.id);
-    let mut x = obj("network", "networks", &n.id)
-        .with(Node::link("vnicprofiles", sub(&h, "vnicprofiles")))
-        .with(Node::link("permissions", sub(&h, "permissions")))
+    let mut x = linked(obj("network", "networks", &n.id), "Network", &h)
         .with(Node::leaf("name", &n.name))
         .with(Node::leaf("description", &n.description))
         .with(Node::leaf("mtu", n.mtu))
@@ -131,19 +136,7 @@ fn key_fingerprint(csr: &str) -> Option<String> {
 pub fn host(h: &Host, scheduling_memory: u64) -> Node {
     let hr = href("hosts", &h.id);
     let mut n = obj("host", "hosts", &h.id);
-    for rel in [
-        "nics",
-        "statistics",
-        "storage",
-        "networkattachments",
-        "numanodes",
-        "devices",
-        "hooks",
-        "tags",
-        "permissions",
-    ] {
-        n.push(Node::link(rel, sub(&hr, rel)));
-    }
+    links(&mut n, "Host", &hr);
     n = n
         .with(Node::leaf("name", &h.name))
         .with(Node::leaf("comment", ""))
@@ -238,27 +231,7 @@ pub fn vm(v: &Vm, nics: &[&Nic]) -> Node {
     let hr = href("vms", &v.id);
     let mut n = obj("vm", "vms", &v.id);
     n.children.reserve(48);
-    for rel in [
-        "nics",
-        "diskattachments",
-        "snapshots",
-        "numanodes",
-        "statistics",
-        "reporteddevices",
-        "applications",
-        "cdroms",
-        "graphicsconsoles",
-        "hostdevices",
-        "permissions",
-        "tags",
-        "watchdogs",
-        "sessions",
-        "katelloerrata",
-        "affinitylabels",
-        "mediateddevices",
-    ] {
-        n.push(Node::link(rel, sub(&hr, rel)));
-    }
+    links(&mut n, "Vm", &hr);
     if let Some(p) = &v.pool {
         n.push(Node::reference("vm_pool", &href("vmpools", p), p));
     }
@@ -487,8 +460,7 @@ pub fn event(e: &Event) -> Node {
 
 pub fn job(j: &Job) -> Node {
     let hr = href("jobs", &j.id);
-    obj("job", "jobs", &j.id)
-        .with(Node::link("steps", sub(&hr, "steps")))
+    linked(obj("job", "jobs", &j.id), "Job", &hr)
         .with(Node::leaf("description", &j.description))
         .with(Node::leaf("auto_cleared", true))
         .with(Node::leaf("external", false))
@@ -531,9 +503,7 @@ pub fn storage_domain(s: &StorageDomain, committed: u64) -> Node {
         storage.push(Node::leaf("mount_options", &s.mount_options));
     }
     let mut n = obj("storage_domain", "storagedomains", &s.id);
-    for rel in ["disks", "templates", "vms", "permissions", "disksnapshots"] {
-        n.push(Node::link(rel, sub(&hr, rel)));
-    }
+    links(&mut n, "StorageDomain", &hr);
     n = n
         .with(Node::leaf("name", &s.name))
         .with(Node::leaf("description", &s.description))
@@ -577,15 +547,7 @@ pub fn attached_storage_domain(s: &StorageDomain, dc: &str, committed: u64) -> N
 }
 
 pub fn disk(d: &Disk) -> Node {
-    obj("disk", "disks", &d.id)
-        .with(Node::link(
-            "permissions",
-            format!("{}/permissions", href("disks", &d.id)),
-        ))
-        .with(Node::link(
-            "statistics",
-            format!("{}/statistics", href("disks", &d.id)),
-        ))
+    linked(obj("disk", "disks", &d.id), "Disk", &href("disks", &d.id))
         .with(Node::leaf("name", &d.name))
         .with(Node::leaf("alias", &d.name))
         .with(Node::leaf("description", &d.description))
@@ -667,17 +629,7 @@ pub fn template(t: &Template) -> Node {
         os.push(Node::leaf("cmdline", &t.cmdline));
     }
     let mut n = obj("template", "templates", &t.id);
-    for rel in [
-        "diskattachments",
-        "nics",
-        "permissions",
-        "watchdogs",
-        "graphicsconsoles",
-        "cdroms",
-        "tags",
-    ] {
-        n.push(Node::link(rel, sub(&hr, rel)));
-    }
+    links(&mut n, "Template", &hr);
     n.with(Node::leaf("name", &t.name))
         .with(Node::leaf("description", &t.description))
         .with(Node::leaf("comment", ""))

@@ -87,6 +87,11 @@ fn walk(n: &Node, ty: &str, prefix: &str, acts_on: &[&str]) -> Result<(), ApiErr
         } else {
             format!("{prefix}/{}", c.name)
         };
+        if mem.halyard {
+            return Err(ApiError::bad(format!(
+                "Request syntactically incorrect: <{path}> is shown by Halyard (not in oVirt's model) and cannot be set; remove it from the request"
+            )));
+        }
         if acts_on.contains(&path.as_str()) {
             continue;
         }
@@ -151,6 +156,22 @@ mod tests {
         assert!(check_document(&doc("<disk><storage_domains><storage_domain><type>data</type></storage_domain></storage_domains></disk>"), "Disk", acts).is_err());
         // A value type has nothing below it.
         assert!(check_document(&doc("<vm><name><x/></name></vm>"), "Vm", &["name/x"]).is_err());
+    }
+
+    /// Halyard's own members (`x` in types.txt) are shown, never taken as input.
+    #[test]
+    fn halyards_own_members_cannot_be_set() {
+        let e = check_document(
+            &doc("<host><key_fingerprint>SHA256:x</key_fingerprint></host>"),
+            "Host",
+            &["name", "key_fingerprint"],
+        )
+        .expect_err("read-only");
+        assert!(
+            e.detail.contains("<key_fingerprint> is shown by Halyard"),
+            "{}",
+            e.detail
+        );
     }
 
     #[test]

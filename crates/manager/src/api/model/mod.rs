@@ -100,6 +100,8 @@ pub struct Member {
     /// Links: the `<link rel>` of a list link.
     pub rel: Option<String>,
     pub link: bool,
+    /// Halyard's own (an `x` line): not in oVirt's model, shown, never set by clients.
+    pub halyard: bool,
 }
 
 /// A type of the model.
@@ -231,8 +233,8 @@ pub fn parse(services: &str, types: &str) -> Result<Model, ModelError> {
                 .last_mut()
                 .ok_or_else(|| bad(n, "a member outside a struct"))?;
             let (kind, name, ty) = match w.as_slice() {
-                [k, name, ty, ..] if *k == "a" || *k == "l" => (*k, *name, *ty),
-                _ => return Err(bad(n, "expected: a|l NAME TYPE")),
+                [k, name, ty, ..] if matches!(*k, "a" | "l" | "x") => (*k, *name, *ty),
+                _ => return Err(bad(n, "expected: a|l|x NAME TYPE")),
             };
             let list = ty.ends_with('*');
             members.push(Member {
@@ -244,6 +246,7 @@ pub fn parse(services: &str, types: &str) -> Result<Model, ModelError> {
                     .then(|| w.get(3).map(|r| r.to_string()))
                     .flatten(),
                 link: kind == "l",
+                halyard: kind == "x",
             });
             continue;
         }
@@ -358,6 +361,54 @@ impl Model {
             ids,
             trail,
         })
+    }
+
+    /// The sub-collection links of an object of type `ty`: its list link members whose
+    /// collection the type's item services have (`rel` = URL segment), in model order.
+    /// What oVirt writes as an object's `<link>`s; computed once per type.
+    pub fn links_of(&self, ty: &str) -> &[String] {
+        static LINKS: OnceLock<HashMap<String, Vec<String>>> = OnceLock::new();
+        let all = LINKS.get_or_init(|| {
+            let mut out = HashMap::new();
+            for (name, t) in &self.types {
+                if let Type::Struct { members, .. } = t {
+                    out.insert(name.clone(), self.sub_collections(name, members));
+                }
+            }
+            out
+        });
+        all.get(ty).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    fn sub_collections(&self, ty: &str, members: &[Member]) -> Vec<String> {
+        let items: Vec<&Service> = self
+            .services
+            .values()
+            .filter(|s| s.get.as_deref() == Some(ty))
+            .collect();
+        let mut out: Vec<String> = Vec::new();
+        for m in members.iter().filter(|m| m.link && m.list) {
+            let rel = m.rel.as_deref().unwrap_or(&m.name);
+            // The segment: `rel` itself, or the locator whose collection lists the
+            // member's type (a scheduling policy's `weight` list lives at `weights`).
+            let seg = items.iter().find_map(|svc| {
+                if svc.locators.iter().any(|(p, _)| p == rel) {
+                    return Some(rel.to_string());
+                }
+                svc.locators.iter().find_map(|(p, target)| {
+                    self.service(target)
+                        .and_then(|t| t.list.as_ref())
+                        .filter(|(_, t)| *t == m.ty)
+                        .map(|_| p.clone())
+                })
+            });
+            if let Some(seg) = seg {
+                if !out.contains(&seg) {
+                    out.push(seg);
+                }
+            }
+        }
+        out
     }
 
     /// The element names a document of type `ty` may carry.
