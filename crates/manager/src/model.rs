@@ -660,6 +660,23 @@ pub struct Vm {
     /// console log is how a VM's boot is read).
     #[serde(default)]
     pub console_enabled: Option<bool>,
+    /// Its virtual NUMA nodes (oVirt's VirtualNumaNode; none: one node, libvirt's).
+    #[serde(default)]
+    pub numa_nodes: Vec<VmNumaNode>,
+}
+
+/// A virtual NUMA node of a VM: its index (0..n), memory and vCPUs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct VmNumaNode {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    pub index: u32,
+    /// MiB.
+    pub memory: u64,
+    /// The indexes of its vCPUs.
+    #[serde(default)]
+    pub cpus: Vec<u32>,
 }
 
 /// oVirt's placement_policy: the hosts a VM is pinned to (the scheduler's PinToHost

@@ -109,7 +109,7 @@ pub fn domain_xml(
 <vcpu current="{vcpus}">{vcpus}</vcpu>
 {sysinfo}
 <metadata><ovirt-tune:qos/><ovirt-vm:vm><ovirt-vm:clusterVersion>4.7</ovirt-vm:clusterVersion><ovirt-vm:custom/>{meta_devices}<ovirt-vm:launchPaused>false</ovirt-vm:launchPaused><ovirt-vm:resumeBehavior>auto_resume</ovirt-vm:resumeBehavior></ovirt-vm:vm></metadata>
-<cpu match="exact" mode="host-passthrough"><topology cores="{cores}" sockets="{sockets}" threads="{threads}"/></cpu>
+<cpu match="exact" mode="host-passthrough"><topology cores="{cores}" sockets="{sockets}" threads="{threads}"/>{numa}</cpu>
 <os>{os}</os>
 <features><acpi/><apic/></features>
 <clock offset="variable" adjustment="0"><timer name="rtc" tickpolicy="catchup"/><timer name="pit" tickpolicy="delay"/></clock>
@@ -121,7 +121,86 @@ pub fn domain_xml(
         cores = vm.cores.max(1),
         sockets = vm.sockets.max(1),
         threads = vm.threads.max(1),
+        numa = numa_cells(&vm.numa_nodes),
     )
+}
+
+/// oVirt's checks of a VM's NUMA configuration (NumaValidator.validateVmNumaConfig):
+/// no more nodes than vCPUs, indexes unique and 0..n, each vCPU of the VM in at most
+/// one node, the nodes' memory at most the VM's.
+pub fn numa_check(vm: &Vm, nodes: &[VmNumaNode]) -> Result<(), String> {
+    if nodes.is_empty() {
+        return Ok(());
+    }
+    let vcpus = (u64::from(vm.sockets.max(1))
+        * u64::from(vm.cores.max(1))
+        * u64::from(vm.threads.max(1))) as usize;
+    if nodes.len() > vcpus {
+        return Err(format!(
+            "the VM has more NUMA nodes ({}) than vCPUs ({vcpus})",
+            nodes.len()
+        ));
+    }
+    let mut seen = vec![false; nodes.len()];
+    for n in nodes {
+        match seen.get_mut(n.index as usize) {
+            Some(s) if !*s => *s = true,
+            Some(_) => return Err(format!("NUMA node index {} is used twice", n.index)),
+            None => {
+                return Err(format!(
+                    "NUMA node indexes must be 0 to {} (continuous); {} is not",
+                    nodes.len() - 1,
+                    n.index
+                ))
+            }
+        }
+    }
+    // A set of what the nodes name (not a flag per vCPU: a VM may have 16M of them).
+    let mut used = std::collections::HashSet::new();
+    for c in nodes.iter().flat_map(|n| &n.cpus) {
+        if *c as usize >= vcpus {
+            return Err(format!(
+                "vCPU index {c} is out of range: the VM's vCPUs are 0 to {}",
+                vcpus - 1
+            ));
+        }
+        if !used.insert(*c) {
+            return Err(format!("vCPU {c} is in more than one NUMA node"));
+        }
+    }
+    let total: u64 = nodes.iter().map(|n| n.memory).sum();
+    let vm_mib = vm.memory >> 20;
+    if total > vm_mib {
+        return Err(format!(
+            "the NUMA nodes' memory ({total} MiB) exceeds the VM's ({vm_mib} MiB)"
+        ));
+    }
+    Ok(())
+}
+
+/// The `<numa>` of a domain's `<cpu>` (empty without nodes).
+pub fn numa_cells(nodes: &[VmNumaNode]) -> String {
+    if nodes.is_empty() {
+        return String::new();
+    }
+    let mut sorted: Vec<&VmNumaNode> = nodes.iter().collect();
+    sorted.sort_by_key(|n| n.index);
+    let mut s = String::from("<numa>");
+    for n in sorted {
+        let cpus: Vec<String> = n.cpus.iter().map(u32::to_string).collect();
+        let cpus = if cpus.is_empty() {
+            String::new()
+        } else {
+            format!(" cpus=\"{}\"", cpus.join(","))
+        };
+        s.push_str(&format!(
+            "<cell id=\"{}\"{cpus} memory=\"{}\" unit=\"KiB\"/>",
+            n.index,
+            n.memory * 1024
+        ));
+    }
+    s.push_str("</numa>");
+    s
 }
 
 /// Guest agent details from a VM's stats.
@@ -383,6 +462,8 @@ impl Manager {
                     )));
                 }
             }
+            numa_check(&vm, &vm.numa_nodes)
+                .map_err(|e| VmError::Conflict(format!("Cannot run VM {}: {e}.", vm.name)))?;
             let host_id = self.schedule(&vm)?;
             let client = self
                 .host_client(&host_id)
@@ -612,6 +693,7 @@ mod tests {
             placement: Placement::default(),
             serial_number: None,
             console_enabled: None,
+            numa_nodes: Vec::new(),
         }
     }
 
@@ -860,6 +942,7 @@ mod tests {
             placement: Placement::default(),
             serial_number: None,
             console_enabled: None,
+            numa_nodes: Vec::new(),
         };
         let x = domain_xml(&vm, &[], &Default::default(), "/var/log/halyard/vms", "");
         let n = crate::api::node::Node::parse_xml(x.as_bytes()).expect("well-formed");
@@ -1052,6 +1135,47 @@ mod tests {
         assert!(
             text.contains("host mgmt lacks network(s) storage"),
             "{text}"
+        );
+    }
+
+    /// oVirt's NUMA checks, and the cells a domain gets.
+    #[test]
+    fn numa_nodes_are_checked_and_written() {
+        let node = |index: u32, memory: u64, cpus: &[u32]| VmNumaNode {
+            id: format!("n{index}"),
+            name: String::new(),
+            index,
+            memory,
+            cpus: cpus.to_vec(),
+        };
+        let mut v = vm("v1", 1 << 30, None, "down");
+        v.cores = 2;
+        numa_check(&v, &[]).expect("no nodes");
+        let two = [node(1, 512, &[1]), node(0, 512, &[0])];
+        numa_check(&v, &two).expect("two nodes, one vCPU each");
+        let err = |nodes: &[VmNumaNode]| numa_check(&v, nodes).expect_err("refused");
+        assert!(err(&[node(0, 1, &[0]), node(1, 1, &[1]), node(2, 1, &[])])
+            .contains("more NUMA nodes (3) than vCPUs (2)"));
+        assert!(err(&[node(0, 1, &[0]), node(0, 1, &[1])]).contains("index 0 is used twice"));
+        assert!(
+            err(&[node(0, 1, &[0]), node(2, 1, &[1])]).contains("0 to 1 (continuous); 2 is not")
+        );
+        assert!(
+            err(&[node(0, 1, &[0, 1]), node(1, 1, &[1])]).contains("vCPU 1 is in more than one")
+        );
+        assert!(err(&[node(0, 1, &[2])]).contains("vCPU index 2 is out of range"));
+        assert!(err(&[node(0, 1000, &[0]), node(1, 25, &[1])])
+            .contains("(1025 MiB) exceeds the VM's (1024 MiB)"));
+        assert_eq!(
+            numa_cells(&two),
+            r#"<numa><cell id="0" cpus="0" memory="524288" unit="KiB"/><cell id="1" cpus="1" memory="524288" unit="KiB"/></numa>"#
+        );
+        assert_eq!(numa_cells(&[]), "");
+        v.numa_nodes = two.to_vec();
+        let xml = domain_xml(&v, &[], &Default::default(), "/c", "");
+        assert!(
+            xml.contains(r#"<topology cores="2" sockets="1" threads="1"/><numa><cell id="0""#),
+            "{xml}"
         );
     }
 }

@@ -217,3 +217,97 @@ async fn input_halyard_does_not_act_on_is_refused() {
         "{b}"
     );
 }
+
+/// A VM's virtual NUMA nodes: oVirt's rules on add, the highest index removed first,
+/// pinning refused, at most MAX_NODES per VM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_numa_nodes_follow_ovirts_rules() {
+    let m = ManagerProc::start(Database::Sqlite, "").await;
+    let t = m.token().await;
+    let (code, b) = m
+        .api(
+            &t,
+            "POST",
+            "/vms",
+            "<vm><name>numa</name><cluster><name>Default</name></cluster><template><name>Blank</name></template><memory>1073741824</memory><cpu><topology><sockets>2</sockets><cores>1</cores><threads>1</threads></topology></cpu></vm>",
+        )
+        .await;
+    assert_eq!(code, 201, "{b}");
+    let vm = Node::parse_xml(b.as_bytes())
+        .expect("xml")
+        .id()
+        .expect("id")
+        .to_string();
+    let nodes = format!("/vms/{vm}/numanodes");
+    let node = |i: u32, mem: u32, core: u32| {
+        format!("<vm_numa_node><index>{i}</index><memory>{mem}</memory><cpu><cores><core><index>{core}</index></core></cores></cpu></vm_numa_node>")
+    };
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        let (code, b) = m.api(&t, "POST", &nodes, &node(i, 512, i)).await;
+        assert_eq!(code, 201, "{b}");
+        ids.push(
+            Node::parse_xml(b.as_bytes())
+                .expect("xml")
+                .id()
+                .expect("id")
+                .to_string(),
+        );
+    }
+    for (body, fault) in [
+        (node(2, 1, 0), "more NUMA nodes (3) than vCPUs (2)"),
+        ("<vm_numa_node><index>0</index><memory>1</memory><numa_node_pins><numa_node_pin><index>0</index></numa_node_pin></numa_node_pins></vm_numa_node>".to_string(), "numa_node_pins&gt; is in oVirt"),
+        ("<vm_numa_node><memory>many</memory></vm_numa_node>".to_string(), "is not a number"),
+    ] {
+        let (code, b) = m.api(&t, "POST", &nodes, &body).await;
+        assert!(code == 400 || code == 409, "{body}: {code} {b}");
+        assert!(b.contains(fault), "{body}: {b}");
+    }
+    // More memory than the VM's, a vCPU twice: the update is refused, nothing changes.
+    let (code, b) = m
+        .api(
+            &t,
+            "PUT",
+            &format!("{nodes}/{}", ids[1]),
+            "<vm_numa_node><memory>600</memory></vm_numa_node>",
+        )
+        .await;
+    assert_eq!(code, 409, "{b}");
+    assert!(b.contains("(1112 MiB) exceeds the VM's (1024 MiB)"), "{b}");
+    let (code, b) = m
+        .api(&t, "PUT", &format!("{nodes}/{}", ids[1]), &node(1, 256, 0))
+        .await;
+    assert_eq!(code, 409, "{b}");
+    assert!(b.contains("vCPU 0 is in more than one NUMA node"), "{b}");
+    let (_, b) = m.api(&t, "GET", &nodes, "").await;
+    assert_eq!(b.matches("<vm_numa_node ").count(), 2, "{b}");
+    assert_eq!(b.matches("<memory>512</memory>").count(), 2, "{b}");
+    // The lowest index cannot go first; the highest can, then the other.
+    let (code, b) = m
+        .api(&t, "DELETE", &format!("{nodes}/{}", ids[0]), "")
+        .await;
+    assert_eq!(code, 409, "{b}");
+    assert!(
+        b.contains("only the node with the highest index (1)"),
+        "{b}"
+    );
+    for id in ids.iter().rev() {
+        let (code, b) = m.api(&t, "DELETE", &format!("{nodes}/{id}"), "").await;
+        assert_eq!(code, 200, "{b}");
+    }
+    let (_, b) = m.api(&t, "GET", &nodes, "").await;
+    assert!(!b.contains("<vm_numa_node "), "{b}");
+
+    // The limit: a VM of 130 vCPUs takes 128 nodes, not a 129th.
+    let (code, b) = m
+        .api(&t, "PUT", &format!("/vms/{vm}"), "<vm><cpu><topology><sockets>130</sockets><cores>1</cores><threads>1</threads></topology></cpu></vm>")
+        .await;
+    assert_eq!(code, 200, "{b}");
+    for i in 0..128 {
+        let (code, b) = m.api(&t, "POST", &nodes, &node(i, 1, i)).await;
+        assert_eq!(code, 201, "node {i}: {b}");
+    }
+    let (code, b) = m.api(&t, "POST", &nodes, &node(128, 1, 128)).await;
+    assert_eq!(code, 409, "{b}");
+    assert!(b.contains("a VM has at most 128"), "{b}");
+}

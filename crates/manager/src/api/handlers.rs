@@ -645,14 +645,11 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
         }
         ["vms", vid, "nics", nid] if del => remove_nic(m, vid, nid).await,
         ["vms", id, "reporteddevices"] if get => reported_devices(m, id),
-        // Halyard gives VMs no virtual NUMA nodes: the list is empty, truly.
-        ["vms", id, "numanodes"] if get => {
-            check_id(id)?;
-            if !m.read().vms.contains_key(*id) {
-                return Err(ApiError::not_found(format!("VM {id} not found")));
-            }
-            ok(Node::new("vm_numa_nodes"))
-        }
+        ["vms", id, "numanodes"] if get => super::numa::list(m, id),
+        ["vms", id, "numanodes"] if post => super::numa::add(m, id, r).await,
+        ["vms", vid, "numanodes", nid] if get => super::numa::get(m, vid, nid),
+        ["vms", vid, "numanodes", nid] if put => super::numa::update(m, vid, nid, r).await,
+        ["vms", vid, "numanodes", nid] if del => super::numa::remove(m, vid, nid).await,
         ["vms", id, action] if post && VM_ACTIONS.contains(action) => {
             vm_action(m, id, action, r).await
         }
@@ -1710,6 +1707,7 @@ pub(super) async fn new_vm(m: &Arc<Manager>, n: &Node, pool: Option<&str>) -> Re
         placement: placement.unwrap_or_default(),
         serial_number,
         console_enabled: console_of(n)?,
+        numa_nodes: Vec::new(),
     };
     m.insert(&vm).await?;
     if tpl.is_some() {

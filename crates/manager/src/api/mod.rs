@@ -10,6 +10,7 @@ pub mod kinds;
 pub mod macpools;
 pub mod model;
 pub mod node;
+pub mod numa;
 pub mod quotas;
 pub mod records;
 pub mod render;

@@ -179,12 +179,6 @@ NEEDS_FEATURE = {
         "</high_availability><lease><storage_domain id=.../></lease></vm> -> 400 "
         "[<high_availability> is in oVirt's model, but Halyard does not act on it yet; remove it "
         "from the request]",
-    "remove_numa_nodes_from_vm":
-        "virtual NUMA nodes: GET /vms/{id}/numanodes is always empty and the runner's fixture POST "
-        "/vms/{id}/numanodes <vm_numa_node><index>0</index><memory>256</memory><cpu><cores><core>"
-        "<index>0</index></core></cores></cpu></vm_numa_node> -> 501 [Halyard does not implement "
-        "VmNumaNodesService.add yet]; with no node to remove the example would pass without testing "
-        "anything",
     "list_vm_snapshots":
         "disks of a snapshot: GET /vms/{id}/snapshots/{id}/disks -> 501 [Halyard does not implement "
         "SnapshotDisksService.list yet]",
@@ -624,10 +618,30 @@ def guest_reports_ip():
 
 
 def numa_node():
-    """A node for remove_numa_nodes_from_vm to remove (myvm has none of its own)."""
+    """Nodes for remove_numa_nodes_from_vm to remove (myvm has none of its own): two,
+    so that the example's highest-index-first order matters; a third that breaks
+    oVirt's rules (more nodes than vCPUs) is refused."""
+    myvm = vm("myvm")
+    s = system().vms_service().vm_service(myvm.id)
+    s.update(types.Vm(cpu=types.Cpu(topology=types.CpuTopology(sockets=1, cores=2, threads=1))))
+    for i in range(2):
+        s.numa_nodes_service().add(types.VirtualNumaNode(
+            index=i, memory=128, cpu=types.Cpu(cores=[types.Core(index=i)])))
+    try:
+        s.numa_nodes_service().add(types.VirtualNumaNode(index=2, memory=1))
+    except sdk.Error as e:
+        expect("more NUMA nodes (3) than vCPUs (2)" in str(e), "refused for another reason: %s" % e)
+    else:
+        raise AssertionError("a third NUMA node on a VM with two vCPUs was accepted")
+    nodes = s.numa_nodes_service().list()
+    expect(sorted(n.index for n in nodes) == [0, 1], "myvm's NUMA nodes: %s" % [n.index for n in nodes])
+
+
+def check_numa_removed(out):
+    expect("Removing node with id" in out, "no node removed")
     s = system().vms_service().vm_service(vm("myvm").id)
-    s.numa_nodes_service().add(types.VirtualNumaNode(
-        index=0, memory=256, cpu=types.Cpu(cores=[types.Core(index=0)])))
+    expect(not s.numa_nodes_service().list(), "myvm still has NUMA nodes")
+    s.update(types.Vm(cpu=types.Cpu(topology=types.CpuTopology(sockets=1, cores=1, threads=1))))
 
 
 def snapshot_mysnap():
@@ -1129,7 +1143,7 @@ STEPS = [
       check=check_vm_field("myvm", lambda v: v.lease is not None and v.lease.storage_domain is not None,
                            "no lease")),
     R("a virtual NUMA node on myvm", numa_node, unless="remove_numa_nodes_from_vm"),
-    E("remove_numa_nodes_from_vm", check=output_has("Removing node with id")),
+    E("remove_numa_nodes_from_vm", check=check_numa_removed),
     E("print_vm_mac_duplicates"),
     E("add_vm_snapshot", check=check_snapshot),
     R("snapshots of myvm ok", wait_snapshots_ok),
