@@ -725,6 +725,67 @@ pub fn renewal_due(not_after_ms: i64, now_ms: i64, life_ms: i64) -> bool {
     not_after_ms != 0 && not_after_ms - now_ms <= life_ms / 3
 }
 
+/// What a host has to update: its agent, when the Manager is of another version (a
+/// Halyard host runs the agent of the Manager's build; oVirt's check asks the host's
+/// package manager). `None`: up to date.
+pub fn updates_for(agent_version: &str) -> Option<String> {
+    let mine = env!("CARGO_PKG_VERSION");
+    (agent_version != mine).then(|| format!("halyard-hostd {agent_version} -> {mine}"))
+}
+
+/// oVirt's check for available updates (HostUpdatesChecker): events 884 then 885 (or
+/// 887 for a host in a status that cannot be checked), and `update_available`.
+pub async fn check_for_updates(m: &Manager, id: &str) {
+    let Some(h) = m.read().hosts.get(id).cloned() else {
+        return;
+    };
+    if !matches!(h.status.as_str(), "up" | "maintenance" | "non_operational") {
+        m.event(
+            887,
+            "warning",
+            format!(
+                "Failed to check for available updates on host {}: Unsupported host status ({}).",
+                h.name, h.status
+            ),
+            Some(id),
+            None,
+        )
+        .await;
+        return;
+    }
+    m.event(
+        884,
+        "normal",
+        format!("Started to check for available updates on host {}.", h.name),
+        Some(id),
+        None,
+    )
+    .await;
+    let found = updates_for(&h.vdsm_version);
+    let message = match &found {
+        Some(p) => format!("found updates for packages {p}"),
+        None => "no updates found.".to_string(),
+    };
+    let available = found.is_some();
+    if let Err(e) = m
+        .update(id, |x: &mut Host| x.update_available = available)
+        .await
+    {
+        warn!(error = %e, "cannot store the host's update check");
+    }
+    m.event(
+        885,
+        "normal",
+        format!(
+            "Check for available updates on host {} was completed successfully with message '{message}'.",
+            h.name
+        ),
+        Some(id),
+        None,
+    )
+    .await;
+}
+
 /// At most this many network names are kept of a host's report, each at most
 /// [`MAX_NETWORK_NAME`] bytes (the report comes from the host: bounded, not trusted).
 pub const MAX_NETWORKS: usize = 1024;
@@ -781,5 +842,13 @@ mod tests {
             .collect();
         let caps = serde_json::json!({ "bridges": many });
         assert_eq!(reported_networks(&caps).len(), MAX_NETWORKS);
+    }
+
+    /// An agent of the Manager's own version has nothing to update; any other has.
+    #[test]
+    fn updates_are_the_agent_of_another_version() {
+        assert_eq!(updates_for(env!("CARGO_PKG_VERSION")), None);
+        let found = updates_for("0.0.1").expect("an older agent");
+        assert!(found.starts_with("halyard-hostd 0.0.1 -> "), "{found}");
     }
 }

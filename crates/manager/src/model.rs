@@ -232,6 +232,9 @@ pub struct Host {
     /// network is a bridge named after it): what the scheduler's Network filter checks.
     #[serde(default)]
     pub networks: Vec<String>,
+    /// What the last check for updates found (oVirt's update_available).
+    #[serde(default)]
+    pub update_available: bool,
 }
 
 /// What the statistics show of one Host.getStats sample (only that is kept).

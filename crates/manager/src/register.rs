@@ -467,6 +467,7 @@ pub(crate) fn new_host(
         pending_change: None,
         tags: Vec::new(),
         networks: Vec::new(),
+        update_available: false,
     }
 }
 

@@ -701,6 +701,7 @@ const HOST_ACTIONS: &[&str] = &[
     "deactivate",
     "refresh",
     "enrollcertificate",
+    "upgradecheck",
 ];
 const VM_ACTIONS: &[&str] = &["start", "stop", "shutdown", "reboot", "suspend"];
 
@@ -1288,6 +1289,10 @@ async fn host_action(m: &Arc<Manager>, id: &str, action: &str, r: &Req) -> Out {
             }
         }
         "refresh" => Ok(()),
+        "upgradecheck" => {
+            crate::hosts::check_for_updates(m, id).await;
+            Ok(())
+        }
         "enrollcertificate" => m.renew_certificate(id).await.map_err(|e| {
             ApiError::conflict(format!(
                 "Cannot enroll the certificate of Host {}: {e}",

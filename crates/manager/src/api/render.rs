@@ -193,7 +193,7 @@ pub fn host(h: &Host, scheduling_memory: u64) -> Node {
             (!h.status_detail.is_empty()).then_some(&h.status_detail),
         )
         .with(Node::leaf("type", "rhel"))
-        .with(Node::leaf("update_available", false))
+        .with(Node::leaf("update_available", h.update_available))
         .with(
             Node::new("version")
                 .with(Node::leaf("full_version", &h.vdsm_version))
