@@ -105,6 +105,10 @@ async fn call(agent: &Arc<Agent>, method: &str, params: &Params) -> Result<Value
             bind::<verbs::HostGetCapabilities>(params)?;
             to_value(agent.capabilities().await?)
         }
+        verbs::HostGetAvailableUpdates::METHOD => {
+            bind::<verbs::HostGetAvailableUpdates>(params)?;
+            to_value(crate::updates::available(&agent.cfg.updates.packages).await?)
+        }
         verbs::HostGetStats::METHOD => {
             bind::<verbs::HostGetStats>(params)?;
             to_value(agent.host_stats().await)

@@ -28,6 +28,27 @@ pub struct Config {
     /// Unmap library pages the kernel mapped around faults but the agent never used
     /// (see `memtrim`); keeps RSS to the real working set.
     pub trim_resident_pages: bool,
+    pub updates: Updates,
+}
+
+/// The host's check for updates (`Host.getAvailableUpdates`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Updates {
+    /// Name prefixes of the Debian packages that make up the host's platform (what
+    /// the check reports).
+    pub packages: Vec<String>,
+}
+
+impl Default for Updates {
+    fn default() -> Self {
+        Updates {
+            packages: crate::updates::PLATFORM
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -198,6 +219,7 @@ impl Default for Config {
                 PathBuf::from("/tmp"),
             ],
             trim_resident_pages: true,
+            updates: Updates::default(),
         }
     }
 }

@@ -23,5 +23,6 @@ pub mod libvirt;
 pub mod memtrim;
 pub mod monitor;
 pub mod server;
+pub mod updates;
 pub mod vm;
 pub mod vmpolicy;

@@ -725,17 +725,19 @@ pub fn renewal_due(not_after_ms: i64, now_ms: i64, life_ms: i64) -> bool {
     not_after_ms != 0 && not_after_ms - now_ms <= life_ms / 3
 }
 
-/// What a host has to update: its agent, when the Manager is of another version (a
-/// Halyard host runs the agent of the Manager's build; oVirt's check asks the host's
-/// package manager). `None`: up to date.
-pub fn updates_for(agent_version: &str) -> Option<String> {
+/// The agent's own update: due when the Manager is of another version (a Halyard host
+/// runs the agent of the Manager's build). `None`: up to date.
+pub fn agent_update(agent_version: &str) -> Option<String> {
     let mine = env!("CARGO_PKG_VERSION");
     (agent_version != mine).then(|| format!("halyard-hostd {agent_version} -> {mine}"))
 }
 
-/// oVirt's check for available updates (HostUpdatesChecker): events 884 then 885 (or
-/// 887 for a host in a status that cannot be checked), and `update_available`.
-pub async fn check_for_updates(m: &Manager, id: &str) {
+/// oVirt's check for available updates (HostUpgradeCheckCommand, HostUpdatesChecker):
+/// event 884 now, then in the background the host's answer (its platform packages
+/// with updates, `Host.getAvailableUpdates`, and its agent against the Manager's
+/// version) as event 885 and `update_available`, or 839 when the host cannot tell;
+/// 887 for a host in a status that cannot be checked.
+pub async fn check_for_updates(m: &Arc<Manager>, id: &str) {
     let Some(h) = m.read().hosts.get(id).cloned() else {
         return;
     };
@@ -761,30 +763,65 @@ pub async fn check_for_updates(m: &Manager, id: &str) {
         None,
     )
     .await;
-    let found = updates_for(&h.vdsm_version);
-    let message = match &found {
-        Some(p) => format!("found updates for packages {p}"),
-        None => "no updates found.".to_string(),
-    };
-    let available = found.is_some();
-    if let Err(e) = m
-        .update(id, |x: &mut Host| x.update_available = available)
-        .await
-    {
-        warn!(error = %e, "cannot store the host's update check");
-    }
-    m.event(
-        885,
-        "normal",
-        format!(
-            "Check for available updates on host {} was completed successfully with message '{message}'.",
-            h.name
-        ),
-        Some(id),
-        None,
-    )
-    .await;
+    let m = m.clone();
+    let id = id.to_string();
+    tokio::spawn(async move {
+        let asked = match m.host_client(&id).await {
+            Some(c) => c
+                .call::<halyard_proto::vdsm::verbs::HostGetAvailableUpdates>(
+                    &halyard_proto::vdsm::NoParams {},
+                )
+                .await
+                .map_err(|e| e.to_string()),
+            None => Err("the host is not connected".to_string()),
+        };
+        let found = asked.map(|u| {
+            let mut p = u.packages;
+            p.truncate(MAX_UPDATES);
+            p.extend(agent_update(&h.vdsm_version));
+            p
+        });
+        let (code, severity, text) = match &found {
+            Err(e) => (
+                839,
+                "error",
+                format!(
+                    "Failed to check for available updates on host {} with message '{}'.",
+                    h.name,
+                    e.chars().take(300).collect::<String>()
+                ),
+            ),
+            Ok(p) => {
+                let message = if p.is_empty() {
+                    "no updates found.".to_string()
+                } else {
+                    format!("found updates for packages {}", p.join(", "))
+                };
+                (
+                    885,
+                    "normal",
+                    format!(
+                        "Check for available updates on host {} was completed successfully with message '{message}'.",
+                        h.name
+                    ),
+                )
+            }
+        };
+        if let Ok(p) = &found {
+            let available = !p.is_empty();
+            if let Err(e) = m
+                .update(&id, |x: &mut Host| x.update_available = available)
+                .await
+            {
+                warn!(error = %e, "cannot store the host's update check");
+            }
+        }
+        m.event(code, severity, text, Some(&id), None).await;
+    });
 }
+
+/// At most this many packages of a host's answer are kept.
+pub const MAX_UPDATES: usize = 256;
 
 /// At most this many network names are kept of a host's report, each at most
 /// [`MAX_NETWORK_NAME`] bytes (the report comes from the host: bounded, not trusted).
@@ -846,9 +883,9 @@ mod tests {
 
     /// An agent of the Manager's own version has nothing to update; any other has.
     #[test]
-    fn updates_are_the_agent_of_another_version() {
-        assert_eq!(updates_for(env!("CARGO_PKG_VERSION")), None);
-        let found = updates_for("0.0.1").expect("an older agent");
+    fn the_agent_of_another_version_is_an_update() {
+        assert_eq!(agent_update(env!("CARGO_PKG_VERSION")), None);
+        let found = agent_update("0.0.1").expect("an older agent");
         assert!(found.starts_with("halyard-hostd 0.0.1 -> "), "{found}");
     }
 }

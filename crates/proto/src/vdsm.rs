@@ -523,6 +523,14 @@ pub struct Capabilities {
     pub extra: Map<String, Value>,
 }
 
+/// `Host.getAvailableUpdates` (Halyard's; oVirt's engine asks the host's package
+/// manager over SSH): the host's platform packages with an update its package index
+/// knows (`name old -> new`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct AvailableUpdates {
+    pub packages: Vec<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct PackageVersion {
     pub version: String,
@@ -555,6 +563,13 @@ pub mod verbs {
         Capabilities
     );
     verb!(HostGetStats, "Host.getStats", [], NoParams, HostStats);
+    verb!(
+        HostGetAvailableUpdates,
+        "Host.getAvailableUpdates",
+        [],
+        NoParams,
+        AvailableUpdates
+    );
     verb!(
         HostGetAllVmStats,
         "Host.getAllVmStats",
