@@ -7,7 +7,7 @@
 //! - [`vms`]: scheduler, domain XML, VM actions; [`scheduling`]: the affinity units.
 //! - [`storage`]: storage domains, the pool, SPM election and failover, storage tasks.
 //! - [`domains`]: storage domain lifecycle; [`images`]: disks, snapshots, templates.
-//! - [`register`]: host registration, approval, enrollment.
+//! - [`register`]: host registration, approval, enrollment; [`ovf`]: a VM's OVF.
 
 pub mod api;
 pub mod config;
@@ -17,6 +17,7 @@ pub mod hosts;
 pub mod images;
 pub mod memory;
 pub mod model;
+pub mod ovf;
 pub mod register;
 pub mod scheduling;
 pub mod server;

@@ -1178,4 +1178,77 @@ mod tests {
             "{xml}"
         );
     }
+
+    /// A VM's OVF is well-formed XML whatever its names hold, and has oVirt's parts:
+    /// a file per volume, a disk per disk (its leaf), a hardware item per NIC.
+    #[test]
+    fn ovf_of_a_vm() {
+        use crate::state::Stored as _;
+        use proptest::prelude::*;
+        const G: u64 = 1 << 30;
+        let ovf_for = |name: &str| {
+            let mut inv = Inventory::default();
+            let mut v = vm("v1", G, None, "down");
+            v.name = name.into();
+            v.description = name.into();
+            put_vm(&mut inv, v.clone());
+            put_disk(
+                &mut inv,
+                Disk {
+                    id: "img".into(),
+                    name: name.into(),
+                    description: name.into(),
+                    provisioned_size: 3 * G,
+                    actual_size: G / 2,
+                    format: "cow".into(),
+                    sparse: true,
+                    storage_domain: "sd1".into(),
+                    status: "ok".into(),
+                    volumes: vec!["base".into(), "leaf".into()],
+                    template_base: None,
+                    vm: Some("v1".into()),
+                    bootable: true,
+                    interface: "virtio".into(),
+                    template: None,
+                    creation_time: 0,
+                    quota: None,
+                    inactive: false,
+                },
+            );
+            let n = Nic {
+                id: "n1".into(),
+                vm: "v1".into(),
+                name: name.into(),
+                interface: "e1000".into(),
+                mac: "56:6f:00:00:00:01".into(),
+                network: String::new(),
+                plugged: true,
+                linked: true,
+                vnic_profile: None,
+                description: String::new(),
+            };
+            inv.nics.insert(n.id.clone(), n.clone());
+            Nic::reindex(&mut inv, None, Some(&n));
+            crate::ovf::vm_ovf(&inv, &v)
+        };
+        let text = ovf_for("myvm");
+        let doc = crate::api::node::Node::parse_xml(text.as_bytes()).expect("well-formed");
+        assert_eq!(doc.name.as_str(), "Envelope");
+        let files = doc.get("References").map(|r| r.all("File").count());
+        assert_eq!(files, Some(2), "{text}");
+        assert!(text.contains(r#"ovf:diskId="leaf""#), "{text}");
+        assert!(text.contains(r#"ovf:parentRef="img/base""#), "{text}");
+        assert!(text.contains(r#"ovf:fileRef="img/leaf""#), "{text}");
+        assert!(
+            text.contains("ovf:size=\"3\" ovf:actual_size=\"1\""),
+            "{text}"
+        );
+        assert!(text.contains("<rasd:ResourceType>10</rasd:ResourceType><rasd:OtherResourceType>ovirtmgmt</rasd:OtherResourceType><rasd:ResourceSubType>2</rasd:ResourceSubType>"), "{text}");
+        assert!(text.contains("<Name>myvm</Name>"), "{text}");
+        proptest!(ProptestConfig::with_cases(64), |(name in "\\PC{0,40}")| {
+            let text = ovf_for(&name);
+            let doc = crate::api::node::Node::parse_xml(text.as_bytes());
+            prop_assert!(doc.is_ok(), "{name:?}: {text}");
+        });
+    }
 }

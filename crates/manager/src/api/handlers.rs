@@ -132,6 +132,18 @@ pub struct Req {
 }
 
 impl Req {
+    /// `all_content=true|false` (oVirt's query parameter; default false).
+    pub(super) fn all_content(&self) -> Result<bool, ApiError> {
+        match self.query.get("all_content").map(String::as_str) {
+            None | Some("false") => Ok(false),
+            Some("true") => Ok(true),
+            Some(v) => Err(ApiError::bad(format!(
+                "all_content must be true or false, got {:?}",
+                v.chars().take(16).collect::<String>()
+            ))),
+        }
+    }
+
     /// An action's `<action>` body (empty is allowed): parameters of the model's
     /// action of `service`, and only those the handler acts on.
     pub(super) fn action_body(
@@ -349,6 +361,21 @@ fn vm_node(inv: &Inventory, v: &Vm, follow: &[String]) -> Node {
             Some(t) => n.replace("template", render::template(t)),
             None => n.replace("template", render::blank_template(Some(&v.cluster))),
         }
+    }
+    n
+}
+
+/// `all_content=true`: the VM's OVF in `initialization/configuration` (type ovf), as
+/// the engine answers it.
+fn with_ovf(inv: &Inventory, v: &Vm, mut n: Node, all: bool) -> Node {
+    if all {
+        n.push(
+            Node::new("initialization").with(
+                Node::new("configuration")
+                    .with(Node::leaf("type", "ovf"))
+                    .with(Node::leaf("data", crate::ovf::vm_ovf(inv, v))),
+            ),
+        );
     }
     n
 }
@@ -617,7 +644,10 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
         ["vms", id] if get => {
             let follow = r.follow(VM_FOLLOW)?;
             let inv = m.read();
-            show(&inv.vms, id, "VM", |v| vm_node(&inv, v, &follow))
+            let all = r.all_content()?;
+            show(&inv.vms, id, "VM", |v| {
+                with_ovf(&inv, v, vm_node(&inv, v, &follow), all)
+            })
         }
         ["vms", id] if put => update_vm(m, id, r).await,
         ["vms", id] if del => remove_vm(m, id, r).await,
@@ -1312,6 +1342,7 @@ async fn host_action(m: &Arc<Manager>, id: &str, action: &str, r: &Req) -> Out {
 
 fn vms(m: &Arc<Manager>, r: &Req) -> Out {
     let follow = r.follow(VM_FOLLOW)?;
+    let all = r.all_content()?;
     let inv = m.read();
     let lookup = |q: &search::Query| {
         if let Some(id) = q.exact("id") {
@@ -1376,7 +1407,7 @@ fn vms(m: &Arc<Manager>, r: &Req) -> Out {
                 .unwrap_or_else(|| "Blank".into())],
             _ => dc_name_of_cluster(&inv, &v.cluster),
         },
-        |v| vm_node(&inv, v, &follow),
+        |v| with_ovf(&inv, v, vm_node(&inv, v, &follow), all),
     )
 }
 

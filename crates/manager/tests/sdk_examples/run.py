@@ -166,10 +166,6 @@ NEEDS_FEATURE = {
         "extending a disk through its attachment: PUT /vms/{id}/diskattachments/{id} <disk_attachment>"
         "<disk><provisioned_size>12884901888</provisioned_size></disk></disk_attachment> -> 400 "
         "[<disk> is in oVirt's model, but Halyard does not act on it yet; remove it from the request]",
-    "download_vm_ovf":
-        "the OVF of a VM: GET /vms?search=name%3Dmyvm&all_content=true answers without "
-        "<initialization><configuration><data> (AttributeError: 'NoneType' object has no attribute "
-        "'configuration')",
     "set_vm_lease_storage_domain":
         "VM high availability and leases: PUT /vms/{id} <vm><high_availability><enabled>true</enabled>"
         "</high_availability><lease><storage_domain id=.../></lease></vm> -> 400 "
@@ -1019,6 +1015,31 @@ def check_reprovision(out):
         expect(bad not in out, "the example did nothing: %r" % bad)
 
 
+def check_ovf(out):
+    """The OVF the example saved: oVirt's envelope, myvm's name and OS, a file and a disk
+    per volume of its disks, a hardware item per NIC."""
+    import xml.etree.ElementTree as ET
+    v = vm("myvm")
+    path = os.path.join(WORK, "runs", "download_vm_ovf", "%s.ovf" % v.id)
+    expect(os.path.exists(path), "no %s" % path)
+    root = ET.parse(path).getroot()
+    ovf = "{http://schemas.dmtf.org/ovf/envelope/1/}"
+    rasd = "{http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData}"
+    expect(root.tag == ovf + "Envelope", "root is %s" % root.tag)
+    expect(root.findtext("Content/Name") == "myvm", "the OVF names %r" % root.findtext("Content/Name"))
+    s = system().vms_service().vm_service(v.id)
+    disks = [conn.follow_link(a.disk) for a in s.disk_attachments_service().list()]
+    files = root.findall("References/File")
+    expect(len(files) >= len(disks) > 0, "%d files for %d disks" % (len(files), len(disks)))
+    ids = [d.get(ovf + "diskId") for d in root.findall("Section/Disk")]
+    expect(all(d.image_id in ids for d in disks), "disk ids %s, leaves %s" % (ids, [d.image_id for d in disks]))
+    items = root.findall("Content/Section/Item")
+    nics = [i for i in items if i.findtext(rasd + "ResourceType") == "10"]
+    expect(len(nics) == len(s.nics_service().list()), "%d NIC items" % len(nics))
+    mem = [i.findtext(rasd + "VirtualQuantity") for i in items if i.findtext(rasd + "ResourceType") == "4"]
+    expect(mem == [str(v.memory // 2**20)], "memory items %s" % mem)
+
+
 def check_upgrade(out):
     expect("Check for upgrade done." in out,
            "the upgrade check did not end with event 885 (failed, or its 180 s timeout): %s" % out)
@@ -1130,7 +1151,7 @@ STEPS = [
     E("list_vm_disks"),
     E("follow_vm_links"),
     E("search_vms", check=output_has("myvm")),
-    E("download_vm_ovf"),
+    E("download_vm_ovf", check=check_ovf),
     E("enable_serial_console",
       check=check_vm_field("myvm", lambda v: v.console and v.console.enabled, "serial console not enabled")),
     E("set_vm_serial_number",
