@@ -104,3 +104,50 @@ async fn twenty_fake_hosts_hundred_vms() {
     }
     assert!(off_model.is_empty(), "{}", off_model.join("\n"));
 }
+
+/// A host whose events come faster than the Manager's queue of 256 (a burst, or a
+/// hostile host) loses events, not the truth: the Manager samples the host at once
+/// when its events lag, and at most every 5 s however long the flood lasts. Here a VM
+/// goes down while its host floods events about the others; periodic stats are 10
+/// minutes apart, so only the lag sample can tell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_flooding_events_is_sampled_at_most_every_5_s() {
+    let m = ManagerProc::start(
+        Database::Sqlite,
+        "auto_approve = [\"127.0.0.1\"]\n[monitoring]\nstats_interval_secs = 600\n",
+    )
+    .await;
+    let dir = m.dir.join("fakehosts");
+    let hosts = fakehost::start_hosts(&m, "flood", 1, &dir)
+        .await
+        .expect("fake host registers");
+    let api = fakehost::Api::new(&m).await;
+    api.wait_count("hosts", "up", 1, Duration::from_secs(60))
+        .await
+        .expect("host up");
+    fakehost::add_and_start_vms(&api, "fvm", 4, 2)
+        .await
+        .expect("VMs added and started");
+    api.wait_count("vms", "up", 4, Duration::from_secs(60))
+        .await
+        .expect("VMs up");
+    let host = &hosts[0];
+    let victim = host.vm_names().first().cloned().expect("a VM");
+    host.stop_silently(&victim);
+    let before = host.all_vm_stats_calls();
+    let t0 = Instant::now();
+    // 12 s of bursts of 3,000 events (the Manager queues 256), none about the victim.
+    host.flood_events(72_000, 3_000, Duration::from_millis(500), &victim)
+        .await;
+    let flood = t0.elapsed();
+    let samples = host.all_vm_stats_calls() - before;
+    eprintln!("{flood:?} of flood: {samples} lag samples");
+    let vms = api.statuses("vms").await.expect("vms");
+    let state = vms.iter().find(|v| v.0 == victim).map(|v| v.1.clone());
+    assert_eq!(state.as_deref(), Some("down"), "{vms:?}");
+    let bound = flood.as_secs() / 5 + 1;
+    assert!(
+        (1..=bound).contains(&samples),
+        "{samples} samples in {flood:?} (at most {bound})"
+    );
+}

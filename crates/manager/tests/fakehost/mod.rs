@@ -40,6 +40,8 @@ struct State {
     vms: Mutex<BTreeMap<String, FakeVm>>,
     events: broadcast::Sender<Arc<Vec<u8>>>,
     requests: AtomicU64,
+    /// Host.getAllVmStats calls served so far.
+    all_vm_stats: AtomicU64,
     /// While set, connections are dropped and new ones refused (a dead agent).
     down: AtomicBool,
 }
@@ -99,6 +101,7 @@ impl FakeHost {
             vms: Mutex::new(BTreeMap::new()),
             events,
             requests: AtomicU64::new(0),
+            all_vm_stats: AtomicU64::new(0),
             down: AtomicBool::new(false),
         });
         let st = state.clone();
@@ -138,6 +141,48 @@ impl FakeHost {
     /// JSON-RPC requests served so far.
     pub fn requests(&self) -> u64 {
         self.state.requests.load(Ordering::Relaxed)
+    }
+
+    /// Host.getAllVmStats calls served so far.
+    pub fn all_vm_stats_calls(&self) -> u64 {
+        self.state.all_vm_stats.load(Ordering::Relaxed)
+    }
+
+    /// Its VMs' names.
+    pub fn vm_names(&self) -> Vec<String> {
+        self.state.vms().values().map(|v| v.name.clone()).collect()
+    }
+
+    /// Takes VM `name` down without an event: only the host's stats tell.
+    pub fn stop_silently(&self, name: &str) {
+        let mut vms = self.state.vms();
+        if let Some(vm) = vms.values_mut().find(|v| v.name == name) {
+            vm.status = VmStatus::Down;
+            vm.since = Instant::now();
+        }
+    }
+
+    /// Sends `count` status events of its VMs (each saying what the VM's status is), in
+    /// bursts of `burst` (at most the host's own queue) `pause` apart.
+    /// VM `except` gets none.
+    pub async fn flood_events(&self, count: usize, burst: usize, pause: Duration, except: &str) {
+        let ids: Vec<(String, VmStatus)> = self
+            .state
+            .vms()
+            .iter()
+            .filter(|(_, v)| v.name != except)
+            .map(|(id, v)| (id.clone(), v.status))
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        for i in 0..count {
+            let (id, status) = &ids[i % ids.len()];
+            emit(&self.state, id, json!({"status": status.as_str()}));
+            if (i + 1) % burst.max(1) == 0 {
+                tokio::time::sleep(pause).await;
+            }
+        }
     }
 
     /// Simulates a dead agent (connections dropped, new ones refused) or its return.
@@ -288,6 +333,7 @@ fn call(st: &Arc<State>, method: &str, params: &Params) -> Result<Value, RpcErro
         "Host.getCapabilities" => Ok(capabilities(st)),
         "Host.getStats" => Ok(host_stats(st)),
         "Host.getAllVmStats" => {
+            st.all_vm_stats.fetch_add(1, Ordering::Relaxed);
             let vms = st.vms();
             Ok(Value::Array(
                 vms.iter().map(|(id, vm)| vm_stats(st, id, vm)).collect(),
