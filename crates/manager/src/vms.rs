@@ -704,6 +704,30 @@ mod tests {
         Vm::reindex(inv, old.as_ref(), Some(&v));
     }
 
+    /// A COW disk of `vm` on sd1 with `volumes` (base first).
+    fn disk(id: &str, vm: &str, volumes: &[&str], size: u64) -> Disk {
+        Disk {
+            id: id.into(),
+            name: id.into(),
+            description: String::new(),
+            provisioned_size: size,
+            actual_size: 0,
+            format: "cow".into(),
+            sparse: true,
+            storage_domain: "sd1".into(),
+            status: "ok".into(),
+            volumes: volumes.iter().map(|v| v.to_string()).collect(),
+            template_base: None,
+            vm: Some(vm.into()),
+            bootable: true,
+            interface: "virtio".into(),
+            template: None,
+            creation_time: 0,
+            quota: None,
+            inactive: false,
+        }
+    }
+
     /// Puts a disk into the inventory as the Manager does (its indexes kept).
     fn put_disk(inv: &mut Inventory, d: Disk) {
         use crate::state::Stored as _;
@@ -863,29 +887,7 @@ mod tests {
             inv.hosts.insert(h.id.clone(), h);
         }
         let v = vm("v1", G, None, "down");
-        put_disk(
-            &mut inv,
-            Disk {
-                id: "d1".into(),
-                name: "d1".into(),
-                description: String::new(),
-                provisioned_size: G,
-                actual_size: 0,
-                format: "cow".into(),
-                sparse: true,
-                storage_domain: "sd1".into(),
-                status: "ok".into(),
-                volumes: vec!["vol".into()],
-                template_base: None,
-                vm: Some("v1".into()),
-                bootable: true,
-                interface: "virtio".into(),
-                template: None,
-                creation_time: 0,
-                quota: None,
-                inactive: false,
-            },
-        );
+        put_disk(&mut inv, disk("d1", "v1", &["vol"], G));
         // A deactivated attachment is not plugged; the VM starts without it.
         assert_eq!(crate::images::plugged_disks(&inv, "v1").len(), 1);
         let mut off = inv.disks["d1"].clone();
@@ -1192,29 +1194,11 @@ mod tests {
             v.name = name.into();
             v.description = name.into();
             put_vm(&mut inv, v.clone());
-            put_disk(
-                &mut inv,
-                Disk {
-                    id: "img".into(),
-                    name: name.into(),
-                    description: name.into(),
-                    provisioned_size: 3 * G,
-                    actual_size: G / 2,
-                    format: "cow".into(),
-                    sparse: true,
-                    storage_domain: "sd1".into(),
-                    status: "ok".into(),
-                    volumes: vec!["base".into(), "leaf".into()],
-                    template_base: None,
-                    vm: Some("v1".into()),
-                    bootable: true,
-                    interface: "virtio".into(),
-                    template: None,
-                    creation_time: 0,
-                    quota: None,
-                    inactive: false,
-                },
-            );
+            let mut d = disk("img", "v1", &["base", "leaf"], 3 * G);
+            d.name = name.into();
+            d.description = name.into();
+            d.actual_size = G / 2;
+            put_disk(&mut inv, d);
             let n = Nic {
                 id: "n1".into(),
                 vm: "v1".into(),
