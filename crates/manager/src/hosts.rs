@@ -775,9 +775,15 @@ pub async fn check_for_updates(m: &Arc<Manager>, id: &str) {
                 .map_err(|e| e.to_string()),
             None => Err("the host is not connected".to_string()),
         };
+        // The host's answer is bounded here too: at most MAX_UPDATES entries of
+        // MAX_UPDATE_TEXT characters each.
         let found = asked.map(|u| {
-            let mut p = u.packages;
-            p.truncate(MAX_UPDATES);
+            let mut p: Vec<String> = u
+                .packages
+                .into_iter()
+                .take(MAX_UPDATES)
+                .map(|x| x.chars().take(MAX_UPDATE_TEXT).collect())
+                .collect();
             p.extend(agent_update(&h.vdsm_version));
             p
         });
@@ -820,8 +826,10 @@ pub async fn check_for_updates(m: &Arc<Manager>, id: &str) {
     });
 }
 
-/// At most this many packages of a host's answer are kept.
+/// At most this many packages of a host's answer are kept, each at most
+/// MAX_UPDATE_TEXT characters.
 pub const MAX_UPDATES: usize = 256;
+pub const MAX_UPDATE_TEXT: usize = 384;
 
 /// At most this many network names are kept of a host's report, each at most
 /// [`MAX_NETWORK_NAME`] bytes (the report comes from the host: bounded, not trusted).

@@ -20,18 +20,7 @@ const XSI_URI: &str = "http://www.w3.org/2001/XMLSchema-instance";
 pub const VERSION: &str = "4.7.0.0";
 
 fn esc(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&apos;"),
-            c => o.push(c),
-        }
-    }
-    o
+    crate::api::node::xml_escaped(s)
 }
 
 const GIB: u64 = 1 << 30;

@@ -357,14 +357,14 @@ pub fn pick_host(
                 .map(String::as_str)
                 .collect()
         };
-        let missing: Vec<String> = candidates
-            .iter()
-            .map(|(h, _)| (h.name.clone(), lacks(h).join(", ")))
-            .filter(|(_, m)| !m.is_empty())
-            .map(|(h, m)| format!("host {h} lacks network(s) {m}"))
-            .collect();
+        let before = candidates.clone();
         candidates.retain(|(h, _)| lacks(h).is_empty());
         if candidates.is_empty() {
+            // Every host lacks something: the fault says what, host by host.
+            let missing: Vec<String> = before
+                .iter()
+                .map(|(h, _)| format!("host {} lacks network(s) {}", h.name, lacks(h).join(", ")))
+                .collect();
             return Err(VmError::Conflict(format!(
                 "Cannot run VM. There is no host that satisfies current scheduling constraints: filter Network: {}.",
                 missing.join("; ")

@@ -194,7 +194,23 @@ async fn input_halyard_does_not_act_on_is_refused() {
         .await;
     assert_eq!(code, 400, "{b}");
     assert!(b.contains("pause"), "{b}");
+    // all_content: true or false only; true adds the VM's OVF.
+    let (code, b) = m.api(&t, "GET", "/vms?all_content=maybe", "").await;
+    assert_eq!(code, 400, "{b}");
+    assert!(b.contains("all_content must be true or false"), "{b}");
+    let (code, b) = m
+        .api(&t, "GET", &format!("/vms/{vm}?all_content=true"), "")
+        .await;
+    assert_eq!(code, 200, "{b}");
+    assert!(
+        b.contains("<type>ovf</type>") && b.contains("ovf:Envelope"),
+        "{b}"
+    );
     let (_, b) = m.api(&t, "GET", &format!("/vms/{vm}"), "").await;
+    assert!(
+        !b.contains("<initialization>"),
+        "only with all_content: {b}"
+    );
     assert!(b.contains("<name>strict</name>"), "nothing changed: {b}");
     assert!(!b.contains("<serial_number>"), "nothing changed: {b}");
     // What is acted on is stored and shown.

@@ -595,6 +595,14 @@ fn from_json(name: &str, v: &Value, depth: usize, count: &mut usize) -> Result<N
     Ok(n)
 }
 
+/// `v` as XML text or attribute value (what [`Node`] writes): `&`, `<`, `>`, `"`
+/// escaped, control characters XML cannot carry left out.
+pub fn xml_escaped(v: &str) -> String {
+    let mut s = String::with_capacity(v.len());
+    escape_into(&mut s, v, true);
+    s
+}
+
 fn escape_into(s: &mut String, v: &str, attr: bool) {
     // Most values need no escaping: copied whole.
     if !v

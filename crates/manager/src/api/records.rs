@@ -373,7 +373,7 @@ pub fn render(inv: &Inventory, k: &Kind, r: &Record) -> Node {
         .filter(|m| m.link && m.list && m.rel.is_some())
     {
         let seg = segment(k.ty, m);
-        n.push(Node::link(seg, format!("{href}/{seg}")));
+        n.push(Node::link(&seg, format!("{href}/{seg}")));
     }
     if let Some(show) = k.rules.show {
         show(inv, r, &mut n);
@@ -418,29 +418,12 @@ fn search_fields(k: &Kind) -> Vec<&'static str> {
     f
 }
 
-/// The URL segment of a list member of type `ty` (its `rel`, unless the model's item
-/// service of `ty` names the collection otherwise: a scheduling policy's `weight` list
-/// lives at `weights`).
-fn segment<'a>(ty: &str, m: &'a Member) -> &'a str {
-    let rel: &'a str = m.rel.as_deref().unwrap_or(&m.name);
-    for svc in model().services.values() {
-        if svc.get.as_deref() != Some(ty) {
-            continue;
-        }
-        if svc.locators.iter().any(|(p, _)| p == rel) {
-            return rel;
-        }
-        for (p, target) in &svc.locators {
-            let lists = model()
-                .service(target)
-                .and_then(|t| t.list.as_ref())
-                .is_some_and(|(_, t)| *t == m.ty);
-            if lists {
-                return p;
-            }
-        }
-    }
-    rel
+/// The URL segment of a list member of type `ty` (see `Model::segment`; its `rel`
+/// when no item service has it).
+fn segment(ty: &str, m: &Member) -> String {
+    model()
+        .segment(ty, m)
+        .unwrap_or_else(|| m.rel.clone().unwrap_or_else(|| m.name.clone()))
 }
 
 /// What a request path asks of the declared collections.

@@ -381,20 +381,58 @@ impl Model {
     }
 
     fn sub_collections(&self, ty: &str, members: &[Member]) -> Vec<String> {
-        let items: Vec<&Service> = self
-            .services
-            .values()
-            .filter(|s| s.get.as_deref() == Some(ty))
-            .collect();
         let mut out: Vec<String> = Vec::new();
         for m in members.iter().filter(|m| m.link && m.list) {
-            let rel = m.rel.as_deref().unwrap_or(&m.name);
-            // The segment: `rel` itself, or the locator whose collection lists the
-            // member's type (a scheduling policy's `weight` list lives at `weights`).
-            let seg = items.iter().find_map(|svc| {
-                if svc.locators.iter().any(|(p, _)| p == rel) {
-                    return Some(rel.to_string());
+            if let Some(seg) = self.segment(ty, m) {
+                if !out.contains(&seg) {
+                    out.push(seg);
                 }
+            }
+        }
+        out
+    }
+
+    /// The URL segment of list member `m` of type `ty` under the type's item services:
+    /// its `rel`, or the locator whose collection lists the member's type (a
+    /// scheduling policy's `weight` list lives at `weights`). `None`: no item service of
+    /// `ty` has it.
+    pub fn segment(&self, ty: &str, m: &Member) -> Option<String> {
+        // Found once for every list member of every type: records ask it for each link
+        // they render.
+        type Segments = HashMap<(String, String), Option<String>>;
+        static SEGMENTS: OnceLock<Segments> = OnceLock::new();
+        let all = SEGMENTS.get_or_init(|| {
+            let mut out = HashMap::new();
+            for (name, t) in &self.types {
+                if let Type::Struct { members, .. } = t {
+                    for mem in members.iter().filter(|x| x.list) {
+                        out.insert(
+                            (name.clone(), mem.name.clone()),
+                            self.find_segment(name, mem),
+                        );
+                    }
+                }
+            }
+            out
+        });
+        match all.get(&(ty.to_string(), m.name.clone())) {
+            Some(seg) => seg.clone(),
+            None => self.find_segment(ty, m),
+        }
+    }
+
+    fn find_segment(&self, ty: &str, m: &Member) -> Option<String> {
+        let rel = m.rel.as_deref().unwrap_or(&m.name);
+        let items = self
+            .services
+            .values()
+            .filter(|s| s.get.as_deref() == Some(ty));
+        let mut by_type = None;
+        for svc in items {
+            if svc.locators.iter().any(|(p, _)| p == rel) {
+                return Some(rel.to_string());
+            }
+            by_type = by_type.or_else(|| {
                 svc.locators.iter().find_map(|(p, target)| {
                     self.service(target)
                         .and_then(|t| t.list.as_ref())
@@ -402,13 +440,8 @@ impl Model {
                         .map(|_| p.clone())
                 })
             });
-            if let Some(seg) = seg {
-                if !out.contains(&seg) {
-                    out.push(seg);
-                }
-            }
         }
-        out
+        by_type
     }
 
     /// The element names a document of type `ty` may carry.
