@@ -391,7 +391,8 @@ pub struct Prepare<'a> {
 }
 
 /// Returns the XML to start: root `type` set to the configured domain type; under TCG a
-/// host CPU model (`host-passthrough`/`host-model`, which TCG cannot provide) dropped;
+/// host CPU model (`host-passthrough`/`host-model`, which TCG cannot provide) dropped,
+/// its topology and NUMA cells kept;
 /// the agent's metadata added (replacing any old copy).
 pub fn prepare(xml: &str, p: &Prepare<'_>) -> Result<String, DomXmlError> {
     // Only documents `parse` accepts are prepared.
@@ -429,9 +430,11 @@ pub fn prepare(xml: &str, p: &Prepare<'_>) -> Result<String, DomXmlError> {
                 let name = e.name().as_ref().to_vec();
                 if depth == 0 {
                     w.write_event(Event::Start(with_type(&e, p.domain_type)))?;
-                } else if (depth == 1 && name == b"cpu" && tcg && is_host_cpu(&e))
-                    || (depth == 2 && is_halyard_element(&e))
-                {
+                } else if depth == 1 && name == b"cpu" && tcg && is_host_cpu(&e) {
+                    // The host's model goes, what the VM asks of its CPUs (topology,
+                    // NUMA cells) stays.
+                    w.write_event(Event::Start(BytesStart::new("cpu")))?;
+                } else if depth == 2 && is_halyard_element(&e) {
                     skip_from = Some(depth + 1);
                     depth += 1;
                     continue;
@@ -725,6 +728,11 @@ mod tests {
         )
         .expect("prepares");
         assert!(!out.contains("host-passthrough"));
+        // The VM's own CPU shape stays: topology (and NUMA cells, if any).
+        assert!(
+            out.contains(r#"<cpu><topology cores="1" sockets="16" threads="1"/></cpu>"#),
+            "{out}"
+        );
         let i = parse(&out).expect("still parses");
         assert_eq!(i.domain_type, "qemu");
         assert_eq!(

@@ -627,6 +627,16 @@ def numa_node():
         raise AssertionError("a third NUMA node on a VM with two vCPUs was accepted")
     nodes = s.numa_nodes_service().list()
     expect(sorted(n.index for n in nodes) == [0, 1], "myvm's NUMA nodes: %s" % [n.index for n in nodes])
+    # The nodes are real: myvm runs with them, libvirt's live domain has the two cells.
+    s.start()
+    vm_status("myvm", types.VmStatus.UP, 120)
+    live = subprocess.run(["virsh", "-c", "qemu:///system", "dumpxml", "myvm"],
+                          capture_output=True, text=True, timeout=30).stdout
+    cells = re.findall(r"<cell id='(\d)' cpus='(\d)' memory='(\d+)' unit='KiB'", live)
+    expect(cells == [("0", "0", "131072"), ("1", "1", "131072")],
+           "myvm's live NUMA cells: %s" % (cells or live))
+    s.stop()
+    vm_status("myvm", types.VmStatus.DOWN, 90)
 
 
 def check_numa_removed(out):
