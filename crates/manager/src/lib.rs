@@ -12,6 +12,7 @@
 pub mod api;
 pub mod config;
 pub mod db;
+pub mod directory;
 pub mod domains;
 pub mod hosts;
 pub mod images;

@@ -44,6 +44,156 @@ struct Cli {
     /// Print the default configuration and exit.
     #[arg(long)]
     default_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// The Manager's directory of users and groups (oVirt's `ovirt-aaa-jdbc-tool`); the
+    /// running Manager sees changes at once.
+    Directory {
+        #[command(subcommand)]
+        what: Directory,
+    },
+}
+
+#[derive(clap::Subcommand)]
+enum Directory {
+    /// Profiles: `internal` always exists; a profile P is the API's domain P-authz.
+    Profile {
+        #[command(subcommand)]
+        op: ProfileOp,
+    },
+    User {
+        #[command(subcommand)]
+        op: UserOp,
+    },
+    Group {
+        #[command(subcommand)]
+        op: GroupOp,
+    },
+    /// Every profile, user and group.
+    List,
+}
+
+#[derive(clap::Subcommand)]
+enum ProfileOp {
+    Add { name: String },
+}
+
+#[derive(clap::Subcommand)]
+enum UserOp {
+    /// NAME@PROFILE; without a password the user cannot log in.
+    Add {
+        name: String,
+        /// A file holding the password (never on the command line).
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    Password {
+        name: String,
+        #[arg(long)]
+        password_file: PathBuf,
+    },
+    Remove {
+        name: String,
+    },
+}
+
+#[derive(clap::Subcommand)]
+enum GroupOp {
+    Add {
+        name: String,
+    },
+    Remove {
+        name: String,
+    },
+    /// Adds USER (NAME@PROFILE) to GROUP.
+    AddMember {
+        group: String,
+        user: String,
+    },
+    RemoveMember {
+        group: String,
+        user: String,
+    },
+}
+
+fn password_from(p: &std::path::Path) -> anyhow::Result<String> {
+    let s = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+    Ok(s.trim_end_matches(['\r', '\n']).to_string())
+}
+
+/// Runs a `directory` command against the Manager's database.
+async fn directory(cfg: &Config, what: Directory) -> anyhow::Result<()> {
+    use halyard_manager::directory as d;
+    let db = halyard_manager::db::Db::open(&cfg.database_url()).await?;
+    match what {
+        Directory::Profile {
+            op: ProfileOp::Add { name },
+        } => {
+            d::add_profile(&db, &name).await?;
+            println!("profile {name} added (domain {})", d::authz(&name));
+        }
+        Directory::User { op } => match op {
+            UserOp::Add {
+                name,
+                password_file,
+            } => {
+                let pw = password_file.as_deref().map(password_from).transpose()?;
+                let u = d::add_user(&db, &name, pw.as_deref()).await?;
+                println!("user {} added (id {})", u.name, u.id);
+            }
+            UserOp::Password {
+                name,
+                password_file,
+            } => {
+                d::set_password(&db, &name, &password_from(&password_file)?).await?;
+                println!("password of {name} set");
+            }
+            UserOp::Remove { name } => {
+                d::remove_user(&db, &name).await?;
+                println!("user {name} removed");
+            }
+        },
+        Directory::Group { op } => match op {
+            GroupOp::Add { name } => {
+                let g = d::add_group(&db, &name).await?;
+                println!("group {} added (id {})", g.name, g.id);
+            }
+            GroupOp::Remove { name } => {
+                d::remove_group(&db, &name).await?;
+                println!("group {name} removed");
+            }
+            GroupOp::AddMember { group, user } => {
+                d::set_member(&db, &group, &user, true).await?;
+                println!("{user} is a member of {group}");
+            }
+            GroupOp::RemoveMember { group, user } => {
+                d::set_member(&db, &group, &user, false).await?;
+                println!("{user} is no longer a member of {group}");
+            }
+        },
+        Directory::List => {
+            let dir = d::load(&db).await?;
+            for p in &dir.profiles {
+                println!("profile {p} (domain {})", d::authz(p));
+            }
+            for u in &dir.users {
+                let login = if u.hash.is_empty() {
+                    "no password"
+                } else {
+                    "password set"
+                };
+                println!("user {} ({login})", u.name);
+            }
+            for g in &dir.groups {
+                println!("group {} members: {}", g.name, g.members.join(" "));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -79,6 +229,12 @@ fn main() -> anyhow::Result<()> {
     halyard_common::fsutil::private_umask();
     halyard_common::fsutil::restrict_dir(&cfg.data_dir)
         .with_context(|| format!("securing {}", cfg.data_dir.display()))?;
+    if let Some(Command::Directory { what }) = cli.command {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        return rt.block_on(directory(&cfg, what));
+    }
     let nofile = halyard_common::net::raise_nofile_limit();
     info!(nofile, "open file limit");
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -835,6 +835,8 @@ pub struct Inventory {
     pub disks_by_vm: HashMap<String, std::collections::BTreeSet<String>>,
     pub events: std::collections::VecDeque<Event>,
     pub next_event_id: i64,
+    /// The directory as last read (see `crate::directory::refresh`).
+    pub directory: std::sync::Arc<crate::directory::Directory>,
 }
 
 /// Adds `member` to the set under `key` of an index (`add`) or takes it out (an empty

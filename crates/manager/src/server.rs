@@ -173,6 +173,23 @@ async fn token(State(m): State<Arc<Manager>>, req: Request<Body>) -> Response {
             )
                 .into_response()
         }
+        Login::NotPermitted => {
+            static REFUSED: RateLimit = RateLimit::new(10, Duration::from_secs(10));
+            if let Some(suppressed) = REFUSED.admit() {
+                warn!(user = %label, %peer, suppressed, "login refused: no SuperUser role on the system");
+                m.event(
+                    1004,
+                    "warning",
+                    format!("User {label} failed to log in from {peer}: the user has no SuperUser role on the system, and Halyard does not enforce finer permissions yet."),
+                    None,
+                    None,
+                )
+                .await;
+            }
+            bad(format!(
+                "Cannot log in user '{label}': only users with the SuperUser role on the system may log in (Halyard does not enforce finer permissions yet)."
+            ))
+        }
         Login::Denied => {
             static FAILED: RateLimit = RateLimit::new(10, Duration::from_secs(10));
             if let Some(suppressed) = FAILED.admit() {

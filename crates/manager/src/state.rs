@@ -24,8 +24,13 @@ const EVENTS_IN_MEMORY: usize = 20_000;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct User {
+    /// `principal@profile`.
     pub name: String,
+    /// Argon2; empty: the user cannot log in.
     pub hash: String,
+    /// The directory's id of the entry (admin@internal's is `ADMIN_USER_ID`).
+    #[serde(default)]
+    pub id: String,
 }
 
 #[derive(Debug, Clone)]
@@ -129,6 +134,9 @@ pub enum Login {
         ttl: Duration,
     },
     Denied,
+    /// The password is right, but the user holds no SuperUser role on the system (the
+    /// only users that may log in while finer permissions are not enforced).
+    NotPermitted,
     /// Too many failures for this user or from this address: wait.
     Throttled(Duration),
 }
@@ -289,6 +297,7 @@ impl Manager {
         let user = User {
             name: "admin@internal".into(),
             hash: hash_password(&password)?,
+            id: crate::api::access::ADMIN_USER_ID.into(),
         };
         self.db.put("user", &user.name, &user).await?;
         if !from_file {
@@ -360,6 +369,7 @@ impl Manager {
         *self.inv.write().unwrap_or_else(|p| p.into_inner()) = inv;
         // The predefined objects first: the defaults' companions point to them.
         crate::api::kinds::seed(self).await?;
+        crate::directory::refresh(self).await?;
         if empty {
             self.create_defaults().await?;
         }
@@ -425,6 +435,11 @@ impl Manager {
             self.db.get::<User>("user", user).await.ok().flatten()
         };
         let right = match &u {
+            // A directory user without a password: as long as a wrong password.
+            Some(u) if u.hash.is_empty() => {
+                let _ = verify_password(password, dummy_hash());
+                false
+            }
             Some(u) => verify_password(password, &u.hash),
             None => {
                 // As long as a wrong password: the answer does not tell which users exist.
@@ -439,6 +454,9 @@ impl Manager {
         };
         th.login_users.success(&label);
         th.login_sources.success(&peer);
+        if !crate::directory::may_log_in(&self.read(), &u.name) {
+            return Login::NotPermitted;
+        }
         let token = random_hex(32);
         let ttl = Duration::from_secs(self.cfg.token_lifetime_secs);
         let now = Instant::now();

@@ -492,3 +492,205 @@ async fn instance_types_size_new_vms() {
         409
     );
 }
+
+/// The directory (`halyard-manager directory`, oVirt's ovirt-aaa-jdbc-tool): written
+/// while the Manager runs; users and groups are added to the API from it only, once;
+/// a directory user logs in only while it holds SuperUser on the system.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_principals_and_who_may_log_in() {
+    let m = ManagerProc::start(Database::Sqlite, "").await;
+    let t = m.token().await;
+    let api = |method: &'static str, path: String, body: String| {
+        let t = &t;
+        let m = &m;
+        async move {
+            let body: &'static str = Box::leak(body.into_boxed_str());
+            m.api(t, method, &path, body).await
+        }
+    };
+    let pw = m.dir.join("alice.pw");
+    std::fs::write(&pw, "correct-horse\n").expect("pw");
+    let short = m.dir.join("short.pw");
+    std::fs::write(&short, "short\n").expect("pw");
+    let pw_arg = pw.to_string_lossy().into_owned();
+    let short_arg = short.to_string_lossy().into_owned();
+    m.directory(&["profile", "add", "corp"], false);
+    m.directory(
+        &["user", "add", "alice@corp", "--password-file", &pw_arg],
+        false,
+    );
+    m.directory(&["user", "add", "bob@internal"], false);
+    m.directory(&["group", "add", "ops@corp"], false);
+    m.directory(&["group", "add-member", "ops@corp", "alice@corp"], false);
+    for (bad, why) in [
+        (vec!["user", "add", "carol@nowhere"], "does not exist"),
+        (vec!["user", "add", "alice@corp"], "exists"),
+        (vec!["user", "add", "bad name@corp"], "not a valid name"),
+        (vec!["user", "add", "carol"], "NAME@PROFILE"),
+        (
+            vec!["user", "add", "carol@corp", "--password-file", &short_arg],
+            "at least 8",
+        ),
+        (
+            vec!["user", "remove", "admin@internal"],
+            "cannot be removed",
+        ),
+        (
+            vec!["group", "add-member", "ops@corp", "zed@corp"],
+            "does not exist",
+        ),
+    ] {
+        let out = m.directory(&bad, true);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(why), "{bad:?}: {err}");
+    }
+    let out = m.directory(&["list"], false);
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        list.contains("user alice@corp (password set)")
+            && list.contains("user bob@internal (no password)")
+            && list.contains("group ops@corp members: alice@corp"),
+        "{list}"
+    );
+    assert!(!list.contains("correct-horse"), "{list}");
+
+    // The profile is a domain of the API.
+    let (_, b) = api("GET", "/domains".into(), String::new()).await;
+    assert_eq!(names(&b, "domain"), vec!["corp-authz", "internal-authz"]);
+    let (c, b) = api(
+        "POST",
+        "/users".into(),
+        "<user><user_name>alice@corp-authz</user_name><domain><name>corp-authz</name></domain></user>"
+            .into(),
+    )
+    .await;
+    assert_eq!(c, 201, "{b}");
+    let alice = doc(&b).id().expect("id").to_string();
+    assert_eq!(doc(&b).text_of("principal"), Some("alice"), "{b}");
+    assert_eq!(
+        doc(&b).get("domain").and_then(Node::id),
+        Some("636F72702D617574687A"),
+        "{b}"
+    );
+    let (c, _) = api(
+        "POST",
+        "/users".into(),
+        "<user><user_name>alice@corp-authz</user_name></user>".into(),
+    )
+    .await;
+    assert_eq!(c, 409, "added once");
+    let (c, b) = api(
+        "POST",
+        "/users".into(),
+        "<user><user_name>eve@corp-authz</user_name></user>".into(),
+    )
+    .await;
+    assert!(c == 404 && b.contains("not found in the directory"), "{b}");
+    let (_, b) = api(
+        "GET",
+        "/users?search=usrname%3Dalice%40corp-authz".into(),
+        String::new(),
+    )
+    .await;
+    assert_eq!(doc(&b).all("user").count(), 1, "{b}");
+
+    // The right password, but no SuperUser on the system: refused, and says why.
+    let (c, b) = m.login("alice@corp", "correct-horse").await;
+    assert!(c == 400 && b.contains("SuperUser"), "{b}");
+    let (c, b) = m.login("alice@corp", "wrong-horse").await;
+    assert!(c == 400 && b.contains("incorrect"), "{b}");
+    let (c, b) = m.login("bob@internal", "").await;
+    assert!(c == 400 && b.contains("incorrect"), "no password: {b}");
+
+    // Groups come from the directory too; SuperUser through the group lets alice in.
+    let (c, b) = api(
+        "POST",
+        "/groups".into(),
+        "<group><name>nope</name><domain><name>corp-authz</name></domain></group>".into(),
+    )
+    .await;
+    assert!(c == 404 && b.contains("not found in the directory"), "{b}");
+    let (c, b) = api(
+        "POST",
+        "/groups".into(),
+        "<group><name>ops</name><domain><name>corp-authz</name></domain></group>".into(),
+    )
+    .await;
+    assert_eq!(c, 201, "{b}");
+    let ops = doc(&b).id().expect("id").to_string();
+    let (c, b) = api(
+        "POST",
+        format!("/groups/{ops}/permissions"),
+        "<permission><role><name>SuperUser</name></role></permission>".into(),
+    )
+    .await;
+    assert_eq!(c, 201, "{b}");
+    let perm = doc(&b).id().expect("id").to_string();
+    let (c, b) = m.login("alice@corp", "correct-horse").await;
+    assert_eq!(c, 200, "{b}");
+    // A SuperUser permission on one object is not enough.
+    assert_eq!(
+        api("DELETE", format!("/permissions/{perm}"), String::new())
+            .await
+            .0,
+        200
+    );
+    let (_, b) = api("GET", "/datacenters".into(), String::new()).await;
+    let dc = doc(&b)
+        .all("data_center")
+        .next()
+        .and_then(|d| d.id().map(str::to_string))
+        .expect("dc");
+    let (c, b) = api(
+        "POST",
+        format!("/users/{alice}/permissions"),
+        format!("<permission><role><name>SuperUser</name></role><data_center id=\"{dc}\"/></permission>"),
+    )
+    .await;
+    assert_eq!(c, 201, "{b}");
+    let (c, b) = m.login("alice@corp", "correct-horse").await;
+    assert!(c == 400 && b.contains("SuperUser"), "{b}");
+    let (c, b) = api(
+        "POST",
+        format!("/users/{alice}/permissions"),
+        "<permission><role><name>SuperUser</name></role></permission>".into(),
+    )
+    .await;
+    assert_eq!(c, 201, "{b}");
+    let (c, b) = m.login("alice@corp", "correct-horse").await;
+    assert_eq!(c, 200, "{b}");
+    // A permission on a network (oVirt's model has no member for it: Halyard shows one).
+    let (_, b) = api(
+        "GET",
+        "/networks?search=name%3Dovirtmgmt".into(),
+        String::new(),
+    )
+    .await;
+    let net = doc(&b)
+        .all("network")
+        .next()
+        .and_then(|d| d.id().map(str::to_string))
+        .expect("ovirtmgmt");
+    let (c, b) = api(
+        "POST",
+        format!("/networks/{net}/permissions"),
+        format!(
+            "<permission><role><name>GlusterAdmin</name></role><user id=\"{alice}\"/></permission>"
+        ),
+    )
+    .await;
+    assert_eq!(c, 201, "{b}");
+    let (_, b) = api("GET", format!("/networks/{net}/permissions"), String::new()).await;
+    assert_eq!(doc(&b).all("permission").count(), 1, "{b}");
+    let (c, b) = api(
+        "POST",
+        "/permissions".into(),
+        format!("<permission><role><name>GlusterAdmin</name></role><user id=\"{alice}\"/><network id=\"{net}\"/></permission>"),
+    )
+    .await;
+    assert_eq!(c, 400, "not settable: {b}");
+    // Out of the directory: no more logins.
+    m.directory(&["user", "remove", "alice@corp"], false);
+    let (c, b) = m.login("alice@corp", "correct-horse").await;
+    assert!(c == 400 && b.contains("incorrect"), "{b}");
+}

@@ -77,6 +77,17 @@ async fn ovirt_sdk_examples() {
     // so its answer does not depend on how fresh the machine's QEMU is.
     o.extra_config = "[updates]\npackages = [\"halyard-\"]\n".into();
     let host = TestHost::start(o).await;
+    // The directory principals the examples look up, written as an administrator does
+    // (oVirt: ovirt-aaa-jdbc-tool, or an LDAP profile); none gets a password, so none
+    // can log in.
+    for args in [
+        &["profile", "add", "mydomain"][..],
+        &["user", "add", "myuser@mydomain"],
+        &["user", "add", "user2@internal"],
+        &["group", "add", "mygroup@internal"],
+    ] {
+        m.directory(args, false);
+    }
     let sd = host.dir.join("sdk-examples-sd");
     let work = host.dir.join("sdk-examples-work");
     std::fs::create_dir_all(&sd).expect("sd dir");

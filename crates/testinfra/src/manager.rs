@@ -442,9 +442,29 @@ impl ManagerProc {
 
     /// A token for admin@internal.
     pub async fn token(&self) -> String {
+        let (status, body) = self.login("admin@internal", &self.password).await;
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        v["access_token"].as_str().expect("token").to_string()
+    }
+
+    /// A password login of `user` (`name@profile`) at the SSO; (status, body).
+    pub async fn login(&self, user: &str, password: &str) -> (u16, String) {
+        let enc = |s: &str| -> String {
+            s.bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect()
+        };
         let body = format!(
-            "grant_type=password&scope=ovirt-app-api&username=admin%40internal&password={}",
-            self.password
+            "grant_type=password&scope=ovirt-app-api&username={}&password={}",
+            enc(user),
+            enc(password)
         );
         let r = halyard_client::http::request(
             self.tls(),
@@ -458,9 +478,26 @@ impl ManagerProc {
         )
         .await
         .expect("token request");
-        assert_eq!(r.status, 200, "{}", r.text());
-        let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
-        v["access_token"].as_str().expect("token").to_string()
+        (r.status, r.text())
+    }
+
+    /// Runs `halyard-manager --config <its config> directory <args>` (the Manager may
+    /// be running); panics when it fails unless `may_fail`.
+    pub fn directory(&self, args: &[&str], may_fail: bool) -> std::process::Output {
+        let out = Command::new(workspace_bin("halyard-manager", "halyard-manager"))
+            .args(&self.args)
+            .arg("directory")
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("running halyard-manager directory");
+        assert!(
+            may_fail || out.status.success(),
+            "directory {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
     }
 
     /// An API request with a token; returns (status, body).

@@ -2,8 +2,8 @@
 //! and the assignments are real and stored; who may do what is not enforced yet (every
 //! caller is admin@internal, the only user the Manager authenticates).
 //!
-//! The directory behind the `internal-authz` domain is the Manager's own user store:
-//! a user can be added to the API only if it exists there; groups do not exist there.
+//! Users and groups are added from the Manager's directory (`crate::directory`): only
+//! what exists there, once each.
 
 use super::handlers::ApiError;
 use super::kinds::Entry;
@@ -172,7 +172,7 @@ pub fn role_in_use(inv: &Inventory, r: &Record) -> Option<String> {
 }
 
 /// The object kinds a permission can be on (its members).
-const OBJECTS: &[&str] = &[
+pub const OBJECTS: &[&str] = &[
     "data_center",
     "cluster",
     "host",
@@ -181,6 +181,7 @@ const OBJECTS: &[&str] = &[
     "vm_pool",
     "template",
     "disk",
+    "network",
 ];
 
 pub fn check_permission(_: &Inventory, doc: &mut Node, _: Option<&Record>) -> Result<(), ApiError> {
@@ -200,32 +201,73 @@ pub fn check_permission(_: &Inventory, doc: &mut Node, _: Option<&Record>) -> Re
     Ok(())
 }
 
-/// A user is added from the directory: it must exist there (the Manager's user
-/// store for `internal-authz`).
+/// The domain a document names (`<domain id>` after normalising), or the one of
+/// `name@domain`.
+fn domain_named<'a>(inv: &'a Inventory, doc: &'a Node, qualified: Option<&'a str>) -> &'a str {
+    qualified
+        .or_else(|| {
+            doc.get("domain")
+                .and_then(|d| d.attr_of("id"))
+                .and_then(|id| inv.records.get(id))
+                .and_then(|d| d.text("name"))
+        })
+        .unwrap_or(INTERNAL_DOMAIN)
+}
+
+/// The `<domain>` reference of a domain name.
+fn domain_ref(inv: &Inventory, authz: &str) -> Node {
+    let id = crate::directory::domain_id(authz);
+    Node::new("domain")
+        .attr("href", super::records::href_of(inv, "Domain", &id))
+        .attr("id", &id)
+}
+
+/// A user is added from the directory (`halyard-manager directory user add`): it
+/// must exist there, and is added once. The document gets what the directory says.
 pub fn check_user(inv: &Inventory, doc: &mut Node, _: Option<&Record>) -> Result<(), ApiError> {
-    let name = doc.text_of("user_name").unwrap_or("").to_string();
-    let (user, domain) = match name.rsplit_once('@') {
-        Some((u, d)) => (u.to_string(), d.to_string()),
-        None => (name.clone(), String::new()),
+    let name = doc
+        .text_of("user_name")
+        .or_else(|| doc.text_of("principal"))
+        .unwrap_or("")
+        .to_string();
+    let (principal, qualified) = match name.rsplit_once('@') {
+        Some((u, d)) => (u, Some(d)),
+        None => (name.as_str(), None),
     };
-    let in_domain = doc
-        .get("domain")
-        .and_then(|d| d.attr_of("id"))
-        .map(|d| d == INTERNAL_DOMAIN_ID)
-        .unwrap_or(true);
-    let known = in_domain
-        && matches!(domain.as_str(), "" | "internal" | INTERNAL_DOMAIN)
-        && user == "admin";
-    if !known {
+    let domain = domain_named(inv, doc, qualified);
+    let profile = crate::directory::profile_of(domain);
+    let authz = crate::directory::authz(profile);
+    let Some(entry) = inv.directory.user(principal, profile) else {
         return Err(ApiError::not_found(format!(
-            "User {name:?} was not found in the directory ({INTERNAL_DOMAIN} holds admin only)"
+            "User \"{principal}@{authz}\" was not found in the directory (add it with `halyard-manager directory user add {principal}@{profile}`)"
         )));
-    }
-    if inv.records.contains_key(ADMIN_USER_ID) {
+    };
+    let user_name = format!("{principal}@{authz}");
+    if inv
+        .records_of("User")
+        .any(|r| r.text("user_name") == Some(user_name.as_str()))
+    {
         return Err(ApiError::conflict(format!(
-            "User {name:?} was already added"
+            "User {user_name:?} was already added"
         )));
     }
+    let entry_id = if entry.id.is_empty() {
+        ADMIN_USER_ID
+    } else {
+        entry.id.as_str()
+    };
+    doc.children.retain(|c| {
+        !matches!(
+            c.name.as_str(),
+            "name" | "user_name" | "principal" | "namespace" | "domain" | "domain_entry_id"
+        )
+    });
+    doc.push(Node::leaf("name", principal));
+    doc.push(Node::leaf("user_name", &user_name));
+    doc.push(Node::leaf("principal", principal));
+    doc.push(Node::leaf("namespace", "*"));
+    doc.push(domain_ref(inv, &authz));
+    doc.push(Node::leaf("domain_entry_id", entry_id));
     Ok(())
 }
 
@@ -233,10 +275,141 @@ pub fn user_in_use(_: &Inventory, r: &Record) -> Option<String> {
     (r.id == ADMIN_USER_ID).then(|| "it is the Manager's administrator".to_string())
 }
 
-/// The directory has no groups.
-pub fn check_group(_: &Inventory, doc: &mut Node, _: Option<&Record>) -> Result<(), ApiError> {
-    Err(ApiError::not_found(format!(
-        "Group {:?} was not found in the directory ({INTERNAL_DOMAIN} has no groups)",
-        doc.text_of("name").unwrap_or("")
-    )))
+/// A group is added from the directory (`halyard-manager directory group add`), once.
+pub fn check_group(inv: &Inventory, doc: &mut Node, _: Option<&Record>) -> Result<(), ApiError> {
+    let name = doc.text_of("name").unwrap_or("").to_string();
+    let (group, qualified) = match name.rsplit_once('@') {
+        Some((g, d)) => (g, Some(d)),
+        None => (name.as_str(), None),
+    };
+    let domain = domain_named(inv, doc, qualified);
+    let profile = crate::directory::profile_of(domain);
+    let authz = crate::directory::authz(profile);
+    let Some(entry) = inv.directory.group(group, profile) else {
+        return Err(ApiError::not_found(format!(
+            "Group \"{group}@{authz}\" was not found in the directory (add it with `halyard-manager directory group add {group}@{profile}`)"
+        )));
+    };
+    let dom_id = crate::directory::domain_id(&authz);
+    if inv
+        .records_of("Group")
+        .any(|r| r.text("name") == Some(group) && r.link("domain") == Some(dom_id.as_str()))
+    {
+        return Err(ApiError::conflict(format!(
+            "Group \"{group}@{authz}\" was already added"
+        )));
+    }
+    let entry_id = entry.id.clone();
+    doc.children.retain(|c| {
+        !matches!(
+            c.name.as_str(),
+            "name" | "namespace" | "domain" | "domain_entry_id"
+        )
+    });
+    doc.push(Node::leaf("name", group));
+    doc.push(Node::leaf("namespace", "*"));
+    doc.push(domain_ref(inv, &authz));
+    doc.push(Node::leaf("domain_entry_id", &entry_id));
+    Ok(())
+}
+
+/// Longest public key accepted (a 16384-bit RSA key is ~2.8 KiB in base64).
+pub const MAX_SSH_KEY: usize = 8192;
+
+/// The key types OpenSSH's authorized_keys accepts.
+const SSH_KEY_TYPES: &[&str] = &[
+    "ssh-rsa",
+    "ssh-dss",
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+];
+
+/// Whether `line` is one OpenSSH public key: `type base64 [comment]`, the base64 a
+/// key blob that starts with the same type (what oVirt's `OpenSSHUtils` checks: one
+/// line, a key that resolves).
+pub fn ssh_key_valid(line: &str) -> bool {
+    use base64::Engine;
+    if line.len() > MAX_SSH_KEY || line.contains(['\n', '\r']) {
+        return false;
+    }
+    let mut w = line.split_ascii_whitespace();
+    let (Some(ty), Some(b64)) = (w.next(), w.next()) else {
+        return false;
+    };
+    if !SSH_KEY_TYPES.contains(&ty) {
+        return false;
+    }
+    let Ok(blob) = base64::engine::general_purpose::STANDARD.decode(b64) else {
+        return false;
+    };
+    // The blob: a sequence of (u32 length, bytes) strings, the first the type, and at
+    // least one more (the key material), each within the blob.
+    let mut rest = blob.as_slice();
+    let mut parts = Vec::new();
+    while !rest.is_empty() {
+        let Some((len, tail)) = rest.split_first_chunk::<4>() else {
+            return false;
+        };
+        let n = u32::from_be_bytes(*len) as usize;
+        if n > tail.len() {
+            return false;
+        }
+        parts.push(&tail[..n]);
+        rest = &tail[n..];
+    }
+    parts.len() >= 2 && parts[0] == ty.as_bytes() && parts[1..].iter().all(|p| !p.is_empty())
+}
+
+/// A user's SSH public key: one valid OpenSSH key (oVirt's
+/// ACTION_TYPE_FAILED_INVALID_PUBLIC_SSH_KEY otherwise).
+pub fn check_ssh_key(_: &Inventory, doc: &mut Node, _: Option<&Record>) -> Result<(), ApiError> {
+    let content = doc.text_of("content").unwrap_or("").trim().to_string();
+    if !ssh_key_valid(&content) {
+        return Err(ApiError::bad(
+            "Cannot add the SSH public key: it is not a valid OpenSSH public key (one line: type, base64 key, comment).",
+        ));
+    }
+    doc.children.retain(|c| c.name != "content");
+    doc.push(Node::leaf("content", &content));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const ED25519: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl me@example.com";
+
+    #[test]
+    fn openssh_keys_are_checked() {
+        assert!(ssh_key_valid(ED25519));
+        assert!(ssh_key_valid(
+            ED25519.rsplit_once(' ').map(|x| x.0).unwrap_or("")
+        ));
+        for bad in [
+            "ssh-rsa AAA...mu9 myuser@example.com",
+            "",
+            "ssh-ed25519",
+            "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",
+            "ssh-foo AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GK",
+            &format!("{ED25519}\nssh-ed25519 x"),
+        ] {
+            assert!(!ssh_key_valid(bad), "{bad}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_is_a_verdict_not_a_panic(s in ".{0,300}", b in proptest::collection::vec(any::<u8>(), 0..200)) {
+            use base64::Engine;
+            let _ = ssh_key_valid(&s);
+            let _ = ssh_key_valid(&format!("ssh-rsa {}", base64::engine::general_purpose::STANDARD.encode(&b)));
+        }
+    }
 }

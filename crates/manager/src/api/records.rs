@@ -529,6 +529,12 @@ fn records_for(inv: &Inventory, k: &Kind) -> Vec<Record> {
 /// Serves the declared collections (`None`: the path is not one of them).
 pub async fn route(m: &Arc<Manager>, r: &Req, s: &[&str]) -> Option<Out> {
     let t = target(s)?;
+    if matches!(s.first(), Some(&("users" | "groups" | "domains"))) {
+        // Entries written by `halyard-manager directory` since the last look.
+        if let Err(e) = crate::directory::refresh(m).await {
+            return Some(Err(e.into()));
+        }
+    }
     let (get, post, put, del) = (
         r.method == Method::GET,
         r.method == Method::POST,

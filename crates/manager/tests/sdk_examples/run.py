@@ -120,6 +120,7 @@ LEFT_OUT = {
     "reduce_disk": (HARDWARE, "block storage (oVirt refuses reduce on file domains)"),
     "update_fencing_options": (HARDWARE, "an IPMI fence agent on myhost (after add_fence_agent)"),
     # ---- cannot pass unchanged
+    "add_user_ssh_public_key": (BROKEN, "its key 'ssh-rsa AAA...mu9' is a placeholder that oVirt itself refuses (OpenSSHUtils.isPublicKeyValid: ACTION_TYPE_FAILED_INVALID_PUBLIC_SSH_KEY); Halyard refuses it the same way, and the runner adds a real key of myuser instead (fixture)"),
     "fix_dup_nic_macs": (BROKEN, "Python 2 only: dict.iteritems() raises AttributeError on Python 3 (SDK 4.6 is Python 3 only); its password comes only from getpass"),
 }
 
@@ -137,27 +138,10 @@ NEEDS_FEATURE = {
     "attach_nfs_iso_storage_domain":
         "ISO storage domains: POST /storagedomains <storage_domain><type>iso</type>... -> 400 [storage "
         "domain type \"iso\": only data domains are supported] (the fixture myiso cannot be made)",
-    "add_group":
-        "groups in the directory: POST /groups <group><name>mygroup</name><domain><name>internal-authz"
-        "</name></domain></group> -> 404 [Group \"mygroup\" was not found in the directory "
-        "(internal-authz has no groups)]",
     "add_instance_type":
         "instance type high availability: POST /instancetypes <instance_type>...<high_availability>"
         "<enabled>true</enabled></high_availability>... -> 400 [<high_availability> is in oVirt's "
         "model, but Halyard does not act on it yet; remove it from the request]",
-    "add_user_ssh_public_key":
-        "directory users besides admin: it looks up a user whose first name is myuser "
-        "(GET /users?search=name=myuser -> empty list, IndexError); the directory cannot hold one "
-        "(POST /users -> 404 [... internal-authz holds admin only]); then POST "
-        "/users/{id}/sshpublickeys (expected to fail on the example's invalid key)",
-    "assign_permission":
-        "a second directory mydomain-authz with user myuser: GET /users?search="
-        "usrname=myuser@mydomain-authz -> empty list (IndexError); then a GlusterAdmin permission "
-        "on network mynetwork",
-    "assign_permission_to_vms":
-        "directory user user2 in internal-authz: GET /users?search=usrname=user2@internal-authz -> "
-        "empty list (IndexError); the directory cannot hold one (POST /users -> 404 [... "
-        "internal-authz holds admin only])",
     "change_master":
         "switching the master domain: POST /datacenters/{id}/setmaster <action><storage_domain ...>"
         "</action> (?correlation_id=..., then GET /jobs?search=correlation_id=...) -> 501 [Halyard does "
@@ -775,6 +759,50 @@ def all_of(*checks):
     return check
 
 
+# Directory users the examples look up. The Rust test wrote them into the directory
+# (`halyard-manager directory`, oVirt's ovirt-aaa-jdbc-tool); an administrator adds them
+# to the Manager, as the runner does here.
+DIRECTORY_USERS = [("myuser", "mydomain-authz"), ("user2", "internal-authz")]
+# A real ed25519 public key (no private key exists for it anywhere).
+REAL_SSH_KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl "
+                "myuser@example.com")
+
+
+def add_directory_users():
+    svc = system().users_service()
+    for name, domain in DIRECTORY_USERS:
+        if not svc.list(search="usrname=%s@%s" % (name, domain)):
+            svc.add(types.User(user_name="%s@%s" % (name, domain), domain=types.Domain(name=domain)))
+    expect(svc.list(search="name=myuser"), "myuser not found by name=myuser")
+
+
+def myuser_ssh_key():
+    user = one(system().users_service(), "name=myuser")
+    keys = system().users_service().user_service(user.id).ssh_public_keys_service()
+    try:
+        keys.add(key=types.SshPublicKey(content="ssh-rsa AAA...mu9 myuser@example.com"))
+        raise AssertionError("the example's placeholder key was accepted")
+    except sdk.Error as e:
+        expect("not a valid OpenSSH public key" in str(e), "unexpected refusal: %s" % e)
+    keys.add(key=types.SshPublicKey(content=REAL_SSH_KEY))
+    expect([k.content for k in keys.list()] == [REAL_SSH_KEY], "myuser's keys: %r" % [k.content for k in keys.list()])
+
+
+def check_permission(user_name, role_name, on, names):
+    def check(out):
+        user = one(system().users_service(), "usrname=%s" % user_name)
+        expect(user is not None, "no user %s" % user_name)
+        role = [r for r in system().roles_service().list() if r.name == role_name][0]
+        for name in names:
+            svc = system().vms_service() if on == "vm" else system().networks_service()
+            obj = one(svc, "name=%s" % name)
+            perms = (svc.vm_service(obj.id) if on == "vm" else svc.network_service(obj.id)) \
+                .permissions_service().list()
+            expect(any(p.role.id == role.id and p.user is not None and p.user.id == user.id for p in perms),
+                   "%s has no %s permission on %s %s" % (user_name, role_name, on, name))
+    return check
+
+
 def check_mac_pool(out):
     c = cluster("mycluster")
     p = [p for p in system().mac_pools_service().list() if p.name == "mymacpool"]
@@ -1148,8 +1176,10 @@ STEPS = [
     E("add_role", check=check_role),
     E("add_group", check=check_exists("group", "mygroup")),
     E("add_instance_type", check=check_exists("instancetype", "myinstancetype")),
-    E("add_user_ssh_public_key"),
-    E("assign_permission"),
+    R("directory users myuser@mydomain-authz and user2@internal-authz added", add_directory_users),
+    R("an SSH public key of myuser (the example's placeholder refused)", myuser_ssh_key),
+    E("assign_permission",
+      check=check_permission("myuser@mydomain-authz", "GlusterAdmin", "network", ["mynetwork"])),
     # Phase 5: the myvm lifecycle.
     E("add_vm", check=check_exists("vm", "myvm")),
     R("myvm boots the test guest", myvm_boots_test_guest),
@@ -1216,7 +1246,8 @@ STEPS = [
     E("unassign_tag_to_vm", check=check_vm_tag(False)),
     E("assign_affinity_label_to_vm", check=check_label),
     E("list_affinity_labels", check=output_has("my_affinity_label")),
-    E("assign_permission_to_vms"),
+    E("assign_permission_to_vms",
+      check=check_permission("user2@internal-authz", "UserVmManager", "vm", ["myvm1", "myvm2", "myvm3"])),
     E("remove_tag", check=check_gone("tag", "mytag")),
     # Phase 8: read-only sweep over the full inventory.
     E("list_vms", label="list_vms (2)", check=output_has("myvm0")),
