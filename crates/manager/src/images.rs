@@ -9,7 +9,8 @@ use serde_json::json;
 use crate::model::*;
 use crate::state::Manager;
 use crate::storage::{
-    StorageOpError, MAX_DISK_BYTES, PREALLOCATED, SHARED_VOLUME, SPARSE, VOL_COW, VOL_RAW,
+    StorageOpError, LEAF_VOLUME, MAX_DISK_BYTES, PREALLOCATED, SHARED_VOLUME, SPARSE, VOL_COW,
+    VOL_RAW,
 };
 
 type Result<T> = std::result::Result<T, StorageOpError>;
@@ -431,11 +432,14 @@ impl Manager {
 
     /// Makes a template from a down VM: each disk's chain is copied (collapsed) into a
     /// shared volume of a new image.
+    /// `formats`: the format (`raw` or `cow`) asked for a source disk's copy (by the
+    /// source disk's id); raw otherwise. Copies are sparse.
     pub async fn create_template(
         self: &Arc<Self>,
         name: &str,
         description: &str,
         vm_id: &str,
+        formats: &std::collections::HashMap<String, String>,
     ) -> Result<Template> {
         let _g = self.write_lock.lock().await;
         let v = self
@@ -459,6 +463,12 @@ impl Manager {
         if disks.iter().any(|d| d.status != "ok") {
             return Err(StorageOpError::Conflict(format!(
                 "Cannot add Template. VM {} has locked or illegal disks.",
+                v.name
+            )));
+        }
+        if let Some(d) = formats.keys().find(|d| !disks.iter().any(|x| &x.id == *d)) {
+            return Err(StorageOpError::Bad(format!(
+                "Cannot add Template. Disk {d} is not a disk of VM {}.",
                 v.name
             )));
         }
@@ -491,7 +501,7 @@ impl Manager {
                 description: d.description.clone(),
                 provisioned_size: d.provisioned_size,
                 actual_size: 0,
-                format: "raw".into(),
+                format: formats.get(&d.id).cloned().unwrap_or_else(|| "raw".into()),
                 sparse: true,
                 storage_domain: d.storage_domain.clone(),
                 status: "locked".into(),
@@ -531,7 +541,8 @@ impl Manager {
                 json!({"volumeID": src.leaf(), "storagepoolID": dc, "storagedomainID": src.storage_domain,
                        "imageID": src.id, "dstSdUUID": td.storage_domain, "dstImgUUID": td.id,
                        "dstVolUUID": td.leaf(), "desc": format!("template {name}"), "volType": SHARED_VOLUME,
-                       "volFormat": VOL_RAW, "preallocate": SPARSE, "postZero": false, "force": false}),
+                       "volFormat": if td.format == "cow" { VOL_COW } else { VOL_RAW },
+                       "preallocate": SPARSE, "postZero": false, "force": false}),
             )
             .await?;
         }
@@ -552,11 +563,14 @@ impl Manager {
         Ok(t)
     }
 
-    /// A new VM's disks from its template: thin COW layers on the template's volumes.
+    /// A new VM's disks from its template: thin COW layers on the template's volumes,
+    /// or, with `clone` (the API's `clone=true`), independent copies in the template
+    /// disks' formats (oVirt's "Clone" storage allocation).
     pub async fn create_disks_from_template(
         self: &Arc<Self>,
         vm: &Vm,
         template: &str,
+        clone: bool,
     ) -> Result<()> {
         let tdisks: Vec<Disk> = self
             .read()
@@ -578,12 +592,16 @@ impl Manager {
                 description: String::new(),
                 provisioned_size: td.provisioned_size,
                 actual_size: 0,
-                format: "cow".into(),
+                format: if clone {
+                    td.format.clone()
+                } else {
+                    "cow".into()
+                },
                 sparse: true,
                 storage_domain: td.storage_domain.clone(),
                 status: "locked".into(),
                 volumes: vec![new_id()],
-                template_base: Some((td.id.clone(), td.leaf().to_string())),
+                template_base: (!clone).then(|| (td.id.clone(), td.leaf().to_string())),
                 vm: Some(vm.id.clone()),
                 bootable: td.bootable,
                 interface: td.interface.clone(),
@@ -594,15 +612,46 @@ impl Manager {
             };
             self.insert(&d).await.map_err(failed)?;
             let dc = self.dc_of_domain(&d.storage_domain);
-            if let Err(e) = self
-                .create_volume_task(&d, &dc, &job, None, None, "create_volume")
-                .await
-            {
+            let made = if clone {
+                self.copy_volume_task(&td, &d, &dc, &job).await
+            } else {
+                self.create_volume_task(&d, &dc, &job, None, None, "create_volume")
+                    .await
+            };
+            if let Err(e) = made {
                 let _ = self.remove::<Disk>(&d.id).await;
                 return Err(e);
             }
         }
         Ok(())
+    }
+
+    /// An SPM task copying `src`'s chain into the new standalone leaf volume of `dst`
+    /// (same domain), in `dst`'s format.
+    async fn copy_volume_task(
+        self: &Arc<Self>,
+        src: &Disk,
+        dst: &Disk,
+        dc: &str,
+        job: &str,
+    ) -> Result<()> {
+        let task = StorageTask::for_disk(dst, dc, "copy_volume", job, None);
+        self.add_step(
+            job,
+            &task.id,
+            format!("Copying disk {} into disk {}", src.name, dst.name),
+        )
+        .await;
+        self.submit_task(
+            task,
+            "Volume.copy",
+            json!({"volumeID": src.leaf(), "storagepoolID": dc, "storagedomainID": src.storage_domain,
+                   "imageID": src.id, "dstSdUUID": dst.storage_domain, "dstImgUUID": dst.id,
+                   "dstVolUUID": dst.leaf(), "desc": format!("disk {}", dst.name), "volType": LEAF_VOLUME,
+                   "volFormat": if dst.format == "cow" { VOL_COW } else { VOL_RAW },
+                   "preallocate": SPARSE, "postZero": false, "force": false}),
+        )
+        .await
     }
 
     /// Removes a template that no VM uses; its disks are deleted by SPM tasks.

@@ -49,6 +49,7 @@ pub const VOL_RAW: i64 = 5;
 pub const SPARSE: i64 = 2;
 pub const PREALLOCATED: i64 = 1;
 pub const SHARED_VOLUME: i64 = 6;
+pub const LEAF_VOLUME: i64 = 8;
 
 /// The largest disk accepted (oVirt's own limit is in this range).
 pub const MAX_DISK_BYTES: u64 = 64 << 40;

@@ -184,6 +184,32 @@ async fn input_halyard_does_not_act_on_is_refused() {
         assert_eq!(code, 400, "{body}: {b}");
         assert!(b.contains(element), "{body}: {b}");
     }
+    // A template's disk formats: raw or cow, sparse, disks of the VM only.
+    let other = "6f1f2b3c-0000-4000-8000-000000000001";
+    for (disk, element) in [
+        ("<sparse>false</sparse>", "sparse only"),
+        ("<format>qcow</format>", "raw or cow"),
+        ("<format>cow</format>", "is not a disk of VM"),
+        (
+            "<name>x</name>",
+            "disk_attachments/disk/name&gt; is in oVirt",
+        ),
+    ] {
+        let body = format!("<template><name>tf</name><vm id=\"{vm}\"><disk_attachments><disk_attachment><disk id=\"{other}\">{disk}</disk></disk_attachment></disk_attachments></vm></template>");
+        let (code, b) = m.api(&t, "POST", "/templates", &body).await;
+        assert_eq!(code, 400, "{body}: {b}");
+        assert!(b.contains(element), "{body}: {b}");
+    }
+    for (q, element) in [
+        ("clone=maybe", "clone must be true or false"),
+        ("clone_permissions=true", "permissions"),
+    ] {
+        let (code, b) = m
+            .api(&t, "POST", &format!("/vms?{q}"), "<vm><name>c2</name><cluster><name>Default</name></cluster><template><name>Blank</name></template></vm>")
+            .await;
+        assert_eq!(code, 400, "{q}: {b}");
+        assert!(b.contains(element), "{q}: {b}");
+    }
     let (code, b) = m
         .api(
             &t,

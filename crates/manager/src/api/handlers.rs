@@ -1482,15 +1482,22 @@ fn vm_spec(n: &Node) -> Result<VmSpec, ApiError> {
 }
 
 async fn add_vm(m: &Arc<Manager>, r: &Req) -> Out {
-    for p in ["clone", "clone_permissions"] {
-        if r.query.get(p).map(String::as_str) == Some("true") {
-            return Err(ApiError::bad(format!(
-                "{p}=true: Halyard does not copy a template's disks or permissions into a new VM yet (its disks are thin layers on the template's)"
-            )));
-        }
+    if r.query.get("clone_permissions").map(String::as_str) == Some("true") {
+        return Err(ApiError::bad(
+            "clone_permissions=true: Halyard does not copy a template's permissions into a new VM yet",
+        ));
     }
+    let clone = match r.query.get("clone").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(x) => {
+            return Err(ApiError::bad(format!(
+                "clone must be true or false, got {x:?}"
+            )))
+        }
+    };
     let n = r.document("vm", "Vm", VM_ADD)?;
-    let vm = new_vm(m, &n, None).await?;
+    let vm = new_vm(m, &n, None, clone).await?;
     let node = vm_node(&m.read(), &vm, &[]);
     Ok((StatusCode::CREATED, node))
 }
@@ -1595,7 +1602,13 @@ fn serial_number_of(n: &Node) -> Result<Option<SerialNumber>, ApiError> {
 }
 
 /// Makes a VM from a checked `<vm>` document (a pool's VMs name their pool).
-pub(super) async fn new_vm(m: &Arc<Manager>, n: &Node, pool: Option<&str>) -> Result<Vm, ApiError> {
+/// `clone`: the template's disks are copied, not layered on (`clone=true`).
+pub(super) async fn new_vm(
+    m: &Arc<Manager>,
+    n: &Node,
+    pool: Option<&str>,
+    clone: bool,
+) -> Result<Vm, ApiError> {
     let name = n.text_of("name").unwrap_or("").to_string();
     check_name(&name, "VM")?;
     let spec = vm_spec(n)?;
@@ -1747,7 +1760,7 @@ pub(super) async fn new_vm(m: &Arc<Manager>, n: &Node, pool: Option<&str>) -> Re
     };
     m.insert(&vm).await?;
     if tpl.is_some() {
-        if let Err(e) = m.create_disks_from_template(&vm, &vm.template).await {
+        if let Err(e) = m.create_disks_from_template(&vm, &vm.template, clone).await {
             // Nothing of the VM stays when its disks cannot be made.
             let _ = m.remove::<Vm>(&vm.id).await;
             return Err(e.into());

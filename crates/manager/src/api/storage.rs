@@ -45,7 +45,13 @@ const DISK_ADD: &[&str] = &[
 const ATTACHMENT_ADD: &[&str] = &["disk", "bootable", "interface", "active", "id"];
 const SNAPSHOT_ADD: &[&str] = &["description", "persist_memorystate"];
 /// A template is made from a VM (by id or name) as it is: its disks' formats stay.
-const TEMPLATE_ADD: &[&str] = &["name", "description", "vm/name"];
+const TEMPLATE_ADD: &[&str] = &[
+    "name",
+    "description",
+    "vm/name",
+    "vm/disk_attachments/disk/format",
+    "vm/disk_attachments/disk/sparse",
+];
 
 /// Storage routes; None for paths that are not storage's.
 pub async fn route(m: &Arc<Manager>, r: &Req, s: &[&str]) -> Option<Out> {
@@ -653,10 +659,57 @@ async fn add_template(m: &Arc<Manager>, r: &Req) -> Out {
         .ok_or_else(|| ApiError::bad("Cannot add Template. The source <vm> is required."))?
     };
     check_id(&vm)?;
+    let formats = template_disk_formats(&n)?;
     let t = m
-        .create_template(&name, n.text_of("description").unwrap_or(""), &vm)
+        .create_template(&name, n.text_of("description").unwrap_or(""), &vm, &formats)
         .await?;
     Ok((StatusCode::CREATED, render::template(&t)))
+}
+
+/// The formats asked for the template's copies of the VM's disks
+/// (`<vm><disk_attachments><disk_attachment><disk id><format><sparse>`), by source
+/// disk id. Copies are sparse: `sparse=false` is refused (Halyard's copy does not
+/// preallocate).
+fn template_disk_formats(n: &Node) -> Result<std::collections::HashMap<String, String>, ApiError> {
+    let mut out = std::collections::HashMap::new();
+    let atts = n
+        .get("vm")
+        .and_then(|v| v.get("disk_attachments"))
+        .map(|a| a.children.as_slice())
+        .unwrap_or(&[]);
+    for a in atts.iter().filter(|a| a.name == "disk_attachment") {
+        let Some(d) = a.get("disk") else { continue };
+        let id = d.id().ok_or_else(|| {
+            ApiError::bad("Cannot add Template. A <disk_attachment> names its <disk id>.")
+        })?;
+        check_id(id)?;
+        if d.text_of("sparse") == Some("false") {
+            return Err(ApiError::bad(
+                "<vm/disk_attachments/disk/sparse>false: Halyard copies a template's disks sparse only (it does not preallocate); remove it or ask true",
+            ));
+        }
+        match d.text_of("sparse") {
+            None | Some("true") => {}
+            Some(x) => {
+                return Err(ApiError::bad(format!(
+                    "disk sparse must be true or false, got {x:?}"
+                )))
+            }
+        }
+        if let Some(f) = d.text_of("format") {
+            if !matches!(f, "raw" | "cow") {
+                return Err(ApiError::bad(format!(
+                    "disk format must be raw or cow, got {f:?}"
+                )));
+            }
+            if out.insert(id.to_string(), f.to_string()).is_some() {
+                return Err(ApiError::bad(format!(
+                    "Cannot add Template. Disk {id} is named twice."
+                )));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// What updating a disk acts on: its names. (A larger `provisioned_size` — extending

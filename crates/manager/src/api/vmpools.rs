@@ -91,7 +91,7 @@ pub async fn fill(m: &Arc<Manager>, pool: &Record) -> Result<(), ApiError> {
                 .with(Node::leaf("name", format!("{}-{n}", pool.name())))
                 .with(Node::new("cluster").attr("id", pool.link("cluster").unwrap_or("")))
                 .with(Node::new("template").attr("id", pool.link("template").unwrap_or("")));
-            super::handlers::new_vm(m, &doc, Some(&pool.id)).await?;
+            super::handlers::new_vm(m, &doc, Some(&pool.id), false).await?;
         }
         n += 1;
     }

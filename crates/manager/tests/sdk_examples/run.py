@@ -187,16 +187,6 @@ NEEDS_FEATURE = {
         "[<version> is in oVirt's model, but Halyard does not act on it yet; remove it from the "
         "request]; without a version 3 the example asks GET /templates/None -> 404; it also sends "
         "POST /vms with <disk_attachments>",
-    "add_template":
-        "disk formats of a new template: POST /templates <template><name>mytemplate</name><vm id=...>"
-        "<disk_attachments><disk_attachment><disk id=...><format>cow</format><sparse>true</sparse>"
-        "</disk></disk_attachment></disk_attachments></vm></template> -> 400 [<vm/disk_attachments> is "
-        "in oVirt's model, but Halyard does not act on it yet; ...] (a template keeps its VM's disk "
-        "formats; the runner makes mytemplate without formats instead)",
-    "add_independet_vm":
-        "independent VM disks: POST /vms?clone=true <vm><name>myclonedvm</name><cluster>...<template>"
-        "<name>mytemplate</name></template></vm> -> 400 [clone=true: Halyard does not copy a "
-        "template's disks or permissions into a new VM yet ...]",
     "reprovision_stateless_vm_in_pool":
         "template versions and stateless VMs: the fixture VM `vm` (POST /vms <vm>...<stateless>true"
         "</stateless><use_latest_template_version>false</use_latest_template_version></vm>) -> 400 "
@@ -963,6 +953,8 @@ def check_independent(out):
     atts = system().vms_service().vm_service(v.id).disk_attachments_service().list()
     expect(atts, "myclonedvm has no disks")
     for a in atts:
+        wait("disk %s of myclonedvm ok" % a.disk.id,
+             lambda: system().disks_service().disk_service(a.disk.id).get().status == types.DiskStatus.OK)
         vols = disk_volumes(a.disk.id)
         expect(vols, "no volumes found for disk %s" % a.disk.id)
         shared = [os.path.basename(f) for f in vols if os.stat(f).st_nlink > 1]
