@@ -15,6 +15,9 @@ use crate::storage::{
 
 type Result<T> = std::result::Result<T, StorageOpError>;
 
+/// Versions of one template, at most.
+pub const MAX_TEMPLATE_VERSIONS: u32 = 1000;
+
 /// A new disk as the API describes it.
 #[derive(Debug, Clone)]
 pub struct NewDisk {
@@ -433,13 +436,16 @@ impl Manager {
     /// Makes a template from a down VM: each disk's chain is copied (collapsed) into a
     /// shared volume of a new image.
     /// `formats`: the format (`raw` or `cow`) asked for a source disk's copy (by the
-    /// source disk's id); raw otherwise. Copies are sparse.
+    /// source disk's id); raw otherwise. Copies are sparse. `version`: a new version
+    /// (base template id, version name) of a base template, which gives it its name
+    /// and the next version number (oVirt's template versions).
     pub async fn create_template(
         self: &Arc<Self>,
         name: &str,
         description: &str,
         vm_id: &str,
         formats: &std::collections::HashMap<String, String>,
+        version: Option<(&str, &str)>,
     ) -> Result<Template> {
         let _g = self.write_lock.lock().await;
         let v = self
@@ -448,11 +454,50 @@ impl Manager {
             .get(vm_id)
             .cloned()
             .ok_or_else(|| StorageOpError::Bad(format!("VM {vm_id} does not exist")))?;
-        if self.read().templates.values().any(|t| t.name == name) || name == "Blank" {
-            return Err(StorageOpError::Conflict(format!(
-                "Cannot add Template. The name {name:?} is already in use."
-            )));
-        }
+        let (name, base_template, version_number, version_name) = match version {
+            None => {
+                if self.read().templates.values().any(|t| t.name == name) || name == "Blank" {
+                    return Err(StorageOpError::Conflict(format!(
+                        "Cannot add Template. The name {name:?} is already in use."
+                    )));
+                }
+                (name.to_string(), None, 1, String::new())
+            }
+            Some((base, vname)) => {
+                let inv = self.read();
+                let b = inv.templates.get(base).ok_or_else(|| {
+                    StorageOpError::NotFound(format!(
+                        "Cannot add Template. Base Template {base} does not exist."
+                    ))
+                })?;
+                if b.base_template.is_some() {
+                    return Err(StorageOpError::Bad(format!(
+                        "Cannot add Template. Template {} version {} is not a base template.",
+                        b.name, b.version_number
+                    )));
+                }
+                let last = inv
+                    .templates
+                    .values()
+                    .filter(|t| t.id == b.id || t.base_template.as_deref() == Some(&b.id))
+                    .map(|t| t.version_number)
+                    .max()
+                    .unwrap_or(1);
+                if last >= MAX_TEMPLATE_VERSIONS {
+                    return Err(StorageOpError::Conflict(format!(
+                        "Cannot add Template. Template {} has {MAX_TEMPLATE_VERSIONS} versions.",
+                        b.name
+                    )));
+                }
+                (
+                    b.name.clone(),
+                    Some(b.id.clone()),
+                    last + 1,
+                    vname.to_string(),
+                )
+            }
+        };
+        let name = name.as_str();
         if v.status != "down" {
             return Err(StorageOpError::Conflict(format!(
                 "Cannot add Template. VM {} is not down.",
@@ -489,6 +534,9 @@ impl Manager {
             creation_time: now_ms(),
             disks: Vec::new(),
             source_vm: Some(vm_id.to_string()),
+            base_template,
+            version_number,
+            version_name,
         };
         let job = self
             .start_job(format!("Creating Template {name} from VM {}", v.name))
@@ -565,12 +613,14 @@ impl Manager {
 
     /// A new VM's disks from its template: thin COW layers on the template's volumes,
     /// or, with `clone` (the API's `clone=true`), independent copies in the template
-    /// disks' formats (oVirt's "Clone" storage allocation).
+    /// disks' formats (oVirt's "Clone" storage allocation), or in `formats` (by
+    /// template disk id).
     pub async fn create_disks_from_template(
         self: &Arc<Self>,
         vm: &Vm,
         template: &str,
         clone: bool,
+        formats: &std::collections::HashMap<String, String>,
     ) -> Result<()> {
         let tdisks: Vec<Disk> = self
             .read()
@@ -592,10 +642,10 @@ impl Manager {
                 description: String::new(),
                 provisioned_size: td.provisioned_size,
                 actual_size: 0,
-                format: if clone {
-                    td.format.clone()
-                } else {
-                    "cow".into()
+                format: match (clone, formats.get(&td.id)) {
+                    (false, _) => "cow".into(),
+                    (true, Some(f)) => f.clone(),
+                    (true, None) => td.format.clone(),
                 },
                 sparse: true,
                 storage_domain: td.storage_domain.clone(),
@@ -668,6 +718,16 @@ impl Manager {
                 return Err(StorageOpError::Conflict(format!(
                     "Cannot remove Template. VM {} is based on it.",
                     v.name
+                )));
+            }
+            if inv
+                .templates
+                .values()
+                .any(|x| x.base_template.as_deref() == Some(id))
+            {
+                return Err(StorageOpError::Conflict(format!(
+                    "Cannot delete Base Template {} that has Template Versions, please first remove all Template Versions for this Template.",
+                    t.name
                 )));
             }
             if t.status == "locked" {

@@ -544,6 +544,17 @@ pub struct Template {
     /// The VM it is being made from (its disks are read until the copy ended).
     #[serde(default)]
     pub source_vm: Option<String>,
+    /// A template version's base template (None: it is a base, version 1).
+    #[serde(default)]
+    pub base_template: Option<String>,
+    #[serde(default = "first_version")]
+    pub version_number: u32,
+    #[serde(default)]
+    pub version_name: String,
+}
+
+fn first_version() -> u32 {
+    1
 }
 
 /// A storage operation running on the SPM as a task, persisted so that a restarted

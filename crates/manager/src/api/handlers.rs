@@ -261,7 +261,8 @@ const VM_ADD: &[&str] = &[
     "placement_policy",
     "serial_number",
     "console/enabled",
-    "console/enabled",
+    "disk_attachments/disk/format",
+    "disk_attachments/disk/storage_domains",
     "id",
 ];
 const VM_UPDATE: &[&str] = &[
@@ -1502,6 +1503,79 @@ async fn add_vm(m: &Arc<Manager>, r: &Req) -> Out {
     Ok((StatusCode::CREATED, node))
 }
 
+/// What a new VM's `<disk_attachments>` ask of the disks made from its template's
+/// (`<disk id>` of a template disk, `format`, `storage_domains`): a format by template
+/// disk id. A thin disk is a qcow2 layer (cow only); a clone may be raw or cow; a
+/// disk is made on its template disk's domain (Halyard keeps one copy of a template).
+fn vm_disk_formats(
+    inv: &Inventory,
+    n: &Node,
+    template: &str,
+    clone: bool,
+) -> Result<std::collections::HashMap<String, String>, ApiError> {
+    let mut out = std::collections::HashMap::new();
+    let atts = n
+        .get("disk_attachments")
+        .map(|a| a.children.as_slice())
+        .unwrap_or(&[]);
+    for a in atts.iter().filter(|a| a.name == "disk_attachment") {
+        let Some(d) = a.get("disk") else { continue };
+        let id = d.id().ok_or_else(|| {
+            ApiError::bad("Cannot add VM. A <disk_attachment> names its <disk id>.")
+        })?;
+        let td = inv
+            .disks
+            .get(id)
+            .filter(|x| x.template.as_deref() == Some(template))
+            .ok_or_else(|| {
+                ApiError::bad(format!(
+                    "Cannot add VM. Disk {id} is not a disk of the VM's template."
+                ))
+            })?;
+        for sd in d
+            .get("storage_domains")
+            .map(|l| l.children.as_slice())
+            .unwrap_or(&[])
+        {
+            let sid = ref_id(
+                Some(sd),
+                |x| {
+                    inv.storage_domains
+                        .values()
+                        .find(|s| s.name == x)
+                        .map(|s| s.id.clone())
+                },
+                "storage_domain",
+            )?
+            .unwrap_or_default();
+            if sid != td.storage_domain {
+                return Err(ApiError::bad(format!(
+                    "Cannot add VM. The template's disk {} is on storage domain {} only (Halyard keeps one copy of a template's disk); its VM disk is made there.",
+                    td.name, td.storage_domain
+                )));
+            }
+        }
+        if let Some(f) = d.text_of("format") {
+            match (f, clone) {
+                ("cow", _) | ("raw", true) => {}
+                ("raw", false) => {
+                    return Err(ApiError::bad(format!(
+                        "Cannot add VM. A thin disk on template disk {} is a qcow2 layer: format raw needs clone=true.",
+                        td.name
+                    )))
+                }
+                _ => {
+                    return Err(ApiError::bad(format!(
+                        "disk format must be raw or cow, got {f:?}"
+                    )))
+                }
+            }
+            out.insert(id.to_string(), f.to_string());
+        }
+    }
+    Ok(out)
+}
+
 /// The data center of the cluster a `<vm>` document names.
 fn inv_dc_of_cluster(m: &Arc<Manager>, n: &Node) -> Result<Option<String>, ApiError> {
     let inv = m.read();
@@ -1627,9 +1701,11 @@ pub(super) async fn new_vm(
                 if x == "Blank" {
                     Some(BLANK_TEMPLATE.to_string())
                 } else {
+                    // By name: the base version (its versions share the name).
                     inv.templates
                         .values()
-                        .find(|t| t.name == x)
+                        .filter(|t| t.name == x)
+                        .min_by_key(|t| t.version_number)
                         .map(|t| t.id.clone())
                 }
             },
@@ -1758,9 +1834,13 @@ pub(super) async fn new_vm(
         console_enabled: console_of(n)?,
         numa_nodes: Vec::new(),
     };
+    let formats = vm_disk_formats(&m.read(), n, &vm.template, clone)?;
     m.insert(&vm).await?;
     if tpl.is_some() {
-        if let Err(e) = m.create_disks_from_template(&vm, &vm.template, clone).await {
+        if let Err(e) = m
+            .create_disks_from_template(&vm, &vm.template, clone, &formats)
+            .await
+        {
             // Nothing of the VM stays when its disks cannot be made.
             let _ = m.remove::<Vm>(&vm.id).await;
             return Err(e.into());

@@ -648,12 +648,21 @@ pub fn template(t: &Template) -> Node {
         .with(os)
         .with(Node::leaf("status", &t.status))
         .with(Node::leaf("type", "server"))
-        .with(
+        .with({
+            let base = t.base_template.as_deref().unwrap_or(&t.id);
+            let name = match (&t.base_template, t.version_name.as_str()) {
+                (None, "") => "base version",
+                (_, n) => n,
+            };
             Node::new("version")
-                .with(Node::leaf("version_name", "base version"))
-                .with(Node::leaf("version_number", 1))
-                .with(Node::reference("base_template", &hr, &t.id)),
-        )
+                .with(Node::leaf("version_name", name))
+                .with(Node::leaf("version_number", t.version_number))
+                .with(Node::reference(
+                    "base_template",
+                    &href("templates", base),
+                    base,
+                ))
+        })
         .with(Node::reference(
             "cluster",
             &href("clusters", &t.cluster),

@@ -51,6 +51,8 @@ const TEMPLATE_ADD: &[&str] = &[
     "vm/name",
     "vm/disk_attachments/disk/format",
     "vm/disk_attachments/disk/sparse",
+    "version/base_template",
+    "version/version_name",
 ];
 
 /// Storage routes; None for paths that are not storage's.
@@ -660,8 +662,48 @@ async fn add_template(m: &Arc<Manager>, r: &Req) -> Out {
     };
     check_id(&vm)?;
     let formats = template_disk_formats(&n)?;
+    let version = n.get("version");
+    let base = match version.and_then(|v| v.get("base_template")) {
+        None => None,
+        Some(b) => {
+            let inv = m.read();
+            let id = ref_id(
+                Some(b),
+                |x| {
+                    inv.templates
+                        .values()
+                        .find(|t| t.name == x && t.base_template.is_none())
+                        .map(|t| t.id.clone())
+                },
+                "base_template",
+            )?
+            .unwrap_or_default();
+            check_id(&id)?;
+            Some(id)
+        }
+    };
+    let vname = version
+        .and_then(|v| v.text_of("version_name"))
+        .unwrap_or("")
+        .to_string();
+    if vname.len() > 255 || vname.chars().any(char::is_control) {
+        return Err(ApiError::bad(
+            "version_name: at most 255 printable characters",
+        ));
+    }
+    if base.is_none() && version.is_some() {
+        return Err(ApiError::bad(
+            "Cannot add Template. A <version> names its <base_template>.",
+        ));
+    }
     let t = m
-        .create_template(&name, n.text_of("description").unwrap_or(""), &vm, &formats)
+        .create_template(
+            &name,
+            n.text_of("description").unwrap_or(""),
+            &vm,
+            &formats,
+            base.as_deref().map(|b| (b, vname.as_str())),
+        )
         .await?;
     Ok((StatusCode::CREATED, render::template(&t)))
 }

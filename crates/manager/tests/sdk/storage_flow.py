@@ -185,6 +185,28 @@ templates = system.templates_service()
 t = templates.add(types.Template(name=VM + "-tpl", vm=types.Vm(id=vm.id)))
 wait("the template to be ok", lambda: templates.template_service(t.id).get().status == types.TemplateStatus.OK, timeout=300)
 step("template %s ok" % t.name)
+# A second version of it, with a COW copy of the disk; a base with versions stays.
+src_disk = vm_service.disk_attachments_service().list()[0].disk.id
+t2 = templates.add(types.Template(name="ignored", vm=types.Vm(id=vm.id, disk_attachments=[
+    types.DiskAttachment(disk=types.Disk(id=src_disk, format=types.DiskFormat.COW, sparse=True))]),
+    version=types.TemplateVersion(base_template=types.Template(id=t.id), version_name="second")))
+wait("version 2 to be ok", lambda: templates.template_service(t2.id).get().status == types.TemplateStatus.OK, timeout=300)
+t2 = templates.template_service(t2.id).get()
+assert t2.name == t.name and t2.version.version_number == 2 and t2.version.version_name == "second", t2.version
+assert t2.version.base_template.id == t.id
+t2disk = conn.follow_link(templates.template_service(t2.id).disk_attachments_service().list()[0].disk)
+assert t2disk.format == types.DiskFormat.COW, t2disk.format
+assert sorted(x.version.version_number for x in templates.list(search="name=%s" % t.name)) == [1, 2]
+refused("a version of a version", lambda: templates.add(types.Template(name=t.name, vm=types.Vm(id=vm.id),
+        version=types.TemplateVersion(base_template=types.Template(id=t2.id)))), 400)
+refused("removing a base template with versions", lambda: templates.template_service(t.id).remove(), 409)
+refused("a raw thin disk on a template", lambda: vms.add(types.Vm(name="rawthin", cluster=types.Cluster(name="Default"),
+        template=types.Template(id=t2.id), disk_attachments=[types.DiskAttachment(disk=types.Disk(id=t2disk.id, format=types.DiskFormat.RAW))])), 400)
+refused("a disk of another template", lambda: vms.add(types.Vm(name="otherdisk", cluster=types.Cluster(name="Default"),
+        template=types.Template(id=t.id), disk_attachments=[types.DiskAttachment(disk=types.Disk(id=t2disk.id))])), 400)
+templates.template_service(t2.id).remove()
+wait("version 2 gone", lambda: [x.id for x in templates.list(search="name=%s" % t.name)] == [t.id])
+step("template version 2 (COW copy) made, checked and removed")
 
 vm2 = vms.add(types.Vm(name=VM2, cluster=types.Cluster(name="Default"), template=types.Template(name=t.name)))
 vm2_service = vms.vm_service(vm2.id)
