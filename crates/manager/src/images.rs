@@ -704,6 +704,87 @@ impl Manager {
         .await
     }
 
+    /// Grows a disk's virtual size (oVirt's extend: the leaf volume's, by the SPM's
+    /// Volume.extendSize). The disk is locked until the task ends; it keeps its size
+    /// if the task fails. Only disks of down VMs (or floating ones) for now: a running
+    /// VM would also need VM.diskSizeExtend on its host.
+    pub async fn extend_disk(self: &Arc<Self>, id: &str, new_size: u64) -> Result<Disk> {
+        let _g = self.write_lock.lock().await;
+        let d = {
+            let inv = self.read();
+            let d = inv
+                .disks
+                .get(id)
+                .cloned()
+                .ok_or_else(|| StorageOpError::NotFound(format!("Disk {id} not found")))?;
+            if d.template.is_some() {
+                return Err(StorageOpError::Conflict(format!(
+                    "Cannot edit Virtual Disk {}: it is a template's disk.",
+                    d.name
+                )));
+            }
+            if d.status != "ok" {
+                return Err(StorageOpError::Conflict(format!(
+                    "Cannot edit Virtual Disk {}: it is {}.",
+                    d.name, d.status
+                )));
+            }
+            if new_size < d.provisioned_size {
+                return Err(StorageOpError::Bad(format!(
+                    "Cannot edit Virtual Disk {}. New disk size cannot be smaller than the current ({} bytes).",
+                    d.name, d.provisioned_size
+                )));
+            }
+            if new_size > MAX_DISK_BYTES {
+                return Err(StorageOpError::Bad(format!(
+                    "provisioned_size must be at most {} TiB, got {new_size}",
+                    MAX_DISK_BYTES >> 40
+                )));
+            }
+            if let Some(v) = d.vm.as_ref().and_then(|v| inv.vms.get(v)) {
+                if v.status != "down" {
+                    return Err(StorageOpError::Conflict(format!(
+                        "Cannot extend disk {} while VM {} is {}: Halyard extends disks of down VMs only, for now.",
+                        d.name, v.name, v.status
+                    )));
+                }
+            }
+            d
+        };
+        if new_size == d.provisioned_size {
+            return Ok(d);
+        }
+        let dc = self.dc_of_domain(&d.storage_domain);
+        let job = self
+            .start_job(format!("Extending disk {} to {new_size} bytes", d.name))
+            .await;
+        self.update(id, |x: &mut Disk| x.status = "locked".into())
+            .await
+            .map_err(failed)?;
+        let mut task = StorageTask::for_disk(&d, &dc, "extend_volume", &job, None);
+        task.new_size = Some(new_size);
+        self.add_step(
+            &job,
+            &task.id,
+            format!("Extending volume {} of disk {}", d.leaf(), d.name),
+        )
+        .await;
+        let sent = self
+            .submit_task(
+                task,
+                "Volume.extendSize",
+                json!({"storagepoolID": dc, "storagedomainID": d.storage_domain, "imageID": d.id,
+                       "volumeID": d.leaf(), "newSize": new_size.to_string()}),
+            )
+            .await;
+        if let Err(e) = sent {
+            let _ = self.update(id, |x: &mut Disk| x.status = "ok".into()).await;
+            self.finish_job(&job, false).await;
+            return Err(e);
+        }
+        Ok(self.read().disks.get(id).cloned().unwrap_or(d))
+    }
+
     /// Removes a template that no VM uses; its disks are deleted by SPM tasks.
     pub async fn remove_template(self: &Arc<Self>, id: &str) -> Result<()> {
         let t = {

@@ -563,7 +563,7 @@ fn first_version() -> u32 {
 pub struct StorageTask {
     pub id: String,
     pub data_center: String,
-    /// create_volume, copy_volume, delete_image
+    /// create_volume, copy_volume, delete_image, extend_volume, create_snapshot_volume
     pub kind: String,
     pub domain: String,
     pub image: String,
@@ -581,6 +581,9 @@ pub struct StorageTask {
     #[serde(default)]
     pub owner: Option<(String, String)>,
     pub created: i64,
+    /// extend_volume: the disk's size once it ended well.
+    #[serde(default)]
+    pub new_size: Option<u64>,
 }
 
 impl StorageTask {
@@ -605,6 +608,7 @@ impl StorageTask {
             job: job.to_string(),
             owner,
             created: now_ms(),
+            new_size: None,
         }
     }
 }
@@ -928,13 +932,17 @@ impl Inventory {
     pub fn dc_by_name(&self, name: &str) -> Option<&DataCenter> {
         self.data_centers.values().find(|c| c.name == name)
     }
+    /// A VM's disks, in the order they were made (as oVirt lists them).
     pub fn disks_of(&self, vm: &str) -> Vec<&Disk> {
-        self.disks_by_vm
+        let mut v: Vec<&Disk> = self
+            .disks_by_vm
             .get(vm)
             .into_iter()
             .flatten()
             .filter_map(|id| self.disks.get(id))
-            .collect()
+            .collect();
+        v.sort_by(|a, b| (a.creation_time, &a.id).cmp(&(b.creation_time, &b.id)));
+        v
     }
     /// Hosts of a data center (through their clusters).
     pub fn hosts_of_dc(&self, dc: &str) -> Vec<&Host> {

@@ -1088,6 +1088,16 @@ impl Manager {
                         .await;
                 }
             }
+            "extend_volume" => {
+                let _ = self
+                    .update(&t.disk, |d: &mut Disk| {
+                        if let (true, Some(n)) = (ok, t.new_size) {
+                            d.provisioned_size = n;
+                        }
+                        d.status = "ok".into();
+                    })
+                    .await;
+            }
             "create_snapshot_volume" => {
                 let _ = self
                     .update(&t.disk, |d: &mut Disk| {
@@ -1114,7 +1124,24 @@ impl Manager {
             }
         }
         let name = disk.as_ref().map(|d| d.name.clone()).unwrap_or_default();
+        let gib = |n: Option<u64>| n.unwrap_or(0) as f64 / (1u64 << 30) as f64;
         let (code, sev, text) = match (t.kind.as_str(), ok) {
+            ("extend_volume", true) => (
+                371,
+                "normal",
+                format!(
+                    "Size of the disk '{name}' was successfully updated to {} GB by admin@internal.",
+                    gib(t.new_size)
+                ),
+            ),
+            ("extend_volume", false) => (
+                370,
+                "error",
+                format!(
+                    "Failed to extend size of the disk '{name}' to {} GB, User: admin@internal.",
+                    gib(t.new_size)
+                ),
+            ),
             ("delete_image", true) => (2014, "normal", format!("Disk {name} was removed.")),
             ("delete_image", false) => (
                 2015,

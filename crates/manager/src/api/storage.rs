@@ -255,10 +255,17 @@ pub async fn route(m: &Arc<Manager>, r: &Req, s: &[&str]) -> Option<Out> {
         },
         ["templates", id, "diskattachments"] if get => {
             let inv = m.read();
+            // In the order of the VM's disks they were copied from.
+            let order = inv
+                .templates
+                .get(*id)
+                .map(|t| t.disks.as_slice())
+                .unwrap_or(&[]);
             ok(list(
                 "disk_attachments",
-                inv.disks
-                    .values()
+                order
+                    .iter()
+                    .filter_map(|d| inv.disks.get(d))
                     .filter(|d| d.template.as_deref() == Some(*id))
                     .map(|d| render::disk_attachment(d, "templates", id))
                     .collect(),
@@ -754,10 +761,16 @@ fn template_disk_formats(n: &Node) -> Result<std::collections::HashMap<String, S
     Ok(out)
 }
 
-/// What updating a disk acts on: its names. (A larger `provisioned_size` — extending
-/// it — comes with the snapshots and disks work; it is refused naming the element.)
-const DISK_UPDATE: &[&str] = &["name", "alias", "description", "id"];
-const ATTACHMENT_UPDATE: &[&str] = &["active", "bootable", "interface", "id"];
+/// What updating a disk acts on: its names, and a larger `provisioned_size` (extending
+/// it).
+const DISK_UPDATE: &[&str] = &["name", "alias", "description", "provisioned_size", "id"];
+const ATTACHMENT_UPDATE: &[&str] = &[
+    "active",
+    "bootable",
+    "interface",
+    "disk/provisioned_size",
+    "id",
+];
 const NAMED_UPDATE: &[&str] = &["name", "description", "id"];
 
 /// A stored object with a name and a description.
@@ -834,6 +847,9 @@ async fn update_disk(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
         check_name(x, "disk")?;
     }
     let desc = n.text_of("description").map(str::to_string);
+    if let Some(size) = parse_u64(&n, "provisioned_size")? {
+        m.extend_disk(id, size).await?;
+    }
     let d = m
         .update(id, |d: &mut Disk| {
             if let Some(x) = &name {
@@ -883,6 +899,13 @@ async fn update_attachment(m: &Arc<Manager>, vm: &str, d: &str, r: &Req) -> Out 
                 "Cannot edit the disk attachment while the VM runs (Halyard does not hot-change devices, nor hot-plug or hot-unplug disks, yet)",
             ));
         }
+    }
+    let size = match n.get("disk") {
+        Some(x) => parse_u64(x, "provisioned_size")?,
+        None => None,
+    };
+    if let Some(size) = size {
+        m.extend_disk(d, size).await?;
     }
     let x = m
         .update(d, |x: &mut Disk| {

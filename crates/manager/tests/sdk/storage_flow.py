@@ -222,8 +222,12 @@ extra = system.disks_service().add(types.Disk(name=VM2 + "_extra", format=types.
 wait("the extra disk to be ok", lambda: system.disks_service().disk_service(extra.id).get().status == types.DiskStatus.OK)
 system.disks_service().disk_service(extra.id).update(types.Disk(name=VM2 + "_renamed"))
 assert system.disks_service().disk_service(extra.id).get().name == VM2 + "_renamed"
-refused("extending a disk (not done yet)", lambda: system.disks_service().disk_service(extra.id).update(
-    types.Disk(provisioned_size=128 * 2**20)), 400)
+system.disks_service().disk_service(extra.id).update(types.Disk(provisioned_size=128 * 2**20))
+wait("the extended disk to be ok", lambda: system.disks_service().disk_service(extra.id).get().status == types.DiskStatus.OK)
+assert system.disks_service().disk_service(extra.id).get().provisioned_size == 128 * 2**20
+refused("shrinking a disk", lambda: system.disks_service().disk_service(extra.id).update(
+    types.Disk(provisioned_size=64 * 2**20)), 400)
+step("a disk extended from 64 to 128 MiB (Volume.extendSize on the SPM)")
 vm2_service.disk_attachments_service().add(types.DiskAttachment(disk=types.Disk(id=extra.id), interface=types.DiskInterface.VIRTIO, bootable=False, active=True))
 att = vm2_service.disk_attachments_service().attachment_service(extra.id)
 att.update(types.DiskAttachment(interface=types.DiskInterface.VIRTIO_SCSI))
@@ -239,6 +243,8 @@ refused("removing a template in use", lambda: templates.template_service(t.id).r
 vm2_service.start()
 wait("the VM from the template to be up", lambda: vm2_service.get().status == types.VmStatus.UP)
 step("vm from the template up")
+refused("extending a disk of a running VM", lambda: vm2_service.disk_attachments_service().attachment_service(d2.id).update(
+    types.DiskAttachment(disk=types.Disk(provisioned_size=d2.provisioned_size * 2))), 409)
 vm2_service.stop()
 wait("it to be down", lambda: vm2_service.get().status == types.VmStatus.DOWN)
 
