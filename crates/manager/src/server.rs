@@ -338,6 +338,10 @@ async fn api(State(m): State<Arc<Manager>>, req: Request<Body>) -> Response {
             body,
             json_body,
             format: f,
+            all_content_header: headers
+                .get("all-content")
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.trim().to_ascii_lowercase()),
         },
         f,
     )

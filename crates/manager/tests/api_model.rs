@@ -237,6 +237,31 @@ async fn input_halyard_does_not_act_on_is_refused() {
         !b.contains("<initialization>"),
         "only with all_content: {b}"
     );
+    // The All-Content header too (as oVirt reads it); the parameter wins.
+    let (code, b) = m
+        .api_with(
+            &t,
+            "GET",
+            &format!("/vms/{vm}"),
+            "",
+            &[("All-Content", "true")],
+        )
+        .await;
+    assert!(code == 200 && b.contains("ovf:Envelope"), "{b}");
+    let (_, b) = m
+        .api_with(
+            &t,
+            "GET",
+            &format!("/vms/{vm}?all_content=false"),
+            "",
+            &[("All-Content", "true")],
+        )
+        .await;
+    assert!(!b.contains("<initialization>"), "{b}");
+    let (code, _) = m
+        .api_with(&t, "GET", "/vms", "", &[("All-Content", "maybe")])
+        .await;
+    assert_eq!(code, 400);
     assert!(b.contains("<name>strict</name>"), "nothing changed: {b}");
     assert!(!b.contains("<serial_number>"), "nothing changed: {b}");
     // What is acted on is stored and shown.

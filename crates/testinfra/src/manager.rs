@@ -502,17 +502,31 @@ impl ManagerProc {
 
     /// An API request with a token; returns (status, body).
     pub async fn api(&self, token: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+        self.api_with(token, method, path, body, &[]).await
+    }
+
+    /// [`ManagerProc::api`] with more request headers.
+    pub async fn api_with(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: &str,
+        more: &[(&str, &str)],
+    ) -> (u16, String) {
         let auth = format!("Bearer {token}");
+        let mut headers = vec![
+            ("Authorization", auth.as_str()),
+            ("Version", "4"),
+            ("Content-Type", "application/xml"),
+            ("Accept", "application/xml"),
+        ];
+        headers.extend_from_slice(more);
         let r = halyard_client::http::request(
             self.tls(),
             method,
             &format!("{}{path}", self.api_url()),
-            &[
-                ("Authorization", &auth),
-                ("Version", "4"),
-                ("Content-Type", "application/xml"),
-                ("Accept", "application/xml"),
-            ],
+            &headers,
             body.as_bytes(),
         )
         .await

@@ -129,12 +129,19 @@ pub struct Req {
     pub json_body: bool,
     /// The answer's format.
     pub format: Format,
+    /// The `All-Content` header (oVirt reads it as well as the query parameter).
+    pub all_content_header: Option<String>,
 }
 
 impl Req {
-    /// `all_content=true|false` (oVirt's query parameter; default false).
+    /// `all_content=true|false` (oVirt's query parameter, or its `All-Content`
+    /// header; the parameter wins; default false).
     pub(super) fn all_content(&self) -> Result<bool, ApiError> {
-        match self.query.get("all_content").map(String::as_str) {
+        let v = self
+            .query
+            .get("all_content")
+            .or(self.all_content_header.as_ref());
+        match v.map(String::as_str) {
             None | Some("false") => Ok(false),
             Some("true") => Ok(true),
             Some(v) => Err(ApiError::bad(format!(
