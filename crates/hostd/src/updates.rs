@@ -58,6 +58,19 @@ pub fn parse_simulation(out: &str, prefixes: &[String]) -> Vec<String> {
     found
 }
 
+/// Runs `cmd` for at most `limit`; past it the child is killed (`kill_on_drop`).
+async fn bounded(
+    mut cmd: tokio::process::Command,
+    limit: Duration,
+) -> Result<std::process::Output, String> {
+    let name = cmd.as_std().get_program().to_string_lossy().into_owned();
+    cmd.kill_on_drop(true);
+    tokio::time::timeout(limit, cmd.output())
+        .await
+        .map_err(|_| format!("{name} took over {} s", limit.as_secs_f32()))?
+        .map_err(|e| format!("{name}: {e}"))
+}
+
 /// Runs the simulation and reads it.
 pub async fn available(prefixes: &[String]) -> Result<AvailableUpdates, RpcError> {
     let fail = |e: String| errors::GENERAL.rpc(Some(&format!("cannot check for updates: {e}")));
@@ -66,10 +79,7 @@ pub async fn available(prefixes: &[String]) -> Result<AvailableUpdates, RpcError
         .env("LC_ALL", "C")
         .kill_on_drop(true)
         .stdin(std::process::Stdio::null());
-    let out = tokio::time::timeout(TIMEOUT, cmd.output())
-        .await
-        .map_err(|_| fail(format!("apt-get took over {} s", TIMEOUT.as_secs())))?
-        .map_err(|e| fail(format!("apt-get: {e}")))?;
+    let out = bounded(cmd, TIMEOUT).await.map_err(fail)?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         return Err(fail(format!(
@@ -86,6 +96,27 @@ pub async fn available(prefixes: &[String]) -> Result<AvailableUpdates, RpcError
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The limit of the check (TIMEOUT, 120 s, for apt-get): a command that hangs is
+    /// stopped at the limit and killed, and the check fails saying so.
+    #[tokio::test]
+    async fn a_hanging_command_is_stopped_at_the_limit() {
+        let mut cmd = tokio::process::Command::new("sleep");
+        cmd.arg("30");
+        let t0 = std::time::Instant::now();
+        let e = bounded(cmd, Duration::from_millis(300))
+            .await
+            .expect_err("stopped");
+        assert!(e.contains("sleep took over 0.3 s"), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+        let ok = bounded(
+            tokio::process::Command::new("true"),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("true");
+        assert!(ok.status.success());
+    }
 
     fn platform() -> Vec<String> {
         PLATFORM.iter().map(|p| p.to_string()).collect()
