@@ -18,6 +18,16 @@ type Result<T> = std::result::Result<T, StorageOpError>;
 /// Versions of one template, at most.
 pub const MAX_TEMPLATE_VERSIONS: u32 = 1000;
 
+/// What a volume copy makes: a template's shared volume or a VM's leaf.
+struct CopyTo {
+    /// Who finishes when the copy ended (a template).
+    owner: Option<(String, String)>,
+    vol_type: i64,
+    /// The job step's text.
+    step: String,
+    desc: String,
+}
+
 /// A new disk as the API describes it.
 #[derive(Debug, Clone)]
 pub struct NewDisk {
@@ -570,27 +580,17 @@ impl Manager {
         for (src, td) in copies {
             self.insert(&td).await.map_err(failed)?;
             let dc = self.dc_of_domain(&src.storage_domain);
-            let task = StorageTask::for_disk(
+            self.copy_volume_task(
+                &src,
                 &td,
                 &dc,
-                "copy_volume",
                 &job,
-                Some(("template".into(), t.id.clone())),
-            );
-            self.add_step(
-                &job,
-                &task.id,
-                format!("Copying disk {} into the template", src.name),
-            )
-            .await;
-            self.submit_task(
-                task,
-                "Volume.copy",
-                json!({"volumeID": src.leaf(), "storagepoolID": dc, "storagedomainID": src.storage_domain,
-                       "imageID": src.id, "dstSdUUID": td.storage_domain, "dstImgUUID": td.id,
-                       "dstVolUUID": td.leaf(), "desc": format!("template {name}"), "volType": SHARED_VOLUME,
-                       "volFormat": if td.format == "cow" { VOL_COW } else { VOL_RAW },
-                       "preallocate": SPARSE, "postZero": false, "force": false}),
+                CopyTo {
+                    owner: Some(("template".into(), t.id.clone())),
+                    vol_type: SHARED_VOLUME,
+                    step: format!("Copying disk {} into the template", src.name),
+                    desc: format!("template {name}"),
+                },
             )
             .await?;
         }
@@ -663,7 +663,13 @@ impl Manager {
             self.insert(&d).await.map_err(failed)?;
             let dc = self.dc_of_domain(&d.storage_domain);
             let made = if clone {
-                self.copy_volume_task(&td, &d, &dc, &job).await
+                let to = CopyTo {
+                    owner: None,
+                    vol_type: LEAF_VOLUME,
+                    step: format!("Copying disk {} into disk {}", td.name, d.name),
+                    desc: format!("disk {}", d.name),
+                };
+                self.copy_volume_task(&td, &d, &dc, &job, to).await
             } else {
                 self.create_volume_task(&d, &dc, &job, None, None, "create_volume")
                     .await
@@ -676,28 +682,24 @@ impl Manager {
         Ok(())
     }
 
-    /// An SPM task copying `src`'s chain into the new standalone leaf volume of `dst`
-    /// (same domain), in `dst`'s format.
+    /// An SPM task copying `src`'s chain into the new standalone volume of `dst` (same
+    /// domain), in `dst`'s format.
     async fn copy_volume_task(
         self: &Arc<Self>,
         src: &Disk,
         dst: &Disk,
         dc: &str,
         job: &str,
+        to: CopyTo,
     ) -> Result<()> {
-        let task = StorageTask::for_disk(dst, dc, "copy_volume", job, None);
-        self.add_step(
-            job,
-            &task.id,
-            format!("Copying disk {} into disk {}", src.name, dst.name),
-        )
-        .await;
+        let task = StorageTask::for_disk(dst, dc, "copy_volume", job, to.owner);
+        self.add_step(job, &task.id, to.step).await;
         self.submit_task(
             task,
             "Volume.copy",
             json!({"volumeID": src.leaf(), "storagepoolID": dc, "storagedomainID": src.storage_domain,
                    "imageID": src.id, "dstSdUUID": dst.storage_domain, "dstImgUUID": dst.id,
-                   "dstVolUUID": dst.leaf(), "desc": format!("disk {}", dst.name), "volType": LEAF_VOLUME,
+                   "dstVolUUID": dst.leaf(), "desc": to.desc, "volType": to.vol_type,
                    "volFormat": if dst.format == "cow" { VOL_COW } else { VOL_RAW },
                    "preallocate": SPARSE, "postZero": false, "force": false}),
         )

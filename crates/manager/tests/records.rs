@@ -9,6 +9,15 @@ fn doc(b: &str) -> Node {
     Node::parse_xml(b.as_bytes()).unwrap_or_else(|e| panic!("{e}: {b}"))
 }
 
+/// The id of the first `tag` of a list answer.
+fn first_id(b: &str, tag: &str, what: &str) -> String {
+    doc(b)
+        .all(tag)
+        .next()
+        .and_then(|x| x.id().map(str::to_string))
+        .unwrap_or_else(|| panic!("no {what} in {b}"))
+}
+
 fn names(b: &str, tag: &str) -> Vec<String> {
     doc(b)
         .all(tag)
@@ -145,11 +154,7 @@ async fn declared_collections_are_real() {
     )
     .await;
     assert_eq!(doc(&b).all("user").count(), 1, "{b}");
-    let admin = doc(&b)
-        .all("user")
-        .next()
-        .and_then(|u| u.id().map(str::to_string))
-        .expect("admin");
+    let admin = first_id(&b, "user", "admin");
     let (c, b) = api("POST", "/users".into(), "<user><user_name>eve@internal-authz</user_name><domain><name>internal-authz</name></domain></user>".into()).await;
     assert_eq!(c, 404, "{b}");
     let (_, b) = api("GET", "/domains".into(), String::new()).await;
@@ -198,11 +203,7 @@ async fn declared_collections_are_real() {
         String::new(),
     )
     .await;
-    let cluster = doc(&b)
-        .all("cluster")
-        .next()
-        .and_then(|c| c.id().map(str::to_string))
-        .expect("cluster");
+    let cluster = first_id(&b, "cluster", "cluster");
     let (c, b) = api(
         "PUT",
         format!("/clusters/{cluster}"),
@@ -258,11 +259,7 @@ async fn declared_collections_are_real() {
         String::new(),
     )
     .await;
-    let net = doc(&b)
-        .all("network")
-        .next()
-        .and_then(|n| n.id().map(str::to_string))
-        .expect("net");
+    let net = first_id(&b, "network", "net");
     let (_, b) = api(
         "GET",
         format!("/networks/{net}/vnicprofiles"),
@@ -354,11 +351,7 @@ async fn declared_collections_are_real() {
         String::new(),
     )
     .await;
-    let dc = doc(&b)
-        .all("data_center")
-        .next()
-        .and_then(|c| c.id().map(str::to_string))
-        .expect("dc");
+    let dc = first_id(&b, "data_center", "dc");
     let (c, b) = api(
         "POST",
         format!("/datacenters/{dc}/quotas"),
@@ -636,11 +629,7 @@ async fn directory_principals_and_who_may_log_in() {
         200
     );
     let (_, b) = api("GET", "/datacenters".into(), String::new()).await;
-    let dc = doc(&b)
-        .all("data_center")
-        .next()
-        .and_then(|d| d.id().map(str::to_string))
-        .expect("dc");
+    let dc = first_id(&b, "data_center", "dc");
     let (c, b) = api(
         "POST",
         format!("/users/{alice}/permissions"),
@@ -666,11 +655,7 @@ async fn directory_principals_and_who_may_log_in() {
         String::new(),
     )
     .await;
-    let net = doc(&b)
-        .all("network")
-        .next()
-        .and_then(|d| d.id().map(str::to_string))
-        .expect("ovirtmgmt");
+    let net = first_id(&b, "network", "ovirtmgmt");
     let (c, b) = api(
         "POST",
         format!("/networks/{net}/permissions"),
