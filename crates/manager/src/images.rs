@@ -842,38 +842,98 @@ impl Manager {
 
     /// Drive XML and ovirt-vm metadata for a VM's disks (the host prepares the images
     /// named by pool, domain, image and volume).
-    pub fn drives_xml(&self, vm: &str) -> (String, String) {
+    pub fn drives_xml(&self, vm: &str) -> std::result::Result<(String, String), String> {
         let inv = self.read();
-        let disks = plugged_disks(&inv, vm);
-        let mut devices = String::new();
-        let mut meta = String::new();
-        for (i, d) in disks.iter().enumerate() {
-            let dev = format!("vd{}", (b'a' + (i as u8).min(25)) as char);
-            let dc = inv
-                .storage_domains
-                .get(&d.storage_domain)
-                .and_then(|s| s.data_center.clone())
-                .unwrap_or_default();
-            let fmt = if d.format == "cow" || d.volumes.len() > 1 || d.template_base.is_some() {
-                "qcow2"
-            } else {
-                "raw"
-            };
-            devices.push_str(&format!(
-                "<disk type=\"file\" device=\"disk\"><driver name=\"qemu\" type=\"{fmt}\" cache=\"none\" error_policy=\"stop\" io=\"threads\"/><source file=\"/rhev/data-center/{dc}/{sd}/images/{img}/{vol}\"/><target dev=\"{dev}\" bus=\"virtio\"/><serial>{img}</serial><alias name=\"ua-{img}\"/></disk>",
-                sd = d.storage_domain,
-                img = d.id,
-                vol = d.leaf(),
-            ));
-            meta.push_str(&format!(
-                "<ovirt-vm:device devtype=\"disk\" name=\"{dev}\"><ovirt-vm:poolID>{dc}</ovirt-vm:poolID><ovirt-vm:domainID>{sd}</ovirt-vm:domainID><ovirt-vm:imageID>{img}</ovirt-vm:imageID><ovirt-vm:volumeID>{vol}</ovirt-vm:volumeID></ovirt-vm:device>",
-                sd = d.storage_domain,
-                img = d.id,
-                vol = d.leaf(),
+        drives_of(&inv, &plugged_disks(&inv, vm))
+    }
+}
+
+/// Most IDE disks of a VM (two buses of two units on the i440fx machine).
+pub const MAX_IDE_DISKS: usize = 4;
+/// Most disks of one bus kind (device names vda..vdz, sda..sdz).
+pub const MAX_BUS_DISKS: usize = 26;
+
+/// The domain XML's disk devices and their ovirt-vm metadata, on the bus each disk's
+/// interface asks for (as oVirt's LibvirtVmXmlBuilder writes them): `virtio` is
+/// virtio-blk (`vdX`), `virtio_scsi` a disk on the VM's virtio-scsi controller
+/// (`sdX`, the controller added once), `sata` on the AHCI controller (`sdX`), `ide`
+/// on the machine's IDE controller (`hdX`, at most four).
+pub fn drives_of(
+    inv: &Inventory,
+    disks: &[&Disk],
+) -> std::result::Result<(String, String), String> {
+    let mut devices = String::new();
+    let mut meta = String::new();
+    let (mut vd, mut sd, mut hd) = (0usize, 0usize, 0usize);
+    let (mut scsi, mut sata) = (false, false);
+    for d in disks {
+        let (bus, dev) = match d.interface.as_str() {
+            "virtio_scsi" | "sata" => {
+                if d.interface == "sata" {
+                    sata = true;
+                } else {
+                    scsi = true;
+                }
+                sd += 1;
+                (
+                    if d.interface == "sata" {
+                        "sata"
+                    } else {
+                        "scsi"
+                    },
+                    ("sd", sd),
+                )
+            }
+            "ide" => {
+                hd += 1;
+                if hd > MAX_IDE_DISKS {
+                    return Err(format!(
+                        "the VM has more than {MAX_IDE_DISKS} IDE disks (the machine has two IDE buses of two units)"
+                    ));
+                }
+                ("ide", ("hd", hd))
+            }
+            _ => {
+                vd += 1;
+                ("virtio", ("vd", vd))
+            }
+        };
+        if dev.1 > MAX_BUS_DISKS {
+            return Err(format!(
+                "the VM has more than {MAX_BUS_DISKS} disks on the {bus} bus"
             ));
         }
-        (devices, meta)
+        let dev = format!("{}{}", dev.0, (b'a' + (dev.1 - 1) as u8) as char);
+        let dc = inv
+            .storage_domains
+            .get(&d.storage_domain)
+            .and_then(|s| s.data_center.clone())
+            .unwrap_or_default();
+        let fmt = if d.format == "cow" || d.volumes.len() > 1 || d.template_base.is_some() {
+            "qcow2"
+        } else {
+            "raw"
+        };
+        devices.push_str(&format!(
+            "<disk type=\"file\" device=\"disk\"><driver name=\"qemu\" type=\"{fmt}\" cache=\"none\" error_policy=\"stop\" io=\"threads\"/><source file=\"/rhev/data-center/{dc}/{sd}/images/{img}/{vol}\"/><target dev=\"{dev}\" bus=\"{bus}\"/><serial>{img}</serial><alias name=\"ua-{img}\"/></disk>",
+            sd = d.storage_domain,
+            img = d.id,
+            vol = d.leaf(),
+        ));
+        meta.push_str(&format!(
+            "<ovirt-vm:device devtype=\"disk\" name=\"{dev}\"><ovirt-vm:poolID>{dc}</ovirt-vm:poolID><ovirt-vm:domainID>{sd}</ovirt-vm:domainID><ovirt-vm:imageID>{img}</ovirt-vm:imageID><ovirt-vm:volumeID>{vol}</ovirt-vm:volumeID></ovirt-vm:device>",
+            sd = d.storage_domain,
+            img = d.id,
+            vol = d.leaf(),
+        ));
     }
+    if scsi {
+        devices.push_str("<controller type=\"scsi\" index=\"0\" model=\"virtio-scsi\"/>");
+    }
+    if sata {
+        devices.push_str("<controller type=\"sata\" index=\"0\"/>");
+    }
+    Ok((devices, meta))
 }
 
 /// The disks a VM starts with, in device order (bootable first, then by age): a

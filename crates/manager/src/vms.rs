@@ -470,7 +470,9 @@ impl Manager {
                 .await
                 .ok_or_else(|| VmError::Failed("the chosen host is not connected".into()))?;
             let nics = self.read().plugged_nics(id);
-            let drives = self.drives_xml(id);
+            let drives = self
+                .drives_xml(id)
+                .map_err(|e| VmError::Conflict(format!("Cannot run VM {}: {e}.", vm.name)))?;
             let mut boot = vm.clone();
             for (field, v) in [
                 (&mut boot.kernel, &once.kernel),
@@ -877,6 +879,69 @@ mod tests {
         // Every policy has the Memory filter: a VM too big for both is refused.
         let e = pick_host_any(&inv, &vm("huge", 16 * G, None, "down")).expect_err("full");
         assert!(e.to_string().contains("filter Memory"), "{e}");
+    }
+
+    #[test]
+    fn disks_go_on_the_bus_their_interface_asks_for() {
+        let mut inv = Inventory::default();
+        let mut disks = Vec::new();
+        for (i, iface) in [
+            "virtio",
+            "virtio_scsi",
+            "sata",
+            "ide",
+            "virtio_scsi",
+            "virtio",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let mut d = disk(&format!("d{i}"), "v1", &["vol"], 1 << 30);
+            d.interface = iface.to_string();
+            d.creation_time = i as i64;
+            disks.push(d);
+        }
+        for d in &disks {
+            put_disk(&mut inv, d.clone());
+        }
+        let plugged = crate::images::plugged_disks(&inv, "v1");
+        let (dev, meta) = crate::images::drives_of(&inv, &plugged).expect("drives");
+        for (img, target) in [
+            ("d0", r#"<target dev="vda" bus="virtio"/>"#),
+            ("d1", r#"<target dev="sda" bus="scsi"/>"#),
+            ("d2", r#"<target dev="sdb" bus="sata"/>"#),
+            ("d3", r#"<target dev="hda" bus="ide"/>"#),
+            ("d4", r#"<target dev="sdc" bus="scsi"/>"#),
+            ("d5", r#"<target dev="vdb" bus="virtio"/>"#),
+        ] {
+            let at = dev.find(&format!("images/{img}/")).expect(img);
+            let end = at + dev[at..].find("</disk>").expect("end of the disk");
+            assert!(dev[at..end].contains(target), "{img}: {dev}");
+        }
+        assert_eq!(dev.matches(r#"model="virtio-scsi""#).count(), 1, "{dev}");
+        assert_eq!(
+            dev.matches(r#"<controller type="sata""#).count(),
+            1,
+            "{dev}"
+        );
+        assert!(meta.contains(r#"name="sdc""#) && meta.contains(r#"name="hda""#));
+        // The machine's IDE buses hold four disks.
+        for i in 0..5 {
+            let mut d = disk(&format!("i{i}"), "v2", &["vol"], 1 << 30);
+            d.interface = "ide".into();
+            put_disk(&mut inv, d);
+        }
+        let plugged = crate::images::plugged_disks(&inv, "v2");
+        let e = crate::images::drives_of(&inv, &plugged).expect_err("five IDE disks");
+        assert!(e.contains("more than 4 IDE disks"), "{e}");
+        let xml = domain_xml(
+            &vm("v1", 1 << 30, None, "down"),
+            &[],
+            &(dev, meta),
+            "/tmp",
+            "",
+        );
+        assert!(xml.contains(r#"<controller type="scsi" index="0" model="virtio-scsi"/>"#));
     }
 
     #[test]

@@ -240,9 +240,14 @@ system.disks_service().disk_service(extra.id).remove()
 wait("the extra disk to be gone", lambda: all(x.id != extra.id for x in system.disks_service().list()))
 step("an existing disk attached by id, detached and removed")
 refused("removing a template in use", lambda: templates.template_service(t.id).remove(), 409)
+# Its disk on the virtio-scsi bus: libvirt's live domain has the controller and an sd disk.
+vm2_service.disk_attachments_service().attachment_service(d2.id).update(
+    types.DiskAttachment(interface=types.DiskInterface.VIRTIO_SCSI))
 vm2_service.start()
 wait("the VM from the template to be up", lambda: vm2_service.get().status == types.VmStatus.UP)
-step("vm from the template up")
+x = live_xml(VM2)
+assert "model='virtio-scsi'" in x and "<target dev='sda' bus='scsi'/>" in x, x
+step("vm from the template up, its disk on virtio-scsi")
 refused("extending a disk of a running VM", lambda: vm2_service.disk_attachments_service().attachment_service(d2.id).update(
     types.DiskAttachment(disk=types.Disk(provisioned_size=d2.provisioned_size * 2))), 409)
 vm2_service.stop()
