@@ -681,6 +681,9 @@ pub struct Vm {
     /// Its virtual NUMA nodes (oVirt's VirtualNumaNode; none: one node, libvirt's).
     #[serde(default)]
     pub numa_nodes: Vec<VmNumaNode>,
+    /// The boot order (`os/boot/devices`: hd, cdrom, network); empty: hd.
+    #[serde(default)]
+    pub boot_devices: Vec<String>,
 }
 
 /// A virtual NUMA node of a VM: its index (0..n), memory and vCPUs.

@@ -50,8 +50,14 @@ pub fn domain_xml(
         if !vm.cmdline.is_empty() {
             os.push_str(&format!("<cmdline>{}</cmdline>", esc(&vm.cmdline)));
         }
-    } else {
+    }
+    // The boot order (oVirt's os/boot/devices; a kernel given directly boots first, as
+    // QEMU does it).
+    if vm.boot_devices.is_empty() {
         os.push_str("<boot dev=\"hd\"/>");
+    }
+    for d in &vm.boot_devices {
+        os.push_str(&format!("<boot dev=\"{}\"/>", esc(d)));
     }
     // The guest's SMBIOS system information, as oVirt writes it; the serial by the
     // VM's policy (none: the host's hardware UUID, as VDSM gives).
@@ -276,6 +282,8 @@ pub struct RunOnce {
     pub kernel: Option<String>,
     pub initrd: Option<String>,
     pub cmdline: Option<String>,
+    /// The boot order of this run (`vm/os/boot/devices`).
+    pub boot_devices: Option<Vec<String>>,
 }
 
 /// A MAC in oVirt's default pool range, derived from the NIC id.
@@ -482,6 +490,9 @@ impl Manager {
                 if let Some(v) = v {
                     *field = v.clone();
                 }
+            }
+            if let Some(b) = &once.boot_devices {
+                boot.boot_devices = b.clone();
             }
             let host_uuid = self
                 .read()
@@ -696,6 +707,7 @@ mod tests {
             serial_number: None,
             console_enabled: None,
             numa_nodes: Vec::new(),
+            boot_devices: Vec::new(),
         }
     }
 
@@ -1010,6 +1022,7 @@ mod tests {
             serial_number: None,
             console_enabled: None,
             numa_nodes: Vec::new(),
+            boot_devices: Vec::new(),
         };
         let x = domain_xml(&vm, &[], &Default::default(), "/var/log/halyard/vms", "");
         let n = crate::api::node::Node::parse_xml(x.as_bytes()).expect("well-formed");

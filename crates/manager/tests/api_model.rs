@@ -179,11 +179,28 @@ async fn input_halyard_does_not_act_on_is_refused() {
         ("<vm><cpu><cpu_tune><vcpu_pins><vcpu_pin><vcpu>0</vcpu><cpu_set>0</cpu_set></vcpu_pin></vcpu_pins></cpu_tune></cpu></vm>", "cpu/cpu_tune&gt;"),
         ("<vm><lease><storage_domain id=\"00000000-0000-0000-0000-000000000001\"/></lease></vm>", "lease&gt;"),
         ("<vm><no_such_thing/></vm>", "unknown element &lt;no_such_thing&gt;"),
+        ("<vm><os><boot><devices><device>floppy</device></devices></boot></os></vm>", "boot device must be hd, cdrom or network"),
+        ("<vm><os><boot><devices><device>hd</device><device>hd</device></devices></boot></os></vm>", "named twice"),
     ] {
         let (code, b) = m.api(&t, "PUT", &format!("/vms/{vm}"), body).await;
         assert_eq!(code, 400, "{body}: {b}");
         assert!(b.contains(element), "{body}: {b}");
     }
+    // A boot order is kept and shown.
+    let (code, b) = m
+        .api(
+            &t,
+            "PUT",
+            &format!("/vms/{vm}"),
+            "<vm><os><boot><devices><device>network</device><device>hd</device></devices></boot></os></vm>",
+        )
+        .await;
+    assert_eq!(code, 200, "{b}");
+    let (_, b) = m.api(&t, "GET", &format!("/vms/{vm}"), "").await;
+    assert!(
+        b.contains("<devices><device>network</device><device>hd</device></devices>"),
+        "{b}"
+    );
     // A template's disk formats: raw or cow, sparse, disks of the VM only.
     let other = "6f1f2b3c-0000-4000-8000-000000000001";
     for (disk, element) in [

@@ -262,6 +262,7 @@ const VM_ADD: &[&str] = &[
     "os/kernel",
     "os/initrd",
     "os/cmdline",
+    "os/boot/devices",
     "type",
     "instance_type",
     "quota",
@@ -285,6 +286,7 @@ const VM_UPDATE: &[&str] = &[
     "os/kernel",
     "os/initrd",
     "os/cmdline",
+    "os/boot/devices",
     "id",
 ];
 const HOST_ADD: &[&str] = &["name", "address", "port", "root_password", "cluster"];
@@ -1428,6 +1430,33 @@ struct VmSpec {
     kernel: Option<String>,
     initrd: Option<String>,
     cmdline: Option<String>,
+    boot: Option<Vec<String>>,
+}
+
+/// `<os><boot><devices><device>`: the boot order, each of hd, cdrom and network at
+/// most once.
+pub(super) fn boot_devices_of(os: Option<&Node>) -> Result<Option<Vec<String>>, ApiError> {
+    let Some(devs) = os
+        .and_then(|o| o.get("boot"))
+        .and_then(|b| b.get("devices"))
+    else {
+        return Ok(None);
+    };
+    let mut out: Vec<String> = Vec::new();
+    for d in devs.children.iter().filter(|c| c.name == "device") {
+        let v = d.text.as_deref().unwrap_or("");
+        if !matches!(v, "hd" | "cdrom" | "network") {
+            return Err(ApiError::bad(format!(
+                "boot device must be hd, cdrom or network, got {:?}",
+                v.chars().take(32).collect::<String>()
+            )));
+        }
+        if out.iter().any(|x| x == v) {
+            return Err(ApiError::bad(format!("boot device {v} is named twice")));
+        }
+        out.push(v.to_string());
+    }
+    Ok(Some(out))
 }
 
 fn vm_spec(n: &Node) -> Result<VmSpec, ApiError> {
@@ -1486,6 +1515,7 @@ fn vm_spec(n: &Node) -> Result<VmSpec, ApiError> {
         kernel: path("kernel")?,
         initrd: path("initrd")?,
         cmdline,
+        boot: boot_devices_of(os)?,
     })
 }
 
@@ -1840,6 +1870,7 @@ pub(super) async fn new_vm(
         serial_number,
         console_enabled: console_of(n)?,
         numa_nodes: Vec::new(),
+        boot_devices: spec.boot.clone().unwrap_or_default(),
     };
     let formats = vm_disk_formats(&m.read(), n, &vm.template, clone)?;
     m.insert(&vm).await?;
@@ -1936,6 +1967,9 @@ async fn update_vm(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
             }
             if let Some(c) = spec.cmdline {
                 vm.cmdline = c;
+            }
+            if let Some(b) = spec.boot {
+                vm.boot_devices = b;
             }
             vm.clone()
         })
@@ -2041,13 +2075,18 @@ async fn vm_action(m: &Arc<Manager>, id: &str, action: &str, r: &Req) -> Out {
     // Run once: <action><vm><os><kernel/><initrd/><cmdline/></os></vm></action>.
     let once = match body.get("vm") {
         Some(v) => {
-            super::validate::check_document(v, "Vm", &["os/kernel", "os/initrd", "os/cmdline"])?;
+            super::validate::check_document(
+                v,
+                "Vm",
+                &["os/kernel", "os/initrd", "os/cmdline", "os/boot/devices"],
+            )?;
             let os = v.get("os");
             let text = |k: &str| os.and_then(|o| o.text_of(k)).map(str::to_string);
             crate::vms::RunOnce {
                 kernel: text("kernel"),
                 initrd: text("initrd"),
                 cmdline: text("cmdline"),
+                boot_devices: boot_devices_of(os)?,
             }
         }
         None => crate::vms::RunOnce::default(),

@@ -272,7 +272,7 @@ pub fn vm(v: &Vm, nics: &[&Nic]) -> Node {
         )
         .with(
             Node::new("os")
-                .with(Node::new("boot").with(Node::new("devices").with(Node::leaf("device", "hd"))))
+                .with(Node::new("boot").with(boot_devices(&v.boot_devices)))
                 .with(Node::leaf("type", &v.os_type))
                 .opt("kernel", (!v.kernel.is_empty()).then_some(&v.kernel))
                 .opt("initrd", (!v.initrd.is_empty()).then_some(&v.initrd))
@@ -381,6 +381,18 @@ pub fn vm(v: &Vm, nics: &[&Nic]) -> Node {
             l.push(nic(x));
         }
         n.push(l);
+    }
+    n
+}
+
+/// `<devices>` of a boot order (empty: hd).
+fn boot_devices(devs: &[String]) -> Node {
+    let mut n = Node::new("devices");
+    if devs.is_empty() {
+        n.push(Node::leaf("device", "hd"));
+    }
+    for d in devs {
+        n.push(Node::leaf("device", d));
     }
     n
 }

@@ -157,10 +157,6 @@ NEEDS_FEATURE = {
     "change_vm_cd":
         "CD-ROM devices: GET /vms/{id}/cdroms -> 501 [Halyard does not implement VmCdromsService.list "
         "yet] (then PUT /vms/{id}/cdroms/{id}?current=true)",
-    "start_vm_with_boot_devices":
-        "run-once boot devices: POST /vms/{id}/start <action><vm><os><boot><devices><device>network"
-        "</device><device>cdrom</device></devices></boot></os></vm></action> -> 400 [<os/boot> is in "
-        "oVirt's model, but Halyard does not act on it yet; remove it from the request]",
     "start_vm_with_cloud_init":
         "cloud-init at start: POST /vms/{id}/start <action><use_cloud_init>true</use_cloud_init><vm>"
         "<initialization>...</initialization></vm></action> -> 400 [<action start: use_cloud_init> is "
@@ -805,6 +801,17 @@ def check_vm_from_version(out):
     expect(base is not None, "no mytemplate")
 
 
+def check_boot_order(out):
+    """start_vm_with_boot_devices: this run of myvm boots network, then cdrom (libvirt's live
+    domain); myvm itself keeps its own order (hd)."""
+    live = subprocess.run(["virsh", "-c", "qemu:///system", "dumpxml", "myvm"],
+                          capture_output=True, text=True, check=True).stdout
+    order = re.findall(r"<boot dev='(\w+)'/>", live)
+    expect(order == ["network", "cdrom"], "myvm boots %r" % order)
+    devs = vm("myvm").os.boot.devices
+    expect(devs == [types.BootDevice.HD], "myvm's own boot order changed: %r" % devs)
+
+
 def check_mac_pool(out):
     c = cluster("mycluster")
     p = [p for p in system().mac_pools_service().list() if p.name == "mymacpool"]
@@ -1217,7 +1224,7 @@ STEPS = [
     E("get_vm_ip", before=guest_reports_ip, check=output_has("   - " + GUEST_IP)),
     E("change_vm_cd", "-c", "halyard", "--debug", "myvm"),
     E("stop_vm", timeout=90),
-    E("start_vm_with_boot_devices", timeout=120),
+    E("start_vm_with_boot_devices", timeout=120, check=check_boot_order),
     E("stop_vm", timeout=90, label="stop_vm (2)", unless="start_vm_with_boot_devices"),
     E("start_vm_with_cloud_init", after=lambda: vm_status("myvm", types.VmStatus.UP)),
     E("stop_vm", timeout=90, label="stop_vm (3)", unless="start_vm_with_cloud_init"),
