@@ -1,9 +1,10 @@
 #!/bin/bash
 # Halyard quick start on a fresh Debian 12 machine (as root): an all-in-one Manager + host.
 #   installs the packages, builds Halyard, starts virtlogd + libvirtd if they are not
-#   running, starts the Manager (oVirt Engine API v4 on https://localhost:8443, SQLite),
-#   makes a one-time join token, starts the host agent which registers with the
-#   Manager with it (pinning the Manager's CA), then adds the tiny test guest as a VM
+#   running, and sanlock (for shared storage), starts the Manager (oVirt Engine API v4
+#   on https://localhost:8443, SQLite), makes a one-time join token, starts the host
+#   agent which registers with the Manager with it (pinning the Manager's CA), adds a
+#   local data domain attached to Default, then adds the tiny test guest as a VM
 #   through the REST API, starts it and shows its ready line. Both daemons listen on
 #   loopback only (see README, "Listening on the network").
 #
@@ -50,6 +51,26 @@ if ! virsh -c qemu:///system version >/dev/null 2>&1; then
 fi
 virsh -c qemu:///system version | sed -n 's/^Running hypervisor: /hypervisor: /p'
 
+step "sanlock daemon (if not running): host ids and SPM leases of shared domains"
+# Watchdog off (-w 0): the all-in-one has no second host to fence it. Where the kernel
+# refuses sanlock's memlock limit (containers without CAP_SYS_RESOURCE), it starts
+# with the small LD_PRELOAD shim the test harness uses.
+if ! sanlock client status >/dev/null 2>&1; then
+  mkdir -p /run/sanlock
+  start_sanlock() {
+    setsid env ${1:+LD_PRELOAD=$1} sanlock daemon -D -w 0 -U root -G root \
+      </dev/null >>"$STATE/sanlock.log" 2>&1 &
+    echo $! > "$STATE/run/sanlock.pid"
+    for _ in $(seq 50); do sanlock client status >/dev/null 2>&1 && return 0; sleep 0.1; done
+    return 1
+  }
+  if ! start_sanlock ""; then
+    gcc -O2 -shared -fPIC -o "$STATE/run/rlimit_clamp.so" crates/testinfra/shim/rlimit_clamp.c -ldl
+    start_sanlock "$STATE/run/rlimit_clamp.so" || { echo "sanlock does not start; see $STATE/sanlock.log"; exit 1; }
+  fi
+fi
+echo "sanlock: $(sanlock client status 2>/dev/null | head -1)"
+
 step "management bridge $BRIDGE"
 if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
   ip link add "$BRIDGE" type bridge
@@ -91,6 +112,13 @@ done
 halyard hosts list
 halyard hosts show "$HOSTNAME_" --json | grep -q '"status": "up"' || { echo "the host is not up; see $STATE/hostd.log"; exit 1; }
 
+step "local data domain (attached to Default, as Proxmox has its local storage)"
+if ! halyard storage list | grep -q '^local '; then
+  mkdir -p "$STATE/data/local" && chmod 0777 "$STATE/data/local"
+  halyard storage add local --path "$STATE/data/local" --host "$HOSTNAME_" --attach-to Default
+fi
+halyard storage list
+
 step "test guest"
 GUEST=$(halyard-testguest --json)
 KERNEL=$(echo "$GUEST" | sed -n 's/.*"kernel":"\([^"]*\)".*/\1/p')
@@ -123,6 +151,7 @@ The Manager runs at https://localhost:$PORT/ovirt-engine/api
 Try:
   export HALYARD_URL=$HALYARD_URL HALYARD_PASSWORD_FILE=$HALYARD_PASSWORD_FILE HALYARD_CA=$HALYARD_CA
   halyard hosts list
+  halyard storage list
   halyard vms list
   halyard vms shutdown $NAME
   halyard events list

@@ -88,6 +88,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: VmCmd,
     },
+    /// Storage domains of the Manager.
+    Storage {
+        #[command(flatten)]
+        api: rest::Api,
+        #[command(subcommand)]
+        cmd: StorageCmd,
+    },
     /// The Manager's events.
     Events {
         #[command(flatten)]
@@ -186,6 +193,37 @@ enum VmCmd {
     },
     Remove {
         name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum StorageCmd {
+    List,
+    /// Add a data domain on a directory of a host (created there, in oVirt's layout)
+    /// and, with --attach-to, attach it to a data center and wait until it is active.
+    Add {
+        name: String,
+        /// The directory (empty, writable by vdsm's uid 36 or world).
+        #[arg(long)]
+        path: String,
+        /// The host that creates it.
+        #[arg(long)]
+        host: String,
+        /// localfs, or posixfs (shared: host ids and the SPM lease through sanlock).
+        #[arg(long, default_value = "localfs")]
+        r#type: String,
+        /// The file system type of a posixfs domain.
+        #[arg(long)]
+        vfs_type: Option<String>,
+        /// Mount options of a posixfs domain (`bind` with `--vfs-type none` shares a
+        /// local directory).
+        #[arg(long)]
+        mount_options: Option<String>,
+        /// A data center to attach it to.
+        #[arg(long)]
+        attach_to: Option<String>,
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
     },
 }
 
@@ -303,6 +341,61 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     std::process::exit(2);
                 }
                 Err(e) => Err(e.into()),
+            }
+        }
+        Cmd::Storage { api, cmd } => {
+            let sess = rest::Session::open(api).await?;
+            match cmd {
+                StorageCmd::List => rest::storage_list(&sess).await,
+                StorageCmd::Add {
+                    name,
+                    path,
+                    host,
+                    r#type,
+                    vfs_type,
+                    mount_options,
+                    attach_to,
+                    timeout,
+                } => {
+                    if !matches!(r#type.as_str(), "localfs" | "posixfs") {
+                        bail!("--type must be localfs or posixfs, got {type:?}", type = r#type);
+                    }
+                    let mut storage = json!({"type": r#type, "path": path});
+                    if let Some(v) = vfs_type {
+                        storage["vfs_type"] = json!(v);
+                    }
+                    if let Some(o) = mount_options {
+                        storage["mount_options"] = json!(o);
+                    }
+                    let sd = sess
+                        .call(
+                            "POST",
+                            "/storagedomains",
+                            Some(json!({"name": name, "type": "data", "host": {"name": host}, "storage": storage})),
+                        )
+                        .await?;
+                    let sd_id = sd["id"].as_str().unwrap_or_default().to_string();
+                    out(&format!("storage domain {name} added ({sd_id})"));
+                    if let Some(dc) = attach_to {
+                        let d = sess.find("datacenters", "data_center", &dc).await?;
+                        let dc_id = d["id"].as_str().unwrap_or_default().to_string();
+                        sess.call(
+                            "POST",
+                            &format!("/datacenters/{dc_id}/storagedomains"),
+                            Some(json!({"id": sd_id})),
+                        )
+                        .await?;
+                        rest::wait_status(
+                            &sess,
+                            &format!("storage domain {name} in {dc}"),
+                            &format!("/datacenters/{dc_id}/storagedomains/{sd_id}"),
+                            &["active"],
+                            Duration::from_secs(timeout),
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                }
             }
         }
         Cmd::Hosts { api, cmd } => {

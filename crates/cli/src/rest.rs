@@ -233,6 +233,40 @@ pub async fn hosts_list(sess: &Session) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub async fn storage_list(sess: &Session) -> anyhow::Result<()> {
+    let v = sess.call("GET", "/storagedomains", None).await?;
+    if sess.json() {
+        crate::out(&serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let mut rows = vec![vec![
+        "NAME".into(),
+        "TYPE".into(),
+        "STORAGE".into(),
+        "STATUS".into(),
+        "FREE".into(),
+        "ID".into(),
+    ]];
+    for d in items(&v, "storage_domain") {
+        let free = s(d, &["available"]).parse::<u64>().unwrap_or(0) >> 30;
+        let status = match s(d, &["status"]) {
+            // Attached domains show their status in their data center.
+            "" => "attached".to_string(),
+            x => x.to_string(),
+        };
+        rows.push(vec![
+            s(d, &["name"]).into(),
+            s(d, &["type"]).into(),
+            s(d, &["storage", "type"]).into(),
+            status,
+            format!("{free} GiB"),
+            s(d, &["id"]).into(),
+        ]);
+    }
+    table(rows);
+    Ok(())
+}
+
 pub async fn vms_list(sess: &Session) -> anyhow::Result<()> {
     let v = sess.call("GET", "/vms", None).await?;
     if sess.json() {
