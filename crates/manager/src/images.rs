@@ -844,7 +844,14 @@ impl Manager {
     /// named by pool, domain, image and volume).
     pub fn drives_xml(&self, vm: &str) -> std::result::Result<(String, String), String> {
         let inv = self.read();
-        drives_of(&inv, &plugged_disks(&inv, vm))
+        let disks = plugged_disks(&inv, vm);
+        if inv.vms.get(vm).is_some_and(Vm::q35) && disks.iter().any(|d| d.interface == "ide") {
+            // As oVirt: q35 has no IDE controller.
+            return Err(
+                "IDE disks need the i440fx machine (bios type i440fx_sea_bios); on q35 use sata, virtio or virtio_scsi".into(),
+            );
+        }
+        drives_of(&inv, &disks)
     }
 }
 

@@ -684,6 +684,24 @@ pub struct Vm {
     /// The boot order (`os/boot/devices`: hd, cdrom, network); empty: hd.
     #[serde(default)]
     pub boot_devices: Vec<String>,
+    /// `bios/type`: i440fx_sea_bios (empty), q35_sea_bios, q35_ovmf, q35_secure_boot.
+    #[serde(default)]
+    pub bios_type: String,
+}
+
+impl Vm {
+    /// Its firmware and chipset (oVirt's BiosType; the default is i440fx with SeaBIOS).
+    pub fn bios(&self) -> &str {
+        if self.bios_type.is_empty() {
+            "i440fx_sea_bios"
+        } else {
+            &self.bios_type
+        }
+    }
+    /// Whether it runs on the q35 machine.
+    pub fn q35(&self) -> bool {
+        self.bios().starts_with("q35")
+    }
 }
 
 /// A virtual NUMA node of a VM: its index (0..n), memory and vCPUs.

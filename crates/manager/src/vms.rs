@@ -30,6 +30,11 @@ fn esc(s: &str) -> String {
         .replace('\'', "&apos;")
 }
 
+/// Where Debian's `ovmf` (and RHEL's edk2-ovmf) put the UEFI firmware.
+pub const OVMF_DIR: &str = "/usr/share/OVMF";
+/// Where libvirt keeps VMs' UEFI variable stores (VDSM's path too).
+pub const NVRAM_DIR: &str = "/var/lib/libvirt/qemu/nvram";
+
 /// The domain XML the Manager sends with VM.create.
 /// `drives`: disk devices and their ovirt-vm metadata (see [`Manager::drives_xml`]).
 pub fn domain_xml(
@@ -41,7 +46,29 @@ pub fn domain_xml(
 ) -> String {
     let mem_kib = vm.memory / 1024;
     let vcpus = (vm.sockets * vm.cores * vm.threads).max(1);
-    let mut os = String::from("<type arch=\"x86_64\" machine=\"pc\">hvm</type>");
+    let mut os = format!(
+        "<type arch=\"x86_64\" machine=\"{}\">hvm</type>",
+        if vm.q35() { "q35" } else { "pc" }
+    );
+    // UEFI as oVirt's LibvirtVmXmlBuilder writes it: OVMF's code read-only, the VM's
+    // own variables store made from the template at the first start.
+    let (code, vars) = match vm.bios() {
+        "q35_ovmf" => ("OVMF_CODE.fd", "OVMF_VARS.fd"),
+        "q35_secure_boot" => ("OVMF_CODE.secboot.fd", "OVMF_VARS.ms.fd"),
+        _ => ("", ""),
+    };
+    if !code.is_empty() {
+        os.push_str(&format!(
+            "<loader readonly=\"yes\" secure=\"{secure}\" type=\"pflash\">{OVMF_DIR}/{code}</loader><nvram template=\"{OVMF_DIR}/{vars}\">{NVRAM_DIR}/{id}.fd</nvram>",
+            secure = if vm.bios() == "q35_secure_boot" { "yes" } else { "no" },
+            id = vm.id
+        ));
+    }
+    let smm = if vm.bios() == "q35_secure_boot" {
+        "<smm state=\"on\"/>"
+    } else {
+        ""
+    };
     if !vm.kernel.is_empty() {
         os.push_str(&format!("<kernel>{}</kernel>", esc(&vm.kernel)));
         if !vm.initrd.is_empty() {
@@ -117,7 +144,7 @@ pub fn domain_xml(
 <metadata><ovirt-tune:qos/><ovirt-vm:vm><ovirt-vm:clusterVersion>4.7</ovirt-vm:clusterVersion><ovirt-vm:custom/>{meta_devices}<ovirt-vm:launchPaused>false</ovirt-vm:launchPaused><ovirt-vm:resumeBehavior>auto_resume</ovirt-vm:resumeBehavior></ovirt-vm:vm></metadata>
 <cpu match="exact" mode="host-passthrough"><topology cores="{cores}" sockets="{sockets}" threads="{threads}"/>{numa}</cpu>
 <os>{os}</os>
-<features><acpi/><apic/></features>
+<features><acpi/><apic/>{smm}</features>
 <clock offset="variable" adjustment="0"><timer name="rtc" tickpolicy="catchup"/><timer name="pit" tickpolicy="delay"/></clock>
 <on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>
 <devices>{devices}</devices>
@@ -708,6 +735,7 @@ mod tests {
             console_enabled: None,
             numa_nodes: Vec::new(),
             boot_devices: Vec::new(),
+            bios_type: String::new(),
         }
     }
 
@@ -894,6 +922,42 @@ mod tests {
     }
 
     #[test]
+    fn bios_types_pick_machine_and_firmware() {
+        let mut v = vm("v1", 1 << 30, None, "down");
+        let xml = |v: &Vm| domain_xml(v, &[], &(String::new(), String::new()), "/tmp", "");
+        let x = xml(&v);
+        assert!(
+            x.contains(r#"machine="pc""#) && !x.contains("<loader"),
+            "{x}"
+        );
+        v.bios_type = "q35_sea_bios".into();
+        let x = xml(&v);
+        assert!(
+            x.contains(r#"machine="q35""#) && !x.contains("<loader"),
+            "{x}"
+        );
+        v.bios_type = "q35_ovmf".into();
+        let x = xml(&v);
+        assert!(
+            x.contains(r#"secure="no" type="pflash">/usr/share/OVMF/OVMF_CODE.fd</loader>"#)
+                && x.contains(&format!(
+                    r#"<nvram template="/usr/share/OVMF/OVMF_VARS.fd">/var/lib/libvirt/qemu/nvram/{}.fd</nvram>"#,
+                    v.id
+                ))
+                && !x.contains("<smm"),
+            "{x}"
+        );
+        v.bios_type = "q35_secure_boot".into();
+        let x = xml(&v);
+        assert!(
+            x.contains("OVMF_CODE.secboot.fd")
+                && x.contains(r#"secure="yes""#)
+                && x.contains(r#"<smm state="on"/>"#),
+            "{x}"
+        );
+    }
+
+    #[test]
     fn disks_go_on_the_bus_their_interface_asks_for() {
         let mut inv = Inventory::default();
         let mut disks = Vec::new();
@@ -1023,6 +1087,7 @@ mod tests {
             console_enabled: None,
             numa_nodes: Vec::new(),
             boot_devices: Vec::new(),
+            bios_type: String::new(),
         };
         let x = domain_xml(&vm, &[], &Default::default(), "/var/log/halyard/vms", "");
         let n = crate::api::node::Node::parse_xml(x.as_bytes()).expect("well-formed");

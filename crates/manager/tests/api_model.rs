@@ -181,6 +181,7 @@ async fn input_halyard_does_not_act_on_is_refused() {
         ("<vm><no_such_thing/></vm>", "unknown element &lt;no_such_thing&gt;"),
         ("<vm><os><boot><devices><device>floppy</device></devices></boot></os></vm>", "boot device must be hd, cdrom or network"),
         ("<vm><os><boot><devices><device>hd</device><device>hd</device></devices></boot></os></vm>", "named twice"),
+        ("<vm><bios><type>q35_coreboot</type></bios></vm>", "bios type must be"),
     ] {
         let (code, b) = m.api(&t, "PUT", &format!("/vms/{vm}"), body).await;
         assert_eq!(code, 400, "{body}: {b}");

@@ -263,6 +263,7 @@ const VM_ADD: &[&str] = &[
     "os/initrd",
     "os/cmdline",
     "os/boot/devices",
+    "bios/type",
     "type",
     "instance_type",
     "quota",
@@ -287,6 +288,7 @@ const VM_UPDATE: &[&str] = &[
     "os/initrd",
     "os/cmdline",
     "os/boot/devices",
+    "bios/type",
     "id",
 ];
 const HOST_ADD: &[&str] = &["name", "address", "port", "root_password", "cluster"];
@@ -1431,6 +1433,21 @@ struct VmSpec {
     initrd: Option<String>,
     cmdline: Option<String>,
     boot: Option<Vec<String>>,
+    bios: Option<String>,
+}
+
+/// `<bios><type>`: the firmware and chipset (cluster_default: Halyard's default,
+/// i440fx with SeaBIOS).
+fn bios_of(n: &Node) -> Result<Option<String>, ApiError> {
+    match n.get("bios").and_then(|b| b.text_of("type")) {
+        None => Ok(None),
+        Some("cluster_default" | "i440fx_sea_bios") => Ok(Some(String::new())),
+        Some(t @ ("q35_sea_bios" | "q35_ovmf" | "q35_secure_boot")) => Ok(Some(t.to_string())),
+        Some(t) => Err(ApiError::bad(format!(
+            "bios type must be cluster_default, i440fx_sea_bios, q35_sea_bios, q35_ovmf or q35_secure_boot, got {:?}",
+            t.chars().take(32).collect::<String>()
+        ))),
+    }
 }
 
 /// `<os><boot><devices><device>`: the boot order, each of hd, cdrom and network at
@@ -1516,6 +1533,7 @@ fn vm_spec(n: &Node) -> Result<VmSpec, ApiError> {
         initrd: path("initrd")?,
         cmdline,
         boot: boot_devices_of(os)?,
+        bios: bios_of(n)?,
     })
 }
 
@@ -1871,6 +1889,7 @@ pub(super) async fn new_vm(
         console_enabled: console_of(n)?,
         numa_nodes: Vec::new(),
         boot_devices: spec.boot.clone().unwrap_or_default(),
+        bios_type: spec.bios.clone().unwrap_or_default(),
     };
     let formats = vm_disk_formats(&m.read(), n, &vm.template, clone)?;
     m.insert(&vm).await?;
@@ -1970,6 +1989,9 @@ async fn update_vm(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
             }
             if let Some(b) = spec.boot {
                 vm.boot_devices = b;
+            }
+            if let Some(b) = spec.bios {
+                vm.bios_type = b;
             }
             vm.clone()
         })

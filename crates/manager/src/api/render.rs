@@ -266,6 +266,11 @@ pub fn vm(v: &Vm, nics: &[&Nic]) -> Node {
         )
         .with(Node::leaf("memory", v.memory))
         .with(
+            Node::new("bios")
+                .with(Node::new("boot_menu").with(Node::leaf("enabled", false)))
+                .with(Node::leaf("type", v.bios())),
+        )
+        .with(
             Node::new("memory_policy")
                 .with(Node::leaf("guaranteed", v.memory))
                 .with(Node::leaf("max", v.memory * 4)),
