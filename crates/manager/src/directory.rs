@@ -16,7 +16,7 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::api::access::{ADMIN_USER_ID, SUPER_USER_ROLE};
+use crate::api::access::SUPER_USER_ROLE;
 use crate::db::Db;
 use crate::model::Inventory;
 use crate::state::{hash_password, User};
@@ -251,9 +251,7 @@ pub async fn remove_user(db: &Db, full: &str) -> Result<()> {
     for mut g in dir.groups {
         if g.members.iter().any(|m| m == full) {
             g.members.retain(|m| m != full);
-            db.put("group", &g.name.clone(), &g)
-                .await
-                .map_err(self::db)?;
+            db.put("group", &g.name, &g).await.map_err(self::db)?;
         }
     }
     db.delete("user", full).await.map_err(self::db)
@@ -355,7 +353,7 @@ pub fn may_log_in(inv: &Inventory, login: &str) -> bool {
         let whom = p.link("user") == Some(user.id.as_str())
             || p.link("group").map(|g| groups.contains(&g)) == Some(true);
         system && whom && p.link("role") == Some(SUPER_USER_ROLE)
-    }) || (user.id == ADMIN_USER_ID && login == "admin@internal")
+    })
 }
 
 #[cfg(test)]

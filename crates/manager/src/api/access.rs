@@ -1,6 +1,6 @@
 //! Users, groups, roles, permits and permissions as oVirt's API has them: the objects
-//! and the assignments are real and stored; who may do what is not enforced yet (every
-//! caller is admin@internal, the only user the Manager authenticates).
+//! and the assignments are real and stored; who may do what is not enforced yet (only
+//! users with SuperUser on the system log in: `crate::directory::may_log_in`).
 //!
 //! Users and groups are added from the Manager's directory (`crate::directory`): only
 //! what exists there, once each.
@@ -214,6 +214,18 @@ fn domain_named<'a>(inv: &'a Inventory, doc: &'a Node, qualified: Option<&'a str
         .unwrap_or(INTERNAL_DOMAIN)
 }
 
+/// A principal or group name of a document (`name` or `name@domain`, else the
+/// document's `<domain>`): (name, profile, authorization domain).
+fn directory_name(inv: &Inventory, doc: &Node, name: &str) -> (String, String, String) {
+    let (n, qualified) = match name.rsplit_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => (name, None),
+    };
+    let profile = crate::directory::profile_of(domain_named(inv, doc, qualified)).to_string();
+    let authz = crate::directory::authz(&profile);
+    (n.to_string(), profile, authz)
+}
+
 /// The `<domain>` reference of a domain name.
 fn domain_ref(inv: &Inventory, authz: &str) -> Node {
     let id = crate::directory::domain_id(authz);
@@ -230,13 +242,8 @@ pub fn check_user(inv: &Inventory, doc: &mut Node, _: Option<&Record>) -> Result
         .or_else(|| doc.text_of("principal"))
         .unwrap_or("")
         .to_string();
-    let (principal, qualified) = match name.rsplit_once('@') {
-        Some((u, d)) => (u, Some(d)),
-        None => (name.as_str(), None),
-    };
-    let domain = domain_named(inv, doc, qualified);
-    let profile = crate::directory::profile_of(domain);
-    let authz = crate::directory::authz(profile);
+    let (principal, profile, authz) = directory_name(inv, doc, &name);
+    let (principal, profile) = (principal.as_str(), profile.as_str());
     let Some(entry) = inv.directory.user(principal, profile) else {
         return Err(ApiError::not_found(format!(
             "User \"{principal}@{authz}\" was not found in the directory (add it with `halyard-manager directory user add {principal}@{profile}`)"
@@ -278,13 +285,8 @@ pub fn user_in_use(_: &Inventory, r: &Record) -> Option<String> {
 /// A group is added from the directory (`halyard-manager directory group add`), once.
 pub fn check_group(inv: &Inventory, doc: &mut Node, _: Option<&Record>) -> Result<(), ApiError> {
     let name = doc.text_of("name").unwrap_or("").to_string();
-    let (group, qualified) = match name.rsplit_once('@') {
-        Some((g, d)) => (g, Some(d)),
-        None => (name.as_str(), None),
-    };
-    let domain = domain_named(inv, doc, qualified);
-    let profile = crate::directory::profile_of(domain);
-    let authz = crate::directory::authz(profile);
+    let (group, profile, authz) = directory_name(inv, doc, &name);
+    let (group, profile) = (group.as_str(), profile.as_str());
     let Some(entry) = inv.directory.group(group, profile) else {
         return Err(ApiError::not_found(format!(
             "Group \"{group}@{authz}\" was not found in the directory (add it with `halyard-manager directory group add {group}@{profile}`)"

@@ -1558,6 +1558,31 @@ async fn add_vm(m: &Arc<Manager>, r: &Req) -> Out {
     Ok((StatusCode::CREATED, node))
 }
 
+/// The `<disk id>`s of a `<disk_attachments>` list with their documents; `what` (VM,
+/// Template) names the object in the fault when one has no id.
+pub(super) fn attached_disks<'a>(
+    atts: Option<&'a Node>,
+    what: &str,
+) -> Result<Vec<(&'a str, &'a Node)>, ApiError> {
+    let mut out = Vec::new();
+    for a in atts
+        .map(|a| a.children.as_slice())
+        .unwrap_or(&[])
+        .iter()
+        .filter(|a| a.name == "disk_attachment")
+    {
+        let Some(d) = a.get("disk") else { continue };
+        let id = d.id().ok_or_else(|| {
+            ApiError::bad(format!(
+                "Cannot add {what}. A <disk_attachment> names its <disk id>."
+            ))
+        })?;
+        check_id(id)?;
+        out.push((id, d));
+    }
+    Ok(out)
+}
+
 /// What a new VM's `<disk_attachments>` ask of the disks made from its template's
 /// (`<disk id>` of a template disk, `format`, `storage_domains`): a format by template
 /// disk id. A thin disk is a qcow2 layer (cow only); a clone may be raw or cow; a
@@ -1569,15 +1594,7 @@ fn vm_disk_formats(
     clone: bool,
 ) -> Result<std::collections::HashMap<String, String>, ApiError> {
     let mut out = std::collections::HashMap::new();
-    let atts = n
-        .get("disk_attachments")
-        .map(|a| a.children.as_slice())
-        .unwrap_or(&[]);
-    for a in atts.iter().filter(|a| a.name == "disk_attachment") {
-        let Some(d) = a.get("disk") else { continue };
-        let id = d.id().ok_or_else(|| {
-            ApiError::bad("Cannot add VM. A <disk_attachment> names its <disk id>.")
-        })?;
+    for (id, d) in attached_disks(n.get("disk_attachments"), "VM")? {
         let td = inv
             .disks
             .get(id)

@@ -529,8 +529,14 @@ fn records_for(inv: &Inventory, k: &Kind) -> Vec<Record> {
 /// Serves the declared collections (`None`: the path is not one of them).
 pub async fn route(m: &Arc<Manager>, r: &Req, s: &[&str]) -> Option<Out> {
     let t = target(s)?;
-    if matches!(s.first(), Some(&("users" | "groups" | "domains"))) {
-        // Entries written by `halyard-manager directory` since the last look.
+    // Entries written by `halyard-manager directory` since the last look: read where
+    // the directory is (adding a user or group, the domains), not for every listing.
+    let reads_directory = match s {
+        ["users" | "groups"] => r.method == Method::POST,
+        ["domains", ..] => true,
+        _ => false,
+    };
+    if reads_directory {
         if let Err(e) = crate::directory::refresh(m).await {
             return Some(Err(e.into()));
         }

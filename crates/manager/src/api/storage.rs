@@ -721,17 +721,8 @@ async fn add_template(m: &Arc<Manager>, r: &Req) -> Out {
 /// preallocate).
 fn template_disk_formats(n: &Node) -> Result<std::collections::HashMap<String, String>, ApiError> {
     let mut out = std::collections::HashMap::new();
-    let atts = n
-        .get("vm")
-        .and_then(|v| v.get("disk_attachments"))
-        .map(|a| a.children.as_slice())
-        .unwrap_or(&[]);
-    for a in atts.iter().filter(|a| a.name == "disk_attachment") {
-        let Some(d) = a.get("disk") else { continue };
-        let id = d.id().ok_or_else(|| {
-            ApiError::bad("Cannot add Template. A <disk_attachment> names its <disk id>.")
-        })?;
-        check_id(id)?;
+    let atts = n.get("vm").and_then(|v| v.get("disk_attachments"));
+    for (id, d) in super::handlers::attached_disks(atts, "Template")? {
         if d.text_of("sparse") == Some("false") {
             return Err(ApiError::bad(
                 "<vm/disk_attachments/disk/sparse>false: Halyard copies a template's disks sparse only (it does not preallocate); remove it or ask true",
