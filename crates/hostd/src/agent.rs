@@ -59,6 +59,8 @@ pub struct Agent {
     host_stats: Mutex<Option<HostStats>>,
     host_sampler: Mutex<HostSampler>,
     caps: Mutex<Option<Capabilities>>,
+    /// Image transfers: the data server, its tickets and NBD servers.
+    pub images: Arc<crate::images::Images>,
 }
 
 impl Agent {
@@ -77,6 +79,11 @@ impl Agent {
                 monitor_interval: Duration::from_secs(cfg.storage.monitor_interval_secs),
                 spm_watchdog_interval: Duration::from_secs(cfg.storage.spm_watchdog_interval_secs),
             });
+        let images = crate::images::Images::new(
+            &cfg.storage.run_dir,
+            cfg.imageio.max_connections,
+            cfg.imageio.max_nbd_servers,
+        );
         Arc::new(Agent {
             cfg,
             identity,
@@ -89,6 +96,7 @@ impl Agent {
             host_stats: Mutex::new(None),
             host_sampler: Mutex::new(sampler),
             caps: Mutex::new(None),
+            images,
         })
     }
 
@@ -584,7 +592,8 @@ impl Agent {
             return Ok(c);
         }
         let me = self.clone();
-        let caps = blocking(move || crate::caps::collect(&me.virt, &me.cfg)).await??;
+        let mut caps = blocking(move || crate::caps::collect(&me.virt, &me.cfg)).await??;
+        caps.imageio_port = self.images.port();
         *self.caps.lock().unwrap_or_else(|p| p.into_inner()) = Some(caps.clone());
         Ok(caps)
     }

@@ -149,6 +149,77 @@ async fn call(agent: &Arc<Agent>, method: &str, params: &Params) -> Result<Value
                 .set_certificate(p.token.as_deref(), &p.certificate, p.ca.as_deref())?;
             to_value(true)
         }
+        verbs::HostAddImageTicket::METHOD => {
+            let p = bind::<verbs::HostAddImageTicket>(params)?;
+            let spec: halyard_imageio::TicketSpec = serde_json::from_value(p.ticket)
+                .map_err(|e| RpcError::invalid_params(format!("ticket: {e}")))?;
+            agent.images.add_ticket(spec).await?;
+            to_value(true)
+        }
+        verbs::HostRemoveImageTicket::METHOD => {
+            let p = bind::<verbs::HostRemoveImageTicket>(params)?;
+            agent.images.remove_ticket(&p.uuid);
+            to_value(true)
+        }
+        verbs::HostExtendImageTicket::METHOD => {
+            let p = bind::<verbs::HostExtendImageTicket>(params)?;
+            agent.images.extend_ticket(&p.uuid, p.timeout)?;
+            to_value(true)
+        }
+        verbs::HostGetImageTicket::METHOD => {
+            let p = bind::<verbs::HostGetImageTicket>(params)?;
+            to_value(agent.images.ticket_info(&p.uuid)?)
+        }
+        verbs::NbdStartServer::METHOD => {
+            let p = bind::<verbs::NbdStartServer>(params)?;
+            let cfg: crate::images::NbdConfig = serde_json::from_value(p.config)
+                .map_err(|e| RpcError::invalid_params(format!("config: {e}")))?;
+            let s = &agent.storage;
+            let path = s
+                .image_prepare(&cfg.sd_id, &cfg.img_id, &cfg.vol_id, false)
+                .await
+                .map_err(storage_err)?;
+            let qcow2 = s
+                .volume_format(&cfg.sd_id, &cfg.img_id, &cfg.vol_id)
+                .map_err(storage_err)?
+                == halyard_storage::volmeta::Format::Cow;
+            to_value(
+                agent
+                    .images
+                    .start_nbd(&p.server_id, &path, qcow2, &cfg)
+                    .await?,
+            )
+        }
+        verbs::NbdStopServer::METHOD => {
+            let p = bind::<verbs::NbdStopServer>(params)?;
+            agent.images.stop_nbd(&p.server_id).await?;
+            to_value(true)
+        }
+        verbs::VolumeVerifyUntrusted::METHOD => {
+            let p = bind::<verbs::VolumeVerifyUntrusted>(params)?;
+            let s = &agent.storage;
+            let info = s
+                .volume_info(&p.sd, &p.img, &p.vol)
+                .await
+                .map_err(storage_err)?;
+            let path = s
+                .image_prepare(&p.sd, &p.img, &p.vol, true)
+                .await
+                .map_err(storage_err)?;
+            let qcow2 = info["format"].as_str() == Some("COW");
+            let capacity: u64 = info["capacity"]
+                .as_str()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            let parent = info["parent"]
+                .as_str()
+                .filter(|p| *p != halyard_storage::error::BLANK_UUID);
+            let iso = p.content.as_deref() == Some("iso");
+            crate::images::verify_untrusted(&path, qcow2, capacity, parent, iso)
+                .await
+                .map_err(|e| errors::INVALID_PARAMETER.rpc(Some(&e)))?;
+            to_value(true)
+        }
         verbs::HostGetJobs::METHOD => {
             let p = bind::<verbs::HostGetJobs>(params)?;
             to_value(agent.storage.jobs(p.job_type.as_deref(), &p.job_ids))
@@ -411,6 +482,7 @@ async fn storage_call(
                 .image_prepare(&p.sd, &p.img, &vol, p.allow_illegal)
                 .await
                 .map_err(e)?;
+            agent.images.prepared(&path);
             to_value(serde_json::json!({"path": path}))
         }
         st::ImageTeardown::METHOD => {

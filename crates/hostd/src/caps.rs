@@ -280,6 +280,7 @@ pub fn collect(virt: &Libvirt, cfg: &Config) -> Result<Capabilities, RpcError> {
         domain_versions: vec![0, 2, 3, 4, 5],
         net_config_dirty: "False".into(),
         domain_type: cfg.libvirt.domain_type.clone(),
+        imageio_port: 0,
         extra: serde_json::Map::new(),
     })
 }

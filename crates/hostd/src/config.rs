@@ -29,6 +29,33 @@ pub struct Config {
     /// (see `memtrim`); keeps RSS to the real working set.
     pub trim_resident_pages: bool,
     pub updates: Updates,
+    pub imageio: ImageIo,
+}
+
+/// The image data server (ovirt-imageio's daemon role) in the agent's process.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImageIo {
+    /// Serve image transfers (imageio's port 54322) at the listen address.
+    pub enabled: bool,
+    /// TCP port; 0 picks a free one (tests). The agent reports it to the Manager
+    /// (Host.getCapabilities `imageioPort`), which puts it in transfer URLs.
+    pub port: u16,
+    /// Open connections, at most.
+    pub max_connections: usize,
+    /// qemu-nbd servers (NBD.start_server) running at once, at most.
+    pub max_nbd_servers: usize,
+}
+
+impl Default for ImageIo {
+    fn default() -> Self {
+        ImageIo {
+            enabled: true,
+            port: 54322,
+            max_connections: 64,
+            max_nbd_servers: 64,
+        }
+    }
 }
 
 /// The host's check for updates (`Host.getAvailableUpdates`).
@@ -203,6 +230,7 @@ impl Default for Storage {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            imageio: ImageIo::default(),
             listen: Listen::default(),
             tls: Tls::default(),
             libvirt: Libvirt::default(),
@@ -420,6 +448,13 @@ impl Config {
                 ConfigError::Invalid(format!("listen.address {:?}", self.listen.address))
             })?;
         Ok(SocketAddr::new(ip, self.listen.port))
+    }
+
+    /// Where the image data server listens.
+    pub fn imageio_addr(&self) -> Result<SocketAddr, ConfigError> {
+        let mut a = self.listen_addr()?;
+        a.set_port(self.imageio.port);
+        Ok(a)
     }
 }
 

@@ -28,6 +28,9 @@ pub struct Identity {
     files: IdentityFiles,
     names: Vec<String>,
     current: RwLock<Arc<rustls::ServerConfig>>,
+    /// The same certificate without client authentication: the image data server's
+    /// (imageio clients present none; their ticket is the capability).
+    image: RwLock<Arc<rustls::ServerConfig>>,
     enroll_token: Mutex<Option<String>>,
     pending_key: Mutex<Option<String>>,
     /// Wrong enrollment tokens: after 5, each doubles the wait (up to a minute).
@@ -149,7 +152,12 @@ fn denied(msg: &str) -> RpcError {
 }
 
 impl Identity {
-    fn new(cfg: &Config, server: Arc<rustls::ServerConfig>, token: Option<String>) -> Identity {
+    fn new(
+        cfg: &Config,
+        server: Arc<rustls::ServerConfig>,
+        image: Arc<rustls::ServerConfig>,
+        token: Option<String>,
+    ) -> Identity {
         let mut names = vec![cfg.manager.address.clone(), cfg.manager.host_name.clone()];
         names.retain(|n| !n.is_empty());
         if names.is_empty() {
@@ -159,6 +167,7 @@ impl Identity {
             files: IdentityFiles::of(cfg),
             names,
             current: RwLock::new(server),
+            image: RwLock::new(image),
             enroll_token: Mutex::new(token),
             pending_key: Mutex::new(None),
             enroll_failures: Backoff::new(5, Duration::from_secs(1), Duration::from_secs(60), 1),
@@ -167,12 +176,10 @@ impl Identity {
 
     /// From the configured files.
     pub fn load(cfg: &Config) -> anyhow::Result<Identity> {
-        let server = halyard_pki::server_config_pem(
-            &read(&cfg.tls.cert)?,
-            &read(&cfg.tls.key)?,
-            Some(&read(&cfg.tls.ca)?),
-        )?;
-        Ok(Identity::new(cfg, server, None))
+        let (cert, key) = (read(&cfg.tls.cert)?, read(&cfg.tls.key)?);
+        let server = halyard_pki::server_config_pem(&cert, &key, Some(&read(&cfg.tls.ca)?))?;
+        let image = halyard_pki::server_config_pem(&cert, &key, None)?;
+        Ok(Identity::new(cfg, server, image, None))
     }
 
     /// Enrollment mode: a self-signed certificate, no client authentication.
@@ -183,7 +190,7 @@ impl Identity {
         let names = halyard_pki::default_host_names(std::slice::from_ref(&cfg.manager.address));
         let s = halyard_pki::self_signed(&names)?;
         let server = halyard_pki::server_config_pem(&s.cert_pem, &s.key_pem, None)?;
-        Ok(Identity::new(cfg, server, Some(token)))
+        Ok(Identity::new(cfg, server.clone(), server, Some(token)))
     }
 
     /// The identity files are there (after finishing an interrupted installation).
@@ -198,6 +205,11 @@ impl Identity {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The image data server's TLS configuration of the moment.
+    pub fn image_server_config(&self) -> Arc<rustls::ServerConfig> {
+        self.image.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn enrolling(&self) -> bool {
@@ -265,10 +277,12 @@ impl Identity {
         }
         let server = halyard_pki::server_config_pem(cert, &key, Some(&ca_pem))
             .map_err(RpcError::internal)?;
+        let image = halyard_pki::server_config_pem(cert, &key, None).map_err(RpcError::internal)?;
         self.files
             .install(&key, cert, &ca_pem)
             .map_err(|e| RpcError::internal(e.to_string()))?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = server;
+        *self.image.write().unwrap_or_else(|p| p.into_inner()) = image;
         *self.pending_key.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let was_enrolling = self
             .enroll_token

@@ -9,6 +9,8 @@
 //! - [`vmpolicy`]: what a VM definition may ask of the host.
 //! - [`monitor`]: host sampling from /proc and sysfs.
 //! - [`caps`]: the Host.getCapabilities answer.
+//! - [`images`]: image transfers: the image data server (port 54322), its tickets,
+//!   qemu-nbd servers, the check of uploaded volumes.
 
 pub mod agent;
 pub mod api;
@@ -19,6 +21,7 @@ pub mod config;
 pub mod domxml;
 pub mod guestinfo;
 pub mod identity;
+pub mod images;
 pub mod libvirt;
 pub mod memtrim;
 pub mod monitor;

@@ -243,6 +243,23 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .context("registering libvirt event callbacks")?;
     info!(%bound, domain_type = %cfg.libvirt.domain_type, libvirt = %cfg.libvirt.uri, %agent_id, "listening");
     let agent = Agent::new(cfg, identity, agent_id, virt);
+    if agent.cfg.imageio.enabled {
+        let addr = agent.cfg.imageio_addr()?;
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the image data server to {addr}"))?;
+        let bound = l.local_addr()?;
+        agent.images.set_port(bound.port());
+        info!(%bound, "image data server listening");
+        let id = agent.identity.clone();
+        tokio::spawn(
+            agent
+                .images
+                .server
+                .clone()
+                .serve(l, move || id.image_server_config()),
+        );
+    }
     tokio::spawn(halyard_hostd::server::serve(agent.clone(), listener));
     match agent.recover().await {
         Ok(n) => info!(adopted = n, "recovery done; ready"),

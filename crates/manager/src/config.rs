@@ -48,6 +48,44 @@ pub struct Config {
     pub host_cert_days: i64,
     /// Where hosts write the serial console logs of VMs the Manager starts.
     pub vm_console_dir: String,
+    pub imageio: ImageIo,
+}
+
+/// The image transfer proxy (ovirt-imageio's proxy on the engine, port 54323) and
+/// image transfers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImageIo {
+    /// Serve the proxy at the API's address.
+    pub enabled: bool,
+    /// TCP port; 0 picks a free one (tests; written to `<data_dir>/imageio.addr`).
+    pub port: u16,
+    /// Open proxy connections, at most.
+    pub max_connections: usize,
+    /// Seconds a transfer may see no client activity before its timeout policy acts
+    /// (oVirt's TransferImageClientInactivityTimeoutInSeconds), when the transfer does
+    /// not give one.
+    pub inactivity_timeout_secs: u64,
+    /// Seconds between the checks of running transfers (progress, inactivity).
+    pub poll_secs: u64,
+    /// Seconds a finished transfer stays listed.
+    pub keep_finished_secs: u64,
+    /// Image transfers not finished, at most.
+    pub max_transfers: usize,
+}
+
+impl Default for ImageIo {
+    fn default() -> Self {
+        ImageIo {
+            enabled: true,
+            port: 54323,
+            max_connections: 64,
+            inactivity_timeout_secs: 60,
+            poll_secs: 2,
+            keep_finished_secs: 900,
+            max_transfers: 256,
+        }
+    }
 }
 
 /// Connections to the API.
@@ -137,6 +175,7 @@ impl Default for Config {
             monitoring: Monitoring::default(),
             host_cert_days: 365,
             vm_console_dir: "/var/log/halyard/vms".into(),
+            imageio: ImageIo::default(),
         }
     }
 }

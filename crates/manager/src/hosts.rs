@@ -330,6 +330,10 @@ impl Manager {
                 h.cpu_cores = (n("cpuCores") / h.cpu_sockets.max(1)).max(1);
                 h.memory = s("memSize").parse::<u64>().unwrap_or(0) * 1024 * 1024;
                 h.hardware_uuid = s("uuid");
+                h.imageio_port = caps["halyardImageioPort"]
+                    .as_u64()
+                    .and_then(|p| u16::try_from(p).ok())
+                    .unwrap_or(0);
                 h.libvirt_version = pkg("libvirt");
                 h.vdsm_version = pkg("vdsm");
                 h.kernel = pkg("kernel");

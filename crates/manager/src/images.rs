@@ -38,6 +38,8 @@ pub struct NewDisk {
     pub format: String,
     pub sparse: bool,
     pub storage_domain: String,
+    /// data or iso
+    pub content_type: String,
 }
 
 fn failed(e: impl std::fmt::Display) -> StorageOpError {
@@ -141,6 +143,7 @@ impl Manager {
             template: None,
             quota: None,
             inactive: false,
+            content_type: n.content_type,
             creation_time: now_ms(),
         };
         self.insert(&disk).await.map_err(failed)?;
@@ -571,6 +574,7 @@ impl Manager {
                 template: Some(t.id.clone()),
                 quota: None,
                 inactive: false,
+                content_type: "data".into(),
                 creation_time: now_ms(),
             };
             t.disks.push(td.id.clone());
@@ -658,6 +662,7 @@ impl Manager {
                 template: None,
                 quota: None,
                 inactive: false,
+                content_type: "data".into(),
                 creation_time: now_ms(),
             };
             self.insert(&d).await.map_err(failed)?;

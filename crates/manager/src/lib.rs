@@ -8,6 +8,8 @@
 //! - [`storage`]: storage domains, the pool, SPM election and failover, storage tasks.
 //! - [`domains`]: storage domain lifecycle; [`images`]: disks, snapshots, templates.
 //! - [`register`]: host registration, approval, enrollment; [`ovf`]: a VM's OVF.
+//! - [`transfers`]: image transfers (uploads and downloads through the hosts' image
+//!   data servers and the Manager's imageio proxy).
 
 pub mod api;
 pub mod config;
@@ -24,6 +26,7 @@ pub mod scheduling;
 pub mod server;
 pub mod state;
 pub mod storage;
+pub mod transfers;
 pub mod vms;
 
 /// The unit tests (and their rendering benchmark) allocate as the daemon does.

@@ -262,6 +262,8 @@ fn main() -> anyhow::Result<()> {
         tokio::spawn(halyard_manager::memory::trim_periodically());
         tokio::spawn(m.clone().pool_loop());
         tokio::spawn(halyard_manager::api::vmpools::monitor(m.clone()));
+        m.pause_interrupted_transfers().await;
+        tokio::spawn(m.clone().watch_transfers());
         info!("Manager ready");
         halyard_manager::server::serve(m).await
     })

@@ -235,6 +235,10 @@ pub struct Host {
     /// What the last check for updates found (oVirt's update_available).
     #[serde(default)]
     pub update_available: bool,
+    /// The port of its image data server (Host.getCapabilities `halyardImageioPort`;
+    /// 0: it serves none).
+    #[serde(default)]
+    pub imageio_port: u16,
 }
 
 /// What the statistics show of one Host.getStats sample (only that is kept).
@@ -494,6 +498,13 @@ pub struct Disk {
     /// starts without it.
     #[serde(default)]
     pub inactive: bool,
+    /// data or iso (an ISO image a VM's CD-ROM can hold).
+    #[serde(default = "default_content_type")]
+    pub content_type: String,
+}
+
+fn default_content_type() -> String {
+    "data".into()
 }
 
 fn default_interface() -> String {
@@ -838,6 +849,54 @@ pub struct Step {
     pub end_time: Option<i64>,
 }
 
+/// An image transfer (oVirt's ImageTransfer): a client's upload into or download of
+/// a disk, through a ticket on a host's image data server and the Manager's proxy.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ImageTransfer {
+    pub id: String,
+    pub disk: String,
+    /// upload, download
+    pub direction: String,
+    /// raw (guest data, through qemu-nbd) or cow (the volume's qcow2 bytes)
+    pub format: String,
+    /// oVirt's ImageTransferPhase names.
+    pub phase: String,
+    #[serde(default)]
+    pub host: Option<String>,
+    /// The ticket id: the capability in both URLs (shown only in them).
+    #[serde(default)]
+    pub ticket: String,
+    #[serde(default)]
+    pub transfer_url: String,
+    #[serde(default)]
+    pub proxy_url: String,
+    /// The host name clients reach the proxy at (the Host the transfer was asked with).
+    #[serde(default)]
+    pub proxy_host: String,
+    pub inactivity_timeout: u64,
+    /// legacy, pause, cancel
+    pub timeout_policy: String,
+    #[serde(default)]
+    pub transferred: u64,
+    #[serde(default)]
+    pub active: bool,
+    #[serde(default)]
+    pub shallow: bool,
+    /// The host serves it through qemu-nbd (format raw).
+    #[serde(default)]
+    pub nbd: bool,
+    /// Bytes the ticket covers.
+    #[serde(default)]
+    pub size: u64,
+    pub creation_time: i64,
+    /// When it reached a final phase (it is forgotten some minutes later).
+    #[serde(default)]
+    pub end_time: Option<i64>,
+    /// Why it failed, when it did.
+    #[serde(default)]
+    pub error: String,
+}
+
 /// Everything, in memory.
 #[derive(Debug, Default)]
 pub struct Inventory {
@@ -852,6 +911,7 @@ pub struct Inventory {
     pub disks: BTreeMap<String, Disk>,
     pub snapshots: BTreeMap<String, Snapshot>,
     pub templates: BTreeMap<String, Template>,
+    pub image_transfers: BTreeMap<String, ImageTransfer>,
     pub tasks: BTreeMap<String, StorageTask>,
     pub join_tokens: BTreeMap<String, JoinToken>,
     pub tags: BTreeMap<String, Tag>,

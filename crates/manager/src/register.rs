@@ -468,6 +468,7 @@ pub(crate) fn new_host(
         tags: Vec::new(),
         networks: Vec::new(),
         update_available: false,
+        imageio_port: 0,
     }
 }
 

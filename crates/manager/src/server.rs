@@ -231,6 +231,21 @@ async fn logout(State(m): State<Arc<Manager>>, req: Request<Body>) -> Response {
     (StatusCode::OK, [("content-type", "application/json")], "{}").into_response()
 }
 
+/// The host of a `Host` header (`name`, `name:port`, `[v6]:port`).
+fn host_of(h: &str) -> String {
+    let h = h.trim();
+    if let Some(rest) = h.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((a, _)) => format!("[{a}]"),
+            None => h.to_string(),
+        };
+    }
+    match h.rsplit_once(':') {
+        Some((a, p)) if p.bytes().all(|b| b.is_ascii_digit()) => a.to_string(),
+        _ => h.to_string(),
+    }
+}
+
 fn bearer(h: &HeaderMap) -> Option<&str> {
     h.get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -342,6 +357,10 @@ async fn api(State(m): State<Arc<Manager>>, req: Request<Body>) -> Response {
                 .get("all-content")
                 .and_then(|v| v.to_str().ok())
                 .map(|v| v.trim().to_ascii_lowercase()),
+            host_header: headers
+                .get(hyper::header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(host_of),
         },
         f,
     )
@@ -379,7 +398,7 @@ pub fn router(m: Arc<Manager>) -> Router {
 /// body without a pause of `idle_timeout_secs`.
 pub async fn serve(m: Arc<Manager>) -> anyhow::Result<()> {
     let tls = m.engine_tls()?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
     let ip: std::net::IpAddr = m.cfg.address.trim_matches(['[', ']']).parse()?;
     let listener = tokio::net::TcpListener::bind((ip, m.cfg.port)).await?;
     let bound = listener.local_addr()?;
@@ -389,6 +408,18 @@ pub async fn serve(m: Arc<Manager>) -> anyhow::Result<()> {
         0o600,
     )?;
     info!(%bound, "Manager API listening");
+    if m.cfg.imageio.enabled {
+        let l = tokio::net::TcpListener::bind((ip, m.cfg.imageio.port)).await?;
+        let b = l.local_addr()?;
+        halyard_common::fsutil::write_atomic(
+            &m.cfg.data_dir.join("imageio.addr"),
+            b.to_string().as_bytes(),
+            0o600,
+        )?;
+        info!(bound = %b, "image transfer proxy listening");
+        let proxy_tls = tls.clone();
+        tokio::spawn(m.imageio.clone().serve(l, move || proxy_tls.clone()));
+    }
     let app = router(m.clone());
     let limits = m.cfg.limits.clone();
     let gate = HandshakeGate::new(limits.max_handshakes, limits.max_handshakes_per_source);

@@ -87,6 +87,9 @@ pub struct Manager {
     store: tokio::sync::Mutex<()>,
     /// What clients may try how often (logins, registrations, join tokens).
     pub throttles: Throttles,
+    /// The image transfer proxy (imageio's proxy role, port 54323): its tickets name
+    /// the hosts' ticket URLs.
+    pub imageio: Arc<halyard_imageio::ImageServer>,
 }
 
 /// Bounds on attempts, per user and per source address.
@@ -201,6 +204,14 @@ impl Manager {
         let db = Db::open(&cfg.database_url()).await?;
         info!(backend = db.backend, "database ready");
         let pki = Self::open_pki(&cfg)?;
+        let imageio = halyard_imageio::ImageServer::new(
+            halyard_imageio::Role::Proxy,
+            halyard_imageio::Limits {
+                max_connections: cfg.imageio.max_connections,
+                ..Default::default()
+            },
+            Some(halyard_pki::client_config_trusting(pki.ca.cert_pem())?),
+        );
         let throttles = Throttles::new(&cfg);
         let m = Arc::new(Manager {
             cfg,
@@ -213,6 +224,7 @@ impl Manager {
             pools: Mutex::new(Default::default()),
             store: tokio::sync::Mutex::new(()),
             throttles,
+            imageio,
         });
         m.init_admin().await?;
         m.load().await?;
@@ -346,6 +358,9 @@ impl Manager {
         }
         for x in self.db.all::<Template>("template").await? {
             inv.templates.insert(x.id.clone(), x);
+        }
+        for x in self.db.all::<ImageTransfer>("imagetransfer").await? {
+            inv.image_transfers.insert(x.id.clone(), x);
         }
         for x in self.db.all::<StorageTask>("task").await? {
             inv.tasks.insert(x.id.clone(), x);
@@ -854,6 +869,7 @@ stored! {
     StorageDomain => "storagedomain", storage_domains;
     Snapshot => "snapshot", snapshots;
     Template => "template", templates;
+    ImageTransfer => "imagetransfer", image_transfers;
     StorageTask => "task", tasks;
     JoinToken => "jointoken", join_tokens;
     Tag => "tag", tags;

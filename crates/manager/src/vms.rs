@@ -767,6 +767,7 @@ mod tests {
             creation_time: 0,
             quota: None,
             inactive: false,
+            content_type: "data".into(),
         }
     }
 

@@ -67,6 +67,7 @@ pub mod errors {
         NOT_IMPLEMENTED = 44, "Not implemented";
         RESET_FAILED = 90, "Failed to reset VM.";
         INVALID_PARAMETER = 91, "Invalid parameter";
+        IMAGE_TICKETS = 481, "Image tickets error";
         RECOVERY = 99, "Recovering from crash or Initializing";
         GENERAL = 100, "General Exception";
     }
@@ -201,6 +202,56 @@ pub trait Verb {
 pub struct VmIdParams {
     #[serde(rename = "vmID")]
     pub vm_id: String,
+}
+
+/// `Host.add_image_ticket`: the ticket as imageio takes it (checked by the host's
+/// image server, `halyard_imageio::TicketSpec`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AddImageTicketParams {
+    pub ticket: Value,
+}
+
+/// `Host.remove_image_ticket`, `Host.get_image_ticket`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ImageTicketParams {
+    pub uuid: String,
+}
+
+/// `Host.extend_image_ticket`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExtendImageTicketParams {
+    pub uuid: String,
+    pub timeout: u64,
+}
+
+/// `NBD.start_server`: an id and VDSM's config (sd_id, img_id, vol_id, readonly,
+/// discard, detect_zeroes, backing_chain, bitmap).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NbdStartParams {
+    pub server_id: String,
+    pub config: Value,
+}
+
+/// `NBD.stop_server`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NbdStopParams {
+    pub server_id: String,
+}
+
+/// `Volume.verify_untrusted`: the volume a client uploaded; `content` (Halyard's) is
+/// `iso` when the disk must hold an ISO 9660 image.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VerifyUntrustedParams {
+    #[serde(rename = "storagepoolID")]
+    pub sp: String,
+    #[serde(rename = "storagedomainID")]
+    pub sd: String,
+    #[serde(rename = "imageID")]
+    pub img: String,
+    #[serde(rename = "volumeID")]
+    pub vol: String,
+    #[serde(default)]
+    pub content: Option<String>,
 }
 
 /// Params of verbs without params.
@@ -519,6 +570,10 @@ pub struct Capabilities {
     /// `qemu`); a Halyard addition.
     #[serde(rename = "halyardDomainType", default)]
     pub domain_type: String,
+    /// The port of the host's image data server (imageio's 54322 by default; 0: none);
+    /// a Halyard addition, the Manager puts it in transfer URLs.
+    #[serde(rename = "halyardImageioPort", default)]
+    pub imageio_port: u16,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -555,6 +610,61 @@ pub mod verbs {
     }
 
     verb!(HostPing2, "Host.ping2", [], NoParams, bool);
+    verb!(
+        HostAddImageTicket,
+        "Host.add_image_ticket",
+        ["ticket"],
+        AddImageTicketParams,
+        bool
+    );
+    verb!(
+        HostRemoveImageTicket,
+        "Host.remove_image_ticket",
+        ["uuid"],
+        ImageTicketParams,
+        bool
+    );
+    verb!(
+        HostExtendImageTicket,
+        "Host.extend_image_ticket",
+        ["uuid", "timeout"],
+        ExtendImageTicketParams,
+        bool
+    );
+    verb!(
+        HostGetImageTicket,
+        "Host.get_image_ticket",
+        ["uuid"],
+        ImageTicketParams,
+        Value
+    );
+    verb!(
+        NbdStartServer,
+        "NBD.start_server",
+        ["server_id", "config"],
+        NbdStartParams,
+        String
+    );
+    verb!(
+        NbdStopServer,
+        "NBD.stop_server",
+        ["server_id"],
+        NbdStopParams,
+        bool
+    );
+    verb!(
+        VolumeVerifyUntrusted,
+        "Volume.verify_untrusted",
+        [
+            "storagepoolID",
+            "storagedomainID",
+            "imageID",
+            "volumeID",
+            "content"
+        ],
+        VerifyUntrustedParams,
+        bool
+    );
     verb!(
         HostGetCapabilities,
         "Host.getCapabilities",

@@ -199,6 +199,7 @@ spm_watchdog_interval_secs = 1
             extra = opts.extra_config,
             enroll = enroll,
         );
+        let config = crate::manager::with_free_imageio_port(&config);
         std::fs::write(dir.join("hostd.toml"), config).expect("writing the agent config");
         let mut h = TestHost {
             dir,

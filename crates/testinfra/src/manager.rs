@@ -89,6 +89,24 @@ pub fn static_guest_agent() -> PathBuf {
     out
 }
 
+/// `config` with `port = 0` in its `[imageio]` section (added when it has none).
+pub fn with_free_imageio_port(config: &str) -> String {
+    match config.find("[imageio]\n") {
+        Some(i)
+            if !config[i..]
+                .lines()
+                .skip(1)
+                .take_while(|l| !l.starts_with('['))
+                .any(|l| l.starts_with("port")) =>
+        {
+            let at = i + "[imageio]\n".len();
+            format!("{}port = 0\n{}", &config[..at], &config[at..])
+        }
+        Some(_) => config.to_string(),
+        None => format!("{config}\n[imageio]\nport = 0\n"),
+    }
+}
+
 /// A virtualenv under the work directory, made once per machine: `probe` (Python
 /// code) must succeed in it, else it is made anew with `packages` from PyPI.
 fn venv(name: &str, probe: &str, packages: &[&str]) -> PathBuf {
@@ -128,8 +146,11 @@ fn venv(name: &str, probe: &str, packages: &[&str]) -> PathBuf {
 pub fn sdk_python() -> PathBuf {
     venv(
         "sdk-venv",
-        "import ovirtsdk4.version as v; assert v.VERSION.startswith('4.6')",
-        &["ovirt-engine-sdk-python>=4.6,<4.7"],
+        "import ovirtsdk4.version as v, ovirt_imageio.client; assert v.VERSION.startswith('4.6')",
+        &[
+            "ovirt-engine-sdk-python>=4.6,<4.7",
+            "ovirt-imageio>=2.5,<2.6",
+        ],
     )
     .join("bin/python")
 }
@@ -316,6 +337,8 @@ impl ManagerProc {
             Database::Sqlite => String::new(),
             Database::Postgres(p) => format!("database = \"{}\"\n", p.url),
         };
+        // The image transfer proxy on a free port (tests run side by side).
+        let extra_config = with_free_imageio_port(extra_config);
         let config = format!(
             "address = \"{address}\"\nport = 0\ndata_dir = \"{}\"\nnames = [\"localhost\"{}]\n{database}vm_console_dir = \"{}\"\n{extra_config}\n",
             dir.join("data").display(),

@@ -131,6 +131,9 @@ pub struct Req {
     pub format: Format,
     /// The `All-Content` header (oVirt reads it as well as the query parameter).
     pub all_content_header: Option<String>,
+    /// The host name of the request's `Host` header (what the client reached the
+    /// Manager at), without the port.
+    pub host_header: Option<String>,
 }
 
 impl Req {
@@ -577,6 +580,9 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
         return out;
     }
     if let Some(out) = super::statistics::route(m, r, &s).await {
+        return out;
+    }
+    if let Some(out) = super::transfers::route(m, r, &s).await {
         return out;
     }
     match s.as_slice() {

@@ -18,5 +18,6 @@ pub mod search;
 pub mod statistics;
 pub mod storage;
 pub mod tags;
+pub mod transfers;
 pub mod validate;
 pub mod vmpools;

@@ -570,7 +570,7 @@ pub fn disk(d: &Disk) -> Node {
         .with(Node::leaf("description", &d.description))
         .with(Node::leaf("actual_size", d.actual_size))
         .with(Node::leaf("backup", "none"))
-        .with(Node::leaf("content_type", "data"))
+        .with(Node::leaf("content_type", &d.content_type))
         .with(Node::leaf("format", &d.format))
         .with(Node::leaf("image_id", d.leaf()))
         .with(Node::leaf("propagate_errors", false))
@@ -699,4 +699,36 @@ pub fn step(j: &Job, s: &Step) -> Node {
         .with(Node::leaf("status", &s.status))
         .with(Node::leaf("type", &s.step_type))
         .with(Node::reference("job", &href("jobs", &j.id), &j.id))
+}
+
+/// An image transfer; its URLs once it is ready (they carry the ticket).
+pub fn image_transfer(t: &ImageTransfer, image: Option<&str>) -> Node {
+    let hr = href("imagetransfers", &t.id);
+    let mut n = linked(
+        obj("image_transfer", "imagetransfers", &t.id),
+        "ImageTransfer",
+        &hr,
+    )
+    .with(Node::leaf("active", t.active))
+    .with(Node::leaf("direction", &t.direction))
+    .with(Node::leaf("format", &t.format))
+    .with(Node::leaf("inactivity_timeout", t.inactivity_timeout))
+    .with(Node::leaf("phase", &t.phase));
+    if !t.proxy_url.is_empty() && t.phase == "transferring" {
+        n.push(Node::leaf("proxy_url", &t.proxy_url));
+    }
+    n.push(Node::leaf("shallow", t.shallow));
+    n.push(Node::leaf("timeout_policy", &t.timeout_policy));
+    if !t.transfer_url.is_empty() && t.phase == "transferring" {
+        n.push(Node::leaf("transfer_url", &t.transfer_url));
+    }
+    n.push(Node::leaf("transferred", t.transferred));
+    n.push(Node::reference("disk", &href("disks", &t.disk), &t.disk));
+    if let Some(h) = &t.host {
+        n.push(Node::reference("host", &href("hosts", h), h));
+    }
+    if let Some(i) = image {
+        n.push(Node::new("image").attr("id", i));
+    }
+    n
 }

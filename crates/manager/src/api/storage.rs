@@ -426,13 +426,15 @@ fn new_disk(m: &Arc<Manager>, d: &Node) -> Result<NewDisk, ApiError> {
         .unwrap_or("")
         .to_string();
     check_name(&name, "disk")?;
-    if let Some(ct) = d.text_of("content_type") {
-        if ct != "data" {
+    let content_type = match d.text_of("content_type") {
+        None | Some("data") => "data",
+        Some("iso") => "iso",
+        Some(ct) => {
             return Err(ApiError::bad(format!(
-                "Cannot add Disk. content_type {ct:?}: Halyard makes data disks only"
-            )));
+                "Cannot add Disk. content_type {ct:?}: Halyard makes data and iso disks"
+            )))
         }
-    }
+    };
     let size = parse_u64(d, "provisioned_size")?
         .ok_or_else(|| ApiError::bad("Cannot add Disk. <provisioned_size> is required."))?;
     let sd_node = d
@@ -455,6 +457,11 @@ fn new_disk(m: &Arc<Manager>, d: &Node) -> Result<NewDisk, ApiError> {
         .unwrap_or_default()
     };
     let format = d.text_of("format").unwrap_or("cow").to_string();
+    if content_type == "iso" && format != "raw" {
+        return Err(ApiError::bad(
+            "Cannot add Disk. An ISO disk (content_type iso) must have format raw.",
+        ));
+    }
     let sparse = match d.text_of("sparse") {
         None => true,
         Some("true") => true,
@@ -468,6 +475,7 @@ fn new_disk(m: &Arc<Manager>, d: &Node) -> Result<NewDisk, ApiError> {
         format,
         sparse,
         storage_domain: sd,
+        content_type: content_type.into(),
     })
 }
 

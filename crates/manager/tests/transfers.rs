@@ -1,0 +1,65 @@
+//! Image transfers end to end: a Manager, a real host agent with its image data
+//! server, a local data domain, and tests/sdk/transfers.py driving the unmodified SDK
+//! and the unmodified ovirt-imageio client (uploads and downloads through the host and
+//! through the Manager's proxy, checksums, and the refusals: guessed, reused and
+//! ended tickets, a read ticket writing, ranges past the end, a client that
+//! disconnects half-way, inactivity, an ISO that is not one).
+
+use std::path::PathBuf;
+
+use halyard_testinfra::manager::{workspace_bin, Database, ManagerProc};
+use halyard_testinfra::{HostOptions, TestHost};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_transfers_with_the_imageio_client() {
+    let m = ManagerProc::start(
+        Database::Sqlite,
+        "[monitoring]\npool_check_secs = 1\nspm_status_interval_secs = 2\n[imageio]\npoll_secs = 1\n",
+    )
+    .await;
+    let name = format!("tr{}", std::process::id());
+    let mut o = HostOptions::new(workspace_bin("halyard-hostd", "halyard-hostd"));
+    o.manager_url = Some(m.url());
+    o.host_name = name.clone();
+    let host = TestHost::start(o).await;
+    let sd = host.dir.join("transfers-sd");
+    let work = host.dir.join("transfers-work");
+    std::fs::create_dir_all(&sd).expect("sd dir");
+    std::fs::create_dir_all(&work).expect("work dir");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/transfers.py");
+    let out = m.run_sdk(
+        &script,
+        &[
+            ("HALYARD_HOST_NAME", name.clone()),
+            ("HALYARD_SD_PATH", sd.to_string_lossy().into_owned()),
+            ("HALYARD_WORK", work.to_string_lossy().into_owned()),
+        ],
+    );
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    let log = host.log();
+    assert!(
+        out.status.success() && text.contains("TRANSFERS OK"),
+        "image transfers failed:\n{text}\nagent log (tail):\n{}\nmanager log (tail):\n{}",
+        tail(&log, 60),
+        tail(&m.log(), 60)
+    );
+    // Tickets are secrets: the agent logs transfer ids, never a ticket id.
+    let ticket = text
+        .lines()
+        .find_map(|l| l.strip_prefix("TICKET_URL "))
+        .and_then(|u| u.rsplit('/').next())
+        .expect("the script prints a ticket URL");
+    assert_eq!(ticket.len(), 36, "{ticket}");
+    assert!(!log.contains(ticket), "the agent logged a ticket id");
+    assert!(!m.log().contains(ticket), "the Manager logged a ticket id");
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(n)..].join("\n")
+}
