@@ -959,6 +959,57 @@ impl Agent {
         .map_err(|e| virt_err(errors::UNEXPECTED, &e))
     }
 
+    /// VM.changeCD: new media (an ISO volume, prepared here) in the running VM's CD-ROM,
+    /// or none.
+    pub async fn vm_change_cd(&self, id: &str, spec: &serde_json::Value) -> Result<(), RpcError> {
+        let bad = |m: &str| errors::INVALID_PARAMETER.rpc(Some(m));
+        let name = spec["name"].as_str().unwrap_or("");
+        if !(3..=4).contains(&name.len())
+            || !name.bytes().all(|b| b.is_ascii_lowercase())
+            || !matches!(&name[..2], "hd" | "sd")
+        {
+            return Err(bad(
+                "cdromspec name must be the CD-ROM's device (hdX or sdX)",
+            ));
+        }
+        let bus = match spec["iface"].as_str() {
+            Some(b @ ("ide" | "sata" | "scsi")) => b,
+            _ => return Err(bad("cdromspec iface must be ide, sata or scsi")),
+        };
+        let source = match &spec["path"] {
+            serde_json::Value::String(s) if s.is_empty() => String::new(),
+            serde_json::Value::Object(o) => {
+                let f = |k: &str| o.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+                let (sd, img, vol) = (f("domainID"), f("imageID"), f("volumeID"));
+                for x in [&sd, &img, &vol] {
+                    if !halyard_proto::vdsm::is_uuid(x) {
+                        return Err(bad("cdromspec path needs domainID, imageID and volumeID"));
+                    }
+                }
+                let path = self
+                    .storage
+                    .image_prepare(&sd, &img, &vol, false)
+                    .await
+                    .map_err(storage_err)?;
+                format!(
+                    "<source file=\"{}\"/>",
+                    quick_xml::escape::escape(path.to_string_lossy().as_ref())
+                )
+            }
+            _ => return Err(bad("cdromspec path must be an ISO volume or \"\"")),
+        };
+        let xml = format!(
+            "<disk type=\"file\" device=\"cdrom\"><driver name=\"qemu\" type=\"raw\" error_policy=\"report\"/>{source}<target dev=\"{name}\" bus=\"{bus}\"/><readonly/></disk>"
+        );
+        self.domain_call(id, move |d| {
+            d.update_device_flags(&xml, virt::sys::VIR_DOMAIN_AFFECT_LIVE)
+                .map(|_| ())
+        })
+        .await?;
+        info!(vm = id, media = !source.is_empty(), "CD changed");
+        Ok(())
+    }
+
     /// VM.snapshot: a live external disk snapshot onto the new volumes (already created
     /// by the SPM on top of the current leaves).
     pub async fn vm_snapshot(

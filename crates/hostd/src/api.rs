@@ -149,6 +149,12 @@ async fn call(agent: &Arc<Agent>, method: &str, params: &Params) -> Result<Value
                 .set_certificate(p.token.as_deref(), &p.certificate, p.ca.as_deref())?;
             to_value(true)
         }
+        verbs::VmChangeCd::METHOD => {
+            let p = bind::<verbs::VmChangeCd>(params)?;
+            check_vm_id(&p.vm_id)?;
+            agent.vm_change_cd(&p.vm_id, &p.cdromspec).await?;
+            to_value(true)
+        }
         verbs::HostAddImageTicket::METHOD => {
             let p = bind::<verbs::HostAddImageTicket>(params)?;
             let spec: halyard_imageio::TicketSpec = serde_json::from_value(p.ticket)

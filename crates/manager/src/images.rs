@@ -856,8 +856,122 @@ impl Manager {
                 "IDE disks need the i440fx machine (bios type i440fx_sea_bios); on q35 use sata, virtio or virtio_scsi".into(),
             );
         }
-        drives_of(&inv, &disks)
+        let (mut devices, mut meta) = drives_of(&inv, &disks)?;
+        if let Some(v) = inv.vms.get(vm) {
+            let iso = match v.cdrom.as_str() {
+                "" => None,
+                id => Some(iso_disk(&inv, id, &v.cluster)?),
+            };
+            let (d, m) = cdrom_of(&inv, v, &disks, iso)?;
+            devices.push_str(&d);
+            meta.push_str(&m);
+        }
+        Ok((devices, meta))
     }
+}
+
+/// The id of a VM's CD-ROM device (one per VM, as in oVirt).
+pub fn cdrom_id(vm: &str) -> String {
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, format!("{vm}/cdrom").as_bytes()).to_string()
+}
+
+/// An ISO disk a VM of `cluster` may hold in its CD-ROM.
+pub fn iso_disk<'a>(
+    inv: &'a Inventory,
+    id: &str,
+    cluster: &str,
+) -> std::result::Result<&'a Disk, String> {
+    let d = inv
+        .disks
+        .get(id)
+        .ok_or_else(|| format!("the CD-ROM's ISO disk {id} does not exist"))?;
+    if d.content_type != "iso" {
+        return Err(format!(
+            "disk {} is not an ISO disk (content_type {})",
+            d.name, d.content_type
+        ));
+    }
+    if d.status != "ok" {
+        return Err(format!("ISO disk {} is {}", d.name, d.status));
+    }
+    let dc = inv
+        .storage_domains
+        .get(&d.storage_domain)
+        .and_then(|s| s.data_center.as_deref());
+    if dc.is_none() || dc != inv.dc_of_cluster(cluster) {
+        return Err(format!(
+            "ISO disk {} is not on a storage domain of the VM's data center",
+            d.name
+        ));
+    }
+    Ok(d)
+}
+
+/// The CD-ROM's place: the next free device of the machine's CD bus (IDE on i440fx,
+/// SATA on q35, as oVirt's builder puts it).
+pub fn cdrom_target(
+    v: &Vm,
+    disks: &[&Disk],
+) -> std::result::Result<(String, &'static str), String> {
+    if v.q35() {
+        let used = disks
+            .iter()
+            .filter(|d| matches!(d.interface.as_str(), "sata" | "virtio_scsi"))
+            .count();
+        if used >= MAX_BUS_DISKS {
+            return Err("no SATA/SCSI device name is left for the CD-ROM".into());
+        }
+        Ok((format!("sd{}", (b'a' + used as u8) as char), "sata"))
+    } else {
+        let used = disks.iter().filter(|d| d.interface == "ide").count();
+        if used >= MAX_IDE_DISKS {
+            return Err(format!(
+                "the VM's CD-ROM needs one of the {MAX_IDE_DISKS} IDE places, and its disks take them all"
+            ));
+        }
+        Ok((format!("hd{}", (b'a' + used as u8) as char), "ide"))
+    }
+}
+
+/// The VM's CD-ROM device (always there, as in oVirt), with `iso` in it.
+fn cdrom_of(
+    inv: &Inventory,
+    v: &Vm,
+    disks: &[&Disk],
+    iso: Option<&Disk>,
+) -> std::result::Result<(String, String), String> {
+    let (dev, bus) = cdrom_target(v, disks)?;
+    let mut devices = String::from(
+        "<disk type=\"file\" device=\"cdrom\"><driver name=\"qemu\" type=\"raw\" error_policy=\"report\"/>",
+    );
+    let mut meta = String::new();
+    if let Some(d) = iso {
+        let dc = inv
+            .storage_domains
+            .get(&d.storage_domain)
+            .and_then(|s| s.data_center.clone())
+            .unwrap_or_default();
+        devices.push_str(&format!(
+            "<source file=\"/rhev/data-center/{dc}/{sd}/images/{img}/{vol}\" startupPolicy=\"optional\"/>",
+            sd = d.storage_domain,
+            img = d.id,
+            vol = d.leaf()
+        ));
+        meta.push_str(&format!(
+            "<ovirt-vm:device devtype=\"disk\" name=\"{dev}\"><ovirt-vm:poolID>{dc}</ovirt-vm:poolID><ovirt-vm:domainID>{sd}</ovirt-vm:domainID><ovirt-vm:imageID>{img}</ovirt-vm:imageID><ovirt-vm:volumeID>{vol}</ovirt-vm:volumeID></ovirt-vm:device>",
+            sd = d.storage_domain,
+            img = d.id,
+            vol = d.leaf()
+        ));
+    }
+    devices.push_str(&format!(
+        "<target dev=\"{dev}\" bus=\"{bus}\"/><readonly/><alias name=\"ua-{}\"/></disk>",
+        cdrom_id(&v.id)
+    ));
+    if bus == "sata" && !disks.iter().any(|d| d.interface == "sata") {
+        devices.push_str("<controller type=\"sata\" index=\"0\"/>");
+    }
+    Ok((devices, meta))
 }
 
 /// Most IDE disks of a VM (two buses of two units on the i440fx machine).

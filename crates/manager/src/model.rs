@@ -698,6 +698,13 @@ pub struct Vm {
     /// `bios/type`: i440fx_sea_bios (empty), q35_sea_bios, q35_ovmf, q35_secure_boot.
     #[serde(default)]
     pub bios_type: String,
+    /// The ISO disk in its CD-ROM for the next run (empty: none).
+    #[serde(default)]
+    pub cdrom: String,
+    /// The ISO disk in the running VM's CD-ROM (`current=true` changes it; set from
+    /// `cdrom` at each start).
+    #[serde(default)]
+    pub cdrom_current: String,
 }
 
 impl Vm {

@@ -758,6 +758,13 @@ impl Manager {
                 Ok(v) => v,
                 Err(e) => {
                     warn!(transfer = %t.id, error = %e, "reading the host's ticket");
+                    if e.to_string().contains("No such ticket") {
+                        // The agent restarted (tickets live in its memory): paused,
+                        // resumable with new tickets.
+                        self.set_phase(&t.id, "paused_system", Some("the host lost the ticket"))
+                            .await;
+                        self.close_tickets(&t, true).await;
+                    }
                     continue;
                 }
             };

@@ -534,6 +534,7 @@ impl Manager {
                     v.creating = true;
                     v.host = Some(host_id.clone());
                     v.start_time = Some(now_ms());
+                    v.cdrom_current = v.cdrom.clone();
                     v.stop_time = None;
                     v.stop_reason.clear();
                     v.clone()
@@ -736,6 +737,8 @@ mod tests {
             numa_nodes: Vec::new(),
             boot_devices: Vec::new(),
             bios_type: String::new(),
+            cdrom: String::new(),
+            cdrom_current: String::new(),
         }
     }
 
@@ -1089,6 +1092,8 @@ mod tests {
             numa_nodes: Vec::new(),
             boot_devices: Vec::new(),
             bios_type: String::new(),
+            cdrom: String::new(),
+            cdrom_current: String::new(),
         };
         let x = domain_xml(&vm, &[], &Default::default(), "/var/log/halyard/vms", "");
         let n = crate::api::node::Node::parse_xml(x.as_bytes()).expect("well-formed");

@@ -254,6 +254,16 @@ pub struct VerifyUntrustedParams {
     pub content: Option<String>,
 }
 
+/// `VM.changeCD`: the CD-ROM (`name`: its target device, `iface`: its bus) and the
+/// media (`path`: pool, domain, image and volume ids of an ISO volume, or `""` to
+/// eject).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChangeCdParams {
+    #[serde(rename = "vmID")]
+    pub vm_id: String,
+    pub cdromspec: Value,
+}
+
 /// Params of verbs without params.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct NoParams {}
@@ -637,6 +647,13 @@ pub mod verbs {
         ["uuid"],
         ImageTicketParams,
         Value
+    );
+    verb!(
+        VmChangeCd,
+        "VM.changeCD",
+        ["vmID", "cdromspec"],
+        ChangeCdParams,
+        bool
     );
     verb!(
         NbdStartServer,

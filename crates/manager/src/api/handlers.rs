@@ -585,6 +585,9 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
     if let Some(out) = super::transfers::route(m, r, &s).await {
         return out;
     }
+    if let Some(out) = super::cdroms::route(m, r, &s).await {
+        return out;
+    }
     match s.as_slice() {
         [] if get => ok(root(m)),
         ["datacenters"] if get => dcs(m, r),
@@ -1913,6 +1916,8 @@ pub(super) async fn new_vm(
         numa_nodes: Vec::new(),
         boot_devices: spec.boot.clone().unwrap_or_default(),
         bios_type: spec.bios.clone().unwrap_or_default(),
+        cdrom: String::new(),
+        cdrom_current: String::new(),
     };
     let formats = vm_disk_formats(&m.read(), n, &vm.template, clone)?;
     m.insert(&vm).await?;

@@ -2,6 +2,7 @@
 
 pub mod access;
 pub mod affinity;
+pub mod cdroms;
 pub mod handlers;
 pub mod inventory;
 pub mod jointokens;

@@ -41,6 +41,7 @@ const DISK_ADD: &[&str] = &[
     "storage_domain",
     "content_type",
     "quota",
+    "initial_size",
 ];
 const ATTACHMENT_ADD: &[&str] = &["disk", "bootable", "interface", "active", "id"];
 const SNAPSHOT_ADD: &[&str] = &["description", "persist_memorystate"];
@@ -437,6 +438,16 @@ fn new_disk(m: &Arc<Manager>, d: &Node) -> Result<NewDisk, ApiError> {
     };
     let size = parse_u64(d, "provisioned_size")?
         .ok_or_else(|| ApiError::bad("Cannot add Disk. <provisioned_size> is required."))?;
+    // What a block volume is allocated with at first (oVirt); Halyard's domains are
+    // file domains, whose sparse volumes grow as written: as in oVirt it only has to
+    // make sense.
+    if let Some(initial) = parse_u64(d, "initial_size")? {
+        if initial > size.saturating_mul(2).saturating_add(64 << 20) {
+            return Err(ApiError::bad(format!(
+                "Cannot add Disk. initial_size {initial} is larger than a disk of {size} bytes can need."
+            )));
+        }
+    }
     let sd_node = d
         .get("storage_domains")
         .and_then(|s| s.get("storage_domain"))

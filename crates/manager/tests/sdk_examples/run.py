@@ -31,6 +31,7 @@ NOT_IN_TRY_ALL). HALYARD_EXAMPLES_KEEP=dir: copy each example's run directory th
 """
 import glob
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -62,10 +63,11 @@ CMDLINE = os.environ.get("HALYARD_CMDLINE", "console=ttyS0 quiet halyard.ip=%s/2
 TRY = os.environ.get("HALYARD_EXAMPLES_TRY", "")
 ENGINE = URL[: -len("/ovirt-engine/api")]
 GiB = 2**30
+MiB = 2**20
 T0 = time.monotonic()
 # The whole run must end (and print its lines) well before nextest's limit for the
 # test (5 min, building included): what is left when this is spent fails unrun.
-BUDGET = float(os.environ.get("HALYARD_EXAMPLES_BUDGET", "200"))
+BUDGET = float(os.environ.get("HALYARD_EXAMPLES_BUDGET", "300"))
 
 
 def say(msg):
@@ -87,9 +89,7 @@ LEFT_OUT = {
     "backup_vm": (LATER, "incremental backup (/vms/{id}/backups, checkpoints) + image transfer with ovirt_imageio"),
     "cancel_transfer": (LATER, "image transfers (/imagetransfers/{id}/cancel)"),
     "checkpoints": (LATER, "VM checkpoints (/vms/{id}/checkpoints), part of incremental backup"),
-    "checksum_disk": (LATER, "image transfer download + imageio /checksum"),
     "checksum_image": (LATER, "no engine connection: local ovirt_imageio checksum (with the imageio issue)"),
-    "download_disk": (LATER, "image transfer download via ovirt_imageio"),
     "download_disk_snapshot": (LATER, "image transfer of a disk snapshot via ovirt_imageio"),
     "export_template": (LATER, "export storage domain myexport (template export)"),
     "export_template_as_ova": (LATER, "template export to OVA on a host"),
@@ -102,7 +102,6 @@ LEFT_OUT = {
     "import_vm_from_ova": (LATER, "external VM import from OVA (/externalvmimports)"),
     "register_vm": (LATER, "unregistered VMs of a storage domain's OVF store (register action)"),
     "sparsify_disk": (LATER, "disk sparsify action"),
-    "upload_disk": (LATER, "image transfer upload via ovirt_imageio"),
     "upload_from_ova": (LATER, "OVA disk upload via image transfer"),
     "upload_ova_as_vm_or_template": (LATER, "OVA upload via image transfer (and lxml)"),
     "vm_backup": (LATER, "snapshot-based backup through an agent VM (disk attachments of snapshot disks); also writes bytes to a text file on Python 3"),
@@ -1105,6 +1104,52 @@ def list_storage_check(out):
     expect('"name": "mydata"' in out, "mydata not listed")
 
 
+# ---- image transfers (upload_disk, download_disk, checksum_disk) ----------------------
+UPLOAD_SRC = os.path.join(WORK, "upload.qcow2")
+DOWNLOAD_DST = os.path.join(WORK, "download.qcow2")
+
+
+def make_upload_image():
+    """A 256 MiB qcow2 with data at its start, middle and end, and zeros."""
+    for p in (UPLOAD_SRC, DOWNLOAD_DST):
+        if os.path.exists(p):
+            os.remove(p)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", UPLOAD_SRC, "256M"], check=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 2M", "-c", "write -P 0xa5 100M 7M",
+                    "-c", "write -z 150M 1M", "-c", "write -P 0x33 255M 1M", UPLOAD_SRC],
+                   check=True, capture_output=True)
+
+
+def uploaded_disk():
+    ds = [d for d in system().disks_service().list() if d.name == "upload.qcow2"]
+    expect(len(ds) == 1, "%d disks named upload.qcow2" % len(ds))
+    return ds[0]
+
+
+def check_uploaded(out):
+    d = uploaded_disk()
+    expect(d.status == types.DiskStatus.OK, "upload.qcow2 is %s" % d.status)
+    expect(d.format == types.DiskFormat.COW and d.sparse, "upload.qcow2 is not a thin COW disk")
+    expect(d.provisioned_size == 256 * MiB, "upload.qcow2 is %s bytes" % d.provisioned_size)
+    expect("Upload completed successfully" in out, "no 'Upload completed successfully'")
+
+
+def check_downloaded(out):
+    expect("Download completed successfully" in out, "no 'Download completed successfully'")
+    r = subprocess.run(["qemu-img", "compare", UPLOAD_SRC, DOWNLOAD_DST], capture_output=True, text=True)
+    expect(r.returncode == 0, "qemu-img compare: %s" % (r.stdout + r.stderr).strip())
+
+
+def check_checksum(out):
+    from ovirt_imageio import client as imageio_client
+    start = out.find("{")
+    expect(start >= 0, "no checksum in the output")
+    got = json.loads(out[start:out.rfind("}") + 1])
+    want = imageio_client.checksum(UPLOAD_SRC)
+    expect(got["checksum"] == want["checksum"] and got["algorithm"] == want["algorithm"],
+           "the disk's checksum %s is not the image's %s" % (got, want))
+
+
 def myvm_disk_id():
     v = vm("myvm")
     atts = system().vms_service().vm_service(v.id).disk_attachments_service().list()
@@ -1239,6 +1284,12 @@ STEPS = [
       timeout=90, check=all_of(check_disks("disk-", 3), check_disk(
           "disk-0", types.DiskFormat.COW, GiB, sparse=True, description="Created by add_disks.py"))),
     E("delete_disks", "-c", "halyard", "--debug", "--sd-name", "mydata", check=check_disks("disk-", 0)),
+    R("an image to upload (256 MiB qcow2)", make_upload_image),
+    E("upload_disk", "-c", "halyard", "--debug", UPLOAD_SRC, "--sd-name", "mydata", "--disk-format", "qcow2",
+      "--disk-sparse", timeout=120, check=check_uploaded),
+    E("download_disk", "-c", "halyard", "--debug", lambda: uploaded_disk().id, DOWNLOAD_DST, timeout=120,
+      check=check_downloaded),
+    E("checksum_disk", "-c", "halyard", "--debug", lambda: uploaded_disk().id, timeout=90, check=check_checksum),
     # Phase 6: template consumers.
     R("versions 2 and 3 of mytemplate", template_versions, unless="add_vm_from_template_version"),
     R("VM vm on a fixed version of mytemplate", vm_from_template_version,
