@@ -7,6 +7,7 @@ PKGS=(
   qemu-system-x86 qemu-utils            # QEMU and qemu-img
   ovmf                                  # UEFI firmware (bios type q35_ovmf, q35_secure_boot)
   xorriso isolinux syslinux-common      # ISO images (the tests' ISO uploads, a bootable ISO)
+  vncsnapshot tigervnc-tools libjpeg-turbo-progs  # the console test: a VNC client with a ticket
   libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
   busybox-static qemu-guest-agent xz-utils   # the test guest
   sanlock libsanlock-dev                # host ids and the SPM lease

@@ -18,6 +18,18 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
 /// Compares two secrets (or their hashes) in time that depends only on their
 /// lengths, never on where they differ. Compare hashes of equal length (SHA-256 of
 /// both) and the length leaks nothing either.
+/// `YYYY-MM-DDTHH:MM:SS` (UTC) of a Unix time in seconds (libvirt's passwdValidTo).
+pub fn iso8601_utc(secs: i64) -> String {
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let t = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+        t / 3600,
+        (t / 60) % 60,
+        t % 60
+    )
+}
+
 pub fn constant_eq(a: &[u8], b: &[u8]) -> bool {
     let mut diff = a.len() ^ b.len();
     for i in 0..a.len().max(b.len()) {
@@ -69,6 +81,12 @@ pub fn xml_reference(name: &[u8]) -> Option<char> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utc_times() {
+        assert_eq!(iso8601_utc(1), "1970-01-01T00:00:01");
+        assert_eq!(iso8601_utc(1_795_000_000), "2026-11-18T11:06:40");
+    }
 
     #[test]
     fn dates() {

@@ -959,6 +959,68 @@ impl Agent {
         .map_err(|e| virt_err(errors::UNEXPECTED, &e))
     }
 
+    /// VM.updateDevice of a graphics device: a console password valid for `ttl`
+    /// seconds (VDSM's ticket), set on the running VM.
+    pub async fn vm_update_graphics(
+        &self,
+        id: &str,
+        p: &serde_json::Value,
+    ) -> Result<(), RpcError> {
+        let bad = |m: &str| errors::INVALID_PARAMETER.rpc(Some(m));
+        if p["deviceType"].as_str() != Some("graphics") {
+            return Err(errors::NOT_IMPLEMENTED.rpc(Some(
+                "VM.updateDevice: Halyard updates graphics devices only (deviceType graphics)",
+            )));
+        }
+        let kind = match p["graphicsType"].as_str() {
+            Some(k @ ("vnc" | "spice")) => k,
+            _ => return Err(bad("graphicsType must be vnc or spice")),
+        };
+        let pw = p["password"].as_str().unwrap_or("");
+        let max = if kind == "vnc" { 8 } else { 64 };
+        if pw.is_empty() || pw.len() > max || !pw.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(bad(
+                "password must be printable ASCII, 1-8 characters for VNC, 1-64 for SPICE",
+            ));
+        }
+        let ttl = p["ttl"].as_u64().unwrap_or(120);
+        if ttl == 0 || ttl > 7 * 86_400 {
+            return Err(bad("ttl must be 1..604800 seconds"));
+        }
+        let connected = match p["existingConnAction"].as_str().unwrap_or("keep") {
+            c @ ("keep" | "disconnect" | "fail") => c,
+            _ => return Err(bad("existingConnAction must be keep, disconnect or fail")),
+        };
+        let g = self
+            .entry(id)?
+            .info
+            .graphics
+            .iter()
+            .find(|g| g.kind == kind)
+            .cloned()
+            .ok_or_else(|| bad("the VM has no such graphics device"))?;
+        let until = halyard_common::text::iso8601_utc(
+            (clock::wall_secs() as i64).saturating_add(ttl as i64),
+        );
+        let ports = if kind == "spice" && g.tls_port > 0 {
+            format!(" port=\"{}\" tlsPort=\"{}\"", g.port, g.tls_port)
+        } else {
+            format!(" port=\"{}\"", g.port)
+        };
+        let xml = format!(
+            "<graphics type=\"{kind}\"{ports} autoport=\"yes\" passwd=\"{}\" passwdValidTo=\"{until}\" connected=\"{connected}\"><listen type=\"address\" address=\"{}\"/></graphics>",
+            quick_xml::escape::escape(pw),
+            quick_xml::escape::escape(g.listen.as_str()),
+        );
+        self.domain_call(id, move |d| {
+            d.update_device_flags(&xml, virt::sys::VIR_DOMAIN_AFFECT_LIVE)
+                .map(|_| ())
+        })
+        .await?;
+        info!(vm = id, kind, ttl, "console ticket set");
+        Ok(())
+    }
+
     /// VM.changeCD: new media (an ISO volume, prepared here) in the running VM's CD-ROM,
     /// or none.
     pub async fn vm_change_cd(&self, id: &str, spec: &serde_json::Value) -> Result<(), RpcError> {

@@ -149,6 +149,12 @@ async fn call(agent: &Arc<Agent>, method: &str, params: &Params) -> Result<Value
                 .set_certificate(p.token.as_deref(), &p.certificate, p.ca.as_deref())?;
             to_value(true)
         }
+        verbs::VmUpdateDevice::METHOD => {
+            let p = bind::<verbs::VmUpdateDevice>(params)?;
+            check_vm_id(&p.vm_id)?;
+            agent.vm_update_graphics(&p.vm_id, &p.params).await?;
+            to_value(true)
+        }
         verbs::VmChangeCd::METHOD => {
             let p = bind::<verbs::VmChangeCd>(params)?;
             check_vm_id(&p.vm_id)?;

@@ -61,6 +61,17 @@ pub struct DomainInfo {
     /// Disks the engine names by (pool, domain, image, volume) in the `ovirt-vm`
     /// metadata; the agent prepares them and fills in their paths.
     pub drives: Vec<DriveRef>,
+    /// `<graphics>` devices (in the live XML: with the ports QEMU got).
+    pub graphics: Vec<GraphicsInfo>,
+}
+
+/// A graphics device: `vnc` or `spice`, its ports (-1: none), its listen address.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GraphicsInfo {
+    pub kind: String,
+    pub port: i64,
+    pub tls_port: i64,
+    pub listen: String,
 }
 
 /// `<ovirt-vm:device devtype="disk" name="vda">` with its storage ids.
@@ -216,6 +227,17 @@ pub fn parse(xml: &str) -> Result<DomainInfo, DomXmlError> {
                             device: attr(e, "device").unwrap_or_else(|| "disk".into()),
                             ..DiskInfo::default()
                         }),
+                        "graphics" if info.graphics.len() < 4 => {
+                            let num = |k: &str| {
+                                attr(e, k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(-1)
+                            };
+                            info.graphics.push(GraphicsInfo {
+                                kind: attr(e, "type").unwrap_or_default(),
+                                port: num("port"),
+                                tls_port: num("tlsPort"),
+                                listen: attr(e, "listen").unwrap_or_default(),
+                            })
+                        }
                         _ => {}
                     }
                 }

@@ -142,6 +142,22 @@ impl VmEntry {
             sample.fill(&mut s, &self.info);
         }
         crate::guestinfo::fill(&self.guest, &mut s);
+        if !self.info.graphics.is_empty() {
+            s.display_info = Some(
+                self.info
+                    .graphics
+                    .iter()
+                    .map(|g| {
+                        let mut m = serde_json::Map::new();
+                        m.insert("type".into(), g.kind.clone().into());
+                        m.insert("port".into(), g.port.to_string().into());
+                        m.insert("tlsPort".into(), g.tls_port.to_string().into());
+                        m.insert("ipAddress".into(), g.listen.clone().into());
+                        m
+                    })
+                    .collect(),
+            );
+        }
         s
     }
 }

@@ -91,10 +91,28 @@ impl Manager {
         n: NewDisk,
         attach: Option<(String, bool, String)>,
     ) -> Result<Disk> {
-        if n.provisioned_size < (1 << 20) || n.provisioned_size > MAX_DISK_BYTES {
+        // An ISO may be as small as ISO 9660 allows (its system area and a volume
+        // descriptor); data disks start at 1 MiB.
+        let min = if n.content_type == "iso" {
+            34 << 10
+        } else {
+            1 << 20
+        };
+        if n.provisioned_size < min || n.provisioned_size > MAX_DISK_BYTES {
             return Err(StorageOpError::Bad(format!(
-                "provisioned_size must be between 1 MiB and {} TiB, got {}",
+                "provisioned_size must be between {} and {} TiB, got {}",
+                if n.content_type == "iso" {
+                    "34 KiB (an ISO)"
+                } else {
+                    "1 MiB"
+                },
                 MAX_DISK_BYTES >> 40,
+                n.provisioned_size
+            )));
+        }
+        if !n.provisioned_size.is_multiple_of(512) {
+            return Err(StorageOpError::Bad(format!(
+                "provisioned_size must be a multiple of 512 bytes, got {}",
                 n.provisioned_size
             )));
         }

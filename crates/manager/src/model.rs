@@ -698,6 +698,9 @@ pub struct Vm {
     /// `bios/type`: i440fx_sea_bios (empty), q35_sea_bios, q35_ovmf, q35_secure_boot.
     #[serde(default)]
     pub bios_type: String,
+    /// Its graphics consoles (`vnc`, `spice`; oVirt's display), for the next run.
+    #[serde(default)]
+    pub graphics: Vec<String>,
     /// The ISO disk in its CD-ROM for the next run (empty: none).
     #[serde(default)]
     pub cdrom: String,
@@ -787,6 +790,10 @@ pub struct GuestInfo {
     pub users: String,
     #[serde(default)]
     pub cpu_count: Option<i64>,
+    /// The running VM's graphics devices as its host reports them (VDSM's
+    /// displayInfo): protocol, port, TLS port (-1: none), listen address.
+    #[serde(default)]
+    pub display: Vec<(String, i64, i64, String)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use halyard_proto::vdsm::VmStats;
-use serde_json::json;
+use serde_json::{json, Value};
 use tracing::{info, warn};
 
 use crate::model::*;
@@ -287,6 +287,39 @@ pub fn apply_guest_info(g: &mut GuestInfo, s: &VmStats) {
             })
             .collect();
     }
+    if let Some(d) = &s.display_info {
+        let text = |m: &serde_json::Map<String, Value>, k: &str| {
+            m.get(k)
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .chars()
+                .take(64)
+                .collect::<String>()
+        };
+        let num = |m: &serde_json::Map<String, Value>, k: &str| {
+            m.get(k)
+                .and_then(|v| {
+                    v.as_str()
+                        .and_then(|s| s.parse().ok())
+                        .or_else(|| v.as_i64())
+                })
+                .filter(|p| (-1..=65535).contains(p))
+                .unwrap_or(-1)
+        };
+        g.display = d
+            .iter()
+            .take(4)
+            .map(|m| {
+                (
+                    text(m, "type"),
+                    num(m, "port"),
+                    num(m, "tlsPort"),
+                    text(m, "ipAddress"),
+                )
+            })
+            .filter(|x| matches!(x.0.as_str(), "vnc" | "spice"))
+            .collect();
+    }
     if let Some(ips) = s.guest_ips.as_ref().filter(|s| !s.is_empty()) {
         g.ips = ips.split_whitespace().map(str::to_string).collect();
     }
@@ -301,6 +334,37 @@ pub fn apply_guest_info(g: &mut GuestInfo, s: &VmStats) {
         Some("unavailable") => g.agent = Some(false),
         _ => {}
     }
+}
+
+/// A VM's graphics devices (oVirt's LibvirtVmXmlBuilder: VNC with a VGA card, SPICE
+/// with QXL), listening on the host's address. Their password is random and already
+/// expired: nobody connects until the Manager sets a ticket (VM.updateDevice).
+pub fn graphics_xml(vm: &Vm, listen: &str) -> String {
+    let mut s = String::new();
+    for g in &vm.graphics {
+        // VNC passwords have at most 8 characters (libvirt refuses more).
+        let mut pw = uuid::Uuid::new_v4().simple().to_string();
+        if g == "vnc" {
+            pw.truncate(8);
+        }
+        let extra = if g == "spice" {
+            "<channel name=\"main\" mode=\"insecure\"/><channel name=\"display\" mode=\"insecure\"/><channel name=\"inputs\" mode=\"insecure\"/><channel name=\"cursor\" mode=\"insecure\"/>"
+        } else {
+            ""
+        };
+        s.push_str(&format!(
+            "<graphics type=\"{g}\" autoport=\"yes\" passwd=\"{pw}\" passwdValidTo=\"1970-01-01T00:00:01\"><listen type=\"address\" address=\"{}\"/>{extra}</graphics>",
+            esc(listen)
+        ));
+    }
+    if let Some(first) = vm.graphics.first() {
+        s.push_str(if first == "spice" {
+            "<video><model type=\"qxl\" ram=\"65536\" vram=\"8192\" vgamem=\"16384\" heads=\"1\"/></video>"
+        } else {
+            "<video><model type=\"vga\" vram=\"16384\" heads=\"1\"/></video>"
+        });
+    }
+    s
 }
 
 /// Boot settings for one run of a VM (not kept).
@@ -505,9 +569,16 @@ impl Manager {
                 .await
                 .ok_or_else(|| VmError::Failed("the chosen host is not connected".into()))?;
             let nics = self.read().plugged_nics(id);
-            let drives = self
+            let mut drives = self
                 .drives_xml(id)
                 .map_err(|e| VmError::Conflict(format!("Cannot run VM {}: {e}.", vm.name)))?;
+            let listen = self
+                .read()
+                .hosts
+                .get(&host_id)
+                .map(|h| h.address.clone())
+                .unwrap_or_default();
+            drives.0.push_str(&graphics_xml(&vm, &listen));
             let mut boot = vm.clone();
             for (field, v) in [
                 (&mut boot.kernel, &once.kernel),
@@ -738,6 +809,7 @@ mod tests {
             boot_devices: Vec::new(),
             bios_type: String::new(),
             cdrom: String::new(),
+            graphics: Vec::new(),
             cdrom_current: String::new(),
         }
     }
@@ -1093,6 +1165,7 @@ mod tests {
             boot_devices: Vec::new(),
             bios_type: String::new(),
             cdrom: String::new(),
+            graphics: Vec::new(),
             cdrom_current: String::new(),
         };
         let x = domain_xml(&vm, &[], &Default::default(), "/var/log/halyard/vms", "");

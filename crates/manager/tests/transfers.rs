@@ -26,6 +26,9 @@ async fn image_transfers_with_the_imageio_client() {
     let work = host.dir.join("transfers-work");
     std::fs::create_dir_all(&sd).expect("sd dir");
     std::fs::create_dir_all(&work).expect("work dir");
+    let img = halyard_testinfra::env::Env::get().guest_image().clone();
+    let iso = halyard_testguest::boot_iso(&img).expect("the bootable ISO");
+    let vm_name = host.domain_name("cdvm");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/transfers.py");
     let out = m.run_sdk(
         &script,
@@ -33,6 +36,12 @@ async fn image_transfers_with_the_imageio_client() {
             ("HALYARD_HOST_NAME", name.clone()),
             ("HALYARD_SD_PATH", sd.to_string_lossy().into_owned()),
             ("HALYARD_WORK", work.to_string_lossy().into_owned()),
+            ("HALYARD_BOOT_ISO", iso.to_string_lossy().into_owned()),
+            (
+                "HALYARD_CONSOLE_DIR",
+                m.dir.join("consoles").to_string_lossy().into_owned(),
+            ),
+            ("HALYARD_VM_NAME", vm_name),
         ],
     );
     let text = format!(

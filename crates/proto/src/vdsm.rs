@@ -264,6 +264,16 @@ pub struct ChangeCdParams {
     pub cdromspec: Value,
 }
 
+/// `VM.updateDevice`: `params` with `deviceType` (Halyard: `graphics`), and for
+/// graphics `graphicsType` (vnc, spice), `password`, `ttl` (seconds) and
+/// `existingConnAction` (keep, disconnect, fail).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UpdateDeviceParams {
+    #[serde(rename = "vmID")]
+    pub vm_id: String,
+    pub params: Value,
+}
+
 /// Params of verbs without params.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct NoParams {}
@@ -647,6 +657,13 @@ pub mod verbs {
         ["uuid"],
         ImageTicketParams,
         Value
+    );
+    verb!(
+        VmUpdateDevice,
+        "VM.updateDevice",
+        ["vmID", "params"],
+        UpdateDeviceParams,
+        bool
     );
     verb!(
         VmChangeCd,

@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 pub const READY_MARKER: &str = "HALYARD-GUEST ready";
 
 /// Bump when the builder's output changes for the same inputs.
-const BUILDER_VERSION: u32 = 1;
+const BUILDER_VERSION: u32 = 2;
 
 /// Kernel modules loaded by `/init`, in dependency order (the Debian package ships no
 /// modules.dep we could use without depmod).
@@ -146,7 +146,11 @@ pub fn ensure(cache_dir: &Path, agent: &Agent) -> Result<GuestImage> {
     let manifest_path = dir.join("manifest.json");
     if let Ok(data) = fs::read(&manifest_path) {
         if let Ok(m) = serde_json::from_slice::<Manifest>(&data) {
-            if m.key == key && dir.join("vmlinux").exists() && dir.join("initrd.img").exists() {
+            if m.key == key
+                && dir.join("vmlinux").exists()
+                && dir.join("vmlinuz").exists()
+                && dir.join("initrd.img").exists()
+            {
                 return Ok(image(dir, m));
             }
         }
@@ -315,6 +319,8 @@ fn build(cache_dir: &Path, tmp: &Path, inputs: &Inputs, agent: &Agent) -> Result
     let vmlinuz = kx.join("boot").join(format!("vmlinuz-{release}"));
     let vmlinux = extract_vmlinux(&vmlinuz)?;
     fs::write(tmp.join("vmlinux"), &vmlinux).map_err(io_err(&tmp.join("vmlinux")))?;
+    // The bzImage too: what a bootloader loads (the bootable ISO).
+    fs::copy(&vmlinuz, tmp.join("vmlinuz")).map_err(io_err(&tmp.join("vmlinuz")))?;
 
     // 2. The initramfs.
     let mut files = Tree::default();
@@ -379,7 +385,7 @@ fn build(cache_dir: &Path, tmp: &Path, inputs: &Inputs, agent: &Agent) -> Result
     let initrd = tmp.join("initrd.img");
     fs::write(&initrd, archive).map_err(io_err(&initrd))?;
     fs::remove_dir_all(&kx).map_err(io_err(&kx))?;
-    for f in ["vmlinux", "initrd.img"] {
+    for f in ["vmlinux", "vmlinuz", "initrd.img"] {
         set_mode(&tmp.join(f), 0o644)?;
     }
     set_world_readable_dir(tmp)?;
@@ -403,6 +409,68 @@ fn build(cache_dir: &Path, tmp: &Path, inputs: &Inputs, agent: &Agent) -> Result
     f.write_all(&data).map_err(io_err(&mpath))?;
     f.sync_all().map_err(io_err(&mpath))?;
     Ok(manifest)
+}
+
+/// A bootable ISO 9660 image of the guest (ISOLINUX, for BIOS machines): boots the
+/// guest's kernel and initramfs with `console=ttyS0`, so its serial console shows the
+/// ready marker. Made once next to the image (`boot.iso`), from Debian's isolinux.
+pub fn boot_iso(img: &GuestImage) -> Result<PathBuf> {
+    let out = img.dir.join("boot.iso");
+    if out.exists() {
+        return Ok(out);
+    }
+    let _lock = FileLock::acquire(&img.dir.join(".iso-lock"))?;
+    if out.exists() {
+        return Ok(out);
+    }
+    let tree = img.dir.join(format!(".iso-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tree);
+    for d in ["isolinux", "boot"] {
+        fs::create_dir_all(tree.join(d)).map_err(io_err(&tree))?;
+    }
+    let copy = |from: &Path, to: &Path| fs::copy(from, to).map(|_| ()).map_err(io_err(from));
+    copy(
+        Path::new("/usr/lib/ISOLINUX/isolinux.bin"),
+        &tree.join("isolinux/isolinux.bin"),
+    )?;
+    copy(
+        Path::new("/usr/lib/syslinux/modules/bios/ldlinux.c32"),
+        &tree.join("isolinux/ldlinux.c32"),
+    )?;
+    copy(&img.dir.join("vmlinuz"), &tree.join("boot/vmlinuz"))?;
+    copy(&img.initrd, &tree.join("boot/initrd.img"))?;
+    let cfg = format!(
+        "DEFAULT guest\nPROMPT 0\nTIMEOUT 1\nLABEL guest\n  KERNEL /boot/vmlinuz\n  APPEND initrd=/boot/initrd.img {}\n",
+        kernel_cmdline(None, None)
+    );
+    fs::write(tree.join("isolinux/isolinux.cfg"), cfg).map_err(io_err(&tree))?;
+    let tmp = img.dir.join(format!(".boot-{}.iso", std::process::id()));
+    let r = run(
+        "xorriso",
+        &[
+            "-as",
+            "mkisofs",
+            "-quiet",
+            "-V",
+            "HALYARD_BOOT",
+            "-o",
+            &tmp.to_string_lossy(),
+            "-b",
+            "isolinux/isolinux.bin",
+            "-c",
+            "isolinux/boot.cat",
+            "-no-emul-boot",
+            "-boot-load-size",
+            "4",
+            "-boot-info-table",
+            &tree.to_string_lossy(),
+        ],
+    );
+    let _ = fs::remove_dir_all(&tree);
+    r?;
+    set_mode(&tmp, 0o644)?;
+    fs::rename(&tmp, &out).map_err(io_err(&out))?;
+    Ok(out)
 }
 
 fn find_deb(dir: &Path, pkg: &str) -> Result<Option<PathBuf>> {

@@ -273,6 +273,7 @@ const VM_ADD: &[&str] = &[
     "placement_policy",
     "serial_number",
     "console/enabled",
+    "display/type",
     "disk_attachments/disk/format",
     "disk_attachments/disk/storage_domains",
     "id",
@@ -586,6 +587,9 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
         return out;
     }
     if let Some(out) = super::cdroms::route(m, r, &s).await {
+        return out;
+    }
+    if let Some(out) = super::consoles::route(m, r, &s).await {
         return out;
     }
     match s.as_slice() {
@@ -1485,6 +1489,15 @@ pub(super) fn boot_devices_of(os: Option<&Node>) -> Result<Option<Vec<String>>, 
     Ok(Some(out))
 }
 
+/// `display/type` of a new VM: its first graphics console (none without it).
+fn display_of(n: &Node) -> Result<Vec<String>, ApiError> {
+    match n.get("display").and_then(|d| d.text_of("type")) {
+        None => Ok(Vec::new()),
+        Some(t @ ("vnc" | "spice")) => Ok(vec![t.to_string()]),
+        Some(t) => Err(ApiError::bad(format!("display type {t:?}: vnc or spice"))),
+    }
+}
+
 fn vm_spec(n: &Node) -> Result<VmSpec, ApiError> {
     let memory = parse_u64(n, "memory")?;
     if let Some(mem) = memory {
@@ -1917,6 +1930,7 @@ pub(super) async fn new_vm(
         boot_devices: spec.boot.clone().unwrap_or_default(),
         bios_type: spec.bios.clone().unwrap_or_default(),
         cdrom: String::new(),
+        graphics: display_of(n)?,
         cdrom_current: String::new(),
     };
     let formats = vm_disk_formats(&m.read(), n, &vm.template, clone)?;

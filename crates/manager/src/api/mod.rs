@@ -3,6 +3,7 @@
 pub mod access;
 pub mod affinity;
 pub mod cdroms;
+pub mod consoles;
 pub mod handlers;
 pub mod inventory;
 pub mod jointokens;

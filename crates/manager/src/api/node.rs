@@ -251,6 +251,14 @@ impl Node {
         self.children.push(n);
     }
 
+    /// [`Node::with`] when there is a child.
+    pub fn with_opt(self, n: Option<Node>) -> Node {
+        match n {
+            Some(n) => self.with(n),
+            None => self,
+        }
+    }
+
     pub fn with(mut self, n: Node) -> Node {
         self.children.push(n);
         self

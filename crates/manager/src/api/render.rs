@@ -270,6 +270,11 @@ pub fn vm(v: &Vm, nics: &[&Nic]) -> Node {
                 .with(Node::new("boot_menu").with(Node::leaf("enabled", false)))
                 .with(Node::leaf("type", v.bios())),
         )
+        .with_opt(
+            v.graphics
+                .first()
+                .map(|g| Node::new("display").with(Node::leaf("type", g))),
+        )
         .with(
             Node::new("memory_policy")
                 .with(Node::leaf("guaranteed", v.memory))

@@ -3,7 +3,8 @@
 Manager's proxy, checksums, and the protocol's refusals.
 
 Environment: HALYARD_URL, HALYARD_CA, HALYARD_PASSWORD, HALYARD_HOST_NAME,
-HALYARD_SD_PATH, HALYARD_WORK. Prints one line per step and TRANSFERS OK at the end.
+HALYARD_SD_PATH, HALYARD_WORK, HALYARD_BOOT_ISO (a bootable ISO of the test guest),
+HALYARD_CONSOLE_DIR (where the host logs VMs' serial consoles), HALYARD_VM_NAME. Prints one line per step and TRANSFERS OK at the end.
 """
 import http.client
 import json
@@ -24,6 +25,9 @@ PW = os.environ["HALYARD_PASSWORD"]
 HOST = os.environ["HALYARD_HOST_NAME"]
 SD_PATH = os.environ["HALYARD_SD_PATH"]
 WORK = os.environ["HALYARD_WORK"]
+BOOT_ISO = os.environ["HALYARD_BOOT_ISO"]
+CONSOLE_DIR = os.environ["HALYARD_CONSOLE_DIR"]
+VM_NAME = os.environ["HALYARD_VM_NAME"]
 T0 = time.time()
 MiB = 1 << 20
 
@@ -292,6 +296,107 @@ client.upload(iso, t.transfer_url, CA)
 finish(ts)
 assert disks.disk_service(d7.id).get().content_type == types.DiskContentType.ISO
 step("an ISO uploaded: content_type iso, ok")
+
+# ---- a VM boots from an uploaded ISO; its CD changes while it runs -------------------------
+size = os.path.getsize(BOOT_ISO)
+d8 = new_disk("boot.iso", size, fmt=types.DiskFormat.RAW, content=types.DiskContentType.ISO)
+t, ts = start(d8, types.ImageTransferDirection.UPLOAD)
+client.upload(BOOT_ISO, t.proxy_url, CA)
+finish(ts)
+step("the bootable ISO uploaded (%d KiB)" % (size >> 10))
+vms = system.vms_service()
+vm = vms.add(types.Vm(name=VM_NAME, cluster=types.Cluster(name="Default"), template=types.Template(name="Blank"),
+                      memory=256 * MiB, os=types.OperatingSystem(boot=types.Boot(devices=[types.BootDevice.CDROM]))))
+vs = vms.vm_service(vm.id)
+consoles = vs.graphics_consoles_service()
+consoles.add(types.GraphicsConsole(protocol=types.GraphicsType.VNC))
+refused("a second VNC console", lambda: consoles.add(types.GraphicsConsole(protocol=types.GraphicsType.VNC)), 409)
+cds = vs.cdroms_service()
+cd = cds.list()[0]
+assert cd.file is None, cd.file
+refused("a data disk in the CD-ROM", lambda: cds.cdrom_service(cd.id).update(
+    types.Cdrom(file=types.File(id=d1.id))), 400)
+refused("changing the CD of a VM that is down now", lambda: cds.cdrom_service(cd.id).update(
+    types.Cdrom(file=types.File(id=d8.id)), current=True), 409)
+cds.cdrom_service(cd.id).update(types.Cdrom(file=types.File(id=d8.id)))
+assert cds.list()[0].file.id == d8.id
+vs.start()
+wait("the VM running", lambda: vs.get().status in (types.VmStatus.UP, types.VmStatus.POWERING_UP), timeout=180)
+console = os.path.join(CONSOLE_DIR, "%s.log" % vm.id)
+wait("the guest booted from the CD to print its ready line",
+     lambda: os.path.exists(console) and "HALYARD-GUEST ready" in open(console, errors="replace").read(),
+     timeout=180)
+step("VM %s booted from the uploaded ISO in its CD-ROM (its console shows the guest ready)" % VM_NAME)
+
+# ---- its VNC console: a ticket lets a VNC client in; a wrong or expired one does not ---------
+con = wait("the VNC console's port", lambda: (lambda cs: cs[0] if cs and cs[0].port else None)(
+    consoles.list(current=True)))
+assert con.protocol == types.GraphicsType.VNC and con.address, con.address
+
+
+def snapshot(password, name):
+    pwfile = os.path.join(WORK, name + ".pw")
+    with open(pwfile, "wb") as f:
+        f.write(subprocess.run(["vncpasswd", "-f"], input=password.encode(), capture_output=True,
+                               check=True).stdout)
+    out = os.path.join(WORK, name + ".jpg")
+    r = subprocess.run(["timeout", "30", "vncsnapshot", "-quiet", "-passwd", pwfile,
+                        "%s::%d" % (con.address, con.port), out], capture_output=True, text=True)
+    return r.returncode == 0 and os.path.exists(out), out, (r.stdout + r.stderr).strip()
+
+
+def distinct_colours(jpg):
+    ppm = subprocess.run(["djpeg", "-pnm", jpg], capture_output=True, check=True).stdout
+    # P6 header: magic, width height, maxval, then RGB triples.
+    parts = ppm.split(b"\n", 3)
+    data = parts[3]
+    return len({data[i:i + 3] for i in range(0, len(data) - 2, 3 * 7)})
+
+
+ok, _, msg = snapshot("guessed1", "none")
+assert not ok, "a VNC client got in before any ticket"
+step("before any ticket, a VNC client is refused: %s" % msg[-80:])
+cs = consoles.console_service(con.id)
+t = cs.ticket()
+assert t.value and t.expiry == 120, (t.value, t.expiry)
+ok, jpg, msg = snapshot(t.value, "ticket")
+assert ok, "the ticket did not let the VNC client in: %s" % msg
+colours = distinct_colours(jpg)
+assert colours > 2, "the guest's screen is blank (%d colours)" % colours
+step("with the ticket a VNC client took a screenshot of the guest's screen: %d colours, not a blank frame" % colours)
+ok, _, msg = snapshot(t.value[::-1] + "x", "wrong")
+assert not ok, "a wrong password got in"
+t2 = cs.ticket(ticket=types.Ticket(expiry=2))
+time.sleep(3)
+ok, _, msg = snapshot(t2.value, "expired")
+assert not ok, "an expired ticket got in"
+step("a wrong password and an expired ticket are refused")
+vv = cs.remote_viewer_connection_file()
+assert "[virt-viewer]" in vv and "type=vnc" in vv and "port=%d" % con.port in vv and "password=" in vv, vv
+step("remote_viewer_connection_file: a console.vv for remote-viewer")
+
+
+def live_cd_source():
+    x = subprocess.run(["virsh", "-c", "qemu:///system", "dumpxml", VM_NAME], capture_output=True, text=True,
+                       check=True).stdout
+    i = x.index("device='cdrom'")
+    disk = x[i:x.index("</disk>", i)]
+    m = [l for l in disk.splitlines() if "<source file=" in l]
+    return m[0].split("'")[1] if m else None
+
+
+assert d8.id in (live_cd_source() or ""), live_cd_source()
+cds.cdrom_service(cd.id).update(types.Cdrom(file=types.File(id=d7.id)), current=True)
+assert d7.id in (live_cd_source() or ""), live_cd_source()
+assert cds.cdrom_service(cd.id).get(current=True).file.id == d7.id
+assert cds.list()[0].file.id == d8.id, "current=true changed the next run's CD"
+cds.cdrom_service(cd.id).update(types.Cdrom(file=types.File(id="")), current=True)
+assert live_cd_source() is None, live_cd_source()
+assert cds.cdrom_service(cd.id).get(current=True).file is None
+step("the running VM's CD changed to small.iso, then ejected (libvirt's live XML agrees); the next run keeps boot.iso")
+vs.stop()
+wait("the VM down", lambda: vs.get().status == types.VmStatus.DOWN, timeout=120)
+vs.remove()
 
 # ---- refusals of the API -------------------------------------------------------------------
 refused("a transfer of a locked disk", lambda: [

@@ -85,17 +85,14 @@ NEEDS = "needs a Halyard feature"
 
 LEFT_OUT = {
     # ---- class B: a later issue
-    "add_vnc_console": (LATER, "graphics consoles: /vms/{id}/graphicsconsoles"),
     "backup_vm": (LATER, "incremental backup (/vms/{id}/backups, checkpoints) + image transfer with ovirt_imageio"),
     "cancel_transfer": (LATER, "image transfers (/imagetransfers/{id}/cancel)"),
     "checkpoints": (LATER, "VM checkpoints (/vms/{id}/checkpoints), part of incremental backup"),
-    "checksum_image": (LATER, "no engine connection: local ovirt_imageio checksum (with the imageio issue)"),
     "download_disk_snapshot": (LATER, "image transfer of a disk snapshot via ovirt_imageio"),
     "export_template": (LATER, "export storage domain myexport (template export)"),
     "export_template_as_ova": (LATER, "template export to OVA on a host"),
     "export_vm": (LATER, "export storage domain myexport (VM export)"),
     "export_vm_as_ova": (LATER, "VM export to OVA on a host"),
-    "get_display_ticket": (LATER, "graphics console tickets (SPICE) on a running VM"),
     "image_transfer": (LATER, "image transfers via ovirt_imageio, kept open until Ctrl-C"),
     "import_template_from_ova": (LATER, "external template import from OVA (/externaltemplateimports)"),
     "import_vm": (LATER, "import from an export storage domain"),
@@ -153,9 +150,6 @@ NEEDS_FEATURE = {
     "list_disk_snapshots":
         "disk snapshots: GET /disks/{id}/disksnapshots?include_active=true&include_template=true -> "
         "501 [Halyard does not implement DiskSnapshotsService.list yet]",
-    "change_vm_cd":
-        "CD-ROM devices: GET /vms/{id}/cdroms -> 501 [Halyard does not implement VmCdromsService.list "
-        "yet] (then PUT /vms/{id}/cdroms/{id}?current=true)",
     "start_vm_with_cloud_init":
         "cloud-init at start: POST /vms/{id}/start <action><use_cloud_init>true</use_cloud_init><vm>"
         "<initialization>...</initialization></vm></action> -> 400 [<action start: use_cloud_init> is "
@@ -1150,6 +1144,74 @@ def check_checksum(out):
            "the disk's checksum %s is not the image's %s" % (got, want))
 
 
+ISO_SRC = os.path.join(WORK, "myiso.iso")
+
+
+def make_iso_disk():
+    """An ISO disk myiso.iso on mydata, uploaded with the imageio client."""
+    from ovirt_imageio import client as imageio_client
+    tree = os.path.join(WORK, "myiso")
+    os.makedirs(tree, exist_ok=True)
+    with open(os.path.join(tree, "README.txt"), "w") as f:
+        f.write("an ISO for change_vm_cd\n")
+    subprocess.run(["xorriso", "-as", "mkisofs", "-quiet", "-V", "MYISO", "-o", ISO_SRC, tree], check=True)
+    ds = system().disks_service()
+    d = ds.add(types.Disk(name="myiso.iso", format=types.DiskFormat.RAW, provisioned_size=os.path.getsize(ISO_SRC),
+                          content_type=types.DiskContentType.ISO, storage_domains=[types.StorageDomain(name="mydata")]))
+    wait("myiso.iso ok", lambda: ds.disk_service(d.id).get().status == types.DiskStatus.OK)
+    ts = system().image_transfers_service()
+    t = ts.add(types.ImageTransfer(disk=types.Disk(id=d.id), direction=types.ImageTransferDirection.UPLOAD,
+                                   format=types.DiskFormat.RAW))
+    t = wait("the transfer ready", lambda: (lambda x: x if x.phase == types.ImageTransferPhase.TRANSFERRING
+                                              else None)(ts.image_transfer_service(t.id).get()))
+    imageio_client.upload(ISO_SRC, t.transfer_url, CA)
+    ts.image_transfer_service(t.id).finalize()
+    wait("myiso.iso uploaded", lambda: ds.disk_service(d.id).get().status == types.DiskStatus.OK
+         and ts.image_transfer_service(t.id).get().phase == types.ImageTransferPhase.FINISHED_SUCCESS)
+
+
+def iso_disk_id():
+    return [d for d in system().disks_service().list() if d.name == "myiso.iso"][0].id
+
+
+def check_cd(out):
+    v = vm("myvm")
+    cds = system().vms_service().vm_service(v.id).cdroms_service()
+    cd = cds.list()[0]
+    now = cds.cdrom_service(cd.id).get(current=True)
+    expect(now.file is not None and now.file.id == iso_disk_id(), "myvm's running CD is not myiso.iso")
+    x = subprocess.run(["virsh", "-c", "qemu:///system", "dumpxml", "myvm"], capture_output=True, text=True).stdout
+    i = x.find("device='cdrom'")
+    expect(i >= 0 and iso_disk_id() in x[i:x.find("</disk>", i)], "libvirt's live CD-ROM of myvm has no myiso.iso")
+
+
+def add_spice_console():
+    v = vm("myvm")
+    cs = system().vms_service().vm_service(v.id).graphics_consoles_service()
+    if not [c for c in cs.list() if c.protocol == types.GraphicsType.SPICE]:
+        cs.add(types.GraphicsConsole(protocol=types.GraphicsType.SPICE))
+
+
+def check_vnc_console(out):
+    v = vm("myvm")
+    cs = system().vms_service().vm_service(v.id).graphics_consoles_service().list()
+    expect([c for c in cs if c.protocol == types.GraphicsType.VNC], "myvm has no VNC console")
+
+
+def check_display_ticket(out):
+    lines = dict(l.split(": ", 1) for l in out.splitlines() if ": " in l)
+    expect(lines.get("address") not in (None, "None", ""), "no address: %r" % out)
+    expect(lines.get("port", "None").isdigit(), "no port: %r" % out)
+    expect(len(lines.get("password", "")) >= 8, "no password: %r" % out)
+    # The ticket is what QEMU now checks: libvirt's live XML has a password valid from now on.
+    x = subprocess.run(["virsh", "-c", "qemu:///system", "dumpxml", "--security-info", "myvm"],
+                       capture_output=True, text=True).stdout
+    i = x.find("<graphics type='spice'")
+    g = x[i:x.find(">", i)]
+    expect(i >= 0 and ("passwd='%s'" % lines["password"]) in g, "libvirt's SPICE device has not the ticket")
+    expect("passwdValidTo='1970" not in g, "the ticket has no validity")
+
+
 def myvm_disk_id():
     v = vm("myvm")
     atts = system().vms_service().vm_service(v.id).disk_attachments_service().list()
@@ -1265,9 +1327,13 @@ STEPS = [
     R("snapshot mysnap of myvm", snapshot_mysnap, unless="clone_vm_from_snapshot"),
     E("list_vm_snapshots", check=output_has("mysnap")),
     E("list_disk_snapshots", "-c", "halyard", "--debug", myvm_disk_id),
+    E("add_vnc_console", check=check_vnc_console),
+    R("a SPICE console on myvm", add_spice_console, unless="get_display_ticket"),
     E("start_vm", timeout=120),
     E("get_vm_ip", before=guest_reports_ip, check=output_has("   - " + GUEST_IP)),
-    E("change_vm_cd", "-c", "halyard", "--debug", "myvm"),
+    E("get_display_ticket", check=check_display_ticket),
+    R("an ISO disk myiso.iso on mydata (uploaded)", make_iso_disk),
+    E("change_vm_cd", "-c", "halyard", "--debug", "myvm", "--disk-id", iso_disk_id, check=check_cd),
     E("stop_vm", timeout=90),
     E("start_vm_with_boot_devices", timeout=120, check=check_boot_order),
     E("stop_vm", timeout=90, label="stop_vm (2)", unless="start_vm_with_boot_devices"),
@@ -1290,6 +1356,7 @@ STEPS = [
     E("download_disk", "-c", "halyard", "--debug", lambda: uploaded_disk().id, DOWNLOAD_DST, timeout=120,
       check=check_downloaded),
     E("checksum_disk", "-c", "halyard", "--debug", lambda: uploaded_disk().id, timeout=90, check=check_checksum),
+    E("checksum_image", UPLOAD_SRC, timeout=60, check=check_checksum),
     # Phase 6: template consumers.
     R("versions 2 and 3 of mytemplate", template_versions, unless="add_vm_from_template_version"),
     R("VM vm on a fixed version of mytemplate", vm_from_template_version,
