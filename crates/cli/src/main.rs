@@ -4,6 +4,7 @@
 //! protocol (as `vdsm-client` does) and prints the result as JSON.
 
 mod rest;
+mod upload;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -94,6 +95,13 @@ enum Cmd {
         api: rest::Api,
         #[command(subcommand)]
         cmd: StorageCmd,
+    },
+    /// Disks of the Manager.
+    Disks {
+        #[command(flatten)]
+        api: rest::Api,
+        #[command(subcommand)]
+        cmd: DiskCmd,
     },
     /// The Manager's events.
     Events {
@@ -228,6 +236,23 @@ enum StorageCmd {
 }
 
 #[derive(Subcommand)]
+enum DiskCmd {
+    /// Upload a disk image (raw, qcow2) or an ISO into a new disk (imageio's
+    /// protocol, as the SDK's upload_disk.py), with a progress bar.
+    Upload {
+        file: std::path::PathBuf,
+        #[arg(long)]
+        storage_domain: String,
+        /// The disk's name (default: the file's, with .qcow2, .raw or .iso).
+        #[arg(long)]
+        name: Option<String>,
+        /// Send through the Manager's proxy instead of straight to the host.
+        #[arg(long)]
+        proxy: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum EventCmd {
     List {
         #[arg(long, default_value_t = 30)]
@@ -341,6 +366,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     std::process::exit(2);
                 }
                 Err(e) => Err(e.into()),
+            }
+        }
+        Cmd::Disks { api, cmd } => {
+            let ca = api.ca.clone();
+            let sess = rest::Session::open(api).await?;
+            let tls = halyard_pki::client_config_anonymous(&ca)?;
+            match cmd {
+                DiskCmd::Upload {
+                    file,
+                    storage_domain,
+                    name,
+                    proxy,
+                } => {
+                    let id =
+                        upload::upload(&sess, tls, &file, &storage_domain, name, proxy).await?;
+                    out(&format!("uploaded into disk {id}"));
+                    Ok(())
+                }
             }
         }
         Cmd::Storage { api, cmd } => {

@@ -58,6 +58,70 @@ async fn image_transfers_with_the_imageio_client() {
         tail(&m.log(), 60)
     );
     // Tickets are secrets: the agent logs transfer ids, never a ticket id.
+    // `halyard disks upload`: the CLI's own imageio client, into the same domain,
+    // through the host and through the proxy; the uploads read back identical.
+    let img = work.join("cli-src.qcow2");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .output()
+            .expect(args[0]);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let i = img.to_string_lossy().into_owned();
+    run(&["qemu-img", "create", "-q", "-f", "qcow2", &i, "32M"]);
+    run(&[
+        "qemu-io",
+        "-f",
+        "qcow2",
+        "-c",
+        "write -P 0x77 1M 3M",
+        "-c",
+        "write -P 0x78 31M 1M",
+        &i,
+    ]);
+    let cli = workspace_bin("halyard-cli", "halyard");
+    for (name, proxy) in [("cli-host", false), ("cli-proxy", true)] {
+        let mut c = std::process::Command::new(&cli);
+        c.args([
+            "disks",
+            "upload",
+            &i,
+            "--storage-domain",
+            "tdata",
+            "--name",
+            name,
+        ])
+        .env("HALYARD_URL", m.url())
+        .env("HALYARD_CA", m.ca())
+        .env("HALYARD_PASSWORD_FILE", m.dir.join("data/admin-password"));
+        if proxy {
+            c.arg("--proxy");
+        }
+        let out = c.output().expect("halyard disks upload");
+        let (o, e) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        eprintln!("{o}{e}");
+        assert!(
+            out.status.success() && o.contains("uploaded into disk"),
+            "{o}{e}"
+        );
+        assert!(e.contains("100%"), "no progress bar: {e}");
+        let id = o
+            .split("uploaded into disk ")
+            .nth(1)
+            .map(|s| s.trim().to_string())
+            .expect("disk id");
+        let vol = walk_volume(&sd, &id).expect("the uploaded disk's volume");
+        run(&["qemu-img", "compare", "-U", &i, &vol]);
+    }
     let ticket = text
         .lines()
         .find_map(|l| l.strip_prefix("TICKET_URL "))
@@ -66,6 +130,27 @@ async fn image_transfers_with_the_imageio_client() {
     assert_eq!(ticket.len(), 36, "{ticket}");
     assert!(!log.contains(ticket), "the agent logged a ticket id");
     assert!(!m.log().contains(ticket), "the Manager logged a ticket id");
+}
+
+/// The volume file of disk `id` in a file domain under `root`.
+fn walk_volume(root: &std::path::Path, id: &str) -> Option<String> {
+    for e in std::fs::read_dir(root).ok()?.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            if p.file_name().is_some_and(|n| n == id) {
+                for f in std::fs::read_dir(&p).ok()?.flatten() {
+                    let n = f.file_name().to_string_lossy().into_owned();
+                    if !n.ends_with(".meta") && !n.ends_with(".lease") {
+                        return Some(f.path().to_string_lossy().into_owned());
+                    }
+                }
+            }
+            if let Some(v) = walk_volume(&p, id) {
+                return Some(v);
+            }
+        }
+    }
+    None
 }
 
 fn tail(s: &str, n: usize) -> String {

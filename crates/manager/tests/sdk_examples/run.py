@@ -86,7 +86,6 @@ NEEDS = "needs a Halyard feature"
 LEFT_OUT = {
     # ---- class B: a later issue
     "backup_vm": (LATER, "incremental backup (/vms/{id}/backups, checkpoints) + image transfer with ovirt_imageio"),
-    "cancel_transfer": (LATER, "image transfers (/imagetransfers/{id}/cancel)"),
     "checkpoints": (LATER, "VM checkpoints (/vms/{id}/checkpoints), part of incremental backup"),
     "download_disk_snapshot": (LATER, "image transfer of a disk snapshot via ovirt_imageio"),
     "export_template": (LATER, "export storage domain myexport (template export)"),
@@ -1145,6 +1144,38 @@ def check_checksum(out):
 
 
 ISO_SRC = os.path.join(WORK, "myiso.iso")
+PAUSED = {}
+
+
+def paused_transfer():
+    """An upload into a new disk mycancel, paused by the user (for cancel_transfer)."""
+    ds = system().disks_service()
+    d = ds.add(types.Disk(name="mycancel", format=types.DiskFormat.COW, provisioned_size=64 * MiB, sparse=True,
+                          storage_domains=[types.StorageDomain(name="mydata")]))
+    wait("mycancel ok", lambda: ds.disk_service(d.id).get().status == types.DiskStatus.OK)
+    ts = system().image_transfers_service()
+    t = ts.add(types.ImageTransfer(disk=types.Disk(id=d.id), direction=types.ImageTransferDirection.UPLOAD,
+                                   format=types.DiskFormat.RAW))
+    wait("the transfer ready",
+         lambda: ts.image_transfer_service(t.id).get().phase == types.ImageTransferPhase.TRANSFERRING)
+    ts.image_transfer_service(t.id).pause()
+    wait("the transfer paused",
+         lambda: ts.image_transfer_service(t.id).get().phase == types.ImageTransferPhase.PAUSED_USER)
+    PAUSED["transfer"], PAUSED["disk"] = t.id, d.id
+    with open(os.path.join(WORK, "password"), "w") as f:
+        f.write(PW + "\n")
+
+
+def check_cancelled(out):
+    ts = system().image_transfers_service()
+    try:
+        wait("the transfer cancelled", lambda: ts.image_transfer_service(PAUSED["transfer"]).get().phase in (
+            types.ImageTransferPhase.FINISHED_CLEANUP, types.ImageTransferPhase.CANCELLED_USER,
+            types.ImageTransferPhase.FINALIZING_CLEANUP), 30)
+        wait("mycancel removed", lambda: not [x for x in system().disks_service().list()
+                                             if x.id == PAUSED["disk"]], 60)
+    except AssertionError as e:
+        expect(False, str(e))
 
 
 def make_iso_disk():
@@ -1357,6 +1388,9 @@ STEPS = [
       check=check_downloaded),
     E("checksum_disk", "-c", "halyard", "--debug", lambda: uploaded_disk().id, timeout=90, check=check_checksum),
     E("checksum_image", UPLOAD_SRC, timeout=60, check=check_checksum),
+    R("a paused upload into disk mycancel", paused_transfer, unless="cancel_transfer"),
+    E("cancel_transfer", "--engine-url", ENGINE, "--username", "admin@internal", "--password-file",
+      os.path.join(WORK, "password"), "-c", CA, lambda: PAUSED["transfer"], timeout=60, check=check_cancelled),
     # Phase 6: template consumers.
     R("versions 2 and 3 of mytemplate", template_versions, unless="add_vm_from_template_version"),
     R("VM vm on a fixed version of mytemplate", vm_from_template_version,
