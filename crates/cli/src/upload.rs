@@ -40,7 +40,7 @@ async fn wait_for(
 }
 
 fn bar(done: u64, total: u64, started: Instant) {
-    let pct = if total == 0 { 100 } else { done * 100 / total };
+    let pct = (done * 100).checked_div(total).unwrap_or(100).min(100);
     let filled = (pct / 5) as usize;
     let rate = done as f64 / started.elapsed().as_secs_f64().max(0.001) / (1 << 20) as f64;
     eprint!(
