@@ -711,6 +711,14 @@ pub struct Vm {
 }
 
 impl Vm {
+    /// Its QEMU runs and its devices can change now (CD-ROM media, console tickets).
+    pub fn running(&self) -> bool {
+        matches!(
+            self.status.as_str(),
+            "up" | "powering_up" | "paused" | "reboot_in_progress"
+        )
+    }
+
     /// Its firmware and chipset (oVirt's BiosType; the default is i440fx with SeaBIOS).
     pub fn bios(&self) -> &str {
         if self.bios_type.is_empty() {

@@ -45,14 +45,6 @@ fn mine(vm: &str, cd: &str) -> Result<(), ApiError> {
     }
 }
 
-fn current(r: &Req) -> Result<bool, ApiError> {
-    match r.query.get("current").map(String::as_str) {
-        None | Some("false") => Ok(false),
-        Some("true") | Some("") => Ok(true),
-        Some(v) => Err(ApiError::bad(format!("current {v:?}: true or false"))),
-    }
-}
-
 fn render(v: &Vm, iso: &str) -> Node {
     let id = cdrom_id(&v.id);
     let mut n = Node::new("cdrom")
@@ -66,7 +58,7 @@ fn render(v: &Vm, iso: &str) -> Node {
 
 fn one(m: &Arc<Manager>, id: &str, r: &Req) -> Result<Node, ApiError> {
     check_id(id)?;
-    let cur = current(r)?;
+    let cur = r.current()?;
     let inv = m.read();
     let v = inv
         .vms
@@ -85,7 +77,7 @@ fn one(m: &Arc<Manager>, id: &str, r: &Req) -> Result<Node, ApiError> {
 
 async fn change(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
     check_id(id)?;
-    let cur = current(r)?;
+    let cur = r.current()?;
     let n = r.document("cdrom", "Cdrom", &["file", "id"])?;
     let iso = n
         .get("file")

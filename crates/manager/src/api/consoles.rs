@@ -58,14 +58,6 @@ fn vm_of(m: &Arc<Manager>, id: &str) -> Result<Vm, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("VM {id} not found")))
 }
 
-fn current(r: &Req) -> Result<bool, ApiError> {
-    match r.query.get("current").map(String::as_str) {
-        None | Some("false") => Ok(false),
-        Some("true") | Some("") => Ok(true),
-        Some(v) => Err(ApiError::bad(format!("current {v:?}: true or false"))),
-    }
-}
-
 /// One console; with `current` the running VM's address and ports.
 fn render(v: &Vm, protocol: &str, current: bool) -> Node {
     let id = console_id(protocol);
@@ -92,7 +84,7 @@ fn render(v: &Vm, protocol: &str, current: bool) -> Node {
 
 fn consoles(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
     let v = vm_of(m, id)?;
-    let cur = current(r)?;
+    let cur = r.current()?;
     ok(list(
         "graphics_consoles",
         v.graphics.iter().map(|p| render(&v, p, cur)).collect(),
@@ -105,7 +97,7 @@ fn console(m: &Arc<Manager>, id: &str, c: &str, r: &Req) -> Result<Node, ApiErro
     let p = protocol_of(c)
         .filter(|p| v.graphics.iter().any(|g| g == p))
         .ok_or_else(|| ApiError::not_found(format!("Graphics console {c} not found")))?;
-    Ok(render(&v, p, current(r)?))
+    Ok(render(&v, p, r.current()?))
 }
 
 async fn add(m: &Arc<Manager>, id: &str, r: &Req) -> Out {

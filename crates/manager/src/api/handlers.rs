@@ -156,6 +156,15 @@ impl Req {
 
     /// An action's `<action>` body (empty is allowed): parameters of the model's
     /// action of `service`, and only those the handler acts on.
+    /// `current=true|false` (the running VM's devices, or the next run's).
+    pub(super) fn current(&self) -> Result<bool, ApiError> {
+        match self.query.get("current").map(String::as_str) {
+            None | Some("false") => Ok(false),
+            Some("true") | Some("") => Ok(true),
+            Some(v) => Err(ApiError::bad(format!("current {v:?}: true or false"))),
+        }
+    }
+
     pub(super) fn action_body(
         &self,
         service: &str,
