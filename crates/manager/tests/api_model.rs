@@ -129,7 +129,12 @@ async fn the_model_decides_what_exists() {
         ),
         ("PUT", "/vms", 405, "not a method of VmsService"),
         ("DELETE", "/clusterlevels", 405, "not a method"),
-        ("GET", "/imagetransfers", 501, "ImageTransfersService.list"),
+        (
+            "POST",
+            "/vms/00000000-0000-0000-0000-000000000001/graphicsconsoles/766e63/proxyticket",
+            501,
+            "the action proxy_ticket of VmGraphicsConsoleService",
+        ),
         (
             "GET",
             "/externalhostproviders",

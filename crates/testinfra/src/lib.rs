@@ -254,7 +254,11 @@ spm_watchdog_interval_secs = 1
                     if let Ok(t) = std::fs::read_to_string(&cfg) {
                         let _ = std::fs::write(
                             &cfg,
-                            t.replacen("port = 0\n", &format!("port = {p}\n"), 1),
+                            t.replacen(
+                                "[listen]\naddress = \"127.0.0.1\"\nport = 0\n",
+                                &format!("[listen]\naddress = \"127.0.0.1\"\nport = {p}\n"),
+                                1,
+                            ),
                         );
                     }
                     break;
