@@ -407,7 +407,9 @@ impl Manager {
             .map_err(|e| StorageOpError::Failed(e.to_string()))?;
         if ok != Some(true) {
             // Cancelled meanwhile: take the new tickets back.
-            self.close_tickets_of(&c, &ticket, &t).await;
+            let mut made = t.clone();
+            made.ticket = ticket.clone();
+            self.close_tickets(&made, false).await;
         }
         info!(transfer = %id, direction = %t.direction, format = %t.format, "image transfer ready");
         Ok(())
@@ -429,24 +431,6 @@ impl Manager {
                 .and_then(|s| s.trim().rsplit(':').next().and_then(|p| p.parse().ok()))
                 .unwrap_or(0),
             p => p,
-        }
-    }
-
-    async fn close_tickets_of(&self, c: &halyard_client::Client, ticket: &str, t: &ImageTransfer) {
-        self.imageio.tickets().remove(ticket);
-        if let Err(e) = c
-            .call_value("Host.remove_image_ticket", json!({"uuid": ticket}))
-            .await
-        {
-            warn!(transfer = %t.id, error = %e, "removing the host's ticket");
-        }
-        if t.nbd {
-            if let Err(e) = c
-                .call_value("NBD.stop_server", json!({"server_id": t.id}))
-                .await
-            {
-                warn!(transfer = %t.id, error = %e, "stopping the NBD server");
-            }
         }
     }
 
