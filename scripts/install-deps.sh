@@ -10,6 +10,7 @@ PKGS=(
   vncsnapshot tigervnc-tools libjpeg-turbo-progs  # the console test: a VNC client with a ticket
   libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
   busybox-static qemu-guest-agent xz-utils   # the test guest
+  debootstrap mtools dosfstools fdisk systemd-boot-efi binutils e2fsprogs openssh-client  # the Debian test image (UEFI, cloud-init, SSH)
   sanlock libsanlock-dev                # host ids and the SPM lease
   iproute2 procps ca-certificates openssl util-linux
   postgresql                            # the Manager's production database (tests run their own)

@@ -598,6 +598,11 @@ impl Agent {
         Ok(caps)
     }
 
+    /// Where VMs' payload images are built (VDSM's /run/vdsm/payload).
+    pub fn payload_dir(&self) -> std::path::PathBuf {
+        self.cfg.storage.run_dir.join("payload")
+    }
+
     pub async fn vm_create(self: &Arc<Self>, p: CreateParams) -> Result<VmListEntry, RpcError> {
         let xml = p
             .vm_params
@@ -616,10 +621,8 @@ impl Agent {
         }
         // Drives named by (pool, domain, image, volume): prepare them, fill in paths.
         let mut policy = self.cfg.vm_policy();
-        let xml = if info.drives.is_empty() {
-            xml
-        } else {
-            let mut sources = HashMap::new();
+        let mut sources = HashMap::new();
+        {
             for d in &info.drives {
                 let path = self
                     .storage
@@ -640,6 +643,49 @@ impl Agent {
                     },
                 );
             }
+        }
+        // Payloads (cloud-init's config drive, sysprep's floppy): built here, for the
+        // disks whose source is the engine's PAYLOAD: placeholder.
+        for pl in &info.payloads {
+            let disk = info
+                .disks
+                .iter()
+                .find(|d| {
+                    d.target == pl.name
+                        && d.source.as_deref() == Some(crate::payload::PLACEHOLDER)
+                        && matches!(d.device.as_str(), "cdrom" | "floppy")
+                })
+                .ok_or_else(|| {
+                    errors::INVALID_PARAMETER.rpc(Some(&format!(
+                        "payload for {:?}: no CD-ROM or floppy of that target has the source {}",
+                        pl.name,
+                        crate::payload::PLACEHOLDER
+                    )))
+                })?;
+            let floppy = disk.device == "floppy";
+            let (dir, id, r) = (self.payload_dir(), info.uuid.clone(), pl.clone());
+            let path = blocking(move || crate::payload::build(&dir, &id, &r, floppy))
+                .await?
+                .map_err(|e| match e {
+                    crate::payload::PayloadError::Invalid(_) => {
+                        errors::INVALID_PARAMETER.rpc(Some(&e.to_string()))
+                    }
+                    _ => errors::CREATE_ERR.rpc(Some(&e.to_string())),
+                })?;
+            let path = path.to_string_lossy().into_owned();
+            info!(vm_id = %info.uuid, device = %pl.name, files = pl.files.len(), "payload image built");
+            policy.prepared.insert(path.clone());
+            sources.insert(
+                pl.name.clone(),
+                domxml::DiskSource {
+                    path,
+                    format: "raw".into(),
+                },
+            );
+        }
+        let xml = if sources.is_empty() {
+            xml
+        } else {
             domxml::set_disk_sources(&xml, &sources)
                 .map_err(|e| errors::INVALID_PARAMETER.rpc(Some(&e.to_string())))?
         };
@@ -788,6 +834,7 @@ impl Agent {
             }
         }
         let removed = self.vms().remove(&p.vm_id);
+        crate::payload::remove_for(&self.payload_dir(), &p.vm_id);
         if let Some(mut e) = removed {
             info!(vm_id = %e.id, "VM destroyed");
             if e.status != VmStatus::Down {

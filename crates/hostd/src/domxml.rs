@@ -63,6 +63,9 @@ pub struct DomainInfo {
     pub drives: Vec<DriveRef>,
     /// `<graphics>` devices (in the live XML: with the ports QEMU got).
     pub graphics: Vec<GraphicsInfo>,
+    /// Payloads (`<ovirt-vm:payload>` of a disk device), for disks whose source is
+    /// `PAYLOAD:`.
+    pub payloads: Vec<crate::payload::PayloadRef>,
 }
 
 /// A graphics device: `vnc` or `spice`, its ports (-1: none), its listen address.
@@ -183,6 +186,7 @@ pub fn parse(xml: &str) -> Result<DomainInfo, DomXmlError> {
     let mut halyard_start: Option<f64> = None;
     let mut halyard_agent = String::new();
     let mut halyard_seen = false;
+    let mut payload_file: Option<String> = None;
     loop {
         let (ns, ev) = r.read_resolved_event()?;
         let ns = match ns {
@@ -287,6 +291,44 @@ pub fn parse(xml: &str) -> Result<DomainInfo, DomXmlError> {
                         ..DriveRef::default()
                     });
                 }
+                if path.len() == 4
+                    && path[3].1 == "device"
+                    && path[2].1 == "vm"
+                    && ns.as_deref() == Some(OVIRT_VM_NS)
+                    && local == "payload"
+                {
+                    if info.payloads.len() >= 4 {
+                        return Err(DomXmlError::Invalid("more than 4 payloads".into()));
+                    }
+                    info.payloads.push(crate::payload::PayloadRef {
+                        name: info
+                            .drives
+                            .last()
+                            .map(|d| d.name.clone())
+                            .unwrap_or_default(),
+                        ..Default::default()
+                    });
+                }
+                if path.len() == 5
+                    && path[4].1 == "payload"
+                    && path[4].0.as_deref() == Some(OVIRT_VM_NS)
+                    && local == "file"
+                {
+                    let p = attr(e, "path").unwrap_or_default();
+                    match ev {
+                        Event::Empty(_) => {
+                            if let Some(pl) = info.payloads.last_mut() {
+                                if pl.files.len() >= crate::payload::MAX_FILES {
+                                    return Err(DomXmlError::Invalid(
+                                        "a payload has too many files".into(),
+                                    ));
+                                }
+                                pl.files.push((p, String::new()));
+                            }
+                        }
+                        _ => payload_file = Some(p),
+                    }
+                }
                 if path.len() == 1 && local == "memory" {
                     memory_unit = e
                         .try_get_attribute("unit")
@@ -349,6 +391,26 @@ pub fn parse(xml: &str) -> Result<DomainInfo, DomXmlError> {
                                 "poolID" => d.pool = v,
                                 _ => d.volume = v,
                             }
+                        }
+                    }
+                    (5, "volId")
+                        if ens.as_deref() == Some(OVIRT_VM_NS) && path[4].1 == "payload" =>
+                    {
+                        if let Some(pl) = info.payloads.last_mut() {
+                            pl.vol_id = Some(t.to_string());
+                        }
+                    }
+                    (5, "file")
+                        if ens.as_deref() == Some(OVIRT_VM_NS) && path[4].1 == "payload" =>
+                    {
+                        if let (Some(pl), Some(p)) = (info.payloads.last_mut(), payload_file.take())
+                        {
+                            if pl.files.len() >= crate::payload::MAX_FILES {
+                                return Err(DomXmlError::Invalid(
+                                    "a payload has too many files".into(),
+                                ));
+                            }
+                            pl.files.push((p, t.to_string()));
                         }
                     }
                     (3, "startTime") if ens.as_deref() == Some(HALYARD_NS) => {
@@ -910,5 +972,39 @@ mod tests {
             let _ = parse(&s);
             let _ = prepare(&s, &Prepare { domain_type: "qemu", meta: HalyardMeta::default() });
         }
+    }
+
+    #[test]
+    fn payloads_are_read_and_their_placeholder_replaced() {
+        let xml = r#"<domain xmlns:ovirt-vm="http://ovirt.org/vm/1.0" type="kvm"><name>p</name><uuid>11111111-2222-3333-4444-555555555555</uuid>
+<devices><disk type="file" device="cdrom" snapshot="no"><driver name="qemu" type="raw" error_policy="report"/><source file="PAYLOAD:" startupPolicy="optional"/><target dev="hdb" bus="ide"/><readonly/></disk></devices>
+<metadata><ovirt-vm:vm><ovirt-vm:device devtype="disk" name="hdb"><ovirt-vm:payload><ovirt-vm:volId>config-2</ovirt-vm:volId><ovirt-vm:file path="openstack/latest/meta_data.json">e30=</ovirt-vm:file><ovirt-vm:file path="empty"/></ovirt-vm:payload></ovirt-vm:device></ovirt-vm:vm></metadata></domain>"#;
+        let info = parse(xml).expect("parses");
+        assert!(info.drives.is_empty(), "a payload is no storage drive");
+        assert_eq!(
+            info.payloads,
+            vec![crate::payload::PayloadRef {
+                name: "hdb".into(),
+                vol_id: Some("config-2".into()),
+                files: vec![
+                    ("openstack/latest/meta_data.json".into(), "e30=".into()),
+                    ("empty".into(), String::new())
+                ],
+            }]
+        );
+        assert_eq!(info.disks[0].source.as_deref(), Some("PAYLOAD:"));
+        let mut m = std::collections::HashMap::new();
+        m.insert(
+            "hdb".to_string(),
+            DiskSource {
+                path: "/run/p/x.img".into(),
+                format: "raw".into(),
+            },
+        );
+        let out = set_disk_sources(xml, &m).expect("rewrites");
+        assert!(
+            out.contains(r#"<source startupPolicy="optional" file="/run/p/x.img"/>"#),
+            "{out}"
+        );
     }
 }

@@ -25,6 +25,7 @@ pub mod images;
 pub mod libvirt;
 pub mod memtrim;
 pub mod monitor;
+pub mod payload;
 pub mod server;
 pub mod updates;
 pub mod vm;

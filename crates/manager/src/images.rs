@@ -864,8 +864,13 @@ impl Manager {
     }
 
     /// Drive XML and ovirt-vm metadata for a VM's disks (the host prepares the images
-    /// named by pool, domain, image and volume).
-    pub fn drives_xml(&self, vm: &str) -> std::result::Result<(String, String), String> {
+    /// named by pool, domain, image and volume), its CD-ROM, and the initialization
+    /// `payload` of this run if any.
+    pub fn drives_xml(
+        &self,
+        vm: &str,
+        payload: Option<&crate::vminit::Payload>,
+    ) -> std::result::Result<(String, String), String> {
         let inv = self.read();
         let disks = plugged_disks(&inv, vm);
         if inv.vms.get(vm).is_some_and(Vm::q35) && disks.iter().any(|d| d.interface == "ide") {
@@ -883,6 +888,11 @@ impl Manager {
             let (d, m) = cdrom_of(&inv, v, &disks, iso)?;
             devices.push_str(&d);
             meta.push_str(&m);
+            if let Some(p) = payload {
+                let (d, m) = payload_of(v, &disks, p)?;
+                devices.push_str(&d);
+                meta.push_str(&m);
+            }
         }
         Ok((devices, meta))
     }
@@ -989,6 +999,54 @@ fn cdrom_of(
     if bus == "sata" && !disks.iter().any(|d| d.interface == "sata") {
         devices.push_str("<controller type=\"sata\" index=\"0\"/>");
     }
+    Ok((devices, meta))
+}
+
+/// The payload device of a run (oVirt's VmPayload, VDSM builds its image): a CD-ROM on
+/// the machine's CD bus, the place after the VM's own CD-ROM, or the first floppy; its
+/// source is `PAYLOAD:` and its files go base64 in the ovirt-vm metadata.
+fn payload_of(
+    v: &Vm,
+    disks: &[&Disk],
+    p: &crate::vminit::Payload,
+) -> std::result::Result<(String, String), String> {
+    use base64::Engine as _;
+    let (dev, bus, device) = match p.medium {
+        crate::vminit::Medium::Floppy => ("fda".to_string(), "fdc", "floppy"),
+        crate::vminit::Medium::Cdrom => {
+            let (cd, bus) = cdrom_target(v, disks)?;
+            let next = cd.as_bytes().last().copied().unwrap_or(b'a') + 1;
+            let max = if bus == "ide" {
+                b'a' + MAX_IDE_DISKS as u8
+            } else {
+                b'a' + MAX_BUS_DISKS as u8
+            };
+            if next >= max {
+                return Err(format!(
+                    "no {bus} device place is left for the initialization's CD-ROM"
+                ));
+            }
+            (format!("{}{}", &cd[..2], next as char), bus, "cdrom")
+        }
+    };
+    let devices = format!(
+        "<disk type=\"file\" device=\"{device}\" snapshot=\"no\"><driver name=\"qemu\" type=\"raw\" error_policy=\"report\"/><source file=\"PAYLOAD:\" startupPolicy=\"optional\"/><target dev=\"{dev}\" bus=\"{bus}\"/><readonly/></disk>"
+    );
+    let mut meta = format!("<ovirt-vm:device devtype=\"disk\" name=\"{dev}\"><ovirt-vm:payload>");
+    if let Some(id) = &p.vol_id {
+        meta.push_str(&format!(
+            "<ovirt-vm:volId>{}</ovirt-vm:volId>",
+            crate::vms::esc(id)
+        ));
+    }
+    for (path, data) in &p.files {
+        meta.push_str(&format!(
+            "<ovirt-vm:file path=\"{}\">{}</ovirt-vm:file>",
+            crate::vms::esc(path),
+            base64::engine::general_purpose::STANDARD.encode(data)
+        ));
+    }
+    meta.push_str("</ovirt-vm:payload></ovirt-vm:device>");
     Ok((devices, meta))
 }
 

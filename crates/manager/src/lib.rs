@@ -27,6 +27,7 @@ pub mod server;
 pub mod state;
 pub mod storage;
 pub mod transfers;
+pub mod vminit;
 pub mod vms;
 
 /// The unit tests (and their rendering benchmark) allocate as the daemon does.

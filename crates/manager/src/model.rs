@@ -708,6 +708,13 @@ pub struct Vm {
     /// `cdrom` at each start).
     #[serde(default)]
     pub cdrom_current: String,
+    /// What cloud-init or sysprep sets up in the guest (oVirt's initialization).
+    #[serde(default)]
+    pub initialization: Option<crate::vminit::Initialization>,
+    /// It ran once with its initialization (oVirt's is_initialized): later starts do
+    /// not attach it again unless asked (`use_cloud_init`, `use_sysprep`).
+    #[serde(default)]
+    pub initialized: bool,
 }
 
 impl Vm {

@@ -22,7 +22,7 @@ pub enum VmError {
     Failed(String),
 }
 
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -375,6 +375,57 @@ pub struct RunOnce {
     pub cmdline: Option<String>,
     /// The boot order of this run (`vm/os/boot/devices`).
     pub boot_devices: Option<Vec<String>>,
+    /// The OS type of this run (`vm/os/type`; it picks sysprep or cloud-init).
+    pub os_type: Option<String>,
+    /// The initialization of this run (`vm/initialization`), instead of the VM's.
+    pub initialization: Option<crate::vminit::Initialization>,
+    /// `use_cloud_init` / `use_sysprep` / `use_initialization` (by the OS type):
+    /// attach it even when the VM ran with it before. None: only at the VM's first run
+    /// with an initialization, as oVirt.
+    pub init: Option<InitAsk>,
+}
+
+/// What a start asks to initialize.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitAsk {
+    CloudInit,
+    Sysprep,
+    /// cloud-init, or sysprep for Windows.
+    ByOs,
+}
+
+/// The initialization payload a start gets (oVirt's RunVmCommand.updateVmInit): the
+/// kind asked for, else at the first run of a VM with an initialization; sysprep for
+/// Windows, cloud-init for the rest.
+pub fn payload_for(vm: &Vm, once: &RunOnce) -> Result<Option<crate::vminit::Payload>, String> {
+    use crate::vminit::Kind;
+    let os = once.os_type.as_deref().unwrap_or(&vm.os_type);
+    let by_os = if os.starts_with("windows") {
+        Kind::Sysprep
+    } else {
+        Kind::CloudInit
+    };
+    let kind = match once.init {
+        Some(InitAsk::CloudInit) => Some(Kind::CloudInit),
+        Some(InitAsk::Sysprep) => Some(Kind::Sysprep),
+        Some(InitAsk::ByOs) => Some(by_os),
+        None if !vm.initialized
+            && (vm.initialization.is_some() || once.initialization.is_some()) =>
+        {
+            Some(by_os)
+        }
+        None => None,
+    };
+    let init = once
+        .initialization
+        .clone()
+        .or_else(|| vm.initialization.clone())
+        .unwrap_or_default();
+    match kind {
+        None => Ok(None),
+        Some(Kind::CloudInit) => init.cloud_init(&uuid::Uuid::new_v4().to_string()).map(Some),
+        Some(Kind::Sysprep) => init.sysprep(os, vm.q35()).map(Some),
+    }
 }
 
 /// A MAC in oVirt's default pool range, derived from the NIC id.
@@ -534,7 +585,7 @@ impl Manager {
 
     /// [`Manager::vm_start`] with boot settings for this run only (oVirt's run once).
     pub async fn vm_start_once(self: &Arc<Self>, id: &str, once: &RunOnce) -> Result<(), VmError> {
-        let (vm, host_id, client, xml) = {
+        let (vm, host_id, client, xml, initializing) = {
             let _g = self.write_lock.lock().await;
             let mut vm = self.vm(id)?;
             if vm.status != "down" {
@@ -569,9 +620,12 @@ impl Manager {
                 .await
                 .ok_or_else(|| VmError::Failed("the chosen host is not connected".into()))?;
             let nics = self.read().plugged_nics(id);
-            let mut drives = self
-                .drives_xml(id)
+            let payload = payload_for(&vm, once)
                 .map_err(|e| VmError::Conflict(format!("Cannot run VM {}: {e}.", vm.name)))?;
+            let mut drives = self
+                .drives_xml(id, payload.as_ref())
+                .map_err(|e| VmError::Conflict(format!("Cannot run VM {}: {e}.", vm.name)))?;
+            let initializing = payload.is_some();
             let listen = self
                 .read()
                 .hosts
@@ -613,7 +667,7 @@ impl Manager {
                 .await
                 .map_err(|e| VmError::Failed(e.to_string()))?;
             vm = placed.ok_or_else(|| VmError::NotFound(format!("VM {id} not found")))?;
-            (vm, host_id, client, xml)
+            (vm, host_id, client, xml, initializing)
         };
         let host = self
             .read()
@@ -661,7 +715,12 @@ impl Manager {
                 "VM.create failed on the host: {e}"
             )));
         }
-        info!(vm = %vm.name, host = %host, "starting VM");
+        if initializing {
+            // As oVirt's is_initialized: the next start does not initialize again
+            // unless asked.
+            let _ = self.update(id, |v: &mut Vm| v.initialized = true).await;
+        }
+        info!(vm = %vm.name, host = %host, initializing, "starting VM");
         self.event(
             153,
             "normal",
@@ -811,6 +870,8 @@ mod tests {
             cdrom: String::new(),
             graphics: Vec::new(),
             cdrom_current: String::new(),
+            initialization: None,
+            initialized: false,
         }
     }
 
@@ -1167,6 +1228,8 @@ mod tests {
             cdrom: String::new(),
             graphics: Vec::new(),
             cdrom_current: String::new(),
+            initialization: None,
+            initialized: false,
         };
         let x = domain_xml(&vm, &[], &Default::default(), "/var/log/halyard/vms", "");
         let n = crate::api::node::Node::parse_xml(x.as_bytes()).expect("well-formed");

@@ -394,13 +394,13 @@ fn vm_node(inv: &Inventory, v: &Vm, follow: &[String]) -> Node {
 /// the engine answers it.
 fn with_ovf(inv: &Inventory, v: &Vm, mut n: Node, all: bool) -> Node {
     if all {
-        n.push(
-            Node::new("initialization").with(
-                Node::new("configuration")
-                    .with(Node::leaf("type", "ovf"))
-                    .with(Node::leaf("data", crate::ovf::vm_ovf(inv, v))),
-            ),
-        );
+        let conf = Node::new("configuration")
+            .with(Node::leaf("type", "ovf"))
+            .with(Node::leaf("data", crate::ovf::vm_ovf(inv, v)));
+        match n.children.iter_mut().find(|c| c.name == "initialization") {
+            Some(i) => i.push(conf),
+            None => n.push(Node::new("initialization").with(conf)),
+        }
     }
     n
 }
@@ -1583,7 +1583,7 @@ async fn add_vm(m: &Arc<Manager>, r: &Req) -> Out {
             )))
         }
     };
-    let n = r.document("vm", "Vm", VM_ADD)?;
+    let n = r.document("vm", "Vm", &[VM_ADD, super::initialization::PATHS].concat())?;
     let vm = new_vm(m, &n, None, clone).await?;
     let node = vm_node(&m.read(), &vm, &[]);
     Ok((StatusCode::CREATED, node))
@@ -1822,6 +1822,7 @@ pub(super) async fn new_vm(
     }
     let placement = placement_of(&m.read(), n, &cluster, &Placement::default())?;
     let serial_number = serial_number_of(n)?;
+    let initialization = super::initialization::of(n)?;
     let tpl = if template == BLANK_TEMPLATE {
         None
     } else {
@@ -1941,6 +1942,8 @@ pub(super) async fn new_vm(
         cdrom: String::new(),
         graphics: display_of(n)?,
         cdrom_current: String::new(),
+        initialization,
+        initialized: false,
     };
     let formats = vm_disk_formats(&m.read(), n, &vm.template, clone)?;
     m.insert(&vm).await?;
@@ -1967,7 +1970,11 @@ pub(super) async fn new_vm(
 
 async fn update_vm(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
     check_id(id)?;
-    let n = r.document("vm", "Vm", VM_UPDATE)?;
+    let n = r.document(
+        "vm",
+        "Vm",
+        &[VM_UPDATE, super::initialization::PATHS].concat(),
+    )?;
     let spec = vm_spec(&n)?;
     let _g = m.write_lock.lock().await;
     let name = n.text_of("name");
@@ -2001,6 +2008,7 @@ async fn update_vm(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
     };
     let serial_number = serial_number_of(&n)?;
     let console = console_of(&n)?;
+    let initialization = super::initialization::of(&n)?;
     // Only the fields the request names change (a status report meanwhile stays).
     let vm = m
         .update(id, |vm: &mut Vm| {
@@ -2015,6 +2023,9 @@ async fn update_vm(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
             }
             if let Some(c) = console {
                 vm.console_enabled = Some(c);
+            }
+            if let Some(i) = &initialization {
+                vm.initialization = Some(i.clone());
             }
             if let Some(q) = &quota {
                 vm.quota = Some(q.clone());
@@ -2140,18 +2151,34 @@ pub(super) async fn delete_vm(m: &Arc<Manager>, id: &str, detach_only: bool) -> 
 async fn vm_action(m: &Arc<Manager>, id: &str, action: &str, r: &Req) -> Out {
     check_id(id)?;
     let acts: &[&str] = if action == "start" {
-        &["async", "vm"]
+        &[
+            "async",
+            "vm",
+            "use_cloud_init",
+            "use_sysprep",
+            "use_initialization",
+        ]
     } else {
         &["async"]
     };
     let body = r.action_body("VmService", action, acts)?;
     // Run once: <action><vm><os><kernel/><initrd/><cmdline/></os></vm></action>.
-    let once = match body.get("vm") {
+    let mut once = match body.get("vm") {
         Some(v) => {
             super::validate::check_document(
                 v,
                 "Vm",
-                &["os/kernel", "os/initrd", "os/cmdline", "os/boot/devices"],
+                &[
+                    &[
+                        "os/kernel",
+                        "os/initrd",
+                        "os/cmdline",
+                        "os/boot/devices",
+                        "os/type",
+                    ][..],
+                    super::initialization::PATHS,
+                ]
+                .concat(),
             )?;
             let os = v.get("os");
             let text = |k: &str| os.and_then(|o| o.text_of(k)).map(str::to_string);
@@ -2160,10 +2187,36 @@ async fn vm_action(m: &Arc<Manager>, id: &str, action: &str, r: &Req) -> Out {
                 initrd: text("initrd"),
                 cmdline: text("cmdline"),
                 boot_devices: boot_devices_of(os)?,
+                os_type: text("type"),
+                initialization: super::initialization::of(v)?,
+                init: None,
             }
         }
         None => crate::vms::RunOnce::default(),
     };
+    for (param, ask) in [
+        ("use_cloud_init", crate::vms::InitAsk::CloudInit),
+        ("use_sysprep", crate::vms::InitAsk::Sysprep),
+        ("use_initialization", crate::vms::InitAsk::ByOs),
+    ] {
+        match body.text_of(param) {
+            None | Some("false") => {}
+            Some("true") => {
+                if once.init.is_some_and(|a| a != ask) {
+                    return Err(ApiError::bad(
+                        "use_cloud_init, use_sysprep and use_initialization: at most one of them",
+                    ));
+                }
+                once.init = Some(ask);
+            }
+            Some(v) => {
+                return Err(ApiError::bad(format!(
+                    "{param}: {:?} is not a boolean",
+                    v.chars().take(16).collect::<String>()
+                )))
+            }
+        }
+    }
     let name = m
         .read()
         .vms

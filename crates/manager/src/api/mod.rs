@@ -5,6 +5,7 @@ pub mod affinity;
 pub mod cdroms;
 pub mod consoles;
 pub mod handlers;
+pub mod initialization;
 pub mod inventory;
 pub mod jointokens;
 pub mod json;

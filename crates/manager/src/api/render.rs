@@ -347,6 +347,9 @@ pub fn vm(v: &Vm, nics: &[&Nic]) -> Node {
                 .opt("value", (!s.value.is_empty()).then_some(&s.value)),
         );
     }
+    if let Some(i) = &v.initialization {
+        n.push(super::initialization::render(i));
+    }
     if !v.guest.fqdn.is_empty() {
         n.push(Node::leaf("fqdn", &v.guest.fqdn));
     }
