@@ -15,6 +15,9 @@
 //! script, the module list, the builder version): a build runs only when one changes.
 
 pub mod cpio;
+pub mod debian;
+
+pub use debian::{ensure_debian, DebianImage, DebianManifest};
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -83,9 +86,9 @@ pub enum BuildError {
     Missing(String),
 }
 
-type Result<T> = std::result::Result<T, BuildError>;
+pub(crate) type Result<T> = std::result::Result<T, BuildError>;
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
     move |source| BuildError::Io {
         path: path.to_path_buf(),
         source,
@@ -262,7 +265,7 @@ fn installed_version(pkg: &str) -> Result<String> {
     Ok(v.trim().to_string())
 }
 
-fn run(cmd: &str, args: &[&str]) -> Result<String> {
+pub(crate) fn run(cmd: &str, args: &[&str]) -> Result<String> {
     run_in(cmd, args, None)
 }
 
@@ -641,23 +644,23 @@ impl Tree {
     }
 }
 
-fn set_mode(p: &Path, mode: u32) -> Result<()> {
+pub(crate) fn set_mode(p: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(p, fs::Permissions::from_mode(mode)).map_err(io_err(p))
 }
 
 /// QEMU runs as an unprivileged user and must read the kernel and initramfs.
-fn set_world_readable_dir(p: &Path) -> Result<()> {
+pub(crate) fn set_world_readable_dir(p: &Path) -> Result<()> {
     set_mode(p, 0o755)
 }
 
 /// An exclusive `flock` held until dropped.
-struct FileLock {
+pub(crate) struct FileLock {
     _file: fs::File,
 }
 
 impl FileLock {
-    fn acquire(path: &Path) -> Result<FileLock> {
+    pub(crate) fn acquire(path: &Path) -> Result<FileLock> {
         let f = fs::OpenOptions::new()
             .create(true)
             .truncate(false)

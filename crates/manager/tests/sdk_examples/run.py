@@ -149,15 +149,6 @@ NEEDS_FEATURE = {
     "list_disk_snapshots":
         "disk snapshots: GET /disks/{id}/disksnapshots?include_active=true&include_template=true -> "
         "501 [Halyard does not implement DiskSnapshotsService.list yet]",
-    "start_vm_with_cloud_init":
-        "cloud-init at start: POST /vms/{id}/start <action><use_cloud_init>true</use_cloud_init><vm>"
-        "<initialization>...</initialization></vm></action> -> 400 [<action start: use_cloud_init> is "
-        "in oVirt's model, but Halyard does not act on it yet; remove it from the request]",
-    "add_vm_with_sysprep":
-        "Sysprep at start: POST /vms/{id}/start <action><use_sysprep>true</use_sysprep><vm>"
-        "<initialization><custom_script>...</custom_script></initialization><os><type>windows_7x64"
-        "</type></os></vm></action> -> 400 [<action start: use_sysprep> is in oVirt's model, but "
-        "Halyard does not act on it yet; remove it from the request]",
     "clone_vm_from_snapshot":
         "a VM cloned from a snapshot: POST /vms <vm><name>myclonedvm</name><cluster><name>mycluster"
         "</name></cluster><snapshots><snapshot id=.../></snapshots></vm> -> 400 [<snapshots> is in "
@@ -804,6 +795,57 @@ def check_boot_order(out):
     expect(devs == [types.BootDevice.HD], "myvm's own boot order changed: %r" % devs)
 
 
+def payload_of(vm_name, device):
+    """The payload image of the running VM's `device` (cdrom/floppy) from libvirt's live
+    XML, and its files extracted into a fresh directory."""
+    live = subprocess.run(["virsh", "-c", "qemu:///system", "dumpxml", vm_name],
+                          capture_output=True, text=True, check=True).stdout
+    srcs = [m for m in re.findall(r"<disk type='file' device='%s'.*?</disk>" % device, live, re.S)
+            if "/payload/" in m]
+    expect(len(srcs) == 1, "%s has %d payload %ss" % (vm_name, len(srcs), device))
+    img = re.search(r"<source file='([^']+)'", srcs[0]).group(1)
+    out = os.path.join(WORK, "payload-" + device)
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    if device == "cdrom":
+        subprocess.run(["osirrox", "-indev", img, "-extract", "/", out], check=True, capture_output=True)
+    else:
+        subprocess.run(["mcopy", "-s", "-i", img, "::/", out], check=True, capture_output=True)
+    return img, out
+
+
+def check_cloud_init(out):
+    """start_vm_with_cloud_init: myvm runs with a config-2 CD whose files say what the
+    example asked (host name, root's password, the static NIC, DNS, the custom script)."""
+    vm_status("myvm", types.VmStatus.UP)
+    img, d = payload_of("myvm", "cdrom")
+    with open(os.path.join(d, "openstack/latest/meta_data.json")) as f:
+        meta = json.load(f)
+    expect(meta.get("hostname") == "myvm.example.com", "meta_data: %r" % meta)
+    with open(os.path.join(d, "openstack/latest/user_data")) as f:
+        user = f.read()
+    expect(user.startswith("#cloud-config\n"), "user_data: %r" % user[:80])
+    for want in ('"user": "root"', '"password": "redhat123"', "path: /tmp/greeting.txt"):
+        expect(want in user, "user_data lacks %r" % want)
+    with open(os.path.join(d, "openstack/latest/network_data.json")) as f:
+        net = json.load(f)
+    n = net["networks"][0]
+    expect(n["ip_address"] == "192.168.0.100" and n["gateway"] == "192.168.0.1"
+           and n["dns_search"] == ["example.com"], "network_data: %r" % net)
+    label = subprocess.run(["xorriso", "-indev", img, "-pvd_info"], capture_output=True, text=True).stdout
+    expect("Volume Id    : config-2" in label, "the CD is not labelled config-2: %s" % label[:300])
+
+
+def check_sysprep(out):
+    """add_vm_with_sysprep: myvm (i440fx) runs with a floppy holding the example's answer
+    file as Unattend.xml (windows_7x64)."""
+    vm_status("myvm", types.VmStatus.UP)
+    img, d = payload_of("myvm", "floppy")
+    with open(os.path.join(d, "Unattend.xml")) as f:
+        text = f.read()
+    expect(text.startswith('<?xml version="1.0" encoding="UTF-8"?>\n<unattend'), "Unattend.xml: %r" % text[:120])
+
+
 def check_mac_pool(out):
     c = cluster("mycluster")
     p = [p for p in system().mac_pools_service().list() if p.name == "mymacpool"]
@@ -1368,7 +1410,7 @@ STEPS = [
     E("stop_vm", timeout=90),
     E("start_vm_with_boot_devices", timeout=120, check=check_boot_order),
     E("stop_vm", timeout=90, label="stop_vm (2)", unless="start_vm_with_boot_devices"),
-    E("start_vm_with_cloud_init", after=lambda: vm_status("myvm", types.VmStatus.UP)),
+    E("start_vm_with_cloud_init", timeout=120, check=check_cloud_init),
     E("stop_vm", timeout=90, label="stop_vm (3)", unless="start_vm_with_cloud_init"),
     E("add_template", timeout=120, check=check_template),
     R("mytemplate from myvm (formats left to the Manager)", ensure_template, instead_of="add_template"),
@@ -1399,7 +1441,7 @@ STEPS = [
     E("add_vm_pool", timeout=90, check=check_pool),
     R("myvmpool without prestarted VMs", pool_without_prestarted, unless="add_vm_pool"),
     E("remove_vm", check=check_gone("vm", "myvm")),
-    E("add_vm_with_sysprep", timeout=90, after=lambda: vm_status("myvm", types.VmStatus.UP)),
+    E("add_vm_with_sysprep", timeout=90, check=check_sysprep),
     R("remove myvm (sysprep)", lambda: remove_vm("myvm"), unless="add_vm_with_sysprep"),
     E("add_vm_from_template_version", timeout=90, check=check_vm_from_version),
     # Phase 7: tags, labels, permissions on fixture VMs.
