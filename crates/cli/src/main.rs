@@ -3,6 +3,7 @@
 //! `halyard rpc [--host H] METHOD [key=value ...]` calls a host agent verb over VDSM's
 //! protocol (as `vdsm-client` does) and prints the result as JSON.
 
+mod console;
 mod rest;
 mod upload;
 
@@ -200,6 +201,10 @@ enum VmCmd {
         name: String,
     },
     Remove {
+        name: String,
+    },
+    /// The serial console of a running VM, through the Manager (Ctrl-] ends it).
+    Console {
         name: String,
     },
 }
@@ -593,6 +598,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         Duration::from_secs(180),
                     )
                     .await
+                }
+                VmCmd::Console { name } => {
+                    let v = sess.find("vms", "vm", &name).await?;
+                    let id = v["id"].as_str().unwrap_or_default().to_string();
+                    console::serial(&sess, &id, &name).await
                 }
                 VmCmd::Remove { name } => {
                     let v = sess.find("vms", "vm", &name).await?;

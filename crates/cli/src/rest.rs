@@ -120,6 +120,15 @@ impl Session {
         Ok(v)
     }
 
+    /// The Manager's URL, the TLS settings and the token (for WebSocket clients).
+    pub fn parts(&self) -> (&str, std::sync::Arc<rustls::ClientConfig>, &str) {
+        (
+            self.api.url.trim_end_matches('/'),
+            self.tls.clone(),
+            &self.token,
+        )
+    }
+
     pub fn json(&self) -> bool {
         self.api.json
     }

@@ -61,6 +61,8 @@ pub struct Agent {
     caps: Mutex<Option<Capabilities>>,
     /// Image transfers: the data server, its tickets and NBD servers.
     pub images: Arc<crate::images::Images>,
+    /// Serial consoles open now (one session per VM).
+    pub consoles: Arc<crate::console::Consoles>,
 }
 
 impl Agent {
@@ -97,6 +99,7 @@ impl Agent {
             host_sampler: Mutex::new(sampler),
             caps: Mutex::new(None),
             images,
+            consoles: Arc::default(),
         })
     }
 
@@ -985,6 +988,22 @@ impl Agent {
             Ok(())
         })
         .await
+    }
+
+    /// libvirt's live XML of a running VM of this agent.
+    pub async fn live_xml(&self, id: &str) -> Result<String, RpcError> {
+        let e = self.entry(id)?;
+        if e.status == VmStatus::Down {
+            return Err(errors::DOWN.rpc(None));
+        }
+        let virt = self.virt.clone();
+        let id = id.to_string();
+        blocking(move || -> Result<String, VirtError> {
+            let d = virt.lookup(&id)?;
+            d.xml_desc(0).map_err(VirtError::from)
+        })
+        .await?
+        .map_err(|e| virt_err(errors::NO_VM, &e))
     }
 
     async fn domain_call(

@@ -18,6 +18,7 @@ pub mod authz;
 pub mod caps;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod domxml;
 pub mod guestinfo;
 pub mod identity;

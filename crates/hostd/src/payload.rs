@@ -189,8 +189,12 @@ pub fn build(
     }
     fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o700)
+        .mode(0o711)
         .create(dir)
+        .map_err(io(dir))?;
+    // QEMU runs as its own user: it must pass through the directory (not list it) to
+    // the image, which stays 0600 and which libvirt gives to that user for the run.
+    fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))
         .map_err(io(dir))?;
     let work = tempfile::Builder::new()
         .prefix(&format!(".{vm_id}.{}.", r.name))

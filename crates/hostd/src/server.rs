@@ -11,7 +11,7 @@ use halyard_proto::jsonrpc::{self, Entry, Message, Notification, Response};
 use halyard_proto::stomp::{self, Command, Frame, Item, StompError};
 use halyard_proto::vdsm::{dest, CORRELATION_HEADER};
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, Semaphore};
 use tracing::{debug, info, warn, Instrument};
@@ -108,6 +108,25 @@ async fn handle_connection(
         max_body: agent.cfg.limits.max_frame_bytes,
         ..stomp::Limits::default()
     };
+    // As VDSM's protocol detector: a console's first byte is 'H' (HALYARD-CONSOLE),
+    // which no STOMP frame (nor its heart-beat) starts with.
+    let mut stream = tokio::io::BufReader::new(stream);
+    let wait = Duration::from_secs(agent.cfg.tls.handshake_timeout_secs.max(1));
+    let first = match tokio::time::timeout(wait, stream.fill_buf()).await {
+        Ok(Ok(b)) => b.first().copied(),
+        Ok(Err(e)) => {
+            info!(error = %e, "connection closed");
+            return;
+        }
+        Err(_) => {
+            info!(error = %SessionError::NoConnect(wait), "connection closed");
+            return;
+        }
+    };
+    if first == Some(crate::console::MAGIC.as_bytes()[0]) {
+        crate::console::serve(agent, caller, peer, stream).await;
+        return;
+    }
     let r = Session::new(agent, limits, caller, peer).run(stream).await;
     match r {
         Ok(()) => debug!("client disconnected"),

@@ -124,7 +124,7 @@ async fn only_the_managers_certificate_commands_a_host() {
             custom_client(&host, true, None),
         ),
     ] {
-        let c = Client::connect("127.0.0.1", host.port, tls)
+        let c = Client::connect("127.0.0.1", host.port, tls.clone())
             .await
             .unwrap_or_else(|e| panic!("{what}: TLS is fine ({e})"));
         for (verb, params) in [
@@ -144,7 +144,20 @@ async fn only_the_managers_certificate_commands_a_host() {
             assert!(e.to_string().contains(verb), "{e}");
         }
         c.close().await;
+        // The serial console channel on the same port: the Manager's only.
+        let line = console_line(&host, tls, &format!("HALYARD-CONSOLE {uuid}\n")).await;
+        assert!(line.starts_with("ERR 1401 "), "{what}: console: {line}");
     }
+    let manager_tls = halyard_pki::client_config(&host.pki.client).expect("tls");
+    let line = console_line(
+        &host,
+        manager_tls.clone(),
+        &format!("HALYARD-CONSOLE {uuid}\n"),
+    )
+    .await;
+    assert!(line.starts_with("ERR 1 "), "no such VM: {line}");
+    let line = console_line(&host, manager_tls, "HALYARD-CONSOLE ../../dev/sda\n").await;
+    assert!(line.starts_with("ERR 4 "), "a bad request: {line}");
     let out = host.virsh(&["dominfo", &uuid]);
     assert!(!out.status.success(), "no domain was created");
     // The Manager hears of it.
@@ -167,6 +180,18 @@ async fn only_the_managers_certificate_commands_a_host() {
         .call_value("Host.ping2", json!({}))
         .await
         .expect("ping");
+}
+
+/// The answer line of the agent's console channel to `request`.
+async fn console_line(host: &TestHost, tls: Arc<rustls::ClientConfig>, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = halyard_client::connect_tls("127.0.0.1", host.port, tls)
+        .await
+        .expect("TLS");
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Every dangerous construct of a domain definition is refused with the element named,

@@ -40,6 +40,9 @@ pub struct NewDisk {
     pub storage_domain: String,
     /// data or iso
     pub content_type: String,
+    /// The id the client asked for (oVirt honours `<disk id>`; upload_disk.py's
+    /// `--disk-id`), else a new one.
+    pub id: Option<String>,
 }
 
 fn failed(e: impl std::fmt::Display) -> StorageOpError {
@@ -141,7 +144,7 @@ impl Manager {
         self.spm_client(&dc).await?;
         let sparse = n.sparse || n.format == "cow";
         let disk = Disk {
-            id: new_id(),
+            id: n.id.unwrap_or_else(new_id),
             name: n.name,
             description: n.description,
             provisioned_size: n.provisioned_size,
@@ -164,7 +167,17 @@ impl Manager {
             content_type: n.content_type,
             creation_time: now_ms(),
         };
-        self.insert(&disk).await.map_err(failed)?;
+        {
+            // A given id: checked and taken under the lock (two adds cannot both get it).
+            let _g = self.write_lock.lock().await;
+            if self.read().disks.contains_key(&disk.id) {
+                return Err(StorageOpError::Conflict(format!(
+                    "Cannot add Disk. A disk with id {} already exists.",
+                    disk.id
+                )));
+            }
+            self.insert(&disk).await.map_err(failed)?;
+        }
         let job = self.start_job(format!("Adding Disk {}", disk.name)).await;
         let r = self
             .create_volume_task(&disk, &dc, &job, None, None, "create_volume")

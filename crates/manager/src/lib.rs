@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod config;
+pub mod consoleproxy;
 pub mod db;
 pub mod directory;
 pub mod domains;

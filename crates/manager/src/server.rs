@@ -384,6 +384,14 @@ pub fn router(m: Arc<Manager>) -> Router {
             "/ovirt-engine/services/host-register",
             get(register).post(register),
         )
+        .route(
+            "/ovirt-engine/services/console/serial/{vm}",
+            get(crate::consoleproxy::serial),
+        )
+        .route(
+            "/ovirt-engine/services/websocket-proxy/{ticket}",
+            get(crate::consoleproxy::vnc),
+        )
         .route("/ovirt-engine/api", any(api))
         .route("/ovirt-engine/api/", any(api))
         .route("/ovirt-engine/api/{*rest}", any(api))
@@ -481,7 +489,7 @@ pub async fn serve(m: Arc<Manager>) -> anyhow::Result<()> {
                 .header_read_timeout(Duration::from_secs(limits.header_read_timeout_secs));
             let r = b
                 .http1_only()
-                .serve_connection(TokioIo::new(tls), svc)
+                .serve_connection_with_upgrades(TokioIo::new(tls), svc)
                 .await;
             if let Err(e) = r {
                 debug!(%peer, error = %e, "connection ended");

@@ -90,6 +90,8 @@ pub struct Manager {
     /// The image transfer proxy (imageio's proxy role, port 54323): its tickets name
     /// the hosts' ticket URLs.
     pub imageio: Arc<halyard_imageio::ImageServer>,
+    /// One-time tickets of the VNC WebSocket proxy.
+    pub proxy_tickets: crate::consoleproxy::ProxyTickets,
 }
 
 /// Bounds on attempts, per user and per source address.
@@ -225,6 +227,7 @@ impl Manager {
             store: tokio::sync::Mutex::new(()),
             throttles,
             imageio,
+            proxy_tickets: Default::default(),
         });
         m.init_admin().await?;
         m.load().await?;

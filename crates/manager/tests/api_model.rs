@@ -131,9 +131,9 @@ async fn the_model_decides_what_exists() {
         ("DELETE", "/clusterlevels", 405, "not a method"),
         (
             "POST",
-            "/vms/00000000-0000-0000-0000-000000000001/graphicsconsoles/766e63/proxyticket",
+            "/vms/00000000-0000-0000-0000-000000000001/freezefilesystems",
             501,
-            "the action proxy_ticket of VmGraphicsConsoleService",
+            "the action freeze_filesystems of VmService",
         ),
         (
             "GET",

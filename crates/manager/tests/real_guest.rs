@@ -152,6 +152,12 @@ async fn debian_guest_with_cloud_init_ssh_consoles_and_transfers() {
                 m.dir.join("consoles").to_string_lossy().into_owned(),
             ),
             ("HALYARD_VM_NAME", host.domain_name("debian")),
+            (
+                "HALYARD_CLI",
+                workspace_bin("halyard-cli", "halyard")
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
         ],
     );
     let text = format!(

@@ -39,6 +39,9 @@ pub async fn route(m: &Arc<Manager>, r: &Req, s: &[&str]) -> Option<Out> {
         ["vms", id, "graphicsconsoles", c, "ticket"] if r.method == Method::POST => {
             ticket(m, id, c, r).await
         }
+        ["vms", id, "graphicsconsoles", c, "proxyticket"] if r.method == Method::POST => {
+            proxy_ticket(m, id, c, r)
+        }
         ["vms", id, "graphicsconsoles", c, "remoteviewerconnectionfile"]
             if r.method == Method::POST =>
         {
@@ -245,6 +248,49 @@ async fn ticket(m: &Arc<Manager>, id: &str, c: &str, r: &Req) -> Out {
                 .with(Node::leaf("expiry", secs))
                 .with(Node::leaf("value", &pw)),
         )
+        .with(Node::leaf("status", "complete")))
+}
+
+/// A one-time ticket for the Manager's VNC WebSocket proxy
+/// (`/ovirt-engine/services/websocket-proxy/{value}`), as oVirt's for its
+/// ovirt-websocket-proxy. VNC only: a browser has no SPICE client.
+fn proxy_ticket(m: &Arc<Manager>, id: &str, c: &str, r: &Req) -> Out {
+    let v = vm_of(m, id)?;
+    let p = protocol_of(c)
+        .filter(|p| v.graphics.iter().any(|g| g == p))
+        .ok_or_else(|| ApiError::not_found(format!("Graphics console {c} not found")))?;
+    let _ = r.action_body("VmGraphicsConsoleService", "proxy_ticket", &[])?;
+    if p != "vnc" {
+        return Err(ApiError::conflict(
+            "Cannot give a proxy ticket: the WebSocket proxy serves VNC consoles only.",
+        ));
+    }
+    let running = matches!(
+        v.status.as_str(),
+        "up" | "powering_up" | "paused" | "reboot_in_progress"
+    );
+    let shown = v
+        .guest
+        .display
+        .iter()
+        .find(|d| d.0 == p && d.1 > 0 && d.1 <= i64::from(u16::MAX));
+    let (Some((_, port, _, addr)), true) = (shown, running) else {
+        return Err(ApiError::conflict(format!(
+            "Cannot give a proxy ticket: VM {} is not running with a VNC console.",
+            v.name
+        )));
+    };
+    let secs = crate::consoleproxy::PROXY_TICKET_SECS;
+    let value = m.proxy_tickets.issue(
+        crate::consoleproxy::ProxyTarget {
+            vm: v.id.clone(),
+            address: addr.clone(),
+            port: u16::try_from(*port).unwrap_or(0),
+        },
+        secs,
+    );
+    ok(Node::new("action")
+        .with(Node::new("proxy_ticket").with(Node::leaf("value", &value)))
         .with(Node::leaf("status", "complete")))
 }
 

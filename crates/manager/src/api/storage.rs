@@ -479,7 +479,21 @@ fn new_disk(m: &Arc<Manager>, d: &Node) -> Result<NewDisk, ApiError> {
         Some("false") => false,
         Some(x) => return Err(ApiError::bad(format!("sparse {x:?}: true or false"))),
     };
+    let id = match d.id() {
+        None => None,
+        Some(id) => {
+            let u = uuid::Uuid::parse_str(id)
+                .map_err(|_| ApiError::bad(format!("Cannot add Disk. id {id:?} is not a UUID.")))?;
+            if u.is_nil() {
+                return Err(ApiError::bad(
+                    "Cannot add Disk. The nil UUID is no disk id.",
+                ));
+            }
+            Some(u.hyphenated().to_string())
+        }
+    };
     Ok(NewDisk {
+        id,
         name,
         description: d.text_of("description").unwrap_or("").to_string(),
         provisioned_size: size,

@@ -16,13 +16,17 @@ ovirt-imageio client (all from PyPI).
 Environment: HALYARD_URL, HALYARD_CA, HALYARD_PASSWORD, HALYARD_HOST_NAME,
 HALYARD_SD_PATH, HALYARD_WORK, HALYARD_IMAGE, HALYARD_SSH_KEY, HALYARD_NETNS,
 HALYARD_GUEST_ADDR, HALYARD_NS_ADDR, HALYARD_SDIST_DIR, HALYARD_CONSOLE_DIR,
-HALYARD_VM_NAME. Prints one line per step and REAL GUEST OK at the end.
+HALYARD_VM_NAME, HALYARD_CLI. Prints one line per step and REAL GUEST OK at the end.
 """
+import base64
 import hashlib
+import http.client
 import json
 import os
 import secrets
 import shutil
+import socket
+import ssl
 import subprocess
 import sys
 import tarfile
@@ -46,6 +50,10 @@ NS_ADDR = os.environ["HALYARD_NS_ADDR"]
 SDIST_DIR = os.environ["HALYARD_SDIST_DIR"]
 CONSOLE_DIR = os.environ["HALYARD_CONSOLE_DIR"]
 VM_NAME = os.environ["HALYARD_VM_NAME"]
+CLI = os.environ["HALYARD_CLI"]
+BASE = URL.split("/ovirt-engine")[0]
+M_HOST, M_PORT = BASE[len("https://"):].rsplit(":", 1)
+M_PORT = int(M_PORT)
 SDK_VERSION = "4.6.3"
 SDIST = "ovirt_engine_sdk_python-%s.tar.gz" % SDK_VERSION
 SDIST_SHA256 = "9cf0242792b8910cb7b2decc3886db2ccfd779507e46ac1ce2a52573075fd3df"
@@ -161,6 +169,9 @@ out, secs = example("upload_disk", "-c", "halyard", IMAGE, "--sd-name", "rdata",
 assert "Upload completed successfully" in out, out[-2000:]
 disks = system.disks_service()
 disk = disks.disk_service(DISK_ID).get()
+refused("a second disk with the same id", lambda: disks.add(types.Disk(
+    id=DISK_ID, name="dup", format=types.DiskFormat.COW, provisioned_size=MiB,
+    storage_domains=[types.StorageDomain(name="rdata")])), 409)
 assert disk.format == types.DiskFormat.COW and disk.sparse and disk.status == types.DiskStatus.OK, disk.format
 assert disk.provisioned_size == info["virtual-size"], (disk.provisioned_size, info["virtual-size"])
 step("upload_disk.py: the Debian image (%d MiB virtual, %d MiB allocated) into a thin COW disk in %.1f s" % (
@@ -220,6 +231,72 @@ vs.start(use_cloud_init=True)
 wait("the VM running", lambda: vs.get().status in (types.VmStatus.UP, types.VmStatus.POWERING_UP), timeout=180)
 console = os.path.join(CONSOLE_DIR, "%s.log" % vm.id)
 
+# ---- the serial console through the Manager: `halyard vms console`, from the first seconds ----
+pwfile = os.path.join(WORK, "admin-password")
+with open(os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+    f.write(PW)
+cli_env = dict(os.environ, HALYARD_URL=BASE, HALYARD_PASSWORD_FILE=pwfile, HALYARD_CA=CA)
+serial_path = os.path.join(WORK, "serial.out")
+serial_file = open(serial_path, "wb")
+serial = subprocess.Popen([CLI, "vms", "console", VM_NAME], stdin=subprocess.PIPE, stdout=serial_file,
+                          stderr=subprocess.PIPE, env=cli_env)
+
+
+def serial_text():
+    with open(serial_path, "rb") as f:
+        return f.read().decode(errors="replace")
+
+
+def ws_get(path, token=None):
+    """A WebSocket handshake on the Manager's port: (status, first message or body)."""
+    ctx = ssl.create_default_context(cafile=CA)
+    s = ctx.wrap_socket(socket.create_connection((M_HOST, M_PORT), timeout=15), server_hostname=M_HOST)
+    key = base64.b64encode(os.urandom(16)).decode()
+    head = ("GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: binary\r\n"
+            % (path, M_HOST, M_PORT, key))
+    if token:
+        head += "Authorization: Bearer %s\r\n" % token
+    s.sendall((head + "\r\n").encode())
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        c = s.recv(4096)
+        if not c:
+            break
+        buf += c
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    if status != 101:
+        s.close()
+        return status, rest.decode(errors="replace")
+
+    def need(n):
+        nonlocal rest
+        while len(rest) < n:
+            c = s.recv(4096)
+            if not c:
+                raise AssertionError("the WebSocket closed early")
+            rest += c
+        out, rest = rest[:n], rest[n:]
+        return out
+
+    b0, b1 = need(2)
+    n = b1 & 0x7F
+    if n == 126:
+        n = int.from_bytes(need(2), "big")
+    elif n == 127:
+        n = int.from_bytes(need(8), "big")
+    payload = need(n)
+    s.close()
+    return status, payload
+
+
+code, body = ws_get("/ovirt-engine/services/console/serial/%s" % vm.id)
+assert code == 401, "the serial console without a token: %d %s" % (code, body)
+code, body = ws_get("/ovirt-engine/services/console/serial/%s" % vm.id, token="not-a-token")
+assert code == 401, "the serial console with a bad token: %d %s" % (code, body)
+step("the serial console refuses callers without a valid token (401)")
+
 
 def console_text():
     try:
@@ -251,6 +328,22 @@ assert "Linux version" in text or "Booting" in text or "EFI stub" in text, text[
 step("the serial console shows the boot (%d lines) and a login prompt, %.1f s after start" % (
     len(text.splitlines()), t_login))
 print("TIMING start_to_agent_s=%.1f start_to_login_s=%.1f" % (t_agent, t_login), flush=True)
+wait("the login prompt through `halyard vms console`", lambda: "login:" in serial_text(), timeout=120)
+seen = serial_text()
+assert any(x in seen for x in ("Linux version", "systemd", "[  OK  ]", "cloud-init")), seen[:3000]
+second = subprocess.run([CLI, "vms", "console", VM_NAME], input=b"", capture_output=True, env=cli_env,
+                        timeout=60)
+assert second.returncode != 0 and b"in use" in second.stderr, second
+prompts = seen.count("login:")
+serial.stdin.write(b"\r")
+serial.stdin.flush()
+wait("a new login prompt after Enter on the serial console", lambda: serial_text().count("login:") > prompts,
+     timeout=60)
+serial.stdin.close()
+assert serial.wait(timeout=30) == 0, serial.stderr.read()
+serial_file.close()
+step("`halyard vms console` showed the boot (%d lines) and a login prompt, answered Enter with a new one; "
+     "a second session at the same time is refused (in use)" % len(seen.splitlines()))
 
 
 # ---- SSH from the test's namespace with the key cloud-init installed -------------------------
@@ -272,6 +365,22 @@ def ssh_up():
 
 
 wait("the guest's SSH server to accept the key", ssh_up, timeout=300, every=2)
+t_ssh = time.time() - t_start
+
+
+def cloud_init_done():
+    # Its config stage restarts sshd (set-passwords): a refused connection is a retry.
+    try:
+        r = ssh("cloud-init status", check=False, timeout=30)
+    except subprocess.TimeoutExpired:
+        return False
+    return r.returncode == 0 and "status: done" in r.stdout
+
+
+wait("cloud-init's last stage (cloud-init status: done, over SSH)", cloud_init_done, timeout=400, every=3)
+t_ready = time.time() - t_start
+step("cloud-init finished %.1f s after start; SSH accepted the key %.1f s after start" % (t_ready, t_ssh))
+print("TIMING start_to_cloud_init_done_s=%.1f start_to_ssh_s=%.1f" % (t_ready, t_ssh), flush=True)
 r = ssh("hostname; id -un; cat ~/.ssh/authorized_keys; cat /var/tmp/halyard-note.txt; "
         "ls /tmp/pwned-key /tmp/pwned-key2 /tmp/pwned-pw 2>&1; true")
 out = r.stdout
@@ -318,6 +427,18 @@ assert n > 2, "the login screen is a blank frame (%d colours)" % n
 ok, _, msg = snapshot(t.value[::-1] + "x", "wrong")
 assert not ok, "a wrong VNC password got in"
 step("a VNC client with the ticket saw the login screen (%d colours; a blank frame has 1); a wrong one is refused" % n)
+
+# ---- the VNC WebSocket proxy (noVNC's way in): one-time proxy tickets ----------------------
+pt = cs.proxy_ticket()
+assert pt.value and len(pt.value) >= 32, pt.value
+code, first = ws_get("/ovirt-engine/services/websocket-proxy/%s" % pt.value)
+assert code == 101 and first.startswith(b"RFB 003."), (code, first)
+code, _ = ws_get("/ovirt-engine/services/websocket-proxy/%s" % pt.value)
+assert code == 403, "a used proxy ticket was taken again: %d" % code
+code, _ = ws_get("/ovirt-engine/services/websocket-proxy/%s" % ("0" * 64))
+assert code == 403, "a guessed proxy ticket was taken: %d" % code
+step("the WebSocket proxy relayed the console's RFB greeting (%r); a used or guessed ticket is refused (403)"
+     % first.strip())
 
 # ---- an ISO into the running VM's CD-ROM: the guest sees it ----------------------------------
 iso_dir = os.path.join(WORK, "iso")
