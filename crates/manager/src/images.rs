@@ -1042,8 +1042,14 @@ fn payload_of(
             (format!("{}{}", &cd[..2], next as char), bus, "cdrom")
         }
     };
+    // QEMU's floppy has no rerror/werror: no error policy on it.
+    let policy = if device == "floppy" {
+        ""
+    } else {
+        " error_policy=\"report\""
+    };
     let devices = format!(
-        "<disk type=\"file\" device=\"{device}\" snapshot=\"no\"><driver name=\"qemu\" type=\"raw\" error_policy=\"report\"/><source file=\"PAYLOAD:\" startupPolicy=\"optional\"/><target dev=\"{dev}\" bus=\"{bus}\"/><readonly/></disk>"
+        "<disk type=\"file\" device=\"{device}\" snapshot=\"no\"><driver name=\"qemu\" type=\"raw\"{policy}/><source file=\"PAYLOAD:\" startupPolicy=\"optional\"/><target dev=\"{dev}\" bus=\"{bus}\"/><readonly/></disk>"
     );
     let mut meta = format!("<ovirt-vm:device devtype=\"disk\" name=\"{dev}\"><ovirt-vm:payload>");
     if let Some(id) = &p.vol_id {
