@@ -90,13 +90,6 @@ fn fault(status: StatusCode, detail: impl Into<String>) -> Response {
         .into_response()
 }
 
-fn bearer(h: &HeaderMap) -> Option<&str> {
-    h.get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-}
-
 /// `GET /ovirt-engine/services/console/serial/{vm}`.
 pub async fn serial(
     State(m): State<Arc<Manager>>,
@@ -104,7 +97,7 @@ pub async fn serial(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let Some(user) = bearer(&headers).and_then(|t| m.check_token(t)) else {
+    let Some(user) = crate::server::bearer(&headers).and_then(|t| m.check_token(t)) else {
         return fault(
             StatusCode::UNAUTHORIZED,
             "a valid access token is required (POST /ovirt-engine/sso/oauth/token)",

@@ -246,7 +246,7 @@ fn host_of(h: &str) -> String {
     }
 }
 
-fn bearer(h: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(h: &HeaderMap) -> Option<&str> {
     h.get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
