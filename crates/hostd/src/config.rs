@@ -45,6 +45,10 @@ pub struct ImageIo {
     pub max_connections: usize,
     /// qemu-nbd servers (NBD.start_server) running at once, at most.
     pub max_nbd_servers: usize,
+    /// Also serve imageio's local service (the same protocol without TLS, for
+    /// clients on this host) on `<storage.run_dir>/imageio/sock`, in a directory only
+    /// root may enter. OPTIONS names it as `unix_socket`.
+    pub local_socket: bool,
 }
 
 impl Default for ImageIo {
@@ -54,6 +58,7 @@ impl Default for ImageIo {
             port: 54322,
             max_connections: 64,
             max_nbd_servers: 64,
+            local_socket: true,
         }
     }
 }

@@ -259,6 +259,16 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                 .clone()
                 .serve(l, move || id.image_server_config()),
         );
+        if agent.cfg.imageio.local_socket {
+            // Without it clients use TLS, as with imageio's [local] enable = false.
+            match bind_local_image_service(&agent.cfg.storage.run_dir) {
+                Ok((l, path)) => {
+                    info!(socket = %path, "image data server's local service listening");
+                    tokio::spawn(agent.images.server.clone().serve_local(l, path));
+                }
+                Err(e) => warn!(error = %format!("{e:#}"), "no local image service"),
+            }
+        }
     }
     tokio::spawn(halyard_hostd::server::serve(agent.clone(), listener));
     match agent.recover().await {
@@ -277,6 +287,23 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     wait_for_signal().await;
     info!("stopping (running VMs keep running)");
     Ok(())
+}
+
+/// imageio's local service socket: `<run_dir>/imageio/sock`, 0600 in a 0700
+/// directory (root only; the ticket is still checked on every request).
+fn bind_local_image_service(
+    run_dir: &std::path::Path,
+) -> anyhow::Result<(tokio::net::UnixListener, String)> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = run_dir.join("imageio");
+    halyard_common::fsutil::restrict_dir(&dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("sock");
+    let _ = std::fs::remove_file(&path);
+    let l = tokio::net::UnixListener::bind(&path)
+        .with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok((l, path.to_string_lossy().into_owned()))
 }
 
 /// The agent's identity: `<state_dir>/agent-id`, created once.

@@ -121,9 +121,17 @@ impl FileBackend {
         .await
     }
 
-    async fn write(&self, offset: u64, data: bytes::Bytes) -> Result<()> {
+    async fn write(&self, offset: u64, parts: Vec<bytes::Bytes>) -> Result<()> {
         let f = self.file.clone();
-        blocking(move || f.write_all_at(&data, offset)).await
+        blocking(move || {
+            let mut at = offset;
+            for p in &parts {
+                f.write_all_at(p, at)?;
+                at += p.len() as u64;
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn zero(&self, offset: u64, len: u64) -> Result<()> {
@@ -340,16 +348,33 @@ async fn nbd_read(
     Ok(b)
 }
 
+/// Writes `parts` at `offset` in requests of at most [`nbd::MAX_REQUEST`] bytes, the
+/// parts sliced (not copied) where a request ends.
 async fn nbd_write(
     c: &mut nbd::Client,
     offset: u64,
-    data: &[u8],
+    parts: &[bytes::Bytes],
 ) -> std::result::Result<(), nbd::NbdError> {
-    let mut done = 0usize;
-    while done < data.len() {
-        let k = (data.len() - done).min(nbd::MAX_REQUEST as usize);
-        c.write(offset + done as u64, &data[done..done + k]).await?;
-        done += k;
+    let max = nbd::MAX_REQUEST as usize;
+    let mut at = offset;
+    let mut req: Vec<bytes::Bytes> = Vec::new();
+    let mut req_len = 0usize;
+    for p in parts {
+        let mut p = p.clone();
+        while !p.is_empty() {
+            let k = p.len().min(max - req_len);
+            req.push(p.split_to(k));
+            req_len += k;
+            if req_len == max {
+                c.write_parts(at, &req).await?;
+                at += req_len as u64;
+                req.clear();
+                req_len = 0;
+            }
+        }
+    }
+    if req_len > 0 {
+        c.write_parts(at, &req).await?;
     }
     Ok(())
 }
@@ -386,7 +411,8 @@ impl Backend {
         }
     }
 
-    pub async fn write(&self, offset: u64, data: bytes::Bytes) -> Result<()> {
+    /// Writes `parts`, one after the other, at `offset`.
+    pub async fn write(&self, offset: u64, data: Vec<bytes::Bytes>) -> Result<()> {
         match self {
             Backend::File(f) => {
                 let _w = f.workers.acquire().await.map_err(|_| BackendError::Join)?;

@@ -392,6 +392,22 @@ impl Client {
         self.reply(h, offset, Some(buf), None).await
     }
 
+    /// Writes `parts` (together at most [`MAX_REQUEST`] bytes) at `offset`, as one
+    /// request, without joining them first.
+    pub async fn write_parts(&mut self, offset: u64, parts: &[bytes::Bytes]) -> Result<()> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        self.check_range(offset, total as u64)?;
+        let len = u32::try_from(total).ok().filter(|l| *l <= MAX_REQUEST);
+        let Some(len) = len else {
+            return proto("write too large");
+        };
+        let h = self.request(CMD_WRITE, 0, offset, len, &[]).await?;
+        for p in parts {
+            self.s.write_all(p).await?;
+        }
+        self.reply(h, offset, None, None).await
+    }
+
     pub async fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         self.check_range(offset, data.len() as u64)?;
         let len = u32::try_from(data.len()).ok().filter(|l| *l <= MAX_REQUEST);

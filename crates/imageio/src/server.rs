@@ -38,6 +38,9 @@ use crate::ticket::{Op, Role, Target, Ticket, TicketError, Tickets};
 
 /// Bytes read from or written to a backend at once.
 pub const CHUNK: usize = 4 << 20;
+/// PUT body frames at least this large are written as they came; smaller ones are
+/// joined first.
+const SMALL_FRAME: usize = 64 << 10;
 /// Largest PATCH body.
 pub const MAX_PATCH_BODY: usize = 4096;
 /// Proxy connections to one remote ticket, at most.
@@ -92,7 +95,31 @@ pub struct ImageServer {
     /// TLS to the hosts' servers (proxy).
     remote_tls: Option<Arc<rustls::ClientConfig>>,
     opened: Mutex<std::collections::HashMap<String, OpenedSlot>>,
+    /// The local (unix socket) service's path, which OPTIONS advertises as imageio's
+    /// `unix_socket` once [`ImageServer::serve_local`] serves it.
+    local_socket: std::sync::OnceLock<String>,
+    /// The proxy may use a local host's `unix_socket` (default yes).
+    local_hosts_by_socket: std::sync::atomic::AtomicBool,
 }
+
+/// Where a request came from (for the logs).
+#[derive(Debug, Clone, Copy)]
+enum Peer {
+    Tcp(SocketAddr),
+    Local,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Tcp(a) => a.fmt(f),
+            Peer::Local => f.write_str("local"),
+        }
+    }
+}
+
+/// Bytes read from a TCP connection at once, under TLS (rustls asks for 4 KiB).
+const TCP_READ_BUFFER: usize = 256 << 10;
 
 /// An HTTP error as imageio answers it: a status and a plain text message.
 #[derive(Debug)]
@@ -322,7 +349,16 @@ impl ImageServer {
             limits,
             remote_tls,
             opened: Mutex::new(Default::default()),
+            local_socket: std::sync::OnceLock::new(),
+            local_hosts_by_socket: std::sync::atomic::AtomicBool::new(true),
         })
+    }
+
+    /// Whether the proxy reaches a host on this machine through the host's local
+    /// service socket (imageio's proxy does) or always over TLS.
+    pub fn set_local_hosts_by_socket(&self, on: bool) {
+        self.local_hosts_by_socket
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn tickets(&self) -> &Arc<Tickets> {
@@ -365,6 +401,11 @@ impl ImageServer {
                             path: path.clone(),
                             tls,
                             idle: Mutex::new(Vec::new()),
+                            tcp_is_local: std::sync::atomic::AtomicBool::new(false),
+                            may_use_local: self
+                                .local_hosts_by_socket
+                                .load(std::sync::atomic::Ordering::Relaxed),
+                            local: Mutex::new(None),
                         })
                     }
                 };
@@ -401,6 +442,7 @@ impl ImageServer {
             let me = self.clone();
             let conns = conns.clone();
             tokio::spawn(async move {
+                let tcp = tokio::io::BufReader::with_capacity(TCP_READ_BUFFER, tcp);
                 let accepted = tokio::select! {
                     r = tokio::time::timeout(me.limits.handshake_timeout, acceptor.accept(tcp)) => r,
                     _ = &mut place.evicted => return,
@@ -413,28 +455,61 @@ impl ImageServer {
                     debug!(%peer, "too many connections; refusing");
                     return;
                 };
-                let read = me.limits.read_timeout;
-                let svc = hyper::service::service_fn(move |req| {
-                    let me = me.clone();
-                    async move { Ok::<_, Infallible>(me.handle(req, peer).await) }
-                });
-                let r = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(read)
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
-                if let Err(e) = r {
-                    debug!(%peer, error = %e, "connection ended");
-                }
+                me.serve_conn(tls, Peer::Tcp(peer)).await;
             });
         }
     }
 
-    async fn handle(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> Response<ResBody> {
+    /// Serves imageio's local service on a unix socket until the process ends: the
+    /// same protocol without TLS, for clients on this host (imageio's `[local]`
+    /// service). OPTIONS then names `path` as `unix_socket`, and the imageio client
+    /// switches to it when it finds itself on the server's host. Tickets are checked
+    /// as on the TCP port; the socket's directory decides who may connect at all.
+    pub async fn serve_local(self: Arc<Self>, listener: tokio::net::UnixListener, path: String) {
+        let _ = self.local_socket.set(path);
+        let conns = Arc::new(Semaphore::new(self.limits.max_connections));
+        loop {
+            let (s, _) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    debug!(error = %e, "accept (local)");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = conns.clone().try_acquire_owned() else {
+                debug!("too many local connections; refusing");
+                continue;
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                me.serve_conn(s, Peer::Local).await;
+            });
+        }
+    }
+
+    async fn serve_conn<I>(self: Arc<Self>, io: I, peer: Peer)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let read = self.limits.read_timeout;
+        let me = self;
+        let svc = hyper::service::service_fn(move |req| {
+            let me = me.clone();
+            async move { Ok::<_, Infallible>(me.handle(req, peer).await) }
+        });
+        let r = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(read)
+            .serve_connection(TokioIo::new(io), svc)
+            .await;
+        if let Err(e) = r {
+            debug!(%peer, error = %e, "connection ended");
+        }
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: Peer) -> Response<ResBody> {
         match self.route(req, peer).await {
             Ok(r) => r,
             Err(e) => error_response(e),
@@ -444,7 +519,7 @@ impl ImageServer {
     async fn route(
         self: &Arc<Self>,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        peer: Peer,
     ) -> HResult<Response<ResBody>> {
         let path = req.uri().path().to_string();
         if path == "/info" || path == "/info/" {
@@ -461,8 +536,9 @@ impl ImageServer {
             return Err(HttpError::bad("Ticket id is required"));
         }
         if id == "*" && sub.is_empty() && req.method() == Method::OPTIONS {
-            let mut r =
-                json_response(json!({"features": ["checksum", "extents", "flush", "zero"]}));
+            let mut v = json!({"features": ["checksum", "extents", "flush", "zero"]});
+            self.advertise_local(&mut v);
+            let mut r = json_response(v);
             r.headers_mut()
                 .insert("allow", HeaderValue::from_static("OPTIONS,GET,PUT,PATCH"));
             return Ok(r);
@@ -513,6 +589,13 @@ impl ImageServer {
         }
     }
 
+    /// imageio's `unix_socket` option, when the local service runs.
+    fn advertise_local(&self, v: &mut serde_json::Value) {
+        if let Some(p) = self.local_socket.get() {
+            v["unix_socket"] = json!(p);
+        }
+    }
+
     fn options(&self, t: &Arc<Ticket>, b: &Backend) -> HResult<Response<ResBody>> {
         if !t.may(Op::Read) {
             return Err(TicketError::NotAllowed("read").into());
@@ -527,8 +610,9 @@ impl ImageServer {
             (&["checksum", "extents"], "OPTIONS,GET")
         };
         let w = b.workers();
-        let mut r =
-            json_response(json!({"features": features, "max_readers": w, "max_writers": w}));
+        let mut v = json!({"features": features, "max_readers": w, "max_writers": w});
+        self.advertise_local(&mut v);
+        let mut r = json_response(v);
         r.headers_mut()
             .insert("allow", HeaderValue::from_static(allow));
         Ok(r)
@@ -658,41 +742,32 @@ impl ImageServer {
         let op = t.begin(Op::Write, offset)?;
         debug!(transfer = %t.transfer(), offset, len, flush, "WRITE");
         let mut body = req.into_body();
-        let mut buf: Vec<u8> = Vec::with_capacity(CHUNK.min(len as usize));
-        let mut pos = offset;
         let mut got: u64 = 0;
+        let mut pos = offset;
+        // The next chunk is received while the one before it is written.
+        let mut pending: Option<Vec<Bytes>> = None;
         loop {
-            let frame = tokio::time::timeout(self.limits.read_timeout, body.frame())
-                .await
-                .map_err(|_| HttpError::bad("Timed out reading the request body"))?;
-            let data = match frame {
-                None => None,
-                Some(Ok(f)) => f.into_data().ok(),
-                Some(Err(e)) => {
-                    return Err(HttpError::bad(format!(
-                        "Partial content: got {got} of {len} bytes ({e}); written so far: {}",
-                        pos - offset
-                    )))
+            let next = self.read_chunk(&mut body, len, &mut got);
+            let received = match pending.take() {
+                Some(data) => {
+                    let n: u64 = data.iter().map(|d| d.len() as u64).sum();
+                    let write = async {
+                        op.check()?;
+                        b.write(pos, data).await.map_err(HttpError::from)
+                    };
+                    let (w, r) = tokio::join!(write, next);
+                    w?;
+                    op.add(n);
+                    pos += n;
+                    r
                 }
+                None => next.await,
             };
-            let end = data.is_none();
-            if let Some(d) = data {
-                got += d.len() as u64;
-                if got > len {
-                    return Err(HttpError::bad("More data than Content-Length"));
-                }
-                buf.extend_from_slice(&d);
-            }
-            while buf.len() >= CHUNK || (end && !buf.is_empty()) {
-                op.check()?;
-                let n = buf.len().min(CHUNK);
-                let chunk: Vec<u8> = buf.drain(..n).collect();
-                b.write(pos, Bytes::from(chunk)).await?;
-                op.add(n as u64);
-                pos += n as u64;
-            }
-            if end {
-                break;
+            match received.map_err(|e| {
+                HttpError::bad(format!("{}; written so far: {}", e.msg, pos - offset))
+            })? {
+                Some(chunk) => pending = Some(chunk),
+                None => break,
             }
         }
         if got != len {
@@ -704,6 +779,56 @@ impl ImageServer {
             b.flush().await?;
         }
         Ok(Response::new(full(Bytes::new())))
+    }
+
+    /// The next part of a PUT body: whole frames of [`CHUNK`] bytes or a little more,
+    /// kept as they came (not joined), or `None` at its end; `got` counts what came,
+    /// `len` is what may come.
+    async fn read_chunk(
+        &self,
+        body: &mut Incoming,
+        len: u64,
+        got: &mut u64,
+    ) -> HResult<Option<Vec<Bytes>>> {
+        let mut parts = Vec::new();
+        // Frames smaller than SMALL_FRAME (a client sending a byte at a time) are
+        // joined, so a chunk holds at most 2 * CHUNK / SMALL_FRAME + 2 buffers.
+        let mut small = bytes::BytesMut::new();
+        let mut n = 0usize;
+        while n < CHUNK {
+            let frame = tokio::time::timeout(self.limits.read_timeout, body.frame())
+                .await
+                .map_err(|_| HttpError::bad("Timed out reading the request body"))?;
+            let d = match frame {
+                None => break,
+                Some(Ok(f)) => match f.into_data() {
+                    Ok(d) => d,
+                    Err(_) => continue,
+                },
+                Some(Err(e)) => {
+                    return Err(HttpError::bad(format!(
+                        "Partial content: got {got} of {len} bytes ({e})"
+                    )))
+                }
+            };
+            *got += d.len() as u64;
+            if *got > len {
+                return Err(HttpError::bad("More data than Content-Length"));
+            }
+            n += d.len();
+            if d.len() >= SMALL_FRAME {
+                if !small.is_empty() {
+                    parts.push(small.split().freeze());
+                }
+                parts.push(d);
+            } else {
+                small.extend_from_slice(&d);
+            }
+        }
+        if !small.is_empty() {
+            parts.push(small.freeze());
+        }
+        Ok((n > 0).then_some(parts))
     }
 
     async fn patch(
@@ -856,7 +981,8 @@ impl ImageServer {
             })
             .unwrap_or(0);
         let guard = Arc::new(t.begin(op, offset)?);
-        if *req.method() == Method::OPTIONS {
+        let is_options = *req.method() == Method::OPTIONS;
+        if is_options {
             t.touch();
         }
         let mut uri = pool.path.clone();
@@ -899,7 +1025,20 @@ impl ImageServer {
                 format!("Cannot reach the host's image server: {e}"),
             )
         })?;
-        let (parts, body) = res.into_parts();
+        let (mut parts, body) = res.into_parts();
+        if is_options && parts.status == StatusCode::OK {
+            let b = pool.options_answer(body).await?;
+            parts
+                .headers
+                .insert(CONTENT_LENGTH, HeaderValue::from(b.len()));
+            let mut r = Response::new(full(b));
+            for h in [CONTENT_LENGTH, CONTENT_TYPE, hyper::header::ALLOW] {
+                if let Some(v) = parts.headers.get(&h) {
+                    r.headers_mut().insert(h, v.clone());
+                }
+            }
+            return Ok(r);
+        }
         let download = op == Op::Read;
         let g = guard;
         let body = body
@@ -937,21 +1076,93 @@ pub(crate) struct RemotePool {
     path: String,
     tls: Arc<rustls::ClientConfig>,
     idle: Mutex<Vec<hyper::client::conn::http1::SendRequest<ResBody>>>,
+    /// Whether a TCP connection to the host came from the host's own address (the
+    /// Manager runs on that host: an all-in-one).
+    tcp_is_local: std::sync::atomic::AtomicBool,
+    may_use_local: bool,
+    /// The host's local service socket, used instead of TLS once known, as imageio's
+    /// proxy does through its HTTP backend.
+    local: Mutex<Option<std::path::PathBuf>>,
 }
 
+/// Largest OPTIONS answer the proxy reads from a host.
+const MAX_OPTIONS_BODY: usize = 64 << 10;
+
 impl RemotePool {
+    /// The host's OPTIONS answer as the proxy gives it: without the host's
+    /// `unix_socket` (the client is the proxy's, not the host's), which the proxy
+    /// uses itself when the host is this machine.
+    async fn options_answer(&self, body: Incoming) -> HResult<Bytes> {
+        let body = http_body_util::Limited::new(body, MAX_OPTIONS_BODY)
+            .collect()
+            .await
+            .map_err(|e| {
+                HttpError::new(
+                    StatusCode::BAD_GATEWAY,
+                    format!("Cannot read the host's OPTIONS answer: {e}"),
+                )
+            })?
+            .to_bytes();
+        let mut v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+            HttpError::new(
+                StatusCode::BAD_GATEWAY,
+                format!("Invalid OPTIONS answer from the host: {e}"),
+            )
+        })?;
+        let sock = v
+            .as_object_mut()
+            .and_then(|o| o.remove("unix_socket"))
+            .and_then(|s| s.as_str().map(std::path::PathBuf::from));
+        if let Some(p) = sock {
+            let usable = p.is_absolute() && p.as_os_str().len() < 108;
+            if usable
+                && self.may_use_local
+                && self.tcp_is_local.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
+                if local.is_none() {
+                    debug!(socket = %p.display(), "the host is local: using its unix socket");
+                    *local = Some(p);
+                    // Later requests take new connections, on the socket.
+                    self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                }
+            }
+        }
+        Ok(Bytes::from(v.to_string()))
+    }
+
     async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<ResBody>, BoxError> {
+        let local = self.local.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(p) = local {
+            match tokio::net::UnixStream::connect(&p).await {
+                Ok(s) => return Self::handshake(s).await,
+                Err(e) => debug!(socket = %p.display(), error = %e, "local socket; using TLS"),
+            }
+        }
         let tcp = tokio::time::timeout(
             Duration::from_secs(10),
             tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
         )
         .await??;
         let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr()?.ip() == tcp.peer_addr()?.ip();
+        self.tcp_is_local
+            .store(local, std::sync::atomic::Ordering::Relaxed);
         let name = rustls::pki_types::ServerName::try_from(self.host.clone())?;
+        let tcp = tokio::io::BufReader::with_capacity(TCP_READ_BUFFER, tcp);
         let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
             .connect(name, tcp)
             .await?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        Self::handshake(tls).await
+    }
+
+    async fn handshake<I>(
+        io: I,
+    ) -> Result<hyper::client::conn::http1::SendRequest<ResBody>, BoxError>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 debug!(error = %e, "proxy connection ended");

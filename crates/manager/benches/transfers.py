@@ -32,7 +32,7 @@ def wait(fn, timeout=120):
             return v
         if time.time() - t0 > timeout:
             raise AssertionError("timed out")
-        time.sleep(0.2)
+        time.sleep(0.05)
 
 
 conn = sdk.Connection(url=URL, username="admin@internal", password=os.environ["HALYARD_PASSWORD"], ca_file=CA)
@@ -113,9 +113,12 @@ for run in range(RUNS):
         sync()
         t0 = time.monotonic()
         client.upload(IMAGE, getattr(t, via), CA)
+        t1 = time.monotonic()
         finalize(ts)
         subprocess.run(["sync"], check=True)
-        record("upload %s" % via, time.monotonic() - t0)
+        t2 = time.monotonic()
+        print("  (client %.2f s, finalize and sync %.2f s)" % (t1 - t0, t2 - t1), flush=True)
+        record("upload %s" % via, t2 - t0)
         if via == "transfer_url":
             src_disk = d
     # Download reference: qemu-img convert of the uploaded volume out of the domain.
@@ -155,5 +158,50 @@ for kind, ref, target in (("upload", "qemu-img convert (in)", "0.8x / 0.6x"),
     mibs = lambda s: vsize / s / 2**20
     print("%-22s %7.1f MiB/s %6.1f MiB/s %6.1f MiB/s" % (kind + " throughput", mibs(r), mibs(hst), mibs(prx)))
     print("%-22s %10s %9.2fx %9.2fx %8s" % (kind + " vs qemu-img", "1.00x", r / hst, r / prx, target))
+
+# ---- the Debian image: upload it, boot it, time start -> the guest agent's first report ----
+DEBIAN = os.environ.get("HALYARD_DEBIAN_IMAGE")
+if DEBIAN:
+    dinfo = json.loads(subprocess.check_output(["qemu-img", "info", "--output=json", DEBIAN]))
+    d = disks.add(types.Disk(name="bench-debian", format=types.DiskFormat.COW,
+                             provisioned_size=dinfo["virtual-size"], sparse=True,
+                             storage_domains=[types.StorageDomain(name="bench")]))
+    wait(lambda: disks.disk_service(d.id).get().status == types.DiskStatus.OK)
+    t, ts = transfer(d, types.ImageTransferDirection.UPLOAD)
+    t0 = time.monotonic()
+    client.upload(DEBIAN, t.transfer_url, CA)
+    finalize(ts)
+    print("upload of the Debian image (%d MiB allocated) %.2f s" % (dinfo["actual-size"] >> 20, time.monotonic() - t0))
+    vms = system.vms_service()
+    vm = vms.add(types.Vm(name="bench-debian", cluster=types.Cluster(name="Default"),
+                          template=types.Template(name="Blank"), memory=1024 * 2**20,
+                          cpu=types.Cpu(topology=types.CpuTopology(sockets=2, cores=1, threads=1)),
+                          bios=types.Bios(type=types.BiosType.Q35_OVMF),
+                          os=types.OperatingSystem(type="other_linux")))
+    vs = vms.vm_service(vm.id)
+    vs.disk_attachments_service().add(types.DiskAttachment(
+        disk=types.Disk(id=d.id), interface=types.DiskInterface.VIRTIO, bootable=True, active=True))
+    wait(lambda: vs.get().status == types.VmStatus.DOWN)
+    t0 = time.monotonic()
+    vs.start()
+    t_up = None
+    while True:
+        v = vs.get()
+        now = time.monotonic() - t0
+        if t_up is None and v.status == types.VmStatus.UP:
+            t_up = now
+        if v.fqdn or v.guest_operating_system:
+            t_agent = now
+            break
+        if now > 900:
+            raise AssertionError("no report from the guest agent in 900 s")
+        time.sleep(0.2)
+    print("Debian guest: start -> up %.1f s, start -> the guest agent's first report %.1f s (host name %s)"
+          % (t_up or t_agent, t_agent, v.fqdn), flush=True)
+    vs.stop()
+    wait(lambda: vs.get().status == types.VmStatus.DOWN, timeout=120)
+    vs.remove()  # and its disk, as oVirt removes a VM's disks
+    wait(lambda: not [x for x in disks.list() if x.name == "bench-debian"])
+
 conn.close()
 print("TRANSFER BENCH DONE")

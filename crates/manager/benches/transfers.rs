@@ -4,6 +4,9 @@
 //! `qemu-img convert` of the same image into and out of the same storage domain, in
 //! the same run (benches/transfers.py prints the table).
 //!
+//! Then it uploads the harness's Debian 12 image, boots a VM from it (UEFI) and prints
+//! the time from `start` to the guest agent's first report in the API.
+//!
 //! `cargo bench -p halyard-manager --bench transfers` (as root; `HALYARD_RUNS`, default 3).
 
 use std::path::PathBuf;
@@ -22,6 +25,14 @@ fn qemu(args: &[&str]) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // The harness's Debian 12 image (cached by its inputs): booted at the end for the
+    // time from start to the guest agent's first report.
+    let cache = halyard_testguest::default_cache_dir();
+    let debian =
+        tokio::task::spawn_blocking(move || halyard_testguest::debian::ensure_debian(&cache))
+            .await
+            .expect("the image builder")
+            .expect("the Debian image");
     let m = ManagerProc::start(
         Database::Sqlite,
         "[monitoring]\npool_check_secs = 1\nspm_status_interval_secs = 2\n",
@@ -57,6 +68,10 @@ async fn main() {
             ("HALYARD_SD_PATH", sd.to_string_lossy().into_owned()),
             ("HALYARD_WORK", work.to_string_lossy().into_owned()),
             ("HALYARD_IMAGE", i),
+            (
+                "HALYARD_DEBIAN_IMAGE",
+                debian.disk.to_string_lossy().into_owned(),
+            ),
             (
                 "HALYARD_RUNS",
                 std::env::var("HALYARD_RUNS").unwrap_or_else(|_| "3".into()),

@@ -72,12 +72,16 @@ pub struct ImageIo {
     pub keep_finished_secs: u64,
     /// Image transfers not finished, at most.
     pub max_transfers: usize,
+    /// Reach a host on this machine through its local service socket (the
+    /// `unix_socket` its OPTIONS names) rather than TLS, as imageio's proxy does.
+    pub local_hosts_by_socket: bool,
 }
 
 impl Default for ImageIo {
     fn default() -> Self {
         ImageIo {
             enabled: true,
+            local_hosts_by_socket: true,
             port: 54323,
             max_connections: 64,
             inactivity_timeout_secs: 60,

@@ -214,6 +214,7 @@ impl Manager {
             },
             Some(halyard_pki::client_config_trusting(pki.ca.cert_pem())?),
         );
+        imageio.set_local_hosts_by_socket(cfg.imageio.local_hosts_by_socket);
         let throttles = Throttles::new(&cfg);
         let m = Arc::new(Manager {
             cfg,

@@ -14,7 +14,7 @@ use halyard_testinfra::{HostOptions, TestHost};
 async fn image_transfers_with_the_imageio_client() {
     let m = ManagerProc::start(
         Database::Sqlite,
-        "[monitoring]\npool_check_secs = 1\nspm_status_interval_secs = 2\n[imageio]\npoll_secs = 1\n",
+        "[monitoring]\npool_check_secs = 1\nspm_status_interval_secs = 2\n[imageio]\npoll_secs = 1\n# The proxy reaches the host over TLS here (the other tests use its socket).\nlocal_hosts_by_socket = false\n",
     )
     .await;
     let name = format!("tr{}", std::process::id());

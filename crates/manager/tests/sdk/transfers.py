@@ -143,6 +143,43 @@ print("TICKET_URL %s" % t.transfer_url, flush=True)
 status, body = request(t.transfer_url, "OPTIONS")
 opts = json.loads(body)
 assert status == 200 and "zero" in opts["features"] and opts["max_writers"] >= 1, (status, body)
+# imageio's local service: the host names its unix socket; only root may reach it, and
+# the ticket is checked there as on the TCP port. The proxy never passes it on.
+sock = opts.get("unix_socket")
+assert sock and os.path.isabs(sock), opts
+st = os.stat(sock)
+assert (st.st_mode & 0o777) == 0o600 and (os.stat(os.path.dirname(sock)).st_mode & 0o777) == 0o700, \
+    (oct(st.st_mode), sock)
+
+
+class UnixHTTP(http.client.HTTPConnection):
+    def __init__(self, path):
+        super().__init__("localhost")
+        self.unix_path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self.unix_path)
+
+
+def local_request(path, method, headers=None):
+    c = UnixHTTP(sock)
+    try:
+        c.request(method, path, headers=headers or {})
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+tpath = urlparse(t.transfer_url).path
+status, body = local_request(tpath, "OPTIONS")
+assert status == 200 and json.loads(body)["max_writers"] == opts["max_writers"], (status, body)
+guessed, body = local_request(tpath[:-1] + ("0" if tpath[-1] != "0" else "1"), "OPTIONS")
+assert guessed == 403, (guessed, body)
+status, body = request(t.proxy_url, "OPTIONS")
+assert status == 200 and "unix_socket" not in json.loads(body) and json.loads(body)["max_writers"] >= 1, body
+step("local service at %s (0600 in 0700): ticket accepted, guessed ticket %d; the proxy hides it" % (sock, guessed))
 client.upload(src, t.transfer_url, CA)
 step("uploaded through transfer_url")
 finish(ts)
