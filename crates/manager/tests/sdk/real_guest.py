@@ -247,8 +247,11 @@ def serial_text():
         return f.read().decode(errors="replace")
 
 
-def ws_get(path, token=None):
-    """A WebSocket handshake on the Manager's port: (status, first message or body)."""
+def ws_get(path, token=None, oversized=False):
+    """A WebSocket handshake on the Manager's port: (status, first message or body).
+    With oversized, after the first message it announces a 2 MiB frame (past the
+    Manager's 1 MiB limit) and returns (status, True) if the Manager then ended the
+    connection without waiting for that frame's payload."""
     ctx = ssl.create_default_context(cafile=CA)
     s = ctx.wrap_socket(socket.create_connection((M_HOST, M_PORT), timeout=15), server_hostname=M_HOST)
     key = base64.b64encode(os.urandom(16)).decode()
@@ -287,6 +290,25 @@ def ws_get(path, token=None):
     elif n == 127:
         n = int.from_bytes(need(8), "big")
     payload = need(n)
+    if oversized:
+        # FIN + binary, masked, 64-bit length of 2 MiB; a few payload bytes only.
+        s.sendall(bytes([0x82, 0x80 | 127]) + (2 << 20).to_bytes(8, "big") + os.urandom(4) + b"x" * 1024)
+        s.settimeout(10)
+        ended = False
+        try:
+            while True:
+                c = s.recv(65536)
+                if not c:
+                    ended = True
+                    break
+                rest += c
+                if rest.startswith(b"\x88"):  # a close frame (nothing else follows the greeting)
+                    ended = True
+                    break
+        except (socket.timeout, ConnectionResetError, ssl.SSLError):
+            ended = not isinstance(sys.exc_info()[1], socket.timeout)
+        s.close()
+        return status, ended
     s.close()
     return status, payload
 
@@ -439,6 +461,9 @@ code, _ = ws_get("/ovirt-engine/services/websocket-proxy/%s" % ("0" * 64))
 assert code == 403, "a guessed proxy ticket was taken: %d" % code
 step("the WebSocket proxy relayed the console's RFB greeting (%r); a used or guessed ticket is refused (403)"
      % first.strip())
+code, ended = ws_get("/ovirt-engine/services/websocket-proxy/%s" % cs.proxy_ticket().value, oversized=True)
+assert code == 101 and ended, "a frame past the 1 MiB limit was waited for (%d, ended=%s)" % (code, ended)
+step("a WebSocket frame announcing 2 MiB (past the 1 MiB limit) ends the connection at once")
 
 # ---- an ISO into the running VM's CD-ROM: the guest sees it ----------------------------------
 iso_dir = os.path.join(WORK, "iso")
