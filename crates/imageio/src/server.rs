@@ -1025,14 +1025,11 @@ impl ImageServer {
                 format!("Cannot reach the host's image server: {e}"),
             )
         })?;
-        let (mut parts, body) = res.into_parts();
+        let (parts, body) = res.into_parts();
         if is_options && parts.status == StatusCode::OK {
-            let b = pool.options_answer(body).await?;
-            parts
-                .headers
-                .insert(CONTENT_LENGTH, HeaderValue::from(b.len()));
-            let mut r = Response::new(full(b));
-            for h in [CONTENT_LENGTH, CONTENT_TYPE, hyper::header::ALLOW] {
+            // A whole body: hyper gives its Content-Length.
+            let mut r = Response::new(full(pool.options_answer(body).await?));
+            for h in [CONTENT_TYPE, hyper::header::ALLOW] {
                 if let Some(v) = parts.headers.get(&h) {
                     r.headers_mut().insert(h, v.clone());
                 }
