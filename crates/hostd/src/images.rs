@@ -64,6 +64,9 @@ pub struct Images {
     nbd: tokio::sync::Mutex<HashMap<String, NbdServer>>,
 }
 
+/// How long qemu-nbd has to flush and end after SIGTERM before it is killed.
+const NBD_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// glibc's malloc settings for qemu-nbd: requests' buffers (up to 32 MiB) from the
 /// heap, which is trimmed only past 256 MiB free.
 const QEMU_NBD_MALLOC: &str =
@@ -292,8 +295,22 @@ impl Images {
         check_id("server_id", server_id)?;
         let s = self.nbd.lock().await.remove(server_id);
         if let Some(mut s) = s {
-            if let Err(e) = s.child.kill().await {
-                warn!(server_id, error = %e, "stopping qemu-nbd");
+            // SIGTERM, as systemd stops VDSM's qemu-nbd: qemu-nbd then flushes its qcow2
+            // metadata caches and closes the image. SIGKILL only if it does not end.
+            if let Some(pid) = s.child.id() {
+                // SAFETY: kill(2) on the pid of a child this agent started and has not
+                // reaped yet (it is still in `s.child`), so the pid names that process.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+            }
+            match tokio::time::timeout(NBD_STOP_TIMEOUT, s.child.wait()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => warn!(server_id, error = %e, "waiting for qemu-nbd"),
+                Err(_) => {
+                    warn!(server_id, "qemu-nbd did not end on SIGTERM; killing it");
+                    if let Err(e) = s.child.kill().await {
+                        warn!(server_id, error = %e, "stopping qemu-nbd");
+                    }
+                }
             }
             let _ = std::fs::remove_file(&s.socket);
             info!(server_id, "NBD server stopped");

@@ -242,16 +242,25 @@ pub struct NbdBackend {
     pub read_only: bool,
 }
 
-/// A connection taken from the pool; it goes back when dropped, unless it failed.
+/// A connection taken from the pool. It goes back when dropped only if its last
+/// request ended well ([`NbdConn::done`]): a request that failed, or that was dropped
+/// half-way (a client gone mid-transfer), may leave its stream out of step.
 pub struct NbdConn<'a> {
     pool: &'a NbdBackend,
     c: Option<nbd::Client>,
+    clean: bool,
     _slot: OwnedSemaphorePermit,
 }
 
 impl NbdConn<'_> {
     pub fn get(&mut self) -> &mut nbd::Client {
+        self.clean = false;
         self.c.as_mut().expect("connection present until drop")
+    }
+
+    /// The request ended with its whole reply read: the connection may be reused.
+    pub fn done(&mut self) {
+        self.clean = true;
     }
 
     /// Drops the connection instead of reusing it (after an error: its stream may be
@@ -263,6 +272,9 @@ impl NbdConn<'_> {
 
 impl Drop for NbdConn<'_> {
     fn drop(&mut self) {
+        if !self.clean {
+            return;
+        }
         if let Some(c) = self.c.take() {
             self.pool
                 .idle
@@ -309,13 +321,15 @@ impl NbdBackend {
         Ok(NbdConn {
             pool: self,
             c: Some(c),
+            clean: true,
             _slot: slot,
         })
     }
 }
 
 /// Runs `$body` (a future using the connection `$c`) on a pooled connection; a
-/// connection that failed is dropped, not reused.
+/// connection that failed, or whose request was dropped before it ended, is closed,
+/// not reused.
 macro_rules! on_conn {
     ($n:expr, $c:ident => $body:expr) => {{
         let mut conn = $n.conn().await?;
@@ -324,7 +338,10 @@ macro_rules! on_conn {
             $body.await
         };
         match r {
-            Ok(v) => Ok(v),
+            Ok(v) => {
+                conn.done();
+                Ok(v)
+            }
             Err(e) => {
                 conn.discard();
                 Err(BackendError::from(e))

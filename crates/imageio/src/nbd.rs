@@ -57,6 +57,9 @@ pub const STATE_ZERO: u32 = 2;
 
 /// The largest request Halyard sends (qemu-nbd accepts 32 MiB).
 pub const MAX_REQUEST: u32 = 8 << 20;
+
+/// Buffers per `writev` (Linux's UIO_MAXIOV).
+const IOV_MAX: usize = 1024;
 /// The largest option reply or chunk header payload accepted (not data).
 const MAX_REPLY: u32 = 64 << 10;
 /// Most block status descriptors accepted in one reply.
@@ -224,6 +227,19 @@ impl Client {
         self.meta.is_some()
     }
 
+    /// The 28-byte header of a new request; its handle is the next one.
+    fn header(&mut self, cmd: u16, flags: u16, offset: u64, len: u32) -> ([u8; 28], u64) {
+        self.handle = self.handle.wrapping_add(1);
+        let mut b = [0u8; 28];
+        b[0..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
+        b[4..6].copy_from_slice(&flags.to_be_bytes());
+        b[6..8].copy_from_slice(&cmd.to_be_bytes());
+        b[8..16].copy_from_slice(&self.handle.to_be_bytes());
+        b[16..24].copy_from_slice(&offset.to_be_bytes());
+        b[24..28].copy_from_slice(&len.to_be_bytes());
+        (b, self.handle)
+    }
+
     async fn request(
         &mut self,
         cmd: u16,
@@ -232,19 +248,43 @@ impl Client {
         len: u32,
         data: &[u8],
     ) -> Result<u64> {
-        self.handle = self.handle.wrapping_add(1);
-        let mut b = Vec::with_capacity(28);
-        b.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
-        b.extend_from_slice(&flags.to_be_bytes());
-        b.extend_from_slice(&cmd.to_be_bytes());
-        b.extend_from_slice(&self.handle.to_be_bytes());
-        b.extend_from_slice(&offset.to_be_bytes());
-        b.extend_from_slice(&len.to_be_bytes());
-        self.s.write_all(&b).await?;
-        if !data.is_empty() {
-            self.s.write_all(data).await?;
+        let (b, h) = self.header(cmd, flags, offset, len);
+        self.write_all_vectored(&[&b, data]).await?;
+        Ok(h)
+    }
+
+    /// Writes every buffer, in order, with as few `writev` calls as the socket allows.
+    async fn write_all_vectored(&mut self, bufs: &[&[u8]]) -> Result<()> {
+        let mut i = 0; // the first buffer not yet written whole
+        let mut at = 0; // how much of it is written
+        while i < bufs.len() {
+            if bufs[i].len() == at {
+                i += 1;
+                at = 0;
+                continue;
+            }
+            let mut slices = Vec::with_capacity((bufs.len() - i).min(IOV_MAX));
+            slices.push(std::io::IoSlice::new(&bufs[i][at..]));
+            for b in bufs[i + 1..].iter().take(IOV_MAX - 1) {
+                slices.push(std::io::IoSlice::new(b));
+            }
+            let mut n = self.s.write_vectored(&slices).await?;
+            if n == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
+            }
+            while n > 0 && i < bufs.len() {
+                let left = bufs[i].len() - at;
+                if n >= left {
+                    n -= left;
+                    i += 1;
+                    at = 0;
+                } else {
+                    at += n;
+                    n = 0;
+                }
+            }
         }
-        Ok(self.handle)
+        Ok(())
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
@@ -401,10 +441,11 @@ impl Client {
         let Some(len) = len else {
             return proto("write too large");
         };
-        let h = self.request(CMD_WRITE, 0, offset, len, &[]).await?;
-        for p in parts {
-            self.s.write_all(p).await?;
-        }
+        let (b, h) = self.header(CMD_WRITE, 0, offset, len);
+        let mut bufs: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
+        bufs.push(&b);
+        bufs.extend(parts.iter().map(|p| &p[..]));
+        self.write_all_vectored(&bufs).await?;
         self.reply(h, offset, None, None).await
     }
 

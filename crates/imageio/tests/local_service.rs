@@ -215,3 +215,35 @@ async fn local_service_writes_every_frame_size_and_checks_tickets() {
     let (st, _) = send(&sock, get(0, 16)).await;
     assert_eq!(st, 206, "the server goes on after a client left half-way");
 }
+
+/// A write abandoned half-way (its HTTP client gone while the data server was sending
+/// it to qemu-nbd) must not put its connection back into the pool: the next request on
+/// it would be taken as the rest of the write's data and never be answered.
+#[tokio::test]
+async fn an_abandoned_write_leaves_no_connection_out_of_step() {
+    use halyard_imageio::backend::{Backend, NbdBackend};
+    use std::future::Future;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("nbd.sock");
+    let _nbd = qemu_nbd(&dir.path().join("disk.qcow2"), &sock);
+    let b = Backend::Nbd(NbdBackend::open(&sock).await.expect("open the export"));
+    b.write(0, vec![Bytes::from(vec![0x5a; 1 << 20])])
+        .await
+        .expect("first write");
+    {
+        // 8 MiB does not fit the socket's buffer: polled once, the write sends its
+        // header and part of its data, then waits for room; it is dropped there.
+        let w = b.write(1 << 20, vec![Bytes::from(vec![0xa5; 8 << 20])]);
+        let mut w = std::pin::pin!(w);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(
+            w.as_mut().poll(&mut cx).is_pending(),
+            "the write waits for room"
+        );
+    }
+    let got = tokio::time::timeout(Duration::from_secs(10), b.read(0, 1 << 20))
+        .await
+        .expect("a read after the abandoned write is answered")
+        .expect("read");
+    assert!(got.iter().all(|x| *x == 0x5a), "the first write's data");
+}
