@@ -254,19 +254,12 @@ pub struct NbdConn<'a> {
 
 impl NbdConn<'_> {
     pub fn get(&mut self) -> &mut nbd::Client {
-        self.clean = false;
         self.c.as_mut().expect("connection present until drop")
     }
 
     /// The request ended with its whole reply read: the connection may be reused.
     pub fn done(&mut self) {
         self.clean = true;
-    }
-
-    /// Drops the connection instead of reusing it (after an error: its stream may be
-    /// out of step).
-    pub fn discard(mut self) {
-        self.c = None;
     }
 }
 
@@ -321,7 +314,7 @@ impl NbdBackend {
         Ok(NbdConn {
             pool: self,
             c: Some(c),
-            clean: true,
+            clean: false,
             _slot: slot,
         })
     }
@@ -342,10 +335,7 @@ macro_rules! on_conn {
                 conn.done();
                 Ok(v)
             }
-            Err(e) => {
-                conn.discard();
-                Err(BackendError::from(e))
-            }
+            Err(e) => Err(BackendError::from(e)),
         }
     }};
 }
