@@ -63,6 +63,8 @@ pub struct Agent {
     pub images: Arc<crate::images::Images>,
     /// Serial consoles open now (one session per VM).
     pub consoles: Arc<crate::console::Consoles>,
+    /// Migration slots.
+    pub migrations: crate::migration::Migrations,
 }
 
 impl Agent {
@@ -73,6 +75,7 @@ impl Agent {
         virt: Arc<Libvirt>,
     ) -> Arc<Agent> {
         let (events, _) = broadcast::channel(4096);
+        let cfg_migration = cfg.migration.clone();
         let sampler = HostSampler::new(cfg.disk_stats_paths.clone());
         let storage =
             halyard_storage::pool::StorageManager::new(halyard_storage::pool::StorageConfig {
@@ -100,10 +103,11 @@ impl Agent {
             caps: Mutex::new(None),
             images,
             consoles: Arc::default(),
+            migrations: crate::migration::Migrations::new(&cfg_migration),
         })
     }
 
-    fn vms(&self) -> MutexGuard<'_, HashMap<String, VmEntry>> {
+    pub(crate) fn vms(&self) -> MutexGuard<'_, HashMap<String, VmEntry>> {
         // A panic while holding the lock must not take the agent down with it.
         self.vms.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -117,7 +121,7 @@ impl Agent {
         self.events.subscribe()
     }
 
-    fn emit(&self, method: String, mut params: serde_json::Map<String, Value>) {
+    pub(crate) fn emit(&self, method: String, mut params: serde_json::Map<String, Value>) {
         if !self.is_ready() {
             debug!(%method, "not ready yet, dropping event");
             return;
@@ -154,7 +158,7 @@ impl Agent {
     }
 
     /// `|virt|VM_status|<id>` with the VM's full stats or only its status.
-    fn emit_vm_status(&self, vm: &VmEntry, full: bool) {
+    pub(crate) fn emit_vm_status(&self, vm: &VmEntry, full: bool) {
         let body = if full || vm.status == VmStatus::Down {
             serde_json::to_value(vm.stats()).unwrap_or(Value::Null)
         } else {
@@ -166,7 +170,7 @@ impl Agent {
         self.emit(events::vm_status(&vm.id), params);
     }
 
-    fn update<R>(&self, id: &str, f: impl FnOnce(&mut VmEntry) -> R) -> Option<R> {
+    pub(crate) fn update<R>(&self, id: &str, f: impl FnOnce(&mut VmEntry) -> R) -> Option<R> {
         let mut vms = self.vms();
         vms.get_mut(id).map(f)
     }
@@ -285,13 +289,40 @@ impl Agent {
         });
     }
 
-    fn powering_up_timeouts(&self) {
+    fn powering_up_timeouts(self: &Arc<Self>) {
         let limit = self.cfg.monitoring.powering_up_timeout_secs as f64;
+        let dest_limit = self.cfg.migration.destination_timeout_secs as f64;
         let now = clock::monotonic_secs();
         let mut changed = Vec::new();
         {
             let mut vms = self.vms();
             for e in vms.values_mut() {
+                // An incoming migration that never ended (VDSM's
+                // migration_destination_timeout): the half-arrived VM goes.
+                if e.status == VmStatus::MigrationDestination
+                    && e.incoming
+                        .as_ref()
+                        .is_some_and(|i| now - i.since_mono >= dest_limit)
+                {
+                    e.incoming = None;
+                    e.set_down(Exit::new(
+                        1,
+                        exit_reason::MIGRATION_FAILED,
+                        Some(format!(
+                            "the incoming migration did not end within {dest_limit} s"
+                        )),
+                    ));
+                    warn!(vm_id = %e.id, "incoming migration timed out; destroying it");
+                    let virt = self.virt.clone();
+                    let id = e.id.clone();
+                    tokio::task::spawn_blocking(move || {
+                        if let Ok(d) = virt.lookup(&id) {
+                            let _ = d.destroy();
+                        }
+                    });
+                    changed.push(e.clone());
+                    continue;
+                }
                 if e.status == VmStatus::PoweringUp && now - e.start_mono >= limit {
                     e.set_status(VmStatus::Up);
                     changed.push(e.clone());
@@ -427,7 +458,7 @@ impl Agent {
 
     // ----- libvirt events --------------------------------------------------------------
 
-    fn on_domain_event(&self, ev: DomainEvent) {
+    fn on_domain_event(self: &Arc<Self>, ev: DomainEvent) {
         debug!(?ev, "libvirt event");
         match ev {
             DomainEvent::Lifecycle {
@@ -464,6 +495,7 @@ impl Agent {
                     self.emit_vm_status(&e, true);
                 }
             }
+            DomainEvent::JobCompleted { uuid, stats } => self.on_job_completed(&uuid, &stats),
             DomainEvent::ConnectionClosed { reason } => {
                 // VDSM's answer too: without libvirt the agent cannot manage VMs; exit so
                 // the supervisor restarts it, and recovery adopts the running VMs.
@@ -473,13 +505,38 @@ impl Agent {
         }
     }
 
-    fn on_lifecycle(&self, uuid: &str, event: i32, detail: i32) {
+    fn on_lifecycle(self: &Arc<Self>, uuid: &str, event: i32, detail: i32) {
         let limit = self.cfg.monitoring.powering_up_timeout_secs as f64;
+        let mut adopt = false;
         let changed = self.update(uuid, |e| {
             let before = e.status;
             match event {
                 lifecycle::STARTED if e.status == VmStatus::WaitForLaunch => {
                     e.set_status(VmStatus::PoweringUp);
+                }
+                // The source pauses at the switch-over and resumes if it fails: the
+                // migration's end decides its status.
+                lifecycle::SUSPENDED | lifecycle::RESUMED
+                    if e.status == VmStatus::MigrationSource => {}
+                // An arriving VM runs here now (or arrived paused).
+                lifecycle::RESUMED if e.status == VmStatus::MigrationDestination => {
+                    e.incoming = None;
+                    e.arriving_from = None;
+                    e.set_status(VmStatus::Up);
+                    adopt = true;
+                }
+                lifecycle::SUSPENDED
+                    if e.status == VmStatus::MigrationDestination
+                        && detail != lifecycle::SUSPENDED_MIGRATED =>
+                {
+                    e.incoming = None;
+                    e.arriving_from = None;
+                    e.set_status(VmStatus::Paused);
+                    adopt = true;
+                }
+                lifecycle::STOPPED if e.status == VmStatus::MigrationDestination => {
+                    e.incoming = None;
+                    e.set_down(Exit::new(1, exit_reason::MIGRATION_FAILED, None));
                 }
                 lifecycle::SUSPENDED if e.status.is_running() => {
                     e.set_status(VmStatus::Paused);
@@ -508,10 +565,10 @@ impl Agent {
                                 Some("VM was destroyed outside the host agent".into()),
                             ),
                             lifecycle::STOPPED_MIGRATED => {
-                                Exit::new(0, 4, Some("Migration succeeded".into()))
+                                Exit::new(0, exit_reason::MIGRATION_SUCCEEDED, None)
                             }
                             lifecycle::STOPPED_SAVED => {
-                                Exit::new(0, 5, Some("SaveState succeeded".into()))
+                                Exit::new(0, exit_reason::SAVE_STATE_SUCCEEDED, None)
                             }
                             _ => Exit::new(
                                 1,
@@ -528,6 +585,9 @@ impl Agent {
             }
             (e.status != before).then(|| e.clone())
         });
+        if adopt {
+            self.adopt_incoming(uuid);
+        }
         if let Some(Some(e)) = changed {
             let full = matches!(e.status, VmStatus::Up | VmStatus::PoweringUp);
             self.emit_vm_status(&e, full);
@@ -536,7 +596,7 @@ impl Agent {
 
     // ----- verbs -------------------------------------------------------------------------
 
-    fn entry(&self, id: &str) -> Result<VmEntry, RpcError> {
+    pub(crate) fn entry(&self, id: &str) -> Result<VmEntry, RpcError> {
         self.vms().get(id).cloned().ok_or_else(|| errors::no_vm(id))
     }
 
@@ -606,22 +666,15 @@ impl Agent {
         self.cfg.storage.run_dir.join("payload")
     }
 
-    pub async fn vm_create(self: &Arc<Self>, p: CreateParams) -> Result<VmListEntry, RpcError> {
-        let xml = p
-            .vm_params
-            .xml
-            .clone()
-            .ok_or_else(|| errors::MISS_PARAM.rpc(Some("{'name': 'xml'}")))?;
-        let info =
-            domxml::parse(&xml).map_err(|e| errors::INVALID_PARAMETER.rpc(Some(&e.to_string())))?;
-        for given in [&p.vm_id, &p.vm_params.vm_id].into_iter().flatten() {
-            if !given.eq_ignore_ascii_case(&info.uuid) {
-                return Err(errors::INVALID_PARAMETER.rpc(Some(&format!(
-                    "vmID {given} does not match the domain's uuid {}",
-                    info.uuid
-                ))));
-            }
-        }
+    /// The domain XML to start from the engine's (or, `incoming`, from a migration
+    /// source's): its drives prepared and pointed at, its payloads built, checked
+    /// against the host's policy.
+    pub(crate) async fn build_definition(
+        &self,
+        xml: String,
+        info: &domxml::DomainInfo,
+        incoming: bool,
+    ) -> Result<String, RpcError> {
         // Drives named by (pool, domain, image, volume): prepare them, fill in paths.
         let mut policy = self.cfg.vm_policy();
         let mut sources = HashMap::new();
@@ -655,7 +708,7 @@ impl Agent {
                 .iter()
                 .find(|d| {
                     d.target == pl.name
-                        && d.source.as_deref() == Some(crate::payload::PLACEHOLDER)
+                        && (incoming || d.source.as_deref() == Some(crate::payload::PLACEHOLDER))
                         && matches!(d.device.as_str(), "cdrom" | "floppy")
                 })
                 .ok_or_else(|| {
@@ -714,6 +767,26 @@ impl Agent {
                 }
             }
         }
+        Ok(xml)
+    }
+
+    pub async fn vm_create(self: &Arc<Self>, p: CreateParams) -> Result<VmListEntry, RpcError> {
+        let xml = p
+            .vm_params
+            .xml
+            .clone()
+            .ok_or_else(|| errors::MISS_PARAM.rpc(Some("{'name': 'xml'}")))?;
+        let info =
+            domxml::parse(&xml).map_err(|e| errors::INVALID_PARAMETER.rpc(Some(&e.to_string())))?;
+        for given in [&p.vm_id, &p.vm_params.vm_id].into_iter().flatten() {
+            if !given.eq_ignore_ascii_case(&info.uuid) {
+                return Err(errors::INVALID_PARAMETER.rpc(Some(&format!(
+                    "vmID {given} does not match the domain's uuid {}",
+                    info.uuid
+                ))));
+            }
+        }
+        let xml = self.build_definition(xml, &info, false).await?;
         let start_wall = clock::wall_secs();
         let prepared = domxml::prepare(
             &xml,

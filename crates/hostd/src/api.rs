@@ -77,7 +77,7 @@ pub async fn handle(
         } else if !agent.is_ready() && !enrollment {
             Err(errors::RECOVERY.rpc(None))
         } else {
-            call(agent, &req.method, &req.params).await
+            call(agent, &req.method, &req.params, caller).await
         };
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         match &outcome {
@@ -95,7 +95,12 @@ pub async fn handle(
     .await
 }
 
-async fn call(agent: &Arc<Agent>, method: &str, params: &Params) -> Result<Value, RpcError> {
+async fn call(
+    agent: &Arc<Agent>,
+    method: &str,
+    params: &Params,
+    caller: &Caller,
+) -> Result<Value, RpcError> {
     match method {
         verbs::HostPing2::METHOD => {
             bind::<verbs::HostPing2>(params)?;
@@ -243,7 +248,54 @@ async fn call(agent: &Arc<Agent>, method: &str, params: &Params) -> Result<Value
         verbs::VmDestroy::METHOD => {
             let p = bind::<verbs::VmDestroy>(params)?;
             check_vm_id(&p.vm_id)?;
+            // Another host may destroy only the VM it is migrating here.
+            if let Caller::Certificate {
+                role: Some(halyard_pki::Role::Host),
+                subject,
+            } = caller
+            {
+                if agent.incoming_from(&p.vm_id).as_deref() != Some(subject.as_str()) {
+                    agent.access_denied(caller, subject, method);
+                    return Err(authz::NOT_AUTHORIZED.rpc(Some(&format!(
+                        "{} may not call {method}: another host may destroy only the VM it is migrating here",
+                        caller.describe()
+                    ))));
+                }
+            }
             to_value(agent.vm_destroy(p).await?)
+        }
+        verbs::VmMigrate::METHOD => {
+            let p = bind::<verbs::VmMigrate>(params)?;
+            check_vm_id(&p.vm_id)?;
+            to_value(agent.vm_migrate(&p.vm_id, &p.params).await?)
+        }
+        verbs::VmMigrationCreate::METHOD => {
+            let p = bind::<verbs::VmMigrationCreate>(params)?;
+            check_vm_id(&p.vm_id)?;
+            let from = match caller {
+                Caller::Certificate { subject, .. } => subject.clone(),
+                Caller::Anonymous => String::new(),
+            };
+            to_value(agent.vm_migration_create(&from, &p).await?)
+        }
+        verbs::VmGetMigrationStatus::METHOD => {
+            let p = bind::<verbs::VmGetMigrationStatus>(params)?;
+            check_vm_id(&p.vm_id)?;
+            to_value(agent.vm_migration_status(&p.vm_id)?)
+        }
+        verbs::VmMigrateCancel::METHOD => {
+            let p = bind::<verbs::VmMigrateCancel>(params)?;
+            check_vm_id(&p.vm_id)?;
+            to_value(agent.vm_migrate_cancel(&p.vm_id).await?)
+        }
+        verbs::VmMigrateChangeParams::METHOD => {
+            let p = bind::<verbs::VmMigrateChangeParams>(params)?;
+            check_vm_id(&p.vm_id)?;
+            to_value(
+                agent
+                    .vm_migrate_change_params(&p.vm_id, p.params.max_bandwidth)
+                    .await?,
+            )
         }
         verbs::VmShutdown::METHOD => {
             let p = bind::<verbs::VmShutdown>(params)?;

@@ -4,7 +4,8 @@
 //! | caller                                   | may call                               |
 //! |------------------------------------------|----------------------------------------|
 //! | the Manager (`urn:halyard:role:manager`) | every verb, every event                |
-//! | another host (`urn:halyard:role:host`)   | [`HOST_TO_HOST_VERBS`] (none today)    |
+//! | another host (`urn:halyard:role:host`)   | [`HOST_TO_HOST_VERBS`]: live migration's |
+//! |                                          | (VM.destroy only of the VM it migrates here) |
 //! | a certificate without a role             | nothing                                |
 //! | anyone, while the agent waits for enrollment (no client certificate) | [`ENROLLMENT_VERBS`], with the one-time token |
 //!
@@ -24,8 +25,10 @@ pub const NOT_AUTHORIZED: ErrorCode = ErrorCode {
 /// The event the agent sends to the Manager when it refuses a call.
 pub const ACCESS_DENIED_EVENT: &str = "|host|access_denied|";
 
-/// Verbs a host may call on another host (live migration will add its verbs).
-pub const HOST_TO_HOST_VERBS: &[&str] = &[];
+/// Verbs a host may call on another host: what a migration source calls on the
+/// destination (VDSM's SourceThread). `VM.destroy` is further limited, in the
+/// dispatcher, to the VM that host is migrating here.
+pub const HOST_TO_HOST_VERBS: &[&str] = &["Host.ping2", "VM.migrationCreate", "VM.destroy"];
 
 /// Verbs of an agent waiting for enrollment (each checks the one-time token).
 pub const ENROLLMENT_VERBS: &[&str] = &[
@@ -151,7 +154,7 @@ mod tests {
             "VM.create",
             "Host.getVMList",
             "Host.setCertificate",
-            "VM.destroy",
+            "VM.migrate",
         ] {
             assert!(check(&cert(Some(Role::Manager)), verb, false).is_ok());
             let e = check(&cert(Some(Role::Host)), verb, false).expect_err(verb);
@@ -163,6 +166,10 @@ mod tests {
         assert!(check(&Caller::Anonymous, "Host.getCertificateRequest", true).is_ok());
         assert!(check(&Caller::Anonymous, "VM.create", true).is_err());
         assert!(check(&Caller::Anonymous, "Host.ping2", false).is_err());
+        for verb in HOST_TO_HOST_VERBS {
+            assert!(check(&cert(Some(Role::Host)), verb, false).is_ok());
+            assert!(check(&cert(None), verb, false).is_err());
+        }
         assert!(may_see_events(&cert(Some(Role::Manager))));
         assert!(!may_see_events(&cert(Some(Role::Host))));
         assert!(!may_see_events(&cert(None)));

@@ -30,6 +30,62 @@ pub struct Config {
     pub trim_resident_pages: bool,
     pub updates: Updates,
     pub imageio: ImageIo,
+    pub migration: Migration,
+}
+
+/// Live migration (VDSM's `[vars]` migration_* keys).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Migration {
+    /// Outgoing migrations at once (VDSM's `max_outgoing_migrations`); more wait.
+    pub max_outgoing: usize,
+    /// Incoming migrations at once (VDSM's `max_incoming_migrations`); more are
+    /// refused with "Too many incoming migrations" (82).
+    pub max_incoming: usize,
+    /// libvirtd's TLS port on the other hosts (the source's libvirtd connects to the
+    /// destination's, peer to peer, as `qemu+tls://<host>:<port>/system`).
+    pub libvirt_tls_port: u16,
+    /// Where the agent keeps the certificate files libvirt uses for that connection
+    /// (`cacert.pem`, `clientcert.pem`, `clientkey.pem`, written from its identity).
+    /// Default: `<state_dir>/libvirt-pki`.
+    pub pki_dir: Option<PathBuf>,
+    /// Maximum downtime in ms the schedule ends with when the caller sends none
+    /// (VDSM's `migration_downtime`).
+    pub downtime_ms: u64,
+    /// Steps of the default downtime schedule (`migration_downtime_steps`).
+    pub downtime_steps: u32,
+    /// Seconds between two looks at a running migration's progress
+    /// (`migration_monitor_interval`).
+    pub monitor_interval_secs: u64,
+    /// A migration whose remaining data did not go down for this long is aborted
+    /// (`migration_progress_timeout`).
+    pub progress_timeout_secs: u64,
+    /// Seconds per GiB of guest memory after which a migration is aborted
+    /// (`migration_max_time_per_gib_mem`).
+    pub max_time_per_gib_mem_secs: u64,
+    /// A VM that is still an incoming migration after this long is destroyed
+    /// (`migration_destination_timeout`).
+    pub destination_timeout_secs: u64,
+    /// Bandwidth in MiB/s when the caller sends none (`migration_max_bandwidth`).
+    pub max_bandwidth_mibps: u64,
+}
+
+impl Default for Migration {
+    fn default() -> Self {
+        Migration {
+            max_outgoing: 2,
+            max_incoming: 2,
+            libvirt_tls_port: 16514,
+            pki_dir: None,
+            downtime_ms: 500,
+            downtime_steps: 10,
+            monitor_interval_secs: 10,
+            progress_timeout_secs: 240,
+            max_time_per_gib_mem_secs: 64,
+            destination_timeout_secs: 21600,
+            max_bandwidth_mibps: 52,
+        }
+    }
 }
 
 /// The image data server (ovirt-imageio's daemon role) in the agent's process.
@@ -253,6 +309,7 @@ impl Default for Config {
             ],
             trim_resident_pages: true,
             updates: Updates::default(),
+            migration: Migration::default(),
         }
     }
 }

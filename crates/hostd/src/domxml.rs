@@ -102,6 +102,10 @@ pub struct DiskInfo {
     pub device: String,
     pub target: String,
     pub source: Option<String>,
+    /// `<driver cache=...>`.
+    pub cache: Option<String>,
+    /// `<readonly/>`.
+    pub readonly: bool,
 }
 
 pub use halyard_common::xml::MAX_ATTRIBUTES;
@@ -265,6 +269,16 @@ pub fn parse(xml: &str) -> Result<DomainInfo, DomXmlError> {
                         ("disk", "target") => {
                             if let Some(d) = info.disks.last_mut() {
                                 d.target = attr(e, "dev").unwrap_or_default();
+                            }
+                        }
+                        ("disk", "driver") => {
+                            if let Some(d) = info.disks.last_mut() {
+                                d.cache = attr(e, "cache");
+                            }
+                        }
+                        ("disk", "readonly") => {
+                            if let Some(d) = info.disks.last_mut() {
+                                d.readonly = true;
                             }
                         }
                         ("disk", "source") => {
@@ -572,6 +586,61 @@ pub fn prepare(xml: &str, p: &Prepare<'_>) -> Result<String, DomXmlError> {
     }
     if depth != 0 {
         return Err(DomXmlError::Syntax("unclosed elements".into()));
+    }
+    String::from_utf8(w.into_inner()).map_err(|e| DomXmlError::Syntax(e.to_string()))
+}
+
+/// Removes the elements at `paths` (element names from below the root, such as
+/// `devices/emulator` or `seclabel`), with their subtrees.
+pub fn drop_elements(xml: &str, paths: &[&str]) -> Result<String, DomXmlError> {
+    parse(xml)?;
+    let mut r = Reader::from_str(xml);
+    r.config_mut().check_end_names = true;
+    let mut w = Writer::new(Vec::with_capacity(xml.len()));
+    let mut stack: Vec<String> = Vec::new();
+    let mut skip_depth: Option<usize> = None;
+    let wanted = |stack: &[String], name: &str| {
+        let mut p = stack.iter().skip(1).cloned().collect::<Vec<_>>();
+        p.push(name.to_string());
+        let p = p.join("/");
+        !stack.is_empty() && paths.contains(&p.as_str())
+    };
+    loop {
+        let ev = r.read_event()?;
+        match &ev {
+            Event::Eof => break,
+            Event::Start(e) => {
+                let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
+                if skip_depth.is_none() && wanted(&stack, &name) {
+                    skip_depth = Some(stack.len());
+                }
+                stack.push(name);
+                if skip_depth.is_some() {
+                    continue;
+                }
+            }
+            Event::End(_) => {
+                stack.pop();
+                if let Some(d) = skip_depth {
+                    if stack.len() == d {
+                        skip_depth = None;
+                    }
+                    continue;
+                }
+            }
+            Event::Empty(e) => {
+                let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
+                if skip_depth.is_some() || wanted(&stack, &name) {
+                    continue;
+                }
+            }
+            _ => {
+                if skip_depth.is_some() {
+                    continue;
+                }
+            }
+        }
+        w.write_event(ev)?;
     }
     String::from_utf8(w.into_inner()).map_err(|e| DomXmlError::Syntax(e.to_string()))
 }

@@ -9,6 +9,8 @@
 //! - [`vmpolicy`]: what a VM definition may ask of the host.
 //! - [`monitor`]: host sampling from /proc and sysfs.
 //! - [`caps`]: the Host.getCapabilities answer.
+//! - [`migration`]: live migration (VM.migrate on the source, VM.migrationCreate on
+//!   the destination), VDSM's way.
 //! - [`images`]: image transfers: the image data server (port 54322), its tickets,
 //!   qemu-nbd servers, the check of uploaded volumes.
 
@@ -25,6 +27,7 @@ pub mod identity;
 pub mod images;
 pub mod libvirt;
 pub mod memtrim;
+pub mod migration;
 pub mod monitor;
 pub mod payload;
 pub mod server;

@@ -54,6 +54,14 @@ pub struct VmEntry {
     pub sample: Option<VmSample>,
     /// What the guest agent told (see [`crate::guestinfo`]).
     pub guest: crate::guestinfo::GuestData,
+    /// The last migration away from this host (its status stays for
+    /// VM.getMigrationStatus after it ended).
+    pub outgoing: Option<std::sync::Arc<crate::migration::Outgoing>>,
+    /// Set while the VM is arriving by migration.
+    pub incoming: Option<std::sync::Arc<crate::migration::Incoming>>,
+    /// The certificate subject of the host that migrated the VM here, until the VM
+    /// runs here (that host may destroy the copy of a migration that failed).
+    pub arriving_from: Option<String>,
 }
 
 impl VmEntry {
@@ -74,6 +82,9 @@ impl VmEntry {
             shutdown_gen: 0,
             sample: None,
             guest: Default::default(),
+            outgoing: None,
+            incoming: None,
+            arriving_from: None,
         }
     }
 
@@ -111,6 +122,9 @@ impl VmEntry {
             status_time: self.status_time.to_string(),
             ..VmStats::default()
         };
+        if self.status == VmStatus::MigrationSource {
+            s.migration_progress = self.outgoing.as_ref().map(|o| o.progress() as u64);
+        }
         if self.status == VmStatus::Down {
             if let Some(e) = &self.exit {
                 s.exit_code = Some(e.code);

@@ -230,7 +230,13 @@ fn leaf_params(names: &[String], usage: Usage, days: i64) -> Result<CertificateP
         KeyUsagePurpose::KeyEncipherment,
     ];
     params.extended_key_usages = match usage {
-        Usage::Server | Usage::Host => vec![ExtendedKeyUsagePurpose::ServerAuth],
+        Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+        // A host is a client too: of another host's agent and libvirtd, when it
+        // migrates a VM there.
+        Usage::Host => vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
         Usage::ManagerClient => vec![ExtendedKeyUsagePurpose::ClientAuth],
     };
     if let Some(role) = usage.role() {

@@ -65,6 +65,12 @@ pub mod errors {
         NONRESP = 19, "Guest agent non-responsive";
         DESTROY_ERR = 42, "Virtual machine destroy error";
         NOT_IMPLEMENTED = 44, "Not implemented";
+        MIGRATE_ERR = 12, "Fatal error during migration";
+        MIG_CANCEL_ERR = 47, "Migration not in progress";
+        MIGRATION_IN_PROGRESS = 51, "Command not supported during migration";
+        MIG_NOT_IN_PROGRESS = 81, "VM not migrating";
+        MIGRATE_LIMIT = 82, "Incoming migration limit exceeded";
+        MIG_OPERATION_ERR = 102, "Error occurred during migration";
         RESET_FAILED = 90, "Failed to reset VM.";
         INVALID_PARAMETER = 91, "Invalid parameter";
         IMAGE_TICKETS = 481, "Image tickets error";
@@ -135,8 +141,11 @@ pub mod exit_reason {
     pub const GENERIC_ERROR: i64 = 1;
     pub const LOST_QEMU_CONNECTION: i64 = 2;
     pub const LIBVIRT_START_FAILED: i64 = 3;
+    pub const MIGRATION_SUCCEEDED: i64 = 4;
+    pub const SAVE_STATE_SUCCEEDED: i64 = 5;
     pub const ADMIN_SHUTDOWN: i64 = 6;
     pub const USER_SHUTDOWN: i64 = 7;
+    pub const MIGRATION_FAILED: i64 = 8;
     pub const DESTROYED_ON_STARTUP: i64 = 10;
     pub const HOST_SHUTDOWN: i64 = 11;
 
@@ -146,6 +155,9 @@ pub mod exit_reason {
             GENERIC_ERROR => "VM failed",
             LOST_QEMU_CONNECTION => "Lost connection with qemu process",
             LIBVIRT_START_FAILED => "Failed to start VM",
+            MIGRATION_SUCCEEDED => "Migration succeeded",
+            SAVE_STATE_SUCCEEDED => "SaveState succeeded",
+            MIGRATION_FAILED => "VM failed to migrate",
             ADMIN_SHUTDOWN => "Admin shut down from the engine",
             USER_SHUTDOWN => "User shut down from within the guest",
             DESTROYED_ON_STARTUP => "VM destroyed during the startup",
@@ -159,6 +171,11 @@ pub mod exit_reason {
 pub mod events {
     pub fn vm_status(vm_id: &str) -> String {
         format!("|virt|VM_status|{vm_id}")
+    }
+    /// A migration's progress, sent by the source: `{<vmid>: {progress, postcopy,
+    /// [downtime]}}`.
+    pub fn vm_migration_status(vm_id: &str) -> String {
+        format!("|virt|VM_migration_status|{vm_id}")
     }
     pub fn job_status(job_id: &str) -> String {
         format!("|jobs|status|{job_id}")
@@ -186,6 +203,231 @@ pub fn int_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::
             "expected an integer, got {other}"
         ))),
     }
+}
+
+/// A boolean the engine may send as `true` or as the string `"true"`.
+pub fn bool_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    let v: Option<Value> = Option::deserialize(d)?;
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(b)),
+        Some(Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" => Ok(Some(true)),
+            "false" => Ok(Some(false)),
+            _ => Err(serde::de::Error::custom(format!(
+                "expected true or false, got {s:?}"
+            ))),
+        },
+        Some(other) => Err(serde::de::Error::custom(format!(
+            "expected true or false, got {other}"
+        ))),
+    }
+}
+
+/// One step of a convergence schedule: `setDowntime` (`params`: the downtime in ms),
+/// `abort` or `postcopy` (no params).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConvergenceAction {
+    pub name: String,
+    #[serde(default)]
+    pub params: Vec<Value>,
+}
+
+/// An action taken once the migration has gone through more than `limit` memory
+/// iterations since it started (`-1`: at the next iteration after the ones before).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConvergenceItem {
+    pub limit: i64,
+    pub action: ConvergenceAction,
+}
+
+/// `convergenceSchedule` of VM.migrate: `init` runs when the migration starts, the
+/// `stalling` items one per new memory iteration, in order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ConvergenceSchedule {
+    #[serde(default)]
+    pub init: Vec<ConvergenceAction>,
+    #[serde(default)]
+    pub stalling: Vec<ConvergenceItem>,
+}
+
+/// VM.migrate's `params` (VDSM's MigrateParams, the keys the engine sends).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MigrateParams {
+    /// The destination agent, `host[:port]` (port 54321 when absent).
+    pub dst: String,
+    /// The destination's address for the migration stream (default: `dst`'s host).
+    #[serde(default, rename = "dstqemu", skip_serializing_if = "Option::is_none")]
+    pub dst_qemu: Option<String>,
+    /// Only `online`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Only `remote` (`file` is hibernation, not a migration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "bool_or_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tunneled: Option<bool>,
+    #[serde(
+        default,
+        deserialize_with = "bool_or_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub abort_on_error: Option<bool>,
+    #[serde(
+        default,
+        deserialize_with = "bool_or_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub auto_converge: Option<bool>,
+    #[serde(
+        default,
+        deserialize_with = "bool_or_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub compressed: Option<bool>,
+    #[serde(
+        default,
+        deserialize_with = "bool_or_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub encrypted: Option<bool>,
+    /// MiB/s.
+    #[serde(
+        default,
+        deserialize_with = "int_or_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_bandwidth: Option<i64>,
+    /// Where the console clients reconnect after the switch (`host[:port][?tlsPort]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub convergence_schedule: Option<ConvergenceSchedule>,
+    #[serde(
+        default,
+        deserialize_with = "bool_or_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub enable_guest_events: Option<bool>,
+    #[serde(
+        default,
+        deserialize_with = "int_or_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub outgoing_limit: Option<i64>,
+    #[serde(
+        default,
+        deserialize_with = "int_or_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub incoming_limit: Option<i64>,
+    /// The legacy maximum downtime (ms), used only without a convergence schedule.
+    #[serde(
+        default,
+        deserialize_with = "int_or_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub downtime: Option<i64>,
+    /// Parallel migration connections (0 or absent: off).
+    #[serde(
+        default,
+        deserialize_with = "int_or_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub parallel: Option<i64>,
+    #[serde(
+        default,
+        deserialize_with = "bool_or_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub zerocopy: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpusets: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numa_nodesets: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dstparams: Option<String>,
+    /// The source host's name (the engine sends it; informative).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_id: Option<String>,
+}
+
+/// `VM.migrate`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MigrateVerbParams {
+    #[serde(rename = "vmID")]
+    pub vm_id: String,
+    pub params: MigrateParams,
+}
+
+/// `VM.migrationCreate`: what the source agent sends the destination's. `params` holds
+/// the VM's definition: `_srcDomXML` (the running domain, migratable form), `vmId`,
+/// `elapsedTimeOffset` (seconds the VM has run), `migrationDest` (`libvirt`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MigrationCreateParams {
+    #[serde(rename = "vmID")]
+    pub vm_id: String,
+    pub params: Map<String, Value>,
+    #[serde(
+        rename = "incomingLimit",
+        default,
+        deserialize_with = "int_or_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub incoming_limit: Option<i64>,
+}
+
+/// VM.migrationCreate's answer: `params` is the destination's VM entry, whose `xml` is
+/// the domain the destination prepared (its volume paths, its agent's metadata): the
+/// source hands it to libvirt as the destination XML.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MigrationCreateResult {
+    #[serde(rename = "migrationPort")]
+    pub migration_port: u16,
+    pub params: VmListEntry,
+}
+
+/// `code` and `message` of a migration's status.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StatusCode {
+    pub code: i64,
+    pub message: String,
+}
+
+/// `VM.getMigrationStatus`: the last migration of the VM on this host.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MigrationStats {
+    pub status: StatusCode,
+    /// 0..100, never going down.
+    pub progress: u8,
+    /// The VM's measured downtime in ms, once the migration completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime: Option<u64>,
+}
+
+/// `VM.migrateChangeParams`: `params` holds `maxBandwidth` (MiB/s).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MigrateChangeParams {
+    #[serde(rename = "vmID")]
+    pub vm_id: String,
+    pub params: MigrationLimits,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationLimits {
+    #[serde(rename = "maxBandwidth", deserialize_with = "int_or_string")]
+    pub max_bandwidth: Option<i64>,
 }
 
 /// A VDSM verb: its method name, the order of its positional params, and the typed
@@ -461,6 +703,10 @@ pub struct VmStats {
     pub exit_message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_reason: Option<i64>,
+    /// While the VM migrates away: percent of its data sent (VDSM's
+    /// `migrationProgress`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration_progress: Option<u64>,
     /// Keys this struct does not name are kept.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -663,6 +909,41 @@ pub mod verbs {
         "VM.updateDevice",
         ["vmID", "params"],
         UpdateDeviceParams,
+        bool
+    );
+    verb!(
+        VmMigrate,
+        "VM.migrate",
+        ["vmID", "params"],
+        MigrateVerbParams,
+        bool
+    );
+    verb!(
+        VmMigrationCreate,
+        "VM.migrationCreate",
+        ["vmID", "params", "incomingLimit"],
+        MigrationCreateParams,
+        MigrationCreateResult
+    );
+    verb!(
+        VmGetMigrationStatus,
+        "VM.getMigrationStatus",
+        ["vmID"],
+        VmIdParams,
+        MigrationStats
+    );
+    verb!(
+        VmMigrateCancel,
+        "VM.migrateCancel",
+        ["vmID"],
+        VmIdParams,
+        bool
+    );
+    verb!(
+        VmMigrateChangeParams,
+        "VM.migrateChangeParams",
+        ["vmID", "params"],
+        MigrateChangeParams,
         bool
     );
     verb!(

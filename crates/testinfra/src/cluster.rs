@@ -279,6 +279,15 @@ impl Cluster {
             let conf = hdir.join("libvirt-etc/libvirtd.conf");
             let mut c = fs::read_to_string(&conf).unwrap_or_default();
             c.push_str(&format!("\nhost_uuid = \"{host_uuid}\"\n"));
+            // libvirtd listens with TLS on the host's address, with the host's
+            // certificate (as VDSM configures it), for peer-to-peer migration.
+            c.push_str(&format!(
+                "listen_tls = 1\nlisten_tcp = 0\nlisten_addr = \"{ip}\"\n\
+                 key_file = \"{key}\"\ncert_file = \"{cert}\"\nca_file = \"{ca}\"\n",
+                key = hdir.join("hostd.key").display(),
+                cert = hdir.join("hostd.pem").display(),
+                ca = dir.join("pki/ca.pem").display(),
+            ));
             fs::write(&conf, c).expect("libvirtd.conf");
             let qconf = hdir.join("libvirt-etc/qemu.conf");
             let mut q = fs::read_to_string(&qconf).unwrap_or_default();
@@ -299,7 +308,7 @@ mount --bind $D/libvirt-log /var/log/libvirt
 mount --bind $D/libvirt-etc /etc/libvirt
 mount --bind $D/sanlock-run /run/sanlock
 virtlogd -d -p $D/virtlogd.pid
-LIBVIRT_LOG_OUTPUTS="3:file:$D/libvirtd.log" libvirtd -d -p $D/libvirtd.pid
+LIBVIRT_LOG_OUTPUTS="3:file:$D/libvirtd.log" libvirtd -d --listen -p $D/libvirtd.pid
 {preload} sanlock daemon -D -w 0 -U root -G root -e {netns} > $D/sanlock.log 2>&1 < /dev/null &
 echo $! > $D/sanlock.pid
 exec sleep 2147483647
@@ -417,6 +426,8 @@ domain_type = "{dt}"
 [monitoring]
 vm_stats_interval_secs = 2
 host_stats_interval_secs = 2
+[migration]
+monitor_interval_secs = 1
 [vm]
 image_dirs = ["{cache}", "{work}"]
 console_log_dir = "{work}"
@@ -500,6 +511,35 @@ spm_watchdog_interval_secs = 1
             .status()
             .map(|s| s.success())
             .unwrap_or(false)
+    }
+
+    /// Runs a command in host i's namespaces; its output.
+    pub fn in_host_output(&self, i: usize, cmd: &[&str]) -> std::process::Output {
+        let holder = self.hosts[i]
+            .holder
+            .as_ref()
+            .map(Child::id)
+            .expect("holder");
+        Command::new("nsenter")
+            .args(["-t", &holder.to_string(), "-m", "-n", "--"])
+            .args(cmd)
+            .output()
+            .expect("nsenter")
+    }
+
+    /// A client of host i that presents host `as_host`'s certificate (what host
+    /// `as_host`'s agent would present).
+    pub async fn client_as_host(&self, i: usize, as_host: usize) -> Client {
+        let d = &self.hosts[as_host].dir;
+        let tls = halyard_pki::client_config(&halyard_pki::TlsFiles {
+            cert: d.join("hostd.pem"),
+            key: d.join("hostd.key"),
+            ca: self.dir.join("pki/ca.pem"),
+        })
+        .expect("tls");
+        Client::connect(&self.hosts[i].ip, 54321, tls)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to host {i} as host {as_host}: {e}"))
     }
 
     /// A client of host i.

@@ -1,5 +1,6 @@
 //! libvirt calls the `virt` crate does not wrap: the default event loop, domain event
-//! callbacks, the connection close callback and virConnectGetAllDomainStats.
+//! callbacks, the connection close callback, virConnectGetAllDomainStats, job stats and
+//! the migration controls (abort, post-copy).
 
 use std::collections::BTreeMap;
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
@@ -124,6 +125,23 @@ unsafe extern "C" fn agent_cb(
     });
 }
 
+unsafe extern "C" fn job_completed_cb(
+    _conn: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    params: sys::virTypedParameterPtr,
+    nparams: c_int,
+    opaque: *mut c_void,
+) {
+    // SAFETY: as in lifecycle_cb.
+    let sink = unsafe { &*(opaque as *const Sink) };
+    // SAFETY: libvirt passes `nparams` valid parameters for the callback's duration.
+    let stats = unsafe { read_params(params, nparams) };
+    let _ = sink.tx.send(DomainEvent::JobCompleted {
+        uuid: dom_uuid(dom),
+        stats,
+    });
+}
+
 unsafe extern "C" fn close_cb(_conn: sys::virConnectPtr, reason: c_int, opaque: *mut c_void) {
     // SAFETY: as in lifecycle_cb.
     let sink = unsafe { &*(opaque as *const Sink) };
@@ -153,11 +171,18 @@ pub fn register_events(conn: &Connect, tx: mpsc::UnboundedSender<DomainEvent>) -
     ) -> c_int;
     type Agent =
         unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, c_int, c_int, *mut c_void);
+    type JobCompleted = unsafe extern "C" fn(
+        sys::virConnectPtr,
+        sys::virDomainPtr,
+        sys::virTypedParameterPtr,
+        c_int,
+        *mut c_void,
+    );
     // SAFETY: libvirt's API takes every domain event callback as the generic type and
     // calls it with the signature that belongs to the event id (the C macro
     // VIR_DOMAIN_EVENT_CALLBACK is this same cast). Each callback below is registered
     // with the id whose signature it has.
-    let callbacks: [(c_int, Generic); 3] = unsafe {
+    let callbacks: [(c_int, Generic); 4] = unsafe {
         [
             (
                 sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE as c_int,
@@ -170,6 +195,10 @@ pub fn register_events(conn: &Connect, tx: mpsc::UnboundedSender<DomainEvent>) -
             (
                 sys::VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE as c_int,
                 std::mem::transmute::<Agent, Generic>(agent_cb),
+            ),
+            (
+                sys::VIR_DOMAIN_EVENT_ID_JOB_COMPLETED as c_int,
+                std::mem::transmute::<JobCompleted, Generic>(job_completed_cb),
             ),
         ]
     };
@@ -205,6 +234,89 @@ pub fn register_events(conn: &Connect, tx: mpsc::UnboundedSender<DomainEvent>) -
         return Err(VirtError::from(virt::error::Error::last_error()));
     }
     Ok(())
+}
+
+/// Typed parameters by name.
+///
+/// # Safety
+/// `params` must point at `n` initialised typed parameters (or `n` be 0).
+unsafe fn read_params(params: sys::virTypedParameterPtr, n: c_int) -> BTreeMap<String, ParamValue> {
+    let mut out = BTreeMap::new();
+    if params.is_null() {
+        return out;
+    }
+    for j in 0..n.max(0) as usize {
+        // SAFETY: the caller promises `n` initialised parameters.
+        let p = unsafe { &*params.add(j) };
+        // SAFETY: `field` is a NUL-terminated name of at most 80 bytes.
+        let name = unsafe { CStr::from_ptr(p.field.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
+        // SAFETY: the union member read is the one `type_` names.
+        let v = unsafe {
+            match p.type_ as u32 {
+                sys::VIR_TYPED_PARAM_INT => ParamValue::I(p.value.i as i64),
+                sys::VIR_TYPED_PARAM_UINT => ParamValue::U(p.value.ui as u64),
+                sys::VIR_TYPED_PARAM_LLONG => ParamValue::I(p.value.l),
+                sys::VIR_TYPED_PARAM_ULLONG => ParamValue::U(p.value.ul),
+                sys::VIR_TYPED_PARAM_DOUBLE => ParamValue::F(p.value.d),
+                sys::VIR_TYPED_PARAM_BOOLEAN => ParamValue::B(p.value.b != 0),
+                sys::VIR_TYPED_PARAM_STRING if !p.value.s.is_null() => {
+                    ParamValue::S(CStr::from_ptr(p.value.s).to_string_lossy().into_owned())
+                }
+                _ => continue,
+            }
+        };
+        out.insert(name, v);
+    }
+    out
+}
+
+/// virDomainAbortJob: stops the domain's running job (a migration).
+pub fn abort_job(d: &Domain) -> Result<()> {
+    // SAFETY: the domain pointer is valid while `d` lives.
+    let rc = unsafe { sys::virDomainAbortJob(d.as_ptr()) };
+    if rc < 0 {
+        return Err(VirtError::from(virt::error::Error::last_error()));
+    }
+    Ok(())
+}
+
+/// virDomainMigrateStartPostCopy: switches a running migration to post-copy.
+pub fn start_post_copy(d: &Domain) -> Result<()> {
+    // SAFETY: the domain pointer is valid while `d` lives.
+    let rc = unsafe { sys::virDomainMigrateStartPostCopy(d.as_ptr(), 0) };
+    if rc < 0 {
+        return Err(VirtError::from(virt::error::Error::last_error()));
+    }
+    Ok(())
+}
+
+/// virDomainGetJobStats of the running job (`completed`: of the last completed one)
+/// as typed parameters, with the job's type under `"type"`.
+pub fn job_stats(d: &Domain, completed: bool) -> Result<BTreeMap<String, ParamValue>> {
+    let mut kind: c_int = 0;
+    let mut params: sys::virTypedParameterPtr = std::ptr::null_mut();
+    let mut n: c_int = 0;
+    let flags = if completed {
+        sys::VIR_DOMAIN_JOB_STATS_COMPLETED
+    } else {
+        0
+    };
+    // SAFETY: valid domain; libvirt allocates the parameter array into `params`, freed
+    // below with virTypedParamsFree.
+    let rc = unsafe {
+        sys::virDomainGetJobStats(d.as_ptr(), &mut kind, &mut params, &mut n, flags as c_uint)
+    };
+    if rc < 0 {
+        return Err(VirtError::from(virt::error::Error::last_error()));
+    }
+    // SAFETY: libvirt returned `n` parameters at `params`.
+    let mut out = unsafe { read_params(params, n) };
+    // SAFETY: `params` and `n` are what virDomainGetJobStats returned; freed once.
+    unsafe { sys::virTypedParamsFree(params, n) };
+    out.insert("type".into(), ParamValue::I(kind as i64));
+    Ok(out)
 }
 
 /// virDomainGetState; `None` on error.
@@ -243,31 +355,8 @@ pub fn all_domain_stats(conn: &Connect) -> Result<Vec<DomainStats>> {
     for i in 0..n as usize {
         // SAFETY: libvirt returned `n` valid record pointers.
         let rec = unsafe { &**records.add(i) };
-        let mut params = BTreeMap::new();
-        for j in 0..rec.nparams.max(0) as usize {
-            // SAFETY: `params` holds `nparams` initialised typed parameters.
-            let p = unsafe { &*rec.params.add(j) };
-            // SAFETY: `field` is a NUL-terminated name of at most 80 bytes.
-            let name = unsafe { CStr::from_ptr(p.field.as_ptr()) }
-                .to_string_lossy()
-                .into_owned();
-            // SAFETY: the union member read is the one `type_` names.
-            let v = unsafe {
-                match p.type_ as u32 {
-                    sys::VIR_TYPED_PARAM_INT => ParamValue::I(p.value.i as i64),
-                    sys::VIR_TYPED_PARAM_UINT => ParamValue::U(p.value.ui as u64),
-                    sys::VIR_TYPED_PARAM_LLONG => ParamValue::I(p.value.l),
-                    sys::VIR_TYPED_PARAM_ULLONG => ParamValue::U(p.value.ul),
-                    sys::VIR_TYPED_PARAM_DOUBLE => ParamValue::F(p.value.d),
-                    sys::VIR_TYPED_PARAM_BOOLEAN => ParamValue::B(p.value.b != 0),
-                    sys::VIR_TYPED_PARAM_STRING if !p.value.s.is_null() => {
-                        ParamValue::S(CStr::from_ptr(p.value.s).to_string_lossy().into_owned())
-                    }
-                    _ => continue,
-                }
-            };
-            params.insert(name, v);
-        }
+        // SAFETY: the record holds `nparams` initialised typed parameters.
+        let params = unsafe { read_params(rec.params, rec.nparams) };
         out.push(DomainStats {
             uuid: dom_uuid(rec.dom),
             params,

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use virt::connect::Connect;
 use virt::domain::Domain;
 
-pub use ffi::ParamValue;
+pub use ffi::{abort_job, job_stats, start_post_copy, ParamValue};
 
 /// libvirt errors, with libvirt's own message.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -76,12 +76,20 @@ pub enum DomainEvent {
     Reboot { uuid: String },
     /// The guest agent channel connected or disconnected.
     Agent { uuid: String, connected: bool },
+    /// A job (a migration) ended; its final statistics (`downtime`, `downtime_net`...).
+    JobCompleted {
+        uuid: String,
+        stats: std::collections::BTreeMap<String, ffi::ParamValue>,
+    },
     /// The libvirt connection was closed.
     ConnectionClosed { reason: i32 },
 }
 
 pub mod lifecycle {
     pub const STARTED: i32 = 2;
+    pub const STARTED_MIGRATED: i32 = 1;
+    pub const SUSPENDED_MIGRATED: i32 = 1;
+    pub const RESUMED_MIGRATED: i32 = 1;
     pub const SUSPENDED: i32 = 3;
     pub const RESUMED: i32 = 4;
     pub const STOPPED: i32 = 5;
