@@ -152,6 +152,7 @@ async fn call(
             agent
                 .identity
                 .set_certificate(p.token.as_deref(), &p.certificate, p.ca.as_deref())?;
+            crate::migration::sync_libvirt_pki(&agent.cfg).await;
             to_value(true)
         }
         verbs::VmUpdateDevice::METHOD => {

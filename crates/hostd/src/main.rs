@@ -243,6 +243,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .context("registering libvirt event callbacks")?;
     info!(%bound, domain_type = %cfg.libvirt.domain_type, libvirt = %cfg.libvirt.uri, %agent_id, "listening");
     let agent = Agent::new(cfg, identity, agent_id, virt);
+    // libvirtd's TLS listener presents the agent's certificate (live migration).
+    {
+        let a = agent.clone();
+        tokio::spawn(async move { halyard_hostd::migration::sync_libvirt_pki(&a.cfg).await });
+    }
     if agent.cfg.imageio.enabled {
         let addr = agent.cfg.imageio_addr()?;
         let l = tokio::net::TcpListener::bind(addr)

@@ -583,8 +583,10 @@ pub fn pki_dir(cfg: &crate::config::Config) -> PathBuf {
         .unwrap_or_else(|| cfg.state_dir.join("libvirt-pki"))
 }
 
-/// Writes `cacert.pem`, `clientcert.pem` and `clientkey.pem` (0600) from the agent's
-/// identity files, each atomically, into a directory only root may enter.
+/// Writes libvirt's certificate files from the agent's identity files, each
+/// atomically, into a directory only root may enter: `cacert.pem`, `clientcert.pem`
+/// and `clientkey.pem` (0600) for the source's connection, `servercert.pem` and
+/// `serverkey.pem` (0600) for libvirtd's TLS listener (its `cert_file`/`key_file`).
 pub fn write_pki(dir: &Path, files: &crate::identity::IdentityFiles) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
@@ -596,11 +598,48 @@ pub fn write_pki(dir: &Path, files: &crate::identity::IdentityFiles) -> std::io:
         (&files.ca, "cacert.pem", 0o644),
         (&files.cert, "clientcert.pem", 0o644),
         (&files.key, "clientkey.pem", 0o600),
+        (&files.cert, "servercert.pem", 0o644),
+        (&files.key, "serverkey.pem", 0o600),
     ] {
         let data = std::fs::read(src)?;
         halyard_common::fsutil::write_atomic(&dir.join(name), &data, mode)?;
     }
     Ok(())
+}
+
+/// Brings libvirt's certificate files in line with the agent's identity (after it
+/// was installed or renewed) and asks libvirtd to reload its TLS listener's
+/// (`virt-admin server-update-tls libvirtd`). Failures are logged: migration is what
+/// needs them, and it reports its own error.
+pub async fn sync_libvirt_pki(cfg: &crate::config::Config) {
+    let files = crate::identity::IdentityFiles::of(cfg);
+    if !files.exist() {
+        return;
+    }
+    let dir = pki_dir(cfg);
+    let d = dir.clone();
+    match tokio::task::spawn_blocking(move || write_pki(&d, &files)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            warn!(dir = %dir.display(), error = %e, "cannot write libvirt's certificate files");
+            return;
+        }
+        Err(_) => return,
+    }
+    let run = tokio::process::Command::new("virt-admin")
+        .args(["-c", "libvirtd:///system", "server-update-tls", "libvirtd"])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(Duration::from_secs(10), run).await {
+        Ok(Ok(o)) if o.status.success() => info!("libvirtd reloaded its TLS certificate"),
+        Ok(Ok(o)) => debug!(
+            stderr = %String::from_utf8_lossy(&o.stderr).trim(),
+            "libvirtd did not reload a TLS certificate (is it listening with TLS?)"
+        ),
+        Ok(Err(e)) => debug!(error = %e, "virt-admin could not run"),
+        Err(_) => warn!("virt-admin server-update-tls did not answer within 10 s"),
+    }
 }
 
 /// The URI the source's libvirtd opens to the destination's.

@@ -281,12 +281,23 @@ impl Cluster {
             c.push_str(&format!("\nhost_uuid = \"{host_uuid}\"\n"));
             // libvirtd listens with TLS on the host's address, with the host's
             // certificate (as VDSM configures it), for peer-to-peer migration.
+            // The agent keeps these files in line with its identity (it writes them
+            // from its certificate and has libvirtd reload them); until it starts
+            // they hold the cluster's certificate.
+            let lpki = hdir.join("state/libvirt-pki");
+            fs::create_dir_all(&lpki).expect("libvirt pki dir");
+            for (src, name) in [
+                (hdir.join("hostd.key"), "serverkey.pem"),
+                (hdir.join("hostd.pem"), "servercert.pem"),
+                (dir.join("pki/ca.pem"), "cacert.pem"),
+            ] {
+                fs::copy(&src, lpki.join(name)).expect("libvirt pki file");
+            }
             c.push_str(&format!(
                 "listen_tls = 1\nlisten_tcp = 0\nlisten_addr = \"{ip}\"\n\
-                 key_file = \"{key}\"\ncert_file = \"{cert}\"\nca_file = \"{ca}\"\n",
-                key = hdir.join("hostd.key").display(),
-                cert = hdir.join("hostd.pem").display(),
-                ca = dir.join("pki/ca.pem").display(),
+                 key_file = \"{d}/serverkey.pem\"\ncert_file = \"{d}/servercert.pem\"\n\
+                 ca_file = \"{d}/cacert.pem\"\n",
+                d = lpki.display(),
             ));
             fs::write(&conf, c).expect("libvirtd.conf");
             let qconf = hdir.join("libvirt-etc/qemu.conf");
