@@ -49,6 +49,13 @@ pub struct Migration {
     /// (`cacert.pem`, `clientcert.pem`, `clientkey.pem`, written from its identity).
     /// Default: `<state_dir>/libvirt-pki`.
     pub pki_dir: Option<PathBuf>,
+    /// Keep libvirtd's own TLS files (`<libvirt_pki_root>/CA/cacert.pem`,
+    /// `libvirt/servercert.pem`, `libvirt/private/serverkey.pem`, libvirt's default
+    /// locations, the only ones `virt-admin server-update-tls` reloads) in line with
+    /// the agent's certificate, and have libvirtd reload them after each change (as
+    /// VDSM's host deploy configures libvirtd with the host's certificate).
+    pub manage_libvirt_tls: bool,
+    pub libvirt_pki_root: PathBuf,
     /// Maximum downtime in ms the schedule ends with when the caller sends none
     /// (VDSM's `migration_downtime`).
     pub downtime_ms: u64,
@@ -57,12 +64,6 @@ pub struct Migration {
     /// Seconds between two looks at a running migration's progress
     /// (`migration_monitor_interval`).
     pub monitor_interval_secs: u64,
-    /// A migration whose remaining data did not go down for this long is aborted
-    /// (`migration_progress_timeout`).
-    pub progress_timeout_secs: u64,
-    /// Seconds per GiB of guest memory after which a migration is aborted
-    /// (`migration_max_time_per_gib_mem`).
-    pub max_time_per_gib_mem_secs: u64,
     /// A VM that is still an incoming migration after this long is destroyed
     /// (`migration_destination_timeout`).
     pub destination_timeout_secs: u64,
@@ -77,11 +78,11 @@ impl Default for Migration {
             max_incoming: 2,
             libvirt_tls_port: 16514,
             pki_dir: None,
+            manage_libvirt_tls: false,
+            libvirt_pki_root: PathBuf::from("/etc/pki"),
             downtime_ms: 500,
-            downtime_steps: 10,
+            downtime_steps: 5,
             monitor_interval_secs: 10,
-            progress_timeout_secs: 240,
-            max_time_per_gib_mem_secs: 64,
             destination_timeout_secs: 21600,
             max_bandwidth_mibps: 52,
         }

@@ -583,26 +583,46 @@ pub fn pki_dir(cfg: &crate::config::Config) -> PathBuf {
         .unwrap_or_else(|| cfg.state_dir.join("libvirt-pki"))
 }
 
-/// Writes libvirt's certificate files from the agent's identity files, each
-/// atomically, into a directory only root may enter: `cacert.pem`, `clientcert.pem`
-/// and `clientkey.pem` (0600) for the source's connection, `servercert.pem` and
-/// `serverkey.pem` (0600) for libvirtd's TLS listener (its `cert_file`/`key_file`).
+/// Writes the certificate files the source's libvirtd presents to the destination's
+/// (the `pkipath` of its URI) from the agent's identity files, each atomically, into a
+/// directory only root may enter: `cacert.pem`, `clientcert.pem`, `clientkey.pem`
+/// (0600).
 pub fn write_pki(dir: &Path, files: &crate::identity::IdentityFiles) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    write_files(
+        dir,
+        &[
+            (&files.ca, "cacert.pem", 0o644),
+            (&files.cert, "clientcert.pem", 0o644),
+            (&files.key, "clientkey.pem", 0o600),
+        ],
+    )
+}
+
+/// libvirtd's own TLS files under `root` (libvirt's default locations).
+pub fn write_server_pki(
+    root: &Path,
+    files: &crate::identity::IdentityFiles,
+) -> std::io::Result<()> {
+    write_files(&root.join("CA"), &[(&files.ca, "cacert.pem", 0o644)])?;
+    write_files(
+        &root.join("libvirt"),
+        &[(&files.cert, "servercert.pem", 0o644)],
+    )?;
+    write_files(
+        &root.join("libvirt/private"),
+        &[(&files.key, "serverkey.pem", 0o600)],
+    )
+}
+
+fn write_files(dir: &Path, list: &[(&PathBuf, &str, u32)]) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    for (src, name, mode) in [
-        (&files.ca, "cacert.pem", 0o644),
-        (&files.cert, "clientcert.pem", 0o644),
-        (&files.key, "clientkey.pem", 0o600),
-        (&files.cert, "servercert.pem", 0o644),
-        (&files.key, "serverkey.pem", 0o600),
-    ] {
+    for (src, name, mode) in list {
         let data = std::fs::read(src)?;
-        halyard_common::fsutil::write_atomic(&dir.join(name), &data, mode)?;
+        halyard_common::fsutil::write_atomic(&dir.join(name), &data, *mode)?;
     }
     Ok(())
 }
@@ -618,13 +638,29 @@ pub async fn sync_libvirt_pki(cfg: &crate::config::Config) {
     }
     let dir = pki_dir(cfg);
     let d = dir.clone();
-    match tokio::task::spawn_blocking(move || write_pki(&d, &files)).await {
+    let server = cfg
+        .migration
+        .manage_libvirt_tls
+        .then(|| cfg.migration.libvirt_pki_root.clone());
+    let s = server.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        write_pki(&d, &files)?;
+        match s {
+            Some(root) => write_server_pki(&root, &files),
+            None => Ok(()),
+        }
+    })
+    .await;
+    match written {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             warn!(dir = %dir.display(), error = %e, "cannot write libvirt's certificate files");
             return;
         }
         Err(_) => return,
+    }
+    if server.is_none() {
+        return;
     }
     let run = tokio::process::Command::new("virt-admin")
         .args(["-c", "libvirtd:///system", "server-update-tls", "libvirtd"])
@@ -633,9 +669,9 @@ pub async fn sync_libvirt_pki(cfg: &crate::config::Config) {
         .output();
     match tokio::time::timeout(Duration::from_secs(10), run).await {
         Ok(Ok(o)) if o.status.success() => info!("libvirtd reloaded its TLS certificate"),
-        Ok(Ok(o)) => debug!(
+        Ok(Ok(o)) => warn!(
             stderr = %String::from_utf8_lossy(&o.stderr).trim(),
-            "libvirtd did not reload a TLS certificate (is it listening with TLS?)"
+            "libvirtd did not reload its TLS certificate (is it listening with TLS?)"
         ),
         Ok(Err(e)) => debug!(error = %e, "virt-admin could not run"),
         Err(_) => warn!("virt-admin server-update-tls did not answer within 10 s"),

@@ -492,6 +492,10 @@ impl Manager {
         let Some(vdsm) = st.get("status").and_then(Value::as_str) else {
             return;
         };
+        // A migrating VM is reported by two hosts; the migration decides.
+        if self.migration_report(host_id, vm_id, st, asked_at).await {
+            return;
+        }
         let (on_host, stale) = self
             .read()
             .vms

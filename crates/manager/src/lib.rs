@@ -20,6 +20,7 @@ pub mod domains;
 pub mod hosts;
 pub mod images;
 pub mod memory;
+pub mod migration;
 pub mod model;
 pub mod ovf;
 pub mod register;

@@ -645,6 +645,17 @@ pub struct Vm {
     /// The host it runs on.
     #[serde(default)]
     pub host: Option<String>,
+    /// The host it is migrating to (status `migrating`).
+    #[serde(default)]
+    pub migrating_to: Option<String>,
+    /// When the migration began (ms).
+    #[serde(default)]
+    pub migration_start: Option<i64>,
+    /// What this Manager process knows of the migration (memory only): it started it,
+    /// when the source accepted it, whether the source said "Migration Source". A
+    /// source's "Up" means the migration failed only when it is newer than that.
+    #[serde(skip)]
+    pub migration_seen: MigrationSeen,
     #[serde(default)]
     pub start_time: Option<i64>,
     #[serde(default)]
@@ -763,6 +774,14 @@ pub struct Placement {
     pub affinity: String,
     #[serde(default)]
     pub hosts: Vec<String>,
+}
+
+/// See [`Vm::migration_seen`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MigrationSeen {
+    pub local: bool,
+    pub sent_ms: Option<i64>,
+    pub source_said: bool,
 }
 
 /// oVirt's serial_number: `policy` host (the host's hardware UUID), vm (the VM's id)

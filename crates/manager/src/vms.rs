@@ -450,6 +450,16 @@ pub fn pick_host(
     vm: &Vm,
     reach: impl Fn(&Host, &str) -> bool,
 ) -> Result<String, VmError> {
+    pick_host_except(inv, vm, reach, &[])
+}
+
+/// [`pick_host`] among the hosts not in `except` (a migration's source).
+pub fn pick_host_except(
+    inv: &Inventory,
+    vm: &Vm,
+    reach: impl Fn(&Host, &str) -> bool,
+    except: &[&str],
+) -> Result<String, VmError> {
     let domains: Vec<&str> = inv
         .disks_of(&vm.id)
         .iter()
@@ -458,7 +468,7 @@ pub fn pick_host(
     let mut candidates: Vec<(&Host, u64)> = inv
         .hosts
         .values()
-        .filter(|h| h.status == "up" && h.cluster == vm.cluster)
+        .filter(|h| h.status == "up" && h.cluster == vm.cluster && !except.contains(&h.id.as_str()))
         .map(|h| (h, inv.scheduling_memory(h)))
         .collect();
     if candidates.is_empty() {
@@ -543,15 +553,25 @@ pub fn pick_host(
 impl Manager {
     /// Picks a host for `vm` (see [`pick_host`]).
     pub fn schedule(&self, vm: &Vm) -> Result<String, VmError> {
+        self.schedule_except(vm, &[])
+    }
+
+    /// [`Manager::schedule`] among the hosts not in `except`.
+    pub fn schedule_except(&self, vm: &Vm, except: &[&str]) -> Result<String, VmError> {
         let inv = self.read();
-        pick_host(&inv, vm, |h, sd| {
-            let dc = inv
-                .storage_domains
-                .get(sd)
-                .and_then(|s| s.data_center.clone())
-                .unwrap_or_default();
-            self.pool_connected(&dc, &h.id) && !h.domains_bad.iter().any(|b| b == sd)
-        })
+        pick_host_except(
+            &inv,
+            vm,
+            |h, sd| {
+                let dc = inv
+                    .storage_domains
+                    .get(sd)
+                    .and_then(|s| s.data_center.clone())
+                    .unwrap_or_default();
+                self.pool_connected(&dc, &h.id) && !h.domains_bad.iter().any(|b| b == sd)
+            },
+            except,
+        )
     }
 
     /// Sets a running VM's status after an action (a Down that arrived meanwhile wins).
@@ -568,7 +588,7 @@ impl Manager {
         }
     }
 
-    fn vm(&self, id: &str) -> Result<Vm, VmError> {
+    pub(crate) fn vm(&self, id: &str) -> Result<Vm, VmError> {
         self.read()
             .vms
             .get(id)
@@ -848,6 +868,9 @@ mod tests {
             cmdline: String::new(),
             status: status.into(),
             host: host.map(str::to_string),
+            migrating_to: None,
+            migration_start: None,
+            migration_seen: Default::default(),
             start_time: None,
             stop_time: None,
             creation_time: 0,
@@ -1206,6 +1229,9 @@ mod tests {
             cmdline: "console=ttyS0 a=<x>".into(),
             status: "down".into(),
             host: None,
+            migrating_to: None,
+            migration_start: None,
+            migration_seen: Default::default(),
             start_time: None,
             stop_time: None,
             creation_time: 0,

@@ -281,23 +281,23 @@ impl Cluster {
             c.push_str(&format!("\nhost_uuid = \"{host_uuid}\"\n"));
             // libvirtd listens with TLS on the host's address, with the host's
             // certificate (as VDSM configures it), for peer-to-peer migration.
-            // The agent keeps these files in line with its identity (it writes them
-            // from its certificate and has libvirtd reload them); until it starts
-            // they hold the cluster's certificate.
-            let lpki = hdir.join("state/libvirt-pki");
-            fs::create_dir_all(&lpki).expect("libvirt pki dir");
+            // libvirtd listens with TLS on the host's address, with the host's
+            // certificate in libvirt's default places (a private /etc/pki per host);
+            // the agent keeps them in line with its identity and has libvirtd reload
+            // them. Until it starts they hold the cluster's certificate.
+            let etc_pki = hdir.join("etc-pki");
+            for d in ["CA", "libvirt/private"] {
+                fs::create_dir_all(etc_pki.join(d)).expect("pki dir");
+            }
             for (src, name) in [
-                (hdir.join("hostd.key"), "serverkey.pem"),
-                (hdir.join("hostd.pem"), "servercert.pem"),
-                (dir.join("pki/ca.pem"), "cacert.pem"),
+                (hdir.join("hostd.key"), "libvirt/private/serverkey.pem"),
+                (hdir.join("hostd.pem"), "libvirt/servercert.pem"),
+                (dir.join("pki/ca.pem"), "CA/cacert.pem"),
             ] {
-                fs::copy(&src, lpki.join(name)).expect("libvirt pki file");
+                fs::copy(&src, etc_pki.join(name)).expect("libvirt pki file");
             }
             c.push_str(&format!(
-                "listen_tls = 1\nlisten_tcp = 0\nlisten_addr = \"{ip}\"\n\
-                 key_file = \"{d}/serverkey.pem\"\ncert_file = \"{d}/servercert.pem\"\n\
-                 ca_file = \"{d}/cacert.pem\"\n",
-                d = lpki.display(),
+                "listen_tls = 1\nlisten_tcp = 0\nlisten_addr = \"{ip}\"\n"
             ));
             fs::write(&conf, c).expect("libvirtd.conf");
             let qconf = hdir.join("libvirt-etc/qemu.conf");
@@ -318,6 +318,8 @@ mount --bind $D/libvirt-cache /var/cache/libvirt
 mount --bind $D/libvirt-log /var/log/libvirt
 mount --bind $D/libvirt-etc /etc/libvirt
 mount --bind $D/sanlock-run /run/sanlock
+mkdir -p /etc/pki
+mount --bind $D/etc-pki /etc/pki
 virtlogd -d -p $D/virtlogd.pid
 LIBVIRT_LOG_OUTPUTS="3:file:$D/libvirtd.log" libvirtd -d --listen -p $D/libvirtd.pid
 {preload} sanlock daemon -D -w 0 -U root -G root -e {netns} > $D/sanlock.log 2>&1 < /dev/null &
@@ -439,6 +441,7 @@ vm_stats_interval_secs = 2
 host_stats_interval_secs = 2
 [migration]
 monitor_interval_secs = 1
+manage_libvirt_tls = true
 [vm]
 image_dirs = ["{cache}", "{work}"]
 console_log_dir = "{work}"

@@ -767,7 +767,15 @@ const HOST_ACTIONS: &[&str] = &[
     "enrollcertificate",
     "upgradecheck",
 ];
-const VM_ACTIONS: &[&str] = &["start", "stop", "shutdown", "reboot", "suspend"];
+const VM_ACTIONS: &[&str] = &[
+    "start",
+    "stop",
+    "shutdown",
+    "reboot",
+    "suspend",
+    "migrate",
+    "cancelmigration",
+];
 
 /// The HTTP method must be one the model gives the service (or POST for an action).
 fn check_method(res: &super::model::Resolved<'_>, method: &Method) -> Result<(), ApiError> {
@@ -1920,6 +1928,9 @@ pub(super) async fn new_vm(
             .unwrap_or_default(),
         status: "down".into(),
         host: None,
+        migrating_to: None,
+        migration_start: None,
+        migration_seen: Default::default(),
         start_time: None,
         stop_time: None,
         creation_time: now_ms(),
@@ -2158,10 +2169,56 @@ async fn vm_action(m: &Arc<Manager>, id: &str, action: &str, r: &Req) -> Out {
             "use_sysprep",
             "use_initialization",
         ]
+    } else if action == "migrate" {
+        &[
+            "async",
+            "host",
+            "force",
+            "cluster",
+            "migrate_vms_in_affinity_closure",
+        ]
     } else {
         &["async"]
     };
     let body = r.action_body("VmService", action, acts)?;
+    let mut migrate_to = None;
+    let mut force = false;
+    if action == "migrate" {
+        if let Some(h) = body.get("host") {
+            let inv = m.read();
+            let id = match (h.id(), h.text_of("name")) {
+                (Some(id), _) => inv.hosts.get(id).map(|h| h.id.clone()),
+                (None, Some(n)) => inv
+                    .hosts
+                    .values()
+                    .find(|x| x.name == n)
+                    .map(|h| h.id.clone()),
+                _ => None,
+            };
+            migrate_to =
+                Some(id.ok_or_else(|| ApiError::conflict("Cannot migrate VM. Invalid Host Id."))?);
+        }
+        force = match body.text_of("force") {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(_) => return Err(ApiError::bad("force: not a boolean")),
+        };
+        if let Some(c) = body.get("cluster") {
+            let vm_cluster = m.read().vms.get(id).map(|v| v.cluster.clone());
+            if c.id().is_some() && c.id() != vm_cluster.as_deref() {
+                return Err(ApiError::conflict(
+                    "Cannot migrate VM. Migration between two clusters is not supported by Halyard.",
+                ));
+            }
+        }
+        if body.text_of("migrate_vms_in_affinity_closure") == Some("true") {
+            return Err(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "Not Implemented",
+                "migrate_vms_in_affinity_closure: Halyard migrates one VM at a time",
+            ));
+        }
+    }
     // Run once: <action><vm><os><kernel/><initrd/><cmdline/></os></vm></action>.
     let mut once = match body.get("vm") {
         Some(v) => {
@@ -2230,6 +2287,8 @@ async fn vm_action(m: &Arc<Manager>, id: &str, action: &str, r: &Req) -> Out {
         "shutdown" => m.vm_shutdown(id, false).await,
         "reboot" => m.vm_shutdown(id, true).await,
         "suspend" => m.vm_suspend(id).await,
+        "migrate" => m.vm_migrate(id, migrate_to.as_deref(), force).await,
+        "cancelmigration" => m.vm_cancel_migration(id).await,
         other => {
             m.finish_job(&job, false).await;
             return Err(ApiError::not_found(format!("No action {other} on VMs")));

@@ -1,0 +1,281 @@
+//! Live migration end to end: a Manager, two namespaced hosts (own libvirtd with TLS,
+//! sanlock and agent) registered with it, one shared POSIX domain. A test guest with a
+//! disk on that domain is migrated with the unmodified SDK (`vm_service.migrate()`) to
+//! the other host and back: the same boot, its memory, and the data its disk got before
+//! and during the migration; a cancelled migration leaves it where it was; the API's
+//! faults for what cannot migrate.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::failover::{attr_id, tail, text, Setup};
+use halyard_testinfra::cluster::Cluster;
+use serde_json::{json, Value};
+
+fn script() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/migrate.py")
+}
+
+/// `sh -c cmd` in the guest through its qemu-ga, on host i; its stdout.
+fn ga_exec(c: &Cluster, i: usize, dom: &str, cmd: &str) -> String {
+    let req = json!({"execute": "guest-exec", "arguments": {"path": "/bin/sh", "arg": ["-c", cmd], "capture-output": true}});
+    let out = c.in_host_output(i, &["virsh", "qemu-agent-command", dom, &req.to_string()]);
+    assert!(
+        out.status.success(),
+        "guest-exec on host {i}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("guest-exec answer");
+    let pid = v["return"]["pid"].as_i64().expect("pid");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let req = json!({"execute": "guest-exec-status", "arguments": {"pid": pid}});
+        let out = c.in_host_output(i, &["virsh", "qemu-agent-command", dom, &req.to_string()]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if v["return"]["exited"] == true {
+            use base64::Engine;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(v["return"]["out-data"].as_str().unwrap_or(""))
+                .expect("base64");
+            return String::from_utf8_lossy(&bytes).into_owned();
+        }
+        assert!(Instant::now() < deadline, "{cmd} did not end in the guest");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn migrate(s: &Setup, vm: &str, to: &str, cancel: bool) -> String {
+    let out = s.m.run_sdk(
+        &script(),
+        &[
+            ("HALYARD_VM_NAME", vm.to_string()),
+            ("HALYARD_TO", to.to_string()),
+            ("HALYARD_CANCEL", if cancel { "1" } else { "0" }.to_string()),
+        ],
+    );
+    let t = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{t}");
+    assert!(
+        out.status.success() && t.contains("MIGRATE OK"),
+        "SDK migration failed:\n{t}\n{}",
+        tail(&s.m.log(), 80)
+    );
+    t.lines()
+        .find_map(|l| l.strip_prefix("MIGRATE OK host="))
+        .unwrap_or("")
+        .to_string()
+}
+
+async fn vm_on(s: &Setup, id: &str) -> (String, String) {
+    let (_, v) = s.m.api(&s.token, "GET", &format!("/vms/{id}"), "").await;
+    let n = halyard_manager::api::node::Node::parse_xml(v.as_bytes()).expect("vm");
+    let host = n
+        .get("host")
+        .and_then(|h| h.id())
+        .unwrap_or_default()
+        .to_string();
+    (text(&v, &["status"]), host)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_migrates_a_guest_both_ways_and_cancels() {
+    let s = Setup::start(1).await;
+    s.wait_spm(Duration::from_secs(60)).await;
+    // A disk on the shared domain.
+    let body = format!(
+        "<disk><name>migdisk</name><provisioned_size>67108864</provisioned_size><format>cow</format><storage_domains><storage_domain id=\"{}\"/></storage_domains></disk>",
+        s.sd
+    );
+    let (code, d) = s.m.api(&s.token, "POST", "/disks", &body).await;
+    assert_eq!(code, 201, "{d}");
+    let disk = attr_id(&d);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, d) =
+            s.m.api(&s.token, "GET", &format!("/disks/{disk}"), "")
+                .await;
+        if text(&d, &["status"]) == "ok" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "disk not ok: {d}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The test guest, no NIC (the hosts have no guest bridge).
+    let img = halyard_testinfra::env::Env::get().guest_image().clone();
+    let name = format!("hlyd-c{}-mig", s.cluster.k);
+    let body = format!(
+        "<vm><name>{name}</name><cluster><name>Default</name></cluster><template><name>Blank</name></template><memory>{}</memory><os><type>other_linux</type><kernel>{}</kernel><initrd>{}</initrd><cmdline>{}</cmdline></os></vm>",
+        128u64 << 20,
+        img.kernel.display(),
+        img.initrd.display(),
+        halyard_testguest::kernel_cmdline(None, None),
+    );
+    let (code, v) = s.m.api(&s.token, "POST", "/vms", &body).await;
+    assert_eq!(code, 201, "{v}");
+    let id = attr_id(&v);
+    let (code, a) = s
+        .m
+        .api(
+            &s.token,
+            "POST",
+            &format!("/vms/{id}/diskattachments"),
+            &format!("<disk_attachment><disk id=\"{disk}\"/><interface>virtio</interface><bootable>false</bootable><active>true</active></disk_attachment>"),
+        )
+        .await;
+    assert_eq!(code, 201, "{a}");
+
+    // Not running: a fault, nothing changes.
+    let (code, f) =
+        s.m.api(&s.token, "POST", &format!("/vms/{id}/migrate"), "<action/>")
+            .await;
+    assert_eq!(code, 409, "{f}");
+    assert!(f.contains("Cannot migrate VM. VM is not running."), "{f}");
+    let (code, f) =
+        s.m.api(
+            &s.token,
+            "POST",
+            &format!("/vms/{id}/cancelmigration"),
+            "<action/>",
+        )
+        .await;
+    assert_eq!(code, 409, "{f}");
+    assert!(
+        f.contains("Cannot cancel migration for non migrating VM."),
+        "{f}"
+    );
+
+    let (code, b) =
+        s.m.api(&s.token, "POST", &format!("/vms/{id}/start"), "<action/>")
+            .await;
+    assert_eq!(code, 200, "{b}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let first = loop {
+        let (st, host) = vm_on(&s, &id).await;
+        if st == "up" && !host.is_empty() {
+            break host;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "VM not up: {st}\n{}",
+            tail(&s.m.log(), 40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let src = s
+        .hosts
+        .iter()
+        .position(|h| *h == first)
+        .expect("a host of ours");
+    let dst = 1 - src;
+    // The guest agent answers once it started.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let boot_id = loop {
+        let req = json!({"execute": "guest-ping"}).to_string();
+        if s.cluster
+            .in_host_output(src, &["virsh", "qemu-agent-command", &name, &req])
+            .status
+            .success()
+        {
+            break ga_exec(
+                &s.cluster,
+                src,
+                &name,
+                "cat /proc/sys/kernel/random/boot_id; echo in-memory > /tmp/marker",
+            );
+        }
+        assert!(Instant::now() < deadline, "the guest agent never answered");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+
+    // Bad input: to the same host; to a host that does not exist.
+    let (code, f) =
+        s.m.api(
+            &s.token,
+            "POST",
+            &format!("/vms/{id}/migrate"),
+            &format!("<action><host id=\"{first}\"/></action>"),
+        )
+        .await;
+    assert_eq!(code, 409, "{f}");
+    assert!(f.contains("source and destination is the same"), "{f}");
+    let (code, f) =
+        s.m.api(
+            &s.token,
+            "POST",
+            &format!("/vms/{id}/migrate"),
+            "<action><host id=\"00000000-0000-0000-0000-000000000077\"/></action>",
+        )
+        .await;
+    assert_eq!(code, 409, "{f}");
+    assert!(f.contains("Invalid Host Id"), "{f}");
+    assert_eq!(vm_on(&s, &id).await, ("up".to_string(), first.clone()));
+
+    // Writes to the disk while it migrates (a counter, every 20 ms, for 10 s).
+    ga_exec(
+        &s.cluster,
+        src,
+        &name,
+        "(i=0; while [ $i -lt 500 ]; do echo \"count $i\" | dd of=/dev/vda bs=512 count=1 conv=fsync 2>/dev/null; i=$((i+1)); sleep 0.02; done; echo done > /tmp/writer) >/dev/null 2>&1 &",
+    );
+    // There: the scheduler chooses (the other host).
+    let went = migrate(&s, &name, "", false);
+    assert_eq!(went, s.cluster.host_name(dst));
+    assert_eq!(
+        vm_on(&s, &id).await,
+        ("up".to_string(), s.hosts[dst].clone())
+    );
+    assert_eq!(
+        ga_exec(
+            &s.cluster,
+            dst,
+            &name,
+            "cat /proc/sys/kernel/random/boot_id; cat /tmp/marker"
+        ),
+        format!("{boot_id}in-memory\n"),
+        "the same boot and memory on the destination"
+    );
+    assert!(
+        !s.cluster.in_host(src, &["virsh", "domstate", &name]),
+        "nothing is left on the source"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ga_exec(&s.cluster, dst, &name, "cat /tmp/writer 2>/dev/null").trim() != "done" {
+        assert!(Instant::now() < deadline, "the writer never ended");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        ga_exec(&s.cluster, dst, &name, "head -n 1 /dev/vda"),
+        "count 499\n",
+        "every write, before, during and after the switch, is on the disk"
+    );
+
+    // Cancelled half-way: it stays where it is.
+    let stayed = migrate(&s, &name, &s.cluster.host_name(src), true);
+    assert_eq!(stayed, s.cluster.host_name(dst));
+    assert!(!s.cluster.in_host(src, &["virsh", "domstate", &name]));
+
+    // Back, to the named host.
+    let back = migrate(&s, &name, &s.cluster.host_name(src), false);
+    assert_eq!(back, s.cluster.host_name(src));
+    assert_eq!(
+        ga_exec(
+            &s.cluster,
+            src,
+            &name,
+            "cat /proc/sys/kernel/random/boot_id; cat /tmp/marker"
+        ),
+        format!("{boot_id}in-memory\n")
+    );
+    let (_, ev) = s.m.api(&s.token, "GET", "/events?max=100", "").await;
+    assert!(ev.contains("Migration started (VM: "), "{}", tail(&ev, 40));
+    assert!(ev.contains("Actual downtime: "), "{}", tail(&ev, 40));
+    let (code, b) =
+        s.m.api(&s.token, "POST", &format!("/vms/{id}/stop"), "<action/>")
+            .await;
+    assert_eq!(code, 200, "{b}");
+}
