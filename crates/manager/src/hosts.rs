@@ -218,7 +218,12 @@ impl Manager {
                         Some(c) => self.load_caps(&host_id, &c).await,
                         None => false,
                     };
-                if known && host.status != "up" && host.status != "non_operational" {
+                if known
+                    && !matches!(
+                        host.status.as_str(),
+                        "up" | "non_operational" | "preparing_for_maintenance"
+                    )
+                {
                     self.set_host_status(&host_id, "up").await;
                     if host.status != "up" {
                         self.event(

@@ -19,6 +19,7 @@ pub mod directory;
 pub mod domains;
 pub mod hosts;
 pub mod images;
+pub mod maintenance;
 pub mod memory;
 pub mod migration;
 pub mod model;

@@ -389,12 +389,18 @@ impl Manager {
         // The source's Down copy goes, as the engine's handOverVm does.
         let mut downtime = String::from("(N/A)");
         if let Some(cl) = self.host_client(src).await {
-            if let Ok(s) = cl
-                .call_value("VM.getMigrationStatus", json!({"vmID": vm_id}))
-                .await
-            {
-                if let Some(d) = s["downtime"].as_u64() {
-                    downtime = format!("{d}ms");
+            // The source learns the downtime when libvirt's job ends, about when the
+            // destination reports the VM up: a moment's wait for it.
+            for _ in 0..20 {
+                let s = cl
+                    .call_value("VM.getMigrationStatus", json!({"vmID": vm_id}))
+                    .await;
+                match s.ok().and_then(|s| s["downtime"].as_u64()) {
+                    Some(d) => {
+                        downtime = format!("{d}ms");
+                        break;
+                    }
+                    None => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
                 }
             }
             let _ = cl.call_value("VM.destroy", json!({"vmID": vm_id})).await;

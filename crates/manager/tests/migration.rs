@@ -279,3 +279,231 @@ async fn sdk_migrates_a_guest_both_ways_and_cancels() {
             .await;
     assert_eq!(code, 200, "{b}");
 }
+
+/// The Manager's log lines about migrations, maintenance and VM statuses.
+fn mlog(s: &Setup) -> String {
+    let l = s.m.log();
+    let v: Vec<&str> = l
+        .lines()
+        .filter(|l| {
+            !l.contains("api method")
+                && (l.contains("migrat")
+                    || l.contains("aintenance")
+                    || l.contains("VM status")
+                    || l.contains("WARN"))
+        })
+        .collect();
+    v[v.len().saturating_sub(80)..].join("\n")
+}
+
+/// A diskless test guest (no NIC), started; returns its id once it is up.
+async fn start_guest(s: &Setup, name: &str) -> String {
+    let img = halyard_testinfra::env::Env::get().guest_image().clone();
+    let body = format!(
+        "<vm><name>{name}</name><cluster><name>Default</name></cluster><template><name>Blank</name></template><memory>{}</memory><os><type>other_linux</type><kernel>{}</kernel><initrd>{}</initrd><cmdline>{}</cmdline></os></vm>",
+        128u64 << 20,
+        img.kernel.display(),
+        img.initrd.display(),
+        halyard_testguest::kernel_cmdline(None, None),
+    );
+    let (code, v) = s.m.api(&s.token, "POST", "/vms", &body).await;
+    assert_eq!(code, 201, "{v}");
+    let id = attr_id(&v);
+    let (code, b) =
+        s.m.api(&s.token, "POST", &format!("/vms/{id}/start"), "<action/>")
+            .await;
+    assert_eq!(code, 200, "{b}");
+    id
+}
+
+async fn wait_vm(s: &Setup, id: &str, status: &str, host: Option<&str>, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (st, h) = vm_on(s, id).await;
+        if st == status && host.is_none_or(|w| w == h) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "VM {id}: {st} on {h}, never {status} on {host:?}\n{}",
+            mlog(s)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn host_status(s: &Setup, i: usize) -> String {
+    let (_, h) =
+        s.m.api(&s.token, "GET", &format!("/hosts/{}", s.hosts[i]), "")
+            .await;
+    text(&h, &["status"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_empties_the_spm_host_of_three_vms_then_activate() {
+    let s = Setup::start(1).await;
+    let spm = s.wait_spm(Duration::from_secs(60)).await;
+    let other = 1 - spm;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(start_guest(&s, &format!("hlyd-c{}-mnt{i}", s.cluster.k)).await);
+    }
+    // All three on the SPM host.
+    for id in &ids {
+        wait_vm(&s, id, "up", None, Duration::from_secs(120)).await;
+        if vm_on(&s, id).await.1 != s.hosts[spm] {
+            let (code, b) =
+                s.m.api(
+                    &s.token,
+                    "POST",
+                    &format!("/vms/{id}/migrate"),
+                    &format!("<action><host id=\"{}\"/></action>", s.hosts[spm]),
+                )
+                .await;
+            assert_eq!(code, 200, "{b}");
+            wait_vm(&s, id, "up", Some(&s.hosts[spm]), Duration::from_secs(120)).await;
+        }
+    }
+    // Two migrations of one VM at once: the second is refused.
+    let (code, b) =
+        s.m.api(
+            &s.token,
+            "POST",
+            &format!("/vms/{}/migrate", ids[0]),
+            "<action/>",
+        )
+        .await;
+    assert_eq!(code, 200, "{b}");
+    let (code, f) =
+        s.m.api(
+            &s.token,
+            "POST",
+            &format!("/vms/{}/migrate", ids[0]),
+            "<action/>",
+        )
+        .await;
+    assert_eq!(code, 409, "{f}");
+    assert!(f.contains("VM migration is in progress"), "{f}");
+    wait_vm(
+        &s,
+        &ids[0],
+        "up",
+        Some(&s.hosts[other]),
+        Duration::from_secs(120),
+    )
+    .await;
+    // A host preparing for maintenance is no destination.
+    let t0 = Instant::now();
+    let (code, b) =
+        s.m.api(
+            &s.token,
+            "POST",
+            &format!("/hosts/{}/deactivate", s.hosts[other]),
+            "<action/>",
+        )
+        .await;
+    assert_eq!(code, 200, "{b}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while host_status(&s, other).await != "maintenance" {
+        assert!(Instant::now() < deadline, "{}", mlog(&s));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (code, f) =
+        s.m.api(
+            &s.token,
+            "POST",
+            &format!("/vms/{}/migrate", ids[1]),
+            &format!("<action><host id=\"{}\"/></action>", s.hosts[other]),
+        )
+        .await;
+    assert_eq!(code, 409, "{f}");
+    assert!(f.contains("Host status is Up"), "{f}");
+    let (code, b) =
+        s.m.api(
+            &s.token,
+            "POST",
+            &format!("/hosts/{}/activate", s.hosts[other]),
+            "<action/>",
+        )
+        .await;
+    assert_eq!(code, 200, "{b}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while host_status(&s, other).await != "up" {
+        assert!(Instant::now() < deadline, "{}", mlog(&s));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "maintenance of a host with one VM, then activate: {:?}",
+        t0.elapsed()
+    );
+    // Its VM went back to the SPM host with that maintenance.
+    wait_vm(
+        &s,
+        &ids[0],
+        "up",
+        Some(&s.hosts[spm]),
+        Duration::from_secs(30),
+    )
+    .await;
+    let t0 = Instant::now();
+    let (code, b) =
+        s.m.api(
+            &s.token,
+            "POST",
+            &format!("/hosts/{}/deactivate", s.hosts[spm]),
+            "<action/>",
+        )
+        .await;
+    assert_eq!(code, 200, "{b}");
+    let mut saw_preparing = false;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let st = host_status(&s, spm).await;
+        if st == "maintenance" {
+            break;
+        }
+        saw_preparing |= st == "preparing_for_maintenance";
+        assert!(Instant::now() < deadline, "still {st}\n{}", mlog(&s));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = t0.elapsed();
+    assert!(saw_preparing, "it went through preparing_for_maintenance");
+    // Every VM runs on the other host.
+    for id in &ids {
+        wait_vm(&s, id, "up", Some(&s.hosts[other]), Duration::from_secs(30)).await;
+    }
+    assert_eq!(
+        s.wait_spm(Duration::from_secs(60)).await,
+        other,
+        "the SPM role moved to the other host"
+    );
+    eprintln!("maintenance of the SPM host with 3 VMs: {took:?}");
+    let (_, ev) = s.m.api(&s.token, "GET", "/events?max=200", "").await;
+    assert!(
+        ev.contains(&format!(
+            "Host {} was switched to Maintenance Mode",
+            s.cluster.host_name(spm)
+        )),
+        "{}",
+        tail(&ev, 40)
+    );
+    let (code, b) =
+        s.m.api(
+            &s.token,
+            "POST",
+            &format!("/hosts/{}/activate", s.hosts[spm]),
+            "<action/>",
+        )
+        .await;
+    assert_eq!(code, 200, "{b}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while host_status(&s, spm).await != "up" {
+        assert!(Instant::now() < deadline, "{}", mlog(&s));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for id in &ids {
+        let _ =
+            s.m.api(&s.token, "POST", &format!("/vms/{id}/stop"), "<action/>")
+                .await;
+    }
+}

@@ -1318,28 +1318,7 @@ async fn host_action(m: &Arc<Manager>, id: &str, action: &str, r: &Req) -> Out {
                 .await
                 .map_err(|e| ApiError::conflict(e.to_string()))
         }
-        "deactivate" => {
-            if m.read().host_runs_vms(id) {
-                Err(ApiError::conflict(format!(
-                    "Cannot switch Host {} to Maintenance mode: it runs VMs.",
-                    h.name
-                )))
-            } else {
-                m.set_host_status(id, "maintenance").await;
-                m.event(
-                    16,
-                    "normal",
-                    format!(
-                        "Host {} was switched to Maintenance Mode by admin@internal.",
-                        h.name
-                    ),
-                    Some(id),
-                    None,
-                )
-                .await;
-                Ok(())
-            }
-        }
+        "deactivate" => m.host_deactivate(id).await.map_err(ApiError::from),
         "activate" => {
             if h.status == "pending_approval" {
                 Err(ApiError::conflict(format!(
