@@ -207,7 +207,7 @@ async fn main() {
 
     let (mut ht, mut hd, mut vt, mut vd) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs {
-        let (from, to) = if run % 2 == 0 { (0, 1) } else { (1, 0) };
+        let (from, to) = if run.is_multiple_of(2) { (0, 1) } else { (1, 0) };
         let (t, d) = halyard_run(&c, &cl, &id, from, to).await;
         println!("run {run} host {from} -> {to}: Halyard {t:.3} s, downtime {d} ms");
         ht.push(t);
@@ -235,7 +235,7 @@ async fn main() {
         hd / vd,
         vd * 1.10 + 5.0
     );
-    let last = if runs % 2 == 0 { 0 } else { 1 };
+    let last = if runs.is_multiple_of(2) { 0 } else { 1 };
     let _ = cl[last].call_value("VM.destroy", json!({"vmID": id})).await;
     c.in_host_output(last, &["virsh", "destroy", &vname]);
     println!("MIGRATION BENCH DONE");
