@@ -207,7 +207,11 @@ async fn main() {
 
     let (mut ht, mut hd, mut vt, mut vd) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs {
-        let (from, to) = if run.is_multiple_of(2) { (0, 1) } else { (1, 0) };
+        let (from, to) = if run.is_multiple_of(2) {
+            (0, 1)
+        } else {
+            (1, 0)
+        };
         let (t, d) = halyard_run(&c, &cl, &id, from, to).await;
         println!("run {run} host {from} -> {to}: Halyard {t:.3} s, downtime {d} ms");
         ht.push(t);

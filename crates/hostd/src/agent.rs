@@ -770,6 +770,22 @@ impl Agent {
         Ok(xml)
     }
 
+    /// The XML to hand libvirt: this host's domain type, this agent's metadata with the
+    /// VM's start time.
+    pub(crate) fn with_agent_meta(&self, xml: &str, start_wall: f64) -> Result<String, RpcError> {
+        domxml::prepare(
+            xml,
+            &Prepare {
+                domain_type: &self.cfg.libvirt.domain_type,
+                meta: HalyardMeta {
+                    start_time: start_wall,
+                    agent_id: self.agent_id.clone(),
+                },
+            },
+        )
+        .map_err(|e| errors::INVALID_PARAMETER.rpc(Some(&e.to_string())))
+    }
+
     pub async fn vm_create(self: &Arc<Self>, p: CreateParams) -> Result<VmListEntry, RpcError> {
         let xml = p
             .vm_params
@@ -788,17 +804,7 @@ impl Agent {
         }
         let xml = self.build_definition(xml, &info, false).await?;
         let start_wall = clock::wall_secs();
-        let prepared = domxml::prepare(
-            &xml,
-            &Prepare {
-                domain_type: &self.cfg.libvirt.domain_type,
-                meta: HalyardMeta {
-                    start_time: start_wall,
-                    agent_id: self.agent_id.clone(),
-                },
-            },
-        )
-        .map_err(|e| errors::INVALID_PARAMETER.rpc(Some(&e.to_string())))?;
+        let prepared = self.with_agent_meta(&xml, start_wall)?;
         let entry = {
             let mut vms = self.vms();
             if vms.contains_key(&info.uuid) {

@@ -34,7 +34,7 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::agent::{blocking, Agent};
-use crate::domxml::{self, HalyardMeta, Prepare};
+use crate::domxml;
 use crate::libvirt::{self, ParamValue, VirtError};
 use crate::vm::{Exit, VmEntry};
 
@@ -1235,17 +1235,7 @@ impl Agent {
             .ok_or_else(|| errors::MIGRATE_LIMIT.rpc(None))?;
         let xml = self.build_definition(xml, &info, true).await?;
         let start_wall = crate::clock::wall_secs() - elapsed;
-        let prepared = domxml::prepare(
-            &xml,
-            &Prepare {
-                domain_type: &self.cfg.libvirt.domain_type,
-                meta: HalyardMeta {
-                    start_time: start_wall,
-                    agent_id: self.agent_id.clone(),
-                },
-            },
-        )
-        .map_err(|e| errors::INVALID_PARAMETER.rpc(Some(&e.to_string())))?;
+        let prepared = self.with_agent_meta(&xml, start_wall)?;
         let entry = {
             let mut vms = self.vms();
             if vms.contains_key(&info.uuid) {

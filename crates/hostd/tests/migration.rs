@@ -22,35 +22,6 @@ fn uuid() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-/// Runs `sh -c cmd` in the guest through its qemu-ga (guest-exec), on host i; stdout.
-fn ga_exec(c: &Cluster, i: usize, dom: &str, cmd: &str) -> String {
-    let req = json!({"execute": "guest-exec", "arguments": {"path": "/bin/sh", "arg": ["-c", cmd], "capture-output": true}});
-    let out = c.in_host_output(i, &["virsh", "qemu-agent-command", dom, &req.to_string()]);
-    assert!(
-        out.status.success(),
-        "guest-exec on host {i}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("guest-exec answer");
-    let pid = v["return"]["pid"].as_i64().expect("pid");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let req = json!({"execute": "guest-exec-status", "arguments": {"pid": pid}});
-        let out = c.in_host_output(i, &["virsh", "qemu-agent-command", dom, &req.to_string()]);
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        if v["return"]["exited"] == true {
-            let data = v["return"]["out-data"].as_str().unwrap_or("");
-            use base64::Engine;
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(data)
-                .expect("base64");
-            return String::from_utf8_lossy(&bytes).into_owned();
-        }
-        assert!(Instant::now() < deadline, "{cmd} did not end in the guest");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 async fn status_on(c: &Client, id: &str) -> Option<String> {
     let l = c
         .call_value("Host.getVMList", json!({"vmList": [id]}))
@@ -119,18 +90,13 @@ async fn a_guest_migrates_there_and_back_with_its_memory_and_disk() {
     let name = format!("hlyd-mig-{}", &id[..8]);
     let console = c.dir.join("mig-console.log");
     let spec = GuestSpec::new("mig").memory(128);
-    let xml = guest::domain_xml(&id, &name, &spec, &image, &console, "10.213.7.78")
-        .replace(
-            "<ovirt-vm:launchPaused>",
-            &format!(
-                "<ovirt-vm:device devtype=\"disk\" name=\"vda\"><ovirt-vm:poolID>{}</ovirt-vm:poolID><ovirt-vm:domainID>{}</ovirt-vm:domainID><ovirt-vm:imageID>{img}</ovirt-vm:imageID><ovirt-vm:volumeID>{vol}</ovirt-vm:volumeID></ovirt-vm:device><ovirt-vm:launchPaused>",
-                ids.sp, ids.sd
-            ),
-        )
-        .replace(
-            "<memballoon model=\"none\"/>",
-            "<disk type=\"file\" device=\"disk\"><driver name=\"qemu\" type=\"qcow2\" cache=\"none\"/><source file=\"/rhev/data-center/placeholder\"/><target dev=\"vda\" bus=\"virtio\"/></disk><memballoon model=\"none\"/>",
-        );
+    let xml = guest::with_drive(
+        &guest::domain_xml(&id, &name, &spec, &image, &console, "10.213.7.78"),
+        &ids.sp,
+        &ids.sd,
+        &img,
+        &vol,
+    );
     let xml = xml
         .lines()
         .filter(|l| !l.contains("<interface"))
@@ -151,15 +117,12 @@ async fn a_guest_migrates_there_and_back_with_its_memory_and_disk() {
     .expect("the guest boots on host 0");
     wait_status(&a, &id, "Up", Duration::from_secs(60)).await;
     // Something only its memory knows, something only its disk knows.
-    let boot_id = ga_exec(
-        &c,
+    let boot_id = c.guest_exec(
         0,
         &name,
         "cat /proc/sys/kernel/random/boot_id; echo in-memory > /tmp/marker",
     );
-    ga_exec(
-        &c,
-        0,
+    c.guest_exec(0,
         &name,
         "echo on-disk-$(cat /proc/sys/kernel/random/boot_id) | dd of=/dev/vda bs=512 count=1 conv=fsync 2>/dev/null",
     );
@@ -269,15 +232,14 @@ async fn a_guest_migrates_there_and_back_with_its_memory_and_disk() {
     );
     // The same guest, memory and disk, now on host 1, writing host 1's path.
     assert_eq!(
-        ga_exec(
-            &c,
+        c.guest_exec(
             1,
             &name,
             "cat /proc/sys/kernel/random/boot_id; cat /tmp/marker"
         ),
         format!("{boot_id}in-memory\n")
     );
-    let disk = ga_exec(&c, 1, &name, "head -c 64 /dev/vda | head -n 1");
+    let disk = c.guest_exec(1, &name, "head -c 64 /dev/vda | head -n 1");
     assert_eq!(disk.trim(), format!("on-disk-{}", boot_id.trim()));
     let live = String::from_utf8_lossy(&c.in_host_output(1, &["virsh", "dumpxml", &name]).stdout)
         .to_string();
@@ -337,8 +299,7 @@ async fn a_guest_migrates_there_and_back_with_its_memory_and_disk() {
     wait_status(&a, &id, "Up", Duration::from_secs(120)).await;
     wait_status(&b, &id, "Down", Duration::from_secs(30)).await;
     assert_eq!(
-        ga_exec(
-            &c,
+        c.guest_exec(
             0,
             &name,
             "cat /proc/sys/kernel/random/boot_id; cat /tmp/marker"

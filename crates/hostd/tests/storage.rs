@@ -147,18 +147,13 @@ async fn domain_pool_spm_volumes_template_vm_and_snapshot() {
     let id = uuid();
     let name = host.domain_name("cow");
     let console = host.guest_dir("cow").join("console.log");
-    let xml = guest::domain_xml(&id, &name, &spec, &image, &console, "10.213.7.77")
-        .replace(
-            "<ovirt-vm:launchPaused>",
-            &format!(
-                "<ovirt-vm:device devtype=\"disk\" name=\"vda\"><ovirt-vm:poolID>{}</ovirt-vm:poolID><ovirt-vm:domainID>{}</ovirt-vm:domainID><ovirt-vm:imageID>{vimg}</ovirt-vm:imageID><ovirt-vm:volumeID>{vvol}</ovirt-vm:volumeID></ovirt-vm:device><ovirt-vm:launchPaused>",
-                ids.sp, ids.sd
-            ),
-        )
-        .replace(
-            "<memballoon model=\"none\"/>",
-            "<disk type=\"file\" device=\"disk\"><driver name=\"qemu\" type=\"qcow2\" cache=\"none\"/><source file=\"/rhev/data-center/placeholder\"/><target dev=\"vda\" bus=\"virtio\"/></disk><memballoon model=\"none\"/>",
-        );
+    let xml = guest::with_drive(
+        &guest::domain_xml(&id, &name, &spec, &image, &console, "10.213.7.77"),
+        &ids.sp,
+        &ids.sd,
+        &vimg,
+        &vvol,
+    );
     call(
         &c,
         "VM.create",

@@ -10,39 +10,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::failover::{attr_id, tail, text, Setup};
-use halyard_testinfra::cluster::Cluster;
-use serde_json::{json, Value};
+use serde_json::json;
 
 fn script() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/migrate.py")
-}
-
-/// `sh -c cmd` in the guest through its qemu-ga, on host i; its stdout.
-fn ga_exec(c: &Cluster, i: usize, dom: &str, cmd: &str) -> String {
-    let req = json!({"execute": "guest-exec", "arguments": {"path": "/bin/sh", "arg": ["-c", cmd], "capture-output": true}});
-    let out = c.in_host_output(i, &["virsh", "qemu-agent-command", dom, &req.to_string()]);
-    assert!(
-        out.status.success(),
-        "guest-exec on host {i}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("guest-exec answer");
-    let pid = v["return"]["pid"].as_i64().expect("pid");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let req = json!({"execute": "guest-exec-status", "arguments": {"pid": pid}});
-        let out = c.in_host_output(i, &["virsh", "qemu-agent-command", dom, &req.to_string()]);
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        if v["return"]["exited"] == true {
-            use base64::Engine;
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(v["return"]["out-data"].as_str().unwrap_or(""))
-                .expect("base64");
-            return String::from_utf8_lossy(&bytes).into_owned();
-        }
-        assert!(Instant::now() < deadline, "{cmd} did not end in the guest");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn migrate(s: &Setup, vm: &str, to: &str, cancel: bool) -> String {
@@ -181,8 +152,7 @@ async fn sdk_migrates_a_guest_both_ways_and_cancels() {
             .status
             .success()
         {
-            break ga_exec(
-                &s.cluster,
+            break s.cluster.guest_exec(
                 src,
                 &name,
                 "cat /proc/sys/kernel/random/boot_id; echo in-memory > /tmp/marker",
@@ -216,9 +186,7 @@ async fn sdk_migrates_a_guest_both_ways_and_cancels() {
     assert_eq!(vm_on(&s, &id).await, ("up".to_string(), first.clone()));
 
     // Writes to the disk while it migrates (a counter, every 20 ms, for 10 s).
-    ga_exec(
-        &s.cluster,
-        src,
+    s.cluster.guest_exec(src,
         &name,
         "(i=0; while [ $i -lt 500 ]; do echo \"count $i\" | dd of=/dev/vda bs=512 count=1 conv=fsync 2>/dev/null; i=$((i+1)); sleep 0.02; done; echo done > /tmp/writer) >/dev/null 2>&1 &",
     );
@@ -230,8 +198,7 @@ async fn sdk_migrates_a_guest_both_ways_and_cancels() {
         ("up".to_string(), s.hosts[dst].clone())
     );
     assert_eq!(
-        ga_exec(
-            &s.cluster,
+        s.cluster.guest_exec(
             dst,
             &name,
             "cat /proc/sys/kernel/random/boot_id; cat /tmp/marker"
@@ -244,12 +211,17 @@ async fn sdk_migrates_a_guest_both_ways_and_cancels() {
         "nothing is left on the source"
     );
     let deadline = Instant::now() + Duration::from_secs(60);
-    while ga_exec(&s.cluster, dst, &name, "cat /tmp/writer 2>/dev/null").trim() != "done" {
+    while s
+        .cluster
+        .guest_exec(dst, &name, "cat /tmp/writer 2>/dev/null")
+        .trim()
+        != "done"
+    {
         assert!(Instant::now() < deadline, "the writer never ended");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert_eq!(
-        ga_exec(&s.cluster, dst, &name, "head -n 1 /dev/vda"),
+        s.cluster.guest_exec(dst, &name, "head -n 1 /dev/vda"),
         "count 499\n",
         "every write, before, during and after the switch, is on the disk"
     );
@@ -263,8 +235,7 @@ async fn sdk_migrates_a_guest_both_ways_and_cancels() {
     let back = migrate(&s, &name, &s.cluster.host_name(src), false);
     assert_eq!(back, s.cluster.host_name(src));
     assert_eq!(
-        ga_exec(
-            &s.cluster,
+        s.cluster.guest_exec(
             src,
             &name,
             "cat /proc/sys/kernel/random/boot_id; cat /tmp/marker"

@@ -541,6 +541,43 @@ spm_watchdog_interval_secs = 1
             .expect("nsenter")
     }
 
+    /// Runs `sh -c cmd` in a guest through its qemu-ga (`guest-exec`, through host i's
+    /// libvirt); its stdout.
+    pub fn guest_exec(&self, i: usize, domain: &str, cmd: &str) -> String {
+        use base64::Engine;
+        let req = serde_json::json!({"execute": "guest-exec", "arguments": {"path": "/bin/sh", "arg": ["-c", cmd], "capture-output": true}});
+        let out = self.in_host_output(
+            i,
+            &["virsh", "qemu-agent-command", domain, &req.to_string()],
+        );
+        assert!(
+            out.status.success(),
+            "guest-exec on host {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("guest-exec answer");
+        let pid = v["return"]["pid"].as_i64().expect("pid");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let req =
+                serde_json::json!({"execute": "guest-exec-status", "arguments": {"pid": pid}});
+            let out = self.in_host_output(
+                i,
+                &["virsh", "qemu-agent-command", domain, &req.to_string()],
+            );
+            let v: serde_json::Value =
+                serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+            if v["return"]["exited"] == true {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(v["return"]["out-data"].as_str().unwrap_or(""))
+                    .expect("base64");
+                return String::from_utf8_lossy(&bytes).into_owned();
+            }
+            assert!(Instant::now() < deadline, "{cmd} did not end in the guest");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// A client of host i that presents host `as_host`'s certificate (what host
     /// `as_host`'s agent would present).
     pub async fn client_as_host(&self, i: usize, as_host: usize) -> Client {

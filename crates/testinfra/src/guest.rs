@@ -118,6 +118,22 @@ pub fn domain_xml(
     )
 }
 
+/// The guest's XML with a storage-domain volume as `vda`, named the engine's way
+/// (`<ovirt-vm:device>` with pool, domain, image and volume; the host fills in the
+/// path).
+pub fn with_drive(xml: &str, sp: &str, sd: &str, img: &str, vol: &str) -> String {
+    xml.replace(
+        "<ovirt-vm:launchPaused>",
+        &format!(
+            "<ovirt-vm:device devtype=\"disk\" name=\"vda\"><ovirt-vm:poolID>{sp}</ovirt-vm:poolID><ovirt-vm:domainID>{sd}</ovirt-vm:domainID><ovirt-vm:imageID>{img}</ovirt-vm:imageID><ovirt-vm:volumeID>{vol}</ovirt-vm:volumeID></ovirt-vm:device><ovirt-vm:launchPaused>"
+        ),
+    )
+    .replace(
+        "<memballoon model=\"none\"/>",
+        "<disk type=\"file\" device=\"disk\"><driver name=\"qemu\" type=\"qcow2\" cache=\"none\"/><source file=\"/rhev/data-center/placeholder\"/><target dev=\"vda\" bus=\"virtio\"/></disk><memballoon model=\"none\"/>",
+    )
+}
+
 /// Boots the guest through VM.create and waits for its ready line.
 pub async fn boot(host: &TestHost, client: &Client, spec: GuestSpec) -> RunningGuest {
     let env = env::Env::get();
