@@ -143,9 +143,16 @@ async fn the_model_decides_what_exists() {
         ),
         (
             "POST",
-            "/vms/00000000-0000-0000-0000-000000000001/migrate",
+            "/vms/00000000-0000-0000-0000-000000000001/reordermacaddresses",
             501,
-            "the action migrate of VmService",
+            "the action reorder_mac_addresses of VmService",
+        ),
+        // Implemented actions answer for the VM they name.
+        (
+            "POST",
+            "/vms/00000000-0000-0000-0000-000000000001/migrate",
+            404,
+            "not found",
         ),
     ] {
         let (got, body) = m.api(&t, method, path, "<action/>").await;
