@@ -11,7 +11,7 @@ PKGS=(
   libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
   busybox-static qemu-guest-agent xz-utils   # the test guest
   debootstrap mtools dosfstools fdisk systemd-boot-efi binutils e2fsprogs openssh-client  # the Debian test image (UEFI, cloud-init, SSH)
-  sanlock libsanlock-dev                # host ids and the SPM lease
+  sanlock libsanlock-dev libvirt-sanlock   # host ids, the SPM lease, VM leases (libvirt's sanlock lock manager)
   iproute2 procps ca-certificates openssl util-linux
   postgresql                            # the Manager's production database (tests run their own)
   gcc python3-dev python3-venv libxml2-dev   # ovirt-engine-sdk-python for the API tests

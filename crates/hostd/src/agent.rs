@@ -745,6 +745,45 @@ impl Agent {
             domxml::set_disk_sources(&xml, &sources)
                 .map_err(|e| errors::INVALID_PARAMETER.rpc(Some(&e.to_string())))?
         };
+        // VM leases: resolved from the domain's xleases index (whatever path and offset
+        // the caller wrote), only the VM's own, and only where libvirt enforces them.
+        let xml = if info.leases.is_empty() {
+            xml
+        } else {
+            let mut targets = HashMap::new();
+            for l in &info.leases {
+                if !l.key.eq_ignore_ascii_case(&info.uuid) {
+                    return Err(errors::CREATE_ERR.rpc(Some(&format!(
+                        "a VM may hold only its own lease (key {:?}, VM {})",
+                        l.key.chars().take(40).collect::<String>(),
+                        info.uuid
+                    ))));
+                }
+                let conf = self.cfg.libvirt.qemu_conf.clone();
+                if !blocking(move || sanlock_lock_manager(&conf)).await? {
+                    return Err(errors::CREATE_ERR.rpc(Some(&format!(
+                        "this host cannot hold VM leases: libvirt's lock manager is not sanlock ({} has no lock_manager = \"sanlock\")",
+                        self.cfg.libvirt.qemu_conf.display()
+                    ))));
+                }
+                let li = self
+                    .storage
+                    .lease_info(&l.lockspace, &l.key)
+                    .await
+                    .map_err(storage_err)?;
+                let lpath = li["path"].as_str().unwrap_or_default().to_string();
+                let off = li["offset"].as_u64().unwrap_or_default();
+                policy.leases.insert((
+                    l.key.clone(),
+                    l.lockspace.clone(),
+                    lpath.clone(),
+                    off.to_string(),
+                ));
+                targets.insert(l.key.clone(), (lpath, off));
+            }
+            domxml::set_lease_targets(&xml, &targets)
+                .map_err(|e| errors::INVALID_PARAMETER.rpc(Some(&e.to_string())))?
+        };
         // What libvirt would do as root on the caller's word: only what the host's
         // policy allows.
         if let Err(refused) = crate::vmpolicy::check(&xml, &policy) {
@@ -1322,4 +1361,17 @@ impl Agent {
         }
         Ok(())
     }
+}
+
+/// Whether libvirt's QEMU driver uses sanlock as its lock manager (`lock_manager =
+/// "sanlock"` in qemu.conf, outside comments).
+pub(crate) fn sanlock_lock_manager(qemu_conf: &std::path::Path) -> bool {
+    std::fs::read_to_string(qemu_conf).is_ok_and(|t| {
+        t.lines().any(|l| {
+            let l = l.split('#').next().unwrap_or("").trim();
+            l.split_once('=').is_some_and(|(k, v)| {
+                k.trim() == "lock_manager" && v.trim().trim_matches('"') == "sanlock"
+            })
+        })
+    })
 }

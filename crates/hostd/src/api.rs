@@ -331,6 +331,7 @@ async fn call(
             || m.starts_with("Image.")
             || m.starts_with("Task.")
             || m.starts_with("SDM.")
+            || m.starts_with("Lease.")
             || matches!(
                 m,
                 "Host.getAllTasksStatuses"
@@ -567,6 +568,38 @@ async fn storage_call(
             let p = bind::<st::TaskClear>(params)?;
             s.task_clear(&p.task).map_err(e)?;
             to_value(true)
+        }
+        st::LeaseCreate::METHOD => {
+            let p = bind::<st::LeaseCreate>(params)?;
+            to_value(
+                s.lease_create(&p.lease.sd_id, &p.lease.lease_id)
+                    .await
+                    .map_err(e)?,
+            )
+        }
+        st::LeaseDelete::METHOD => {
+            let p = bind::<st::LeaseDelete>(params)?;
+            to_value(
+                s.lease_delete(&p.lease.sd_id, &p.lease.lease_id)
+                    .await
+                    .map_err(e)?,
+            )
+        }
+        st::LeaseInfoVerb::METHOD => {
+            let p = bind::<st::LeaseInfoVerb>(params)?;
+            to_value(
+                s.lease_info(&p.lease.sd_id, &p.lease.lease_id)
+                    .await
+                    .map_err(e)?,
+            )
+        }
+        st::LeaseStatusVerb::METHOD => {
+            let p = bind::<st::LeaseStatusVerb>(params)?;
+            to_value(
+                s.lease_status(&p.lease.sd_id, &p.lease.lease_id)
+                    .await
+                    .map_err(e)?,
+            )
         }
         st::GetAllTasksStatuses::METHOD => {
             bind::<st::GetAllTasksStatuses>(params)?;

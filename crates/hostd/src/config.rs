@@ -166,6 +166,10 @@ pub struct Libvirt {
     pub uri: String,
     /// `kvm` in production; `qemu` (TCG) where KVM cannot run guests.
     pub domain_type: String,
+    /// libvirtd's QEMU driver configuration, read to know whether VM leases are
+    /// enforced (`lock_manager = "sanlock"`): with libvirt's default lock manager a
+    /// `<lease>` would be accepted and ignored, so the agent refuses VMs with leases.
+    pub qemu_conf: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -341,6 +345,7 @@ impl Default for Libvirt {
         Libvirt {
             uri: "qemu:///system".into(),
             domain_type: "kvm".into(),
+            qemu_conf: PathBuf::from("/etc/libvirt/qemu.conf"),
         }
     }
 }
@@ -423,6 +428,7 @@ impl Config {
             allow_host_devices: self.vm.allow_host_devices,
             allow_filesystem_passthrough: self.vm.allow_filesystem_passthrough,
             prepared: Default::default(),
+            leases: Default::default(),
         }
     }
 

@@ -66,6 +66,19 @@ pub struct DomainInfo {
     /// Payloads (`<ovirt-vm:payload>` of a disk device), for disks whose source is
     /// `PAYLOAD:`.
     pub payloads: Vec<crate::payload::PayloadRef>,
+    /// `<devices><lease>`: sanlock resources libvirt acquires for the VM.
+    pub leases: Vec<LeaseRef>,
+}
+
+/// A `<devices><lease>`: `<key>`, `<lockspace>`, `<target path offset>` (the engine
+/// sends `LEASE-PATH:VMID:SDID` / `LEASE-OFFSET:VMID:SDID` placeholders the host
+/// resolves from the domain's xleases index, as VDSM does).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LeaseRef {
+    pub key: String,
+    pub lockspace: String,
+    pub path: String,
+    pub offset: String,
 }
 
 /// A graphics device: `vnc` or `spice`, its ports (-1: none), its listen address.
@@ -235,6 +248,12 @@ pub fn parse(xml: &str) -> Result<DomainInfo, DomXmlError> {
                             device: attr(e, "device").unwrap_or_else(|| "disk".into()),
                             ..DiskInfo::default()
                         }),
+                        "lease" => {
+                            if info.leases.len() >= 4 {
+                                return Err(DomXmlError::Invalid("more than 4 leases".into()));
+                            }
+                            info.leases.push(LeaseRef::default())
+                        }
                         "graphics" if info.graphics.len() < 4 => {
                             let num = |k: &str| {
                                 attr(e, k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(-1)
@@ -286,6 +305,12 @@ pub fn parse(xml: &str) -> Result<DomainInfo, DomXmlError> {
                                 d.source = attr(e, "file")
                                     .or_else(|| attr(e, "dev"))
                                     .or_else(|| attr(e, "name"));
+                            }
+                        }
+                        ("lease", "target") => {
+                            if let Some(l) = info.leases.last_mut() {
+                                l.path = attr(e, "path").unwrap_or_default();
+                                l.offset = attr(e, "offset").unwrap_or_default();
                             }
                         }
                         ("serial", "log") if info.serial_log.is_none() => {
@@ -390,6 +415,15 @@ pub fn parse(xml: &str) -> Result<DomainInfo, DomXmlError> {
                             .parse::<u64>()
                             .ok()
                             .and_then(|v| unit_to_kib(v, &memory_unit))
+                    }
+                    (3, "key" | "lockspace") if path[2].1 == "lease" && path[1].1 == "devices" => {
+                        if let Some(l) = info.leases.last_mut() {
+                            if local == "key" {
+                                l.key = t.to_string();
+                            } else {
+                                l.lockspace = t.to_string();
+                            }
+                        }
                     }
                     (3, "launchPaused") if ens.as_deref() == Some(OVIRT_VM_NS) => {
                         info.launch_paused = t.eq_ignore_ascii_case("true")
@@ -686,6 +720,77 @@ pub fn set_disk_sources(
             if depth == 2 {
                 let events = buf.take().unwrap_or_default();
                 for e in rewrite_disk(events, disks) {
+                    w.write_event(e)?;
+                }
+            }
+            continue;
+        }
+        w.write_event(ev)?;
+    }
+    String::from_utf8(w.into_inner()).map_err(|e| DomXmlError::Syntax(e.to_string()))
+}
+
+/// Points each `<lease>` whose `<key>` is a key of `targets` at its resolved place:
+/// `<target path=... offset=...>`.
+pub fn set_lease_targets(
+    xml: &str,
+    targets: &std::collections::HashMap<String, (String, u64)>,
+) -> Result<String, DomXmlError> {
+    parse(xml)?;
+    let mut r = Reader::from_str(xml);
+    r.config_mut().check_end_names = true;
+    let mut w = Writer::new(Vec::with_capacity(xml.len() + 256));
+    let mut depth = 0usize;
+    let mut buf: Option<Vec<Event<'static>>> = None;
+    loop {
+        let ev = r.read_event()?;
+        if let Event::Eof = ev {
+            break;
+        }
+        let starts_lease =
+            depth == 2 && matches!(&ev, Event::Start(e) if e.name().as_ref() == b"lease");
+        match &ev {
+            Event::Start(_) => depth += 1,
+            Event::End(_) => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        if starts_lease {
+            buf = Some(vec![ev.into_owned()]);
+            continue;
+        }
+        if let Some(b) = buf.as_mut() {
+            b.push(ev.into_owned());
+            if depth == 2 {
+                let events = buf.take().unwrap_or_default();
+                let mut key = String::new();
+                let mut in_key = false;
+                for e in &events {
+                    match e {
+                        Event::Start(s) if s.name().as_ref() == b"key" => in_key = true,
+                        Event::End(x) if x.name().as_ref() == b"key" => in_key = false,
+                        Event::Text(t) if in_key => key.push_str(&text_of(t)),
+                        _ => {}
+                    }
+                }
+                let target = targets.get(key.trim());
+                for e in events {
+                    let e = match (e, target) {
+                        (Event::Empty(s), Some((path, off))) if s.name().as_ref() == b"target" => {
+                            Event::Empty(with_attrs(
+                                &s,
+                                &[b"path", b"offset"],
+                                &[("path", path), ("offset", &off.to_string())],
+                            ))
+                        }
+                        (Event::Start(s), Some((path, off))) if s.name().as_ref() == b"target" => {
+                            Event::Start(with_attrs(
+                                &s,
+                                &[b"path", b"offset"],
+                                &[("path", path), ("offset", &off.to_string())],
+                            ))
+                        }
+                        (e, _) => e,
+                    };
                     w.write_event(e)?;
                 }
             }

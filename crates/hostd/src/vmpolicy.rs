@@ -6,7 +6,9 @@
 //!
 //! - elements: an allow-list of libvirt's domain elements and devices; nothing in a
 //!   driver namespace (`qemu:commandline`, `qemu:capabilities`, ...); no `<emulator>`,
-//!   `<bootloader>`, domain `<seclabel>`, `<shmem>`, `<lease>`, `<pstore>`;
+//!   `<bootloader>`, domain `<seclabel>`, `<shmem>`, `<pstore>`;
+//! - `<lease>`: only the VM's own lease where the agent resolved it (its key, the
+//!   domain's lockspace, the slot the domain's xleases index gives), nothing else;
 //! - disks: a storage-domain volume the agent prepared itself, or a read-only raw file
 //!   (an ISO, a floppy image) under `vm.image_dirs`; an empty CD-ROM; host block
 //!   devices only with `vm.allow_host_block_devices`; no network, volume or directory
@@ -51,6 +53,9 @@ pub struct Policy {
     pub allow_filesystem_passthrough: bool,
     /// Paths of the storage-domain volumes prepared for this VM.
     pub prepared: HashSet<String>,
+    /// The VM's leases as the agent resolved them from the domains' xleases index:
+    /// (key, lockspace, path, offset).
+    pub leases: HashSet<(String, String, String, String)>,
 }
 
 /// A refusal: the element (as a path from the root) and why.
@@ -255,6 +260,7 @@ const DEVICES: &[&str] = &[
     "crypto",
     "filesystem",
     "hostdev",
+    "lease",
 ];
 
 /// Checks the domain XML libvirt is about to get.
@@ -378,6 +384,24 @@ fn check_device(d: &El, p: &Policy) -> Result<(), Refused> {
             Err(refused(path, "host devices need vm.allow_host_devices"))
         }
         "interface" => check_interface(d, p),
+        "lease" => {
+            let text = |n: &str| {
+                d.child(n)
+                    .map(|c| c.text.trim().to_string())
+                    .unwrap_or_default()
+            };
+            let t = d.child("target");
+            let attr = |k: &str| t.and_then(|t| t.attr(k)).unwrap_or("").to_string();
+            let l = (text("key"), text("lockspace"), attr("path"), attr("offset"));
+            if p.leases.contains(&l) {
+                Ok(())
+            } else {
+                Err(refused(
+                    path,
+                    "a lease is the VM's own, in a storage domain's xleases volume, at the slot its index gives",
+                ))
+            }
+        }
         "serial" | "console" | "channel" | "parallel" => check_chardev(d, &path, p),
         "graphics" => {
             if d.attr("socket").is_some() {

@@ -478,8 +478,12 @@ impl Manager {
                 .collect()
         };
         for id in gone {
-            self.vm_down(&id, "The VM is no longer on its host".into(), false)
-                .await;
+            if self
+                .vm_down(&id, "The VM is no longer on its host".into(), false)
+                .await
+            {
+                self.ha_vm_failed(&id).await;
+            }
         }
     }
 
@@ -524,11 +528,16 @@ impl Manager {
                 .unwrap_or("")
                 .to_string();
             let admin = reason == exit_reason::ADMIN_SHUTDOWN;
+            // exitCode 1: it ended with an error (QEMU crashed or was killed, failed to
+            // start), not by a shutdown: an HA VM is restarted.
+            let error = st.get("exitCode").and_then(Value::as_i64) == Some(1);
             // Release it on the host (as the engine does after Down).
             if let Some(c) = self.host_client(host_id).await {
                 let _ = c.call_value("VM.destroy", json!({"vmID": vm_id})).await;
             }
-            self.vm_down(vm_id, msg, admin).await;
+            if self.vm_down(vm_id, msg, admin).await && error && !admin {
+                self.ha_vm_failed(vm_id).await;
+            }
             return;
         }
         // Guest details change without a status change: memory only.
@@ -580,6 +589,10 @@ impl Manager {
                     v.status_event_ms = now_ms();
                 }
                 let from = std::mem::replace(&mut v.status, new.to_string());
+                if matches!(new, "up" | "powering_up") {
+                    // An HA restart elsewhere took: the VM runs here now.
+                    v.ha_from = None;
+                }
                 if new == "up" && v.start_time.is_none() {
                     v.start_time = Some(now_ms());
                 }
@@ -614,12 +627,24 @@ impl Manager {
     }
 
     /// Marks a VM down.
-    pub async fn vm_down(&self, vm_id: &str, message: String, admin: bool) {
+    /// Whether it went down now (not before, nor back to `unknown` on the host an HA
+    /// restart moves it from).
+    pub async fn vm_down(&self, vm_id: &str, message: String, admin: bool) -> bool {
         // Check and set in one step: the host's Down event and the action that caused
         // it may both get here.
         let r = self
             .update(vm_id, |v: &mut Vm| {
                 if v.status == "down" {
+                    return None;
+                }
+                if admin {
+                    v.ha_pending = false;
+                    v.ha_from = None;
+                } else if let Some(old) = v.ha_from.take() {
+                    // An HA restart on another host failed (its lease is still held):
+                    // the VM is where it was, unknown on the host that does not answer.
+                    v.status = "unknown".into();
+                    v.host = Some(old);
                     return None;
                 }
                 let host = v.host.take();
@@ -631,10 +656,10 @@ impl Manager {
             .await;
         let (v, host) = match r {
             Ok(Some(Some(x))) => x,
-            Ok(_) => return,
+            Ok(_) => return false,
             Err(e) => {
                 warn!(error = %e, "cannot store a VM status");
-                return;
+                return false;
             }
         };
         let desc = if admin || message.is_empty() {
@@ -644,6 +669,7 @@ impl Manager {
         };
         self.event(61, "normal", desc, host.as_deref(), Some(vm_id))
             .await;
+        true
     }
 
     /// A host stopped answering: its VMs are unknown until it answers again.

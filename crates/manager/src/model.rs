@@ -726,6 +726,25 @@ pub struct Vm {
     /// not attach it again unless asked (`use_cloud_init`, `use_sysprep`).
     #[serde(default)]
     pub initialized: bool,
+    /// oVirt's high_availability: the Manager restarts it after a crash or when its
+    /// host stopped answering (see `ha`).
+    #[serde(default)]
+    pub ha_enabled: bool,
+    /// Restart order among HA VMs (higher first; oVirt's UI: 1 low, 50 medium, 100
+    /// high).
+    #[serde(default)]
+    pub ha_priority: i32,
+    /// The storage domain holding its VM lease (oVirt's lease.storage_domain).
+    #[serde(default)]
+    pub lease_domain: Option<String>,
+    /// An HA restart is due (it went down with an error; stored, so a restarted
+    /// Manager still restarts it).
+    #[serde(default)]
+    pub ha_pending: bool,
+    /// An HA restart of it runs on another host while its old host does not answer
+    /// (memory only): the old host it is restarted from.
+    #[serde(skip)]
+    pub ha_from: Option<String>,
 }
 
 impl Vm {

@@ -1401,7 +1401,7 @@ async fn spm_busy(c: &Client) -> Result<bool> {
 }
 
 /// Waits for a task the Manager runs inline (cleanups), up to 5 minutes.
-async fn wait_task(c: &Client, task: &str) -> Result<()> {
+pub(crate) async fn wait_task(c: &Client, task: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let st = c

@@ -117,6 +117,16 @@ pub fn domain_xml(
          <memballoon model=\"none\"/>",
     );
     devices.push_str(&drives.0);
+    // The VM lease as the engine sends it: the host resolves the placeholders from the
+    // domain's xleases index (VDSM's lease.prepare) and libvirt acquires it through
+    // sanlock before QEMU runs.
+    if let Some(sd) = &vm.lease_domain {
+        devices.push_str(&format!(
+            "<lease><key>{id}</key><lockspace>{sd}</lockspace><target offset=\"LEASE-OFFSET:{id}:{sd}\" path=\"LEASE-PATH:{id}:{sd}\"/></lease>",
+            id = vm.id,
+            sd = esc(sd)
+        ));
+    }
     let mut meta_devices = drives.1.clone();
     for (n, bridge) in nics {
         devices.push_str(&format!(
@@ -605,14 +615,54 @@ impl Manager {
 
     /// [`Manager::vm_start`] with boot settings for this run only (oVirt's run once).
     pub async fn vm_start_once(self: &Arc<Self>, id: &str, once: &RunOnce) -> Result<(), VmError> {
+        self.start_on(id, once, false, None).await
+    }
+
+    /// An HA restart of a down VM (see `ha`).
+    pub async fn vm_start_ha(self: &Arc<Self>, id: &str) -> Result<(), VmError> {
+        self.start_on(id, &RunOnce::default(), true, None).await
+    }
+
+    /// An HA restart of a leased VM whose host `old` does not answer, on another host:
+    /// the new host's libvirt starts it only once it holds the VM's lease. Until then
+    /// (a failed start) the VM stays `unknown` on `old`.
+    pub async fn vm_start_ha_elsewhere(
+        self: &Arc<Self>,
+        id: &str,
+        old: &str,
+    ) -> Result<(), VmError> {
+        self.start_on(id, &RunOnce::default(), true, Some(old))
+            .await
+    }
+
+    async fn start_on(
+        self: &Arc<Self>,
+        id: &str,
+        once: &RunOnce,
+        by_ha: bool,
+        ha_from: Option<&str>,
+    ) -> Result<(), VmError> {
         let (vm, host_id, client, xml, initializing) = {
             let _g = self.write_lock.lock().await;
             let mut vm = self.vm(id)?;
-            if vm.status != "down" {
-                return Err(VmError::Conflict(format!(
-                    "Cannot run VM. VM {} is running.",
-                    vm.name
-                )));
+            match ha_from {
+                None if vm.status != "down" => {
+                    return Err(VmError::Conflict(format!(
+                        "Cannot run VM. VM {} is running.",
+                        vm.name
+                    )))
+                }
+                Some(old)
+                    if vm.status != "unknown"
+                        || vm.host.as_deref() != Some(old)
+                        || vm.lease_domain.is_none() =>
+                {
+                    return Err(VmError::Conflict(format!(
+                        "Cannot restart VM {} elsewhere: it is {} and not a leased VM of the non-responsive host.",
+                        vm.name, vm.status
+                    )))
+                }
+                _ => {}
             }
             {
                 let inv = self.read();
@@ -634,7 +684,8 @@ impl Manager {
             }
             numa_check(&vm, &vm.numa_nodes)
                 .map_err(|e| VmError::Conflict(format!("Cannot run VM {}: {e}.", vm.name)))?;
-            let host_id = self.schedule(&vm)?;
+            let except: Vec<&str> = ha_from.into_iter().collect();
+            let host_id = self.schedule_except(&vm, &except)?;
             let client = self
                 .host_client(&host_id)
                 .await
@@ -682,6 +733,7 @@ impl Manager {
                     v.cdrom_current = v.cdrom.clone();
                     v.stop_time = None;
                     v.stop_reason.clear();
+                    v.ha_from = ha_from.map(str::to_string);
                     v.clone()
                 })
                 .await
@@ -716,6 +768,12 @@ impl Manager {
                 .update(id, |v: &mut Vm| {
                     if v.status == "wait_for_launch" && v.host.as_deref() == Some(host_id.as_str())
                     {
+                        if let Some(old) = v.ha_from.take() {
+                            // Still where it was: unknown on the host that does not answer.
+                            v.status = "unknown".into();
+                            v.host = Some(old);
+                            return;
+                        }
                         v.status = "down".into();
                         v.host = None;
                         v.start_time = None;
@@ -741,13 +799,15 @@ impl Manager {
             let _ = self.update(id, |v: &mut Vm| v.initialized = true).await;
         }
         info!(vm = %vm.name, host = %host, initializing, "starting VM");
+        let by = if by_ha {
+            "the system (it is highly available)"
+        } else {
+            "admin@internal"
+        };
         self.event(
             153,
             "normal",
-            format!(
-                "VM {} was started by admin@internal (Host: {host}).",
-                vm.name
-            ),
+            format!("VM {} was started by {by} (Host: {host}).", vm.name),
             Some(&host_id),
             Some(id),
         )
@@ -895,6 +955,11 @@ mod tests {
             cdrom_current: String::new(),
             initialization: None,
             initialized: false,
+            ha_enabled: false,
+            ha_priority: 0,
+            lease_domain: None,
+            ha_pending: false,
+            ha_from: None,
         }
     }
 
@@ -1256,6 +1321,11 @@ mod tests {
             cdrom_current: String::new(),
             initialization: None,
             initialized: false,
+            ha_enabled: false,
+            ha_priority: 0,
+            lease_domain: None,
+            ha_pending: false,
+            ha_from: None,
         };
         let x = domain_xml(&vm, &[], &Default::default(), "/var/log/halyard/vms", "");
         let n = crate::api::node::Node::parse_xml(x.as_bytes()).expect("well-formed");

@@ -183,13 +183,15 @@ async fn input_halyard_does_not_act_on_is_refused() {
         .expect("id")
         .to_string();
     for (body, element) in [
-        ("<vm><high_availability><enabled>true</enabled></high_availability></vm>", "high_availability&gt; is in oVirt"),
+        ("<vm><usb><enabled>true</enabled></usb></vm>", "usb&gt; is in oVirt"),
+        ("<vm><high_availability><priority>500</priority></high_availability></vm>", "not a number from 0 to 100"),
+        ("<vm><high_availability><enabled>yes</enabled></high_availability></vm>", "not a Boolean"),
         ("<vm><serial_number><policy>custom</policy></serial_number></vm>", "needs a serial number value"),
         ("<vm><serial_number><policy>custom</policy><value>a&#10;b</value></serial_number></vm>", "without control characters"),
         ("<vm><placement_policy><hosts><host><name>nosuchhost</name></host></hosts></placement_policy></vm>", "host \"nosuchhost\" does not exist"),
         ("<vm><console><enabled>maybe</enabled></console></vm>", "maybe"),
         ("<vm><cpu><cpu_tune><vcpu_pins><vcpu_pin><vcpu>0</vcpu><cpu_set>0</cpu_set></vcpu_pin></vcpu_pins></cpu_tune></cpu></vm>", "cpu/cpu_tune&gt;"),
-        ("<vm><lease><storage_domain id=\"00000000-0000-0000-0000-000000000001\"/></lease></vm>", "lease&gt;"),
+        ("<vm><lease><storage_domain><name>nosuchsd</name></storage_domain></lease></vm>", "storage domain \"nosuchsd\" does not exist"),
         ("<vm><no_such_thing/></vm>", "unknown element &lt;no_such_thing&gt;"),
         ("<vm><os><boot><devices><device>floppy</device></devices></boot></os></vm>", "boot device must be hd, cdrom or network"),
         ("<vm><os><boot><devices><device>hd</device><device>hd</device></devices></boot></os></vm>", "named twice"),

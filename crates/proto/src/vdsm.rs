@@ -1449,6 +1449,35 @@ pub mod storage {
         pub allow_illegal: bool,
     }
 
+    /// VDSM's `Lease`: an external lease on a storage domain.
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    pub struct Lease {
+        pub sd_id: String,
+        pub lease_id: String,
+    }
+
+    /// Params of the `Lease.*` verbs.
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    pub struct LeaseParams {
+        pub lease: Lease,
+    }
+
+    /// `Lease.info`'s result (VDSM's `LeaseInfo`).
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    pub struct LeaseInfo {
+        pub sd_id: String,
+        pub lease_id: String,
+        pub path: String,
+        pub offset: u64,
+    }
+
+    /// `Lease.status`' result (VDSM's `ExternalLeaseStatus`).
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    pub struct LeaseStatus {
+        pub owners: Vec<u64>,
+        pub version: u64,
+    }
+
     #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
     pub struct TaskParams {
         #[serde(rename = "taskID")]
@@ -1846,6 +1875,22 @@ pub mod storage {
     );
     verb!(TaskGetInfo, "Task.getInfo", ["taskID"], TaskParams, Value);
     verb!(TaskClear, "Task.clear", ["taskID"], TaskParams, bool);
+    verb!(LeaseCreate, "Lease.create", ["lease"], LeaseParams, String);
+    verb!(LeaseDelete, "Lease.delete", ["lease"], LeaseParams, String);
+    verb!(
+        LeaseInfoVerb,
+        "Lease.info",
+        ["lease"],
+        LeaseParams,
+        LeaseInfo
+    );
+    verb!(
+        LeaseStatusVerb,
+        "Lease.status",
+        ["lease"],
+        LeaseParams,
+        LeaseStatus
+    );
     verb!(GetAllTasksStatuses, "Host.getAllTasksStatuses", [], NoParams, BTreeMap<String, TaskStatus>);
     verb!(
         GetConnectedStoragePools,

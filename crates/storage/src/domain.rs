@@ -120,36 +120,6 @@ fn mkdir(p: &Path) -> Result<()> {
     fs::set_permissions(p, fs::Permissions::from_mode(0o755)).map_err(io_err(p))
 }
 
-/// The xleases index of a V5 domain (VDSM's `xlease.format_index`): slot 1 holds a
-/// 512-byte header and 3960 empty 64-byte records.
-fn xleases_index(lockspace: &str, mtime: u64) -> Vec<u8> {
-    let mut h = Vec::with_capacity(512);
-    h.extend_from_slice(&0x1215_2016u32.to_be_bytes());
-    h.push(0);
-    h.extend_from_slice(b"0001");
-    h.push(0);
-    let mut ls = lockspace.as_bytes().to_vec();
-    ls.resize(48, 0);
-    h.extend_from_slice(&ls);
-    h.push(0);
-    h.extend_from_slice(format!("{:010}", mtime % 10_000_000_000).as_bytes());
-    h.push(0);
-    h.push(b'-');
-    h.extend_from_slice(&[0u8; 440]);
-    h.push(b'\n');
-    debug_assert_eq!(h.len(), 512);
-    let mut rec = vec![0u8; 48];
-    rec.push(0);
-    rec.extend_from_slice(b"00000000000");
-    rec.push(0);
-    rec.extend_from_slice(b"--\n");
-    debug_assert_eq!(rec.len(), 64);
-    for _ in 0..3960 {
-        h.extend_from_slice(&rec);
-    }
-    h
-}
-
 impl FileDomain {
     /// Creates a domain in the mounted directory `mount`.
     pub fn create(mount: &Path, a: &CreateArgs) -> Result<FileDomain> {
@@ -246,14 +216,7 @@ impl FileDomain {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
-            let idx = xleases_index(&a.sd_uuid, now);
-            let f = fs::OpenOptions::new()
-                .write(true)
-                .open(&x)
-                .map_err(io_err(&x))?;
-            use std::os::unix::fs::FileExt;
-            f.write_all_at(&idx, ALIGNMENT).map_err(io_err(&x))?;
-            f.sync_all().map_err(io_err(&x))?;
+            crate::xlease::format_volume(&x, &a.sd_uuid, now)?;
             sanlock::write_lockspace(&a.sd_uuid, &md.join("ids"), a.io_timeout)
                 .map_err(|e| StorageError::ClusterLockInit(e.to_string()))?;
             sanlock::write_resource(&a.sd_uuid, SDM_NAME, &md.join("leases"), SDM_OFFSET)
@@ -392,20 +355,6 @@ pub fn statvfs(p: &Path) -> Result<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn xleases_index_layout() {
-        let i = xleases_index("275766cb-c7d8-43d6-a663-4e52160de620", 1700000000);
-        assert_eq!(i.len(), 253_952);
-        assert_eq!(&i[0..4], &[0x12, 0x15, 0x20, 0x16]);
-        assert_eq!(&i[5..9], b"0001");
-        assert_eq!(&i[10..46], b"275766cb-c7d8-43d6-a663-4e52160de620");
-        assert_eq!(&i[59..69], b"1700000000");
-        assert_eq!(i[70], b'-');
-        assert_eq!(i[511], b'\n');
-        assert_eq!(&i[512 + 49..512 + 60], b"00000000000");
-        assert_eq!(&i[512 + 61..512 + 64], b"--\n");
-    }
 
     #[test]
     fn local_domain_layout_and_refusals() {

@@ -65,6 +65,10 @@ pub enum StorageError {
     GenerationMismatch(String),
     #[error("qemu-img failed: {0}")]
     QemuImg(String),
+    #[error("No such lease: ('{0}',)")]
+    NoSuchLease(String),
+    #[error("{0}")]
+    Lease(String),
     #[error("sanlock: {0}")]
     Sanlock(String),
     #[error("{path}: {source}")]
@@ -110,6 +114,8 @@ impl StorageError {
             ClusterLockInit(_) => 701,
             GenerationMismatch(_) => 911,
             QemuImg(_) => 100,
+            NoSuchLease(_) => 936,
+            Lease(_) => 100,
             Sanlock(_) => 100,
             Io { .. } => 100,
         }

@@ -6,6 +6,7 @@
 //! - [`volume`]: volumes, chains, templates, copies, garbage collection (qemu-img).
 //! - [`sanlock`]: host ids and leases through the sanlock daemon.
 //! - [`connection`]: storage server connections (local directories, POSIX mounts).
+//! - [`xlease`]: external (VM) leases in a domain's `xleases` volume, VDSM's index.
 //! - [`pool`]: storage pools, the SPM role, tasks, host jobs, domain monitoring.
 
 pub mod connection;
@@ -16,5 +17,6 @@ pub mod sanlock;
 pub mod sdmeta;
 pub mod volmeta;
 pub mod volume;
+pub mod xlease;
 
 pub use error::{Result, StorageError};

@@ -24,6 +24,7 @@ use crate::error::{check_uuid, Result, StorageError, BLANK_UUID};
 use crate::sanlock::{self, Registration};
 use crate::volmeta::{Format, Legality, Prealloc, VolType};
 use crate::volume::{self, CreateVolume};
+use crate::xlease;
 
 /// Storage settings of the agent.
 #[derive(Debug, Clone)]
@@ -133,6 +134,9 @@ pub struct StorageManager {
     events: Mutex<Option<EventSink>>,
     seq: AtomicU64,
 }
+
+/// Serializes index updates of every xleases volume on this host (the SPM's tasks).
+static XLEASES: Mutex<()> = Mutex::new(());
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -1282,6 +1286,94 @@ impl StorageManager {
             volume::create(&d, &c)?;
             me.still_spm(epoch)
         }))
+    }
+
+    // ----- external (VM) leases ------------------------------------------------------
+
+    /// The pool this host is the SPM of, with the SPM epoch (Lease.* name no pool).
+    fn require_spm_any(&self) -> Result<(Pool, u64)> {
+        let sp = lock(&self.pool)
+            .as_ref()
+            .map(|p| p.sp_uuid.clone())
+            .ok_or_else(|| StorageError::NotSpm("no storage pool is connected".into()))?;
+        self.require_spm(&sp)
+    }
+
+    /// The xleases volume of domain `sd`.
+    fn xleases_path(&self, sd: &str) -> Result<PathBuf> {
+        check_uuid("sd_id", sd)?;
+        let d = self.find(sd)?;
+        if !d.uses_sanlock() {
+            return Err(StorageError::Lease(format!(
+                "storage domain {sd} holds no external leases (a local domain has no xleases volume)"
+            )));
+        }
+        Ok(d.dom_md().join("xleases"))
+    }
+
+    /// Lease.create (SPM): a task that writes the sanlock resource, then the index record.
+    pub async fn lease_create(self: &Arc<Self>, sd: &str, lease_id: &str) -> Result<String> {
+        let (p, epoch) = self.require_spm_any()?;
+        self.pool_domain(&p, sd)?;
+        check_uuid("lease_id", lease_id)?;
+        let path = self.xleases_path(sd)?;
+        let id = lease_id.to_string();
+        let me = self.clone();
+        Ok(self.spawn_task("Lease.create", move || {
+            let _g = lock(&XLEASES);
+            me.still_spm(epoch)?;
+            let info = xlease::LeasesVolume::open(&path, true)?.add(&id)?;
+            info!(lease_id = %id, offset = info.offset, "lease created");
+            Ok(())
+        }))
+    }
+
+    /// Lease.delete (SPM): a task that frees the record, then clears the resource.
+    pub async fn lease_delete(self: &Arc<Self>, sd: &str, lease_id: &str) -> Result<String> {
+        let (p, epoch) = self.require_spm_any()?;
+        self.pool_domain(&p, sd)?;
+        let path = self.xleases_path(sd)?;
+        xlease::LeasesVolume::open(&path, false)?.lookup(lease_id)?;
+        let id = lease_id.to_string();
+        let me = self.clone();
+        Ok(self.spawn_task("Lease.delete", move || {
+            let _g = lock(&XLEASES);
+            me.still_spm(epoch)?;
+            xlease::LeasesVolume::open(&path, true)?.remove(&id)?;
+            info!(lease_id = %id, "lease removed");
+            Ok(())
+        }))
+    }
+
+    /// Lease.info (any host): where the lease lives.
+    pub async fn lease_info(self: &Arc<Self>, sd: &str, lease_id: &str) -> Result<Value> {
+        let path = self.xleases_path(sd)?;
+        let id = lease_id.to_string();
+        let sd = sd.to_string();
+        let i = blocking(move || xlease::LeasesVolume::open(&path, false)?.lookup(&id)).await??;
+        Ok(json!({
+            "sd_id": sd,
+            "lease_id": i.resource,
+            "path": i.path,
+            "offset": i.offset,
+        }))
+    }
+
+    /// Lease.status (any host): the sanlock resource's owners and version.
+    pub async fn lease_status(self: &Arc<Self>, sd: &str, lease_id: &str) -> Result<Value> {
+        let path = self.xleases_path(sd)?;
+        let id = lease_id.to_string();
+        blocking(move || {
+            let v = xlease::LeasesVolume::open(&path, false)?;
+            let i = v.lookup(&id)?;
+            let (lver, owners) =
+                sanlock::read_resource_owners(v.lockspace(), &id, &i.path, i.offset)?;
+            Ok(json!({
+                "owners": owners.iter().map(|h| h.host_id).collect::<Vec<_>>(),
+                "version": lver,
+            }))
+        })
+        .await?
     }
 
     pub async fn volume_delete(

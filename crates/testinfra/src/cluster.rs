@@ -304,7 +304,16 @@ impl Cluster {
             let mut q = fs::read_to_string(&qconf).unwrap_or_default();
             // Two libvirtds on one cgroup tree would fight over the same cgroups.
             q.push_str("\ncgroup_controllers = [ ]\n");
+            // VM leases are enforced as on an oVirt host: libvirt acquires a VM's
+            // <lease> through this host's sanlock daemon before QEMU runs, and QEMU
+            // cannot run without it. No automatic disk leases (oVirt's setting).
+            q.push_str("lock_manager = \"sanlock\"\n");
             fs::write(&qconf, q).expect("qemu.conf");
+            fs::write(
+                hdir.join("libvirt-etc/qemu-sanlock.conf"),
+                "auto_disk_leases = 0\nrequire_lease_for_disks = 0\nuser = \"root\"\ngroup = \"root\"\n",
+            )
+            .expect("qemu-sanlock.conf");
             let preload = shim
                 .as_ref()
                 .map(|p| format!("LD_PRELOAD={}", p.display()))

@@ -13,6 +13,7 @@ use crate::api::search;
 use crate::model::*;
 use crate::state::Manager;
 use crate::vms::VmError;
+use tracing::warn;
 
 /// A fault answer.
 #[derive(Debug, Clone)]
@@ -285,10 +286,16 @@ const VM_ADD: &[&str] = &[
     "display/type",
     "disk_attachments/disk/format",
     "disk_attachments/disk/storage_domains",
+    "high_availability/enabled",
+    "high_availability/priority",
+    "lease/storage_domain",
     "id",
 ];
 const VM_UPDATE: &[&str] = &[
     "quota",
+    "high_availability/enabled",
+    "high_availability/priority",
+    "lease/storage_domain",
     "placement_policy",
     "serial_number",
     "console/enabled",
@@ -1736,6 +1743,87 @@ fn console_of(n: &Node) -> Result<Option<bool>, ApiError> {
     }
 }
 
+/// `<high_availability>`: enabled and priority, each when the document gives it.
+fn ha_of(n: &Node) -> Result<(Option<bool>, Option<i32>), ApiError> {
+    let Some(h) = n.get("high_availability") else {
+        return Ok((None, None));
+    };
+    let enabled = match h.text_of("enabled") {
+        None => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(x) => {
+            return Err(ApiError::bad(format!(
+                "high_availability/enabled: {x:?} is not a Boolean"
+            )))
+        }
+    };
+    let priority = match h.text_of("priority") {
+        None => None,
+        Some(x) => Some(
+            x.parse::<i32>()
+                .ok()
+                .filter(|p| (0..=100).contains(p))
+                .ok_or_else(|| {
+                    ApiError::bad(format!(
+                        "high_availability/priority: {x:?} is not a number from 0 to 100"
+                    ))
+                })?,
+        ),
+    };
+    Ok((enabled, priority))
+}
+
+/// `<lease>`: `None` when the document does not name it, `Some(None)` when it removes
+/// the lease (`<lease/>`), `Some(Some(sd))` for a lease on domain `sd`, which must be
+/// an active shared data domain of the VM's data center (libvirt acquires the lease
+/// through sanlock on the host that runs the VM, so every host must see it).
+fn lease_of(
+    inv: &Inventory,
+    n: &Node,
+    dc: Option<&str>,
+) -> Result<Option<Option<String>>, ApiError> {
+    let Some(l) = n.get("lease") else {
+        return Ok(None);
+    };
+    let Some(sd) = ref_id(
+        l.get("storage_domain"),
+        |x| {
+            inv.storage_domains
+                .values()
+                .find(|d| d.name == x)
+                .map(|d| d.id.clone())
+        },
+        "storage domain",
+    )?
+    else {
+        return Ok(Some(None));
+    };
+    let d = inv
+        .storage_domains
+        .get(&sd)
+        .ok_or_else(|| ApiError::not_found(format!("Storage domain {sd} not found")))?;
+    if d.data_center.as_deref() != dc || dc.is_none() {
+        return Err(ApiError::conflict(format!(
+            "Cannot use storage domain {} for the VM lease: it is not attached to the VM's data center.",
+            d.name
+        )));
+    }
+    if d.status != "active" {
+        return Err(ApiError::conflict(format!(
+            "Cannot use storage domain {} for the VM lease: it is {}, not active.",
+            d.name, d.status
+        )));
+    }
+    if d.storage_type == "localfs" {
+        return Err(ApiError::conflict(format!(
+            "Cannot use storage domain {} for the VM lease: a VM lease needs a shared domain (NFS or POSIX), not local storage.",
+            d.name
+        )));
+    }
+    Ok(Some(Some(sd)))
+}
+
 /// The names of the VMs pinned to a host (their placement_policy names it).
 fn pinned_to(inv: &Inventory, host: &str) -> Vec<String> {
     inv.vms
@@ -1810,6 +1898,13 @@ pub(super) async fn new_vm(
     let placement = placement_of(&m.read(), n, &cluster, &Placement::default())?;
     let serial_number = serial_number_of(n)?;
     let initialization = super::initialization::of(n)?;
+    let (ha_enabled, ha_priority) = ha_of(n)?;
+    let (dc, lease_domain) = {
+        let inv = m.read();
+        let dc = inv.dc_of_cluster(&cluster).map(str::to_string);
+        let lease = lease_of(&inv, n, dc.as_deref())?.flatten();
+        (dc, lease)
+    };
     let tpl = if template == BLANK_TEMPLATE {
         None
     } else {
@@ -1934,9 +2029,20 @@ pub(super) async fn new_vm(
         cdrom_current: String::new(),
         initialization,
         initialized: false,
+        ha_enabled: ha_enabled.unwrap_or(false),
+        ha_priority: ha_priority.unwrap_or(0),
+        lease_domain,
+        ha_pending: false,
+        ha_from: None,
     };
     let formats = vm_disk_formats(&m.read(), n, &vm.template, clone)?;
     m.insert(&vm).await?;
+    if let (Some(sd), Some(dc)) = (&vm.lease_domain, &dc) {
+        if let Err(e) = m.lease_create(dc, sd, &vm.id).await {
+            let _ = m.remove::<Vm>(&vm.id).await;
+            return Err(e.into());
+        }
+    }
     if tpl.is_some() {
         if let Err(e) = m
             .create_disks_from_template(&vm, &vm.template, clone, &formats)
@@ -1999,9 +2105,43 @@ async fn update_vm(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
     let serial_number = serial_number_of(&n)?;
     let console = console_of(&n)?;
     let initialization = super::initialization::of(&n)?;
+    let (ha_enabled, ha_priority) = ha_of(&n)?;
+    // A new or removed VM lease: made on the SPM before the VM names it, removed
+    // after it no longer does; only while the VM is down (its host holds the lease).
+    let (dc, lease, old_lease) = {
+        let inv = m.read();
+        let cur = inv
+            .vms
+            .get(id)
+            .ok_or_else(|| ApiError::not_found(format!("VM {id} not found")))?;
+        let dc = inv.dc_of_cluster(&cur.cluster).map(str::to_string);
+        let lease = lease_of(&inv, &n, dc.as_deref())?.filter(|l| *l != cur.lease_domain);
+        if lease.is_some() && cur.status != "down" {
+            return Err(ApiError::conflict(format!(
+                "Cannot edit VM. The VM lease of {} can be changed only while it is down.",
+                cur.name
+            )));
+        }
+        (dc, lease, cur.lease_domain.clone())
+    };
+    if let (Some(Some(sd)), Some(dc)) = (&lease, &dc) {
+        m.lease_create(dc, sd, id).await?;
+    }
     // Only the fields the request names change (a status report meanwhile stays).
     let vm = m
         .update(id, |vm: &mut Vm| {
+            if let Some(e) = ha_enabled {
+                vm.ha_enabled = e;
+                if !e {
+                    vm.ha_pending = false;
+                }
+            }
+            if let Some(p) = ha_priority {
+                vm.ha_priority = p;
+            }
+            if let Some(l) = &lease {
+                vm.lease_domain = l.clone();
+            }
             if let Some(name) = name {
                 vm.name = name.to_string();
             }
@@ -2049,6 +2189,11 @@ async fn update_vm(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
         })
         .await?
         .ok_or_else(|| ApiError::not_found(format!("VM {id} not found")))?;
+    if let (Some(_), Some(old), Some(dc)) = (&lease, &old_lease, &dc) {
+        if let Err(e) = m.lease_delete(dc, old, id).await {
+            warn!(vm_id = %id, error = %e, "the VM's old lease stays in its xleases volume");
+        }
+    }
     drop(_g);
     if let Some(q) = &quota {
         super::quotas::audit(m, q).await;
@@ -2127,6 +2272,14 @@ pub(super) async fn delete_vm(m: &Arc<Manager>, id: &str, detach_only: bool) -> 
     m.remove::<Vm>(id)
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
+    drop(_g);
+    // Its lease goes with it (a lease left behind only takes a slot of the index).
+    let dc = m.read().dc_of_cluster(&vm.cluster).map(str::to_string);
+    if let (Some(sd), Some(dc)) = (&vm.lease_domain, &dc) {
+        if let Err(e) = m.lease_delete(dc, sd, id).await {
+            warn!(vm_id = %id, error = %e, "the removed VM's lease stays in its xleases volume");
+        }
+    }
     m.event(
         113,
         "normal",

@@ -261,9 +261,16 @@ pub fn vm(v: &Vm, nics: &[&Nic]) -> Node {
         .with(Node::leaf("delete_protected", false))
         .with(
             Node::new("high_availability")
-                .with(Node::leaf("enabled", false))
-                .with(Node::leaf("priority", 0)),
+                .with(Node::leaf("enabled", v.ha_enabled))
+                .with(Node::leaf("priority", v.ha_priority)),
         )
+        .with_opt(v.lease_domain.as_ref().map(|sd| {
+            Node::new("lease").with(Node::reference(
+                "storage_domain",
+                &href("storagedomains", sd),
+                sd,
+            ))
+        }))
         .with(Node::leaf("memory", v.memory))
         .with(
             Node::new("bios")

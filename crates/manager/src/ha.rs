@@ -1,0 +1,207 @@
+//! Highly available VMs, as the engine runs them (AutoStartVmsRunner, VM leases):
+//!
+//! - A VM with `high_availability.enabled` that goes down with an error (its QEMU
+//!   crashed or was killed, the host lost it) is restarted, by priority, where the
+//!   scheduler chooses; a shutdown from the guest or a stop through the API is not an
+//!   error and does not restart it.
+//! - A VM whose host stopped answering is `unknown`. If it has a VM lease
+//!   (`lease.storage_domain`), the Manager starts it on another host at once and again
+//!   every [`RETRY_EVERY`]: libvirt on the new host acquires the lease through sanlock
+//!   before QEMU runs, which succeeds only after the old host released it or its
+//!   sanlock host id expired — so the VM never runs twice, whatever the Manager
+//!   believes. Until a start succeeds it stays `unknown` on its old host; if that host
+//!   answers again with the VM running, the VM is simply there.
+//! - Without a lease the Manager cannot know that the old copy is gone: such a VM is
+//!   restarted only after its host was fenced (power management), which Halyard does
+//!   not do yet; an event says so.
+//!
+//! VM leases live in the domain's `xleases` volume (VDSM's `Lease.create/delete`, run
+//! by the SPM).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::state::Manager;
+use crate::vms::VmError;
+
+/// How often the runner looks for VMs to restart.
+pub const HA_EVERY: Duration = Duration::from_secs(2);
+/// Between two restart attempts of one VM.
+pub const RETRY_EVERY: Duration = Duration::from_secs(5);
+
+impl Manager {
+    /// Lease.create on the data center's SPM for VM `vm` on domain `sd`, waited for.
+    /// A lease that exists already is fine (a Manager that died after creating it).
+    pub async fn lease_create(&self, dc: &str, sd: &str, vm: &str) -> Result<(), VmError> {
+        let (_, c) = self
+            .spm_client(dc)
+            .await
+            .map_err(|e| VmError::Conflict(e.to_string()))?;
+        let lease = json!({"lease": {"sd_id": sd, "lease_id": vm}});
+        let task = c
+            .call_value("Lease.create", lease.clone())
+            .await
+            .map_err(|e| VmError::Failed(format!("Lease.create on the SPM: {e}")))?;
+        match crate::storage::wait_task(&c, task.as_str().unwrap_or_default()).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.to_string().contains("exists") => Ok(()),
+            Err(e) => Err(VmError::Failed(format!("creating the VM lease: {e}"))),
+        }
+    }
+
+    /// Lease.delete on the SPM; a lease already gone is fine.
+    pub async fn lease_delete(&self, dc: &str, sd: &str, vm: &str) -> Result<(), VmError> {
+        let (_, c) = self
+            .spm_client(dc)
+            .await
+            .map_err(|e| VmError::Conflict(e.to_string()))?;
+        let task = match c
+            .call_value(
+                "Lease.delete",
+                json!({"lease": {"sd_id": sd, "lease_id": vm}}),
+            )
+            .await
+        {
+            Ok(t) => t,
+            Err(e) if e.to_string().contains("No such lease") => return Ok(()),
+            Err(e) => return Err(VmError::Failed(format!("Lease.delete on the SPM: {e}"))),
+        };
+        crate::storage::wait_task(&c, task.as_str().unwrap_or_default())
+            .await
+            .map_err(|e| VmError::Failed(format!("removing the VM lease: {e}")))
+    }
+
+    /// Marks an HA VM for a restart (it went down with an error).
+    pub(crate) async fn ha_vm_failed(&self, vm_id: &str) {
+        let r = self
+            .update(vm_id, |v: &mut crate::model::Vm| {
+                if v.ha_enabled && v.status == "down" {
+                    v.ha_pending = true;
+                    Some(v.name.clone())
+                } else {
+                    None
+                }
+            })
+            .await;
+        if let Ok(Some(Some(name))) = r {
+            self.event(
+                9602,
+                "error",
+                format!("Highly Available VM {name} failed. It will be restarted automatically."),
+                None,
+                Some(vm_id),
+            )
+            .await;
+        }
+    }
+
+    /// The HA runner: restarts failed HA VMs and moves leased HA VMs off hosts that
+    /// stopped answering.
+    pub async fn ha_loop(self: Arc<Self>) {
+        let mut last_try: HashMap<String, Instant> = HashMap::new();
+        let mut told: std::collections::HashSet<String> = Default::default();
+        loop {
+            tokio::time::sleep(HA_EVERY).await;
+            self.ha_once(&mut last_try, &mut told).await;
+        }
+    }
+
+    async fn ha_once(
+        self: &Arc<Self>,
+        last_try: &mut HashMap<String, Instant>,
+        told: &mut std::collections::HashSet<String>,
+    ) {
+        // (priority, id, restart from a dead host)
+        let mut due: Vec<(i32, String, Option<String>)> = Vec::new();
+        {
+            let inv = self.read();
+            for v in inv.vms.values().filter(|v| v.ha_enabled) {
+                if v.status == "down" && v.ha_pending {
+                    due.push((v.ha_priority, v.id.clone(), None));
+                    continue;
+                }
+                let dead_host = v.status == "unknown"
+                    && v.ha_from.is_none()
+                    && v.host.as_ref().is_some_and(|h| {
+                        inv.hosts
+                            .get(h)
+                            .is_some_and(|h| h.status == "non_responsive")
+                    });
+                if !dead_host {
+                    told.remove(&v.id);
+                    continue;
+                }
+                if v.lease_domain.is_some() {
+                    due.push((v.ha_priority, v.id.clone(), v.host.clone()));
+                } else if told.insert(v.id.clone()) {
+                    let name = v.name.clone();
+                    let id = v.id.clone();
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        me.event(
+                            9603,
+                            "error",
+                            format!("Restart of the Highly Available VM {name} failed: its host is not responding and the VM has no lease; it is restarted only after the host is fenced, and Halyard does not fence hosts yet."),
+                            None,
+                            Some(&id),
+                        )
+                        .await;
+                    });
+                }
+            }
+        }
+        due.sort_by_key(|d| std::cmp::Reverse(d.0));
+        // Attempts are remembered for a while: one event per failing VM, not one per try.
+        last_try.retain(|_, t| t.elapsed() < Duration::from_secs(600));
+        for (_, id, from) in due {
+            if last_try.get(&id).is_some_and(|t| t.elapsed() < RETRY_EVERY) {
+                continue;
+            }
+            let first = !last_try.contains_key(&id);
+            last_try.insert(id.clone(), Instant::now());
+            let r = match &from {
+                None => {
+                    let _ = self
+                        .update(&id, |v: &mut crate::model::Vm| v.ha_pending = false)
+                        .await;
+                    let r = self.vm_start_ha(&id).await;
+                    if r.is_err() {
+                        let _ = self
+                            .update(&id, |v: &mut crate::model::Vm| {
+                                if v.status == "down" && v.ha_enabled {
+                                    v.ha_pending = true;
+                                }
+                            })
+                            .await;
+                    }
+                    r
+                }
+                Some(old) => self.vm_start_ha_elsewhere(&id, old).await,
+            };
+            match r {
+                Ok(()) => info!(vm_id = %id, from = ?from, "HA restart started"),
+                Err(e) => {
+                    warn!(vm_id = %id, error = %e, "HA restart failed; retried");
+                    if first {
+                        let name = self.read().vms.get(&id).map(|v| v.name.clone());
+                        self.event(
+                            9603,
+                            "error",
+                            format!(
+                                "Restart of the Highly Available VM {} failed: {e} It is tried again.",
+                                name.unwrap_or_default()
+                            ),
+                            None,
+                            Some(&id),
+                        )
+                        .await;
+                    }
+                }
+            }
+        }
+    }
+}
