@@ -6,7 +6,7 @@
 //!   error and does not restart it.
 //! - A VM whose host stopped answering is `unknown`. If it has a VM lease
 //!   (`lease.storage_domain`), the Manager starts it on another host at once and again
-//!   every [`RETRY_EVERY`]: libvirt on the new host acquires the lease through sanlock
+//!   every [`HA_EVERY`]: libvirt on the new host acquires the lease through sanlock
 //!   before QEMU runs, which succeeds only after the old host released it or its
 //!   sanlock host id expired — so the VM never runs twice, whatever the Manager
 //!   believes. Until a start succeeds it stays `unknown` on its old host; if that host
@@ -30,8 +30,11 @@ use crate::vms::VmError;
 
 /// How often the runner looks for VMs to restart.
 pub const HA_EVERY: Duration = Duration::from_secs(2);
-/// Between two restart attempts of one VM.
+/// Between two restart attempts of a VM that went down (a leased VM of a
+/// non-responsive host is tried at every round).
 pub const RETRY_EVERY: Duration = Duration::from_secs(5);
+/// One event per failing VM in this time.
+pub const TOLD_FOR: Duration = Duration::from_secs(600);
 
 impl Manager {
     /// Lease.create on the data center's SPM for VM `vm` on domain `sd`, waited for.
@@ -99,22 +102,50 @@ impl Manager {
         }
     }
 
+    /// Whether a failure to restart VM `vm_id` is news (one event per VM in
+    /// [`TOLD_FOR`], not one per try).
+    fn ha_news(&self, vm_id: &str) -> bool {
+        let mut t = self.ha_told.lock().unwrap_or_else(|p| p.into_inner());
+        t.retain(|_, at| at.elapsed() < TOLD_FOR);
+        t.insert(vm_id.to_string(), Instant::now()).is_none()
+    }
+
+    /// A restart of a leased VM on another host ended before it ran: libvirt could
+    /// not acquire the lease (the old host's still lives) or the start failed.
+    pub(crate) async fn ha_try_failed(
+        &self,
+        vm_id: &str,
+        name: &str,
+        tried: Option<&str>,
+        message: &str,
+    ) {
+        let host = tried
+            .and_then(|h| self.read().hosts.get(h).map(|h| h.name.clone()))
+            .unwrap_or_default();
+        info!(vm_id, host = %host, message, "HA restart on another host did not take; retried");
+        if self.ha_news(vm_id) {
+            self.event(
+                9603,
+                "error",
+                format!("Restart of the Highly Available VM {name} on Host {host} failed: {message}. Its lease may still be held by the host that stopped responding; it is tried again until the lease is free."),
+                tried,
+                Some(vm_id),
+            )
+            .await;
+        }
+    }
+
     /// The HA runner: restarts failed HA VMs and moves leased HA VMs off hosts that
     /// stopped answering.
     pub async fn ha_loop(self: Arc<Self>) {
         let mut last_try: HashMap<String, Instant> = HashMap::new();
-        let mut told: std::collections::HashSet<String> = Default::default();
         loop {
             tokio::time::sleep(HA_EVERY).await;
-            self.ha_once(&mut last_try, &mut told).await;
+            self.ha_once(&mut last_try).await;
         }
     }
 
-    async fn ha_once(
-        self: &Arc<Self>,
-        last_try: &mut HashMap<String, Instant>,
-        told: &mut std::collections::HashSet<String>,
-    ) {
+    async fn ha_once(self: &Arc<Self>, last_try: &mut HashMap<String, Instant>) {
         // (priority, id, restart from a dead host)
         let mut due: Vec<(i32, String, Option<String>)> = Vec::new();
         {
@@ -132,12 +163,11 @@ impl Manager {
                             .is_some_and(|h| h.status == "non_responsive")
                     });
                 if !dead_host {
-                    told.remove(&v.id);
                     continue;
                 }
                 if v.lease_domain.is_some() {
                     due.push((v.ha_priority, v.id.clone(), v.host.clone()));
-                } else if told.insert(v.id.clone()) {
+                } else if self.ha_news(&v.id) {
                     let name = v.name.clone();
                     let id = v.id.clone();
                     let me = self.clone();
@@ -155,13 +185,21 @@ impl Manager {
             }
         }
         due.sort_by_key(|d| std::cmp::Reverse(d.0));
-        // Attempts are remembered for a while: one event per failing VM, not one per try.
-        last_try.retain(|_, t| t.elapsed() < Duration::from_secs(600));
+        last_try.retain(|_, t| t.elapsed() < RETRY_EVERY * 2);
         for (_, id, from) in due {
-            if last_try.get(&id).is_some_and(|t| t.elapsed() < RETRY_EVERY) {
+            // A leased VM's start on another host fails fast while the old host's
+            // lease lives: tried at every round, to take the lease soon after it expired.
+            let every = if from.is_some() {
+                HA_EVERY
+            } else {
+                RETRY_EVERY
+            };
+            if last_try
+                .get(&id)
+                .is_some_and(|t| t.elapsed() + Duration::from_millis(500) < every)
+            {
                 continue;
             }
-            let first = !last_try.contains_key(&id);
             last_try.insert(id.clone(), Instant::now());
             let r = match &from {
                 None => {
@@ -186,7 +224,7 @@ impl Manager {
                 Ok(()) => info!(vm_id = %id, from = ?from, "HA restart started"),
                 Err(e) => {
                     warn!(vm_id = %id, error = %e, "HA restart failed; retried");
-                    if first {
+                    if self.ha_news(&id) {
                         let name = self.read().vms.get(&id).map(|v| v.name.clone());
                         self.event(
                             9603,

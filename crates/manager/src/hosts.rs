@@ -644,18 +644,23 @@ impl Manager {
                     // An HA restart on another host failed (its lease is still held):
                     // the VM is where it was, unknown on the host that does not answer.
                     v.status = "unknown".into();
-                    v.host = Some(old);
-                    return None;
+                    let tried = std::mem::replace(&mut v.host, Some(old));
+                    return Some(Err((v.name.clone(), tried)));
                 }
                 let host = v.host.take();
                 v.status = "down".into();
                 v.stop_time = Some(now_ms());
                 v.stop_reason = message.clone();
-                Some((v.clone(), host))
+                Some(Ok((v.clone(), host)))
             })
             .await;
         let (v, host) = match r {
-            Ok(Some(Some(x))) => x,
+            Ok(Some(Some(Ok(x)))) => x,
+            Ok(Some(Some(Err((name, tried))))) => {
+                self.ha_try_failed(vm_id, &name, tried.as_deref(), &message)
+                    .await;
+                return false;
+            }
             Ok(_) => return false,
             Err(e) => {
                 warn!(error = %e, "cannot store a VM status");

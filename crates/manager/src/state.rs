@@ -92,6 +92,8 @@ pub struct Manager {
     pub imageio: Arc<halyard_imageio::ImageServer>,
     /// One-time tickets of the VNC WebSocket proxy.
     pub proxy_tickets: crate::consoleproxy::ProxyTickets,
+    /// HA restart failures already told as an event, per VM (memory only; see `ha`).
+    pub ha_told: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 /// Bounds on attempts, per user and per source address.
@@ -229,6 +231,7 @@ impl Manager {
             throttles,
             imageio,
             proxy_tickets: Default::default(),
+            ha_told: Mutex::new(HashMap::new()),
         });
         m.init_admin().await?;
         m.load().await?;

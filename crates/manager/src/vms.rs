@@ -804,14 +804,18 @@ impl Manager {
         } else {
             "admin@internal"
         };
-        self.event(
-            153,
-            "normal",
-            format!("VM {} was started by {by} (Host: {host}).", vm.name),
-            Some(&host_id),
-            Some(id),
-        )
-        .await;
+        // A try on another host while the old one's lease may live is not a start yet
+        // (event 32 says when it runs).
+        if ha_from.is_none() {
+            self.event(
+                153,
+                "normal",
+                format!("VM {} was started by {by} (Host: {host}).", vm.name),
+                Some(&host_id),
+                Some(id),
+            )
+            .await;
+        }
         Ok(())
     }
 

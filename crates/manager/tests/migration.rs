@@ -42,17 +42,6 @@ fn migrate(s: &Setup, vm: &str, to: &str, cancel: bool) -> String {
         .to_string()
 }
 
-async fn vm_on(s: &Setup, id: &str) -> (String, String) {
-    let (_, v) = s.m.api(&s.token, "GET", &format!("/vms/{id}"), "").await;
-    let n = halyard_manager::api::node::Node::parse_xml(v.as_bytes()).expect("vm");
-    let host = n
-        .get("host")
-        .and_then(|h| h.id())
-        .unwrap_or_default()
-        .to_string();
-    (text(&v, &["status"]), host)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_migrates_a_guest_both_ways_and_cancels() {
     let s = Setup::start(1).await;
@@ -126,7 +115,7 @@ async fn sdk_migrates_a_guest_both_ways_and_cancels() {
     assert_eq!(code, 200, "{b}");
     let deadline = Instant::now() + Duration::from_secs(120);
     let first = loop {
-        let (st, host) = vm_on(&s, &id).await;
+        let (st, host) = s.vm_on(&id).await;
         if st == "up" && !host.is_empty() {
             break host;
         }
@@ -183,7 +172,7 @@ async fn sdk_migrates_a_guest_both_ways_and_cancels() {
         .await;
     assert_eq!(code, 409, "{f}");
     assert!(f.contains("Invalid Host Id"), "{f}");
-    assert_eq!(vm_on(&s, &id).await, ("up".to_string(), first.clone()));
+    assert_eq!(s.vm_on(&id).await, ("up".to_string(), first.clone()));
 
     // Writes to the disk while it migrates (a counter, every 20 ms, for 10 s).
     s.cluster.guest_exec(src,
@@ -193,10 +182,7 @@ async fn sdk_migrates_a_guest_both_ways_and_cancels() {
     // There: the scheduler chooses (the other host).
     let went = migrate(&s, &name, "", false);
     assert_eq!(went, s.cluster.host_name(dst));
-    assert_eq!(
-        vm_on(&s, &id).await,
-        ("up".to_string(), s.hosts[dst].clone())
-    );
+    assert_eq!(s.vm_on(&id).await, ("up".to_string(), s.hosts[dst].clone()));
     assert_eq!(
         s.cluster.guest_exec(
             dst,
@@ -287,22 +273,6 @@ async fn start_guest(s: &Setup, name: &str) -> String {
     id
 }
 
-async fn wait_vm(s: &Setup, id: &str, status: &str, host: Option<&str>, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (st, h) = vm_on(s, id).await;
-        if st == status && host.is_none_or(|w| w == h) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "VM {id}: {st} on {h}, never {status} on {host:?}\n{}",
-            mlog(s)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 async fn host_status(s: &Setup, i: usize) -> String {
     let (_, h) =
         s.m.api(&s.token, "GET", &format!("/hosts/{}", s.hosts[i]), "")
@@ -321,8 +291,9 @@ async fn maintenance_empties_the_spm_host_of_three_vms_then_activate() {
     }
     // All three on the SPM host.
     for id in &ids {
-        wait_vm(&s, id, "up", None, Duration::from_secs(120)).await;
-        if vm_on(&s, id).await.1 != s.hosts[spm] {
+        s.wait_vm(id, "up", None, Duration::from_secs(120), || mlog(&s))
+            .await;
+        if s.vm_on(id).await.1 != s.hosts[spm] {
             let (code, b) =
                 s.m.api(
                     &s.token,
@@ -332,7 +303,14 @@ async fn maintenance_empties_the_spm_host_of_three_vms_then_activate() {
                 )
                 .await;
             assert_eq!(code, 200, "{b}");
-            wait_vm(&s, id, "up", Some(&s.hosts[spm]), Duration::from_secs(120)).await;
+            s.wait_vm(
+                id,
+                "up",
+                Some(&s.hosts[spm]),
+                Duration::from_secs(120),
+                || mlog(&s),
+            )
+            .await;
         }
     }
     // Two migrations of one VM at once: the second is refused.
@@ -355,12 +333,12 @@ async fn maintenance_empties_the_spm_host_of_three_vms_then_activate() {
         .await;
     assert_eq!(code, 409, "{f}");
     assert!(f.contains("VM migration is in progress"), "{f}");
-    wait_vm(
-        &s,
+    s.wait_vm(
         &ids[0],
         "up",
         Some(&s.hosts[other]),
         Duration::from_secs(120),
+        || mlog(&s),
     )
     .await;
     // A host preparing for maintenance is no destination.
@@ -408,12 +386,12 @@ async fn maintenance_empties_the_spm_host_of_three_vms_then_activate() {
         t0.elapsed()
     );
     // Its VM went back to the SPM host with that maintenance.
-    wait_vm(
-        &s,
+    s.wait_vm(
         &ids[0],
         "up",
         Some(&s.hosts[spm]),
         Duration::from_secs(30),
+        || mlog(&s),
     )
     .await;
     let t0 = Instant::now();
@@ -441,7 +419,14 @@ async fn maintenance_empties_the_spm_host_of_three_vms_then_activate() {
     assert!(saw_preparing, "it went through preparing_for_maintenance");
     // Every VM runs on the other host.
     for id in &ids {
-        wait_vm(&s, id, "up", Some(&s.hosts[other]), Duration::from_secs(30)).await;
+        s.wait_vm(
+            id,
+            "up",
+            Some(&s.hosts[other]),
+            Duration::from_secs(30),
+            || mlog(&s),
+        )
+        .await;
     }
     assert_eq!(
         s.wait_spm(Duration::from_secs(60)).await,

@@ -89,6 +89,30 @@ fn kill(pid: i32, sig: i32) {
     unsafe { libc::kill(pid, sig) };
 }
 
+/// Every QEMU process on this machine (any test host): pid and command line (NULs as
+/// spaces).
+pub fn qemu_processes() -> Vec<(i32, String)> {
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| {
+        let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        if !comm.starts_with("qemu-system") {
+            return None;
+        }
+        let cmd = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        Some((pid, cmd))
+    })
+    .collect()
+}
+
+/// SIGKILL of a process (a test's QEMU).
+pub fn kill9(pid: i32) {
+    kill(pid, libc::SIGKILL);
+}
+
 fn pid_alive(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
         && !fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -616,6 +640,31 @@ spm_watchdog_interval_secs = 1
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// The QEMU processes running in host i (its network namespace), with their
+    /// command lines.
+    pub fn qemu_on(&self, i: usize) -> Vec<(i32, String)> {
+        let Some(holder) = self.hosts[i].holder.as_ref().map(Child::id) else {
+            return Vec::new();
+        };
+        let ns = fs::read_link(format!("/proc/{holder}/ns/net")).ok();
+        qemu_processes()
+            .into_iter()
+            .filter(|(pid, _)| fs::read_link(format!("/proc/{pid}/ns/net")).ok() == ns)
+            .collect()
+    }
+
+    /// Host i dies: SIGKILL of its agent, its sanlock daemon and its QEMU processes at
+    /// once (what a watchdog reset does to a host whose sanlock stopped renewing; the
+    /// test hosts run sanlock without a watchdog).
+    pub fn kill_host(&mut self, i: usize) {
+        let qemus = self.qemu_on(i);
+        self.kill_sanlock(i);
+        for (pid, _) in qemus {
+            kill(pid, libc::SIGKILL);
+        }
+        self.kill_hostd(i);
     }
 
     /// SIGKILL of host i's sanlock daemon (as if the host died, watchdog aside).

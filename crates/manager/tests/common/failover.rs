@@ -168,14 +168,26 @@ impl Setup {
         s
     }
 
-    /// Polls both hosts' getSpmStatus every 100 ms (with the Manager's client cert).
-    fn start_watch(&self) {
-        let tls = halyard_pki::client_config(&halyard_pki::TlsFiles {
+    /// The Manager's client identity towards the hosts.
+    pub fn manager_tls(&self) -> std::sync::Arc<rustls::ClientConfig> {
+        halyard_pki::client_config(&halyard_pki::TlsFiles {
             cert: self.m.dir.join("data/pki/manager-client.pem"),
             key: self.m.dir.join("data/pki/manager-client.key"),
             ca: self.m.ca(),
         })
-        .expect("client tls");
+        .expect("client tls")
+    }
+
+    /// A client of host i with the Manager's certificate.
+    pub async fn host_client(&self, i: usize) -> halyard_client::Client {
+        halyard_client::Client::connect(&self.cluster.hosts[i].ip, 54321, self.manager_tls())
+            .await
+            .unwrap_or_else(|e| panic!("connecting to host {i}: {e}"))
+    }
+
+    /// Polls both hosts' getSpmStatus every 100 ms (with the Manager's client cert).
+    fn start_watch(&self) {
+        let tls = self.manager_tls();
         let ips: Vec<String> = self.cluster.hosts.iter().map(|h| h.ip.clone()).collect();
         let w = self.watch.clone();
         let dc = self.dc.clone();
@@ -290,6 +302,43 @@ impl Setup {
                 );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+        }
+    }
+
+    /// A VM's status and host (its id) as the API shows them.
+    pub async fn vm_on(&self, id: &str) -> (String, String) {
+        let (_, v) = self
+            .m
+            .api(&self.token, "GET", &format!("/vms/{id}"), "")
+            .await;
+        let host = Node::parse_xml(v.as_bytes())
+            .ok()
+            .and_then(|n| n.get("host").and_then(|h| h.id().map(str::to_string)))
+            .unwrap_or_default();
+        (text(&v, &["status"]), host)
+    }
+
+    /// Waits for VM `id` to be `status` (on `host` when given); `log` says what went on.
+    pub async fn wait_vm(
+        &self,
+        id: &str,
+        status: &str,
+        host: Option<&str>,
+        timeout: Duration,
+        log: impl Fn() -> String,
+    ) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (st, h) = self.vm_on(id).await;
+            if st == status && host.is_none_or(|w| w == h) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "VM {id}: {st} on {h}, never {status} on {host:?}\n{}",
+                log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
