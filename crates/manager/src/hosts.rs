@@ -644,7 +644,7 @@ impl Manager {
                     // An HA restart on another host failed (its lease is still held):
                     // the VM is where it was, unknown on the host that does not answer.
                     v.status = "unknown".into();
-                    let tried = std::mem::replace(&mut v.host, Some(old));
+                    let tried = v.host.replace(old);
                     return Some(Err((v.name.clone(), tried)));
                 }
                 let host = v.host.take();
