@@ -12,6 +12,7 @@ PKGS=(
   busybox-static qemu-guest-agent xz-utils   # the test guest
   debootstrap mtools dosfstools fdisk systemd-boot-efi binutils e2fsprogs openssh-client  # the Debian test image (UEFI, cloud-init, SSH)
   sanlock libsanlock-dev libvirt-sanlock   # host ids, the SPM lease, VM leases (libvirt's sanlock lock manager)
+  fence-agents ipmitool openipmi        # power management: fence_ipmilan (and the tests' simulated BMC, ipmi_sim)
   iproute2 procps ca-certificates openssl util-linux
   postgresql                            # the Manager's production database (tests run their own)
   gcc python3-dev python3-venv libxml2-dev   # ovirt-engine-sdk-python for the API tests

@@ -114,6 +114,18 @@ async fn call(
             bind::<verbs::HostGetAvailableUpdates>(params)?;
             to_value(crate::updates::available(&agent.cfg.updates.packages).await?)
         }
+        verbs::HostFenceNode::METHOD => {
+            let p = bind::<verbs::HostFenceNode>(params)?;
+            let f = &agent.cfg.fencing;
+            to_value(
+                crate::fence::fence_node(
+                    &f.agents_dir,
+                    std::time::Duration::from_secs(f.timeout_secs.max(1)),
+                    p,
+                )
+                .await?,
+            )
+        }
         verbs::HostGetStats::METHOD => {
             bind::<verbs::HostGetStats>(params)?;
             to_value(agent.host_stats().await)

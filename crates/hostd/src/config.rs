@@ -31,6 +31,26 @@ pub struct Config {
     pub updates: Updates,
     pub imageio: ImageIo,
     pub migration: Migration,
+    pub fencing: Fencing,
+}
+
+/// This host as a fence proxy (`Host.fenceNode`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Fencing {
+    /// Where the fence agents are (`fence_<agent>`; Debian's fence-agents).
+    pub agents_dir: PathBuf,
+    /// How long one agent run may take; past it the agent is killed.
+    pub timeout_secs: u64,
+}
+
+impl Default for Fencing {
+    fn default() -> Self {
+        Fencing {
+            agents_dir: PathBuf::from("/usr/sbin"),
+            timeout_secs: 120,
+        }
+    }
 }
 
 /// Live migration (VDSM's `[vars]` migration_* keys).
@@ -315,6 +335,7 @@ impl Default for Config {
             trim_resident_pages: true,
             updates: Updates::default(),
             migration: Migration::default(),
+            fencing: Fencing::default(),
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod clock;
 pub mod config;
 pub mod console;
 pub mod domxml;
+pub mod fence;
 pub mod guestinfo;
 pub mod identity;
 pub mod images;

@@ -49,6 +49,30 @@ pub struct Config {
     /// Where hosts write the serial console logs of VMs the Manager starts.
     pub vm_console_dir: String,
     pub imageio: ImageIo,
+    pub fencing: Fencing,
+}
+
+/// Power management and fencing of hosts (see `fencing`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Fencing {
+    /// Seconds a host with automatic power management must be non_responsive before
+    /// the Manager fences it (oVirt waits a grace period too).
+    pub grace_secs: u64,
+    /// Seconds between passes of the fencing monitor.
+    pub check_secs: u64,
+    /// Seconds a stop or start may take to show in the power status.
+    pub wait_secs: u64,
+}
+
+impl Default for Fencing {
+    fn default() -> Self {
+        Fencing {
+            grace_secs: 30,
+            check_secs: 5,
+            wait_secs: 60,
+        }
+    }
 }
 
 /// The image transfer proxy (ovirt-imageio's proxy on the engine, port 54323) and
@@ -180,6 +204,7 @@ impl Default for Config {
             host_cert_days: 365,
             vm_console_dir: "/var/log/halyard/vms".into(),
             imageio: ImageIo::default(),
+            fencing: Fencing::default(),
         }
     }
 }

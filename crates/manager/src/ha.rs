@@ -12,8 +12,8 @@
 //!   believes. Until a start succeeds it stays `unknown` on its old host; if that host
 //!   answers again with the VM running, the VM is simply there.
 //! - Without a lease the Manager cannot know that the old copy is gone: such a VM is
-//!   restarted only after its host was fenced (power management), which Halyard does
-//!   not do yet; an event says so.
+//!   restarted only after its host was fenced (power management, see `fencing`) or
+//!   an admin confirmed the host was rebooted; an event says so.
 //!
 //! VM leases live in the domain's `xleases` volume (VDSM's `Lease.create/delete`, run
 //! by the SPM).
@@ -175,7 +175,7 @@ impl Manager {
                         me.event(
                             9603,
                             "error",
-                            format!("Restart of the Highly Available VM {name} failed: its host is not responding and the VM has no lease; it is restarted only after the host is fenced, and Halyard does not fence hosts yet."),
+                            format!("Restart of the Highly Available VM {name} is pending: its host is not responding and the VM has no lease; it is restarted once the host was fenced (power management) or an admin confirmed that the host was rebooted (fence_type=manual)."),
                             None,
                             Some(&id),
                         )

@@ -17,6 +17,7 @@ pub mod consoleproxy;
 pub mod db;
 pub mod directory;
 pub mod domains;
+pub mod fencing;
 pub mod ha;
 pub mod hosts;
 pub mod images;

@@ -262,6 +262,7 @@ fn main() -> anyhow::Result<()> {
         tokio::spawn(halyard_manager::memory::trim_periodically());
         tokio::spawn(m.clone().pool_loop());
         tokio::spawn(m.clone().ha_loop());
+        tokio::spawn(m.clone().fencing_loop());
         tokio::spawn(halyard_manager::api::vmpools::monitor(m.clone()));
         m.pause_interrupted_transfers().await;
         tokio::spawn(m.clone().watch_transfers());

@@ -95,6 +95,13 @@ pub struct Cluster {
     /// Its scheduling policy (empty: oVirt's default, `none`).
     #[serde(default)]
     pub scheduling_policy: String,
+    /// fencing_policy.enabled: non-responsive hosts with power management are fenced.
+    #[serde(default = "yes")]
+    pub fencing_enabled: bool,
+    /// fencing_policy.skip_if_sd_active: not while the host still renews its storage
+    /// lease (it lost the Manager, not its storage).
+    #[serde(default)]
+    pub fencing_skip_if_sd_active: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -177,6 +184,16 @@ pub struct Host {
     /// The host id in its data center's lockspaces (1..250; 0 = not given yet).
     #[serde(default)]
     pub spm_id: u32,
+    /// oVirt's power_management.enabled: its fence agents may be used.
+    #[serde(default)]
+    pub pm_enabled: bool,
+    /// power_management.automatic_pm_enabled: the Manager fences it when it stops
+    /// answering (and the cluster's fencing policy allows it).
+    #[serde(default = "yes")]
+    pub pm_automatic: bool,
+    /// When it was last fenced (ms): it is not fenced again until it answered once.
+    #[serde(default)]
+    pub fenced_ms: i64,
     /// Domains the host reports as not valid (Host.getStats storageDomains), memory only.
     #[serde(skip)]
     pub domains_bad: Vec<String>,
@@ -417,6 +434,41 @@ pub struct JoinToken {
 
 fn default_spm_priority() -> i32 {
     5
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A host's fence agent (oVirt's `Agent`, `hosts/{id}/fenceagents`): how its power is
+/// controlled, run by another host of its cluster or data center (`Host.fenceNode`).
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+pub struct FenceAgent {
+    pub id: String,
+    pub host: String,
+    /// Tried in this order (1 first).
+    pub order: u32,
+    /// The fence agent's name without `fence_` (ipmilan, ilo4, drac5, apc, ...).
+    pub agent_type: String,
+    pub address: String,
+    pub port: Option<u16>,
+    pub username: String,
+    /// A secret: never shown through the API nor logged (the database file is 0600).
+    pub password: String,
+    /// The agent's own options (`lanplus=1`, `power_wait=3`), by name.
+    pub options: Vec<(String, String)>,
+    pub encrypt_options: bool,
+}
+
+impl std::fmt::Debug for FenceAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FenceAgent")
+            .field("id", &self.id)
+            .field("host", &self.host)
+            .field("agent_type", &self.agent_type)
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A storage domain (a data domain on a file connection).
@@ -983,6 +1035,7 @@ pub struct Inventory {
     pub join_tokens: BTreeMap<String, JoinToken>,
     pub tags: BTreeMap<String, Tag>,
     pub records: BTreeMap<String, Record>,
+    pub fence_agents: BTreeMap<String, FenceAgent>,
     /// VM name -> id (names are unique): searches by name are lookups.
     pub vm_names: HashMap<String, String>,
     /// MAC address -> how many NICs have it (addresses are checked against every NIC).

@@ -381,6 +381,9 @@ impl Manager {
         for x in self.db.all::<Record>("record").await? {
             inv.records.insert(x.id.clone(), x);
         }
+        for x in self.db.all::<FenceAgent>("fenceagent").await? {
+            inv.fence_agents.insert(x.id.clone(), x);
+        }
         inv.events = self
             .db
             .recent_events::<Event>(EVENTS_IN_MEMORY as i64)
@@ -416,6 +419,8 @@ impl Manager {
             cpu_type: "Halyard Any CPU".into(),
             mac_pool: String::new(),
             scheduling_policy: String::new(),
+            fencing_enabled: true,
+            fencing_skip_if_sd_active: false,
         };
         let net = Network {
             id: uuid::Uuid::new_v4().to_string(),
@@ -881,4 +886,5 @@ stored! {
     JoinToken => "jointoken", join_tokens;
     Tag => "tag", tags;
     Record => "record", records;
+    FenceAgent => "fenceagent", fence_agents;
 }

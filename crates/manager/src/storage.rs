@@ -390,7 +390,7 @@ impl Manager {
             .ok_or_else(|| StorageOpError::Failed(format!("host {host_id} is not connected")))
     }
 
-    fn host_name(&self, host_id: &str) -> String {
+    pub(crate) fn host_name(&self, host_id: &str) -> String {
         self.read()
             .hosts
             .get(host_id)

@@ -1116,6 +1116,8 @@ mod tests {
             cpu_type: String::new(),
             mac_pool: String::new(),
             scheduling_policy: policy.into(),
+            fencing_enabled: true,
+            fencing_skip_if_sd_active: false,
         };
         let id_of = |name: &str| {
             crate::scheduling::policies()

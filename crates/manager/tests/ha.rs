@@ -319,3 +319,206 @@ async fn leased_ha_vm_restarts_after_a_crash_and_its_host_death_never_twice() {
     assert_eq!(s.vm_on(&id).await.0, "down", "{}", hlog(&s));
     assert!(qemus_of(&id).is_empty());
 }
+
+/// Power management: a fence agent (fence_ipmilan) on host a against its simulated BMC
+/// (ipmi_sim, whose "power off" kills the host); an HA VM without a lease runs there.
+/// Host a's agent dies: the host is non-responsive but still renews its storage lease,
+/// so the cluster's policy (skip_if_sd_active) skips fencing and the VM is not
+/// restarted (it still runs there). Its sanlock dies too: the Manager fences it through
+/// host b (off, confirmed by the status, then on), the VM is down and restarted on
+/// host b; a watcher never sees two QEMUs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_less_ha_vm_restarts_after_its_host_was_fenced() {
+    let mut s = Setup::start_with(1, None, "[fencing]\ngrace_secs = 2\ncheck_secs = 1\n").await;
+    s.wait_spm(Duration::from_secs(60)).await;
+    let img = halyard_testinfra::env::Env::get().guest_image().clone();
+    let name = format!("hlyd-c{}-fha", s.cluster.k);
+    let body = format!(
+        "<vm><name>{name}</name><cluster><name>Default</name></cluster><template><name>Blank</name></template><memory>{}</memory><os><type>other_linux</type><kernel>{}</kernel><initrd>{}</initrd><cmdline>{}</cmdline></os><high_availability><enabled>true</enabled></high_availability></vm>",
+        128u64 << 20,
+        img.kernel.display(),
+        img.initrd.display(),
+        halyard_testguest::kernel_cmdline(None, None),
+    );
+    let (code, v) = s.m.api(&s.token, "POST", "/vms", &body).await;
+    assert_eq!(code, 201, "{v}");
+    let id = attr_id(&v);
+    let (code, b) =
+        s.m.api(&s.token, "POST", &format!("/vms/{id}/start"), "<action/>")
+            .await;
+    assert_eq!(code, 200, "{b}");
+    s.wait_vm(&id, "up", None, Duration::from_secs(120), || hlog(&s))
+        .await;
+    let on = s.vm_on(&id).await.1;
+    let a = s.hosts.iter().position(|h| *h == on).expect("our host");
+    let b_ = 1 - a;
+    let host_a = s.hosts[a].clone();
+    let bmc = s.cluster.start_bmc(a);
+
+    // Without power management a fence is refused; bad agents are refused.
+    let (code, f) =
+        s.m.api(
+            &s.token,
+            "POST",
+            &format!("/hosts/{host_a}/fence"),
+            "<action><fence_type>status</fence_type></action>",
+        )
+        .await;
+    assert_eq!(code, 409, "{f}");
+    assert!(f.contains("power management is not enabled"), "{f}");
+    for (bad, what) in [
+        (
+            "<agent><type>../sh</type><address>x</address></agent>",
+            "a fence agent's name",
+        ),
+        (
+            "<agent><type>ipmilan</type></agent>",
+            "<address> is required",
+        ),
+        (
+            "<agent><type>ipmilan</type><address>a&#10;b</address></agent>",
+            "control characters",
+        ),
+        (
+            "<agent><type>ipmilan</type><address>x</address><port>70000</port></agent>",
+            "1 to 65535",
+        ),
+    ] {
+        let (code, f) =
+            s.m.api(
+                &s.token,
+                "POST",
+                &format!("/hosts/{host_a}/fenceagents"),
+                bad,
+            )
+            .await;
+        assert_eq!(code, 400, "{bad}: {f}");
+        assert!(
+            f.contains(&what.replace('<', "&lt;").replace('>', "&gt;")) || f.contains(what),
+            "{bad}: {f}"
+        );
+    }
+    let agent = format!(
+        "<agent><type>ipmilan</type><address>{}</address><port>{}</port><username>{}</username><password>{}</password><order>1</order><options><option><name>lanplus</name><value>1</value></option><option><name>cipher</name><value>3</value></option><option><name>power_wait</name><value>0</value></option></options></agent>",
+        bmc.address, bmc.port, bmc.username, bmc.password
+    );
+    let (code, ag) =
+        s.m.api(
+            &s.token,
+            "POST",
+            &format!("/hosts/{host_a}/fenceagents"),
+            &agent,
+        )
+        .await;
+    assert_eq!(code, 201, "{ag}");
+    assert!(!ag.contains(&bmc.password), "the password is shown: {ag}");
+    let (_, list) =
+        s.m.api(&s.token, "GET", &format!("/hosts/{host_a}/fenceagents"), "")
+            .await;
+    assert!(
+        list.contains("<type>ipmilan</type>") && !list.contains(&bmc.password),
+        "{list}"
+    );
+    let (code, h) =
+        s.m.api(
+            &s.token,
+            "PUT",
+            &format!("/hosts/{host_a}"),
+            "<host><power_management><enabled>true</enabled><automatic_pm_enabled>true</automatic_pm_enabled></power_management></host>",
+        )
+        .await;
+    assert_eq!(code, 200, "{h}");
+    let (_, cl) =
+        s.m.api(&s.token, "GET", "/clusters?search=name%3DDefault", "")
+            .await;
+    let cluster = halyard_manager::api::node::Node::parse_xml(cl.as_bytes())
+        .ok()
+        .and_then(|n| n.get("cluster").and_then(|c| c.id().map(str::to_string)))
+        .expect("the Default cluster");
+    let (code, c) =
+        s.m.api(
+            &s.token,
+            "PUT",
+            &format!("/clusters/{cluster}"),
+            "<cluster><fencing_policy><enabled>true</enabled><skip_if_sd_active><enabled>true</enabled></skip_if_sd_active></fencing_policy></cluster>",
+        )
+        .await;
+    assert_eq!(code, 200, "{c}");
+    // The power status through host b's fence_ipmilan.
+    let (code, st) =
+        s.m.api(
+            &s.token,
+            "POST",
+            &format!("/hosts/{host_a}/fence"),
+            "<action><fence_type>status</fence_type></action>",
+        )
+        .await;
+    assert_eq!(code, 200, "{st}");
+    assert_eq!(text(&st, &["power_management", "status"]), "on", "{st}");
+
+    // Host a's agent dies: non-responsive, but its storage lease lives: not fenced.
+    let watch = QemuWatch::start(id.clone());
+    s.cluster.kill_hostd(a);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ev = events(&s).await;
+        if ev.contains("was skipped: it still renews its storage lease") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fencing not skipped\n{}\n{}",
+            tail(&ev, 30),
+            hlog(&s)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(bmc.power(), "on", "{}", bmc.log());
+    assert_eq!(s.vm_on(&id).await.0, "unknown");
+    assert_eq!(
+        qemus_of(&id).len(),
+        1,
+        "the VM still runs on the host that lost the Manager"
+    );
+
+    // Its sanlock dies too: fenced (off, then on) through host b, the VM restarted there.
+    let killed = Instant::now();
+    s.cluster.kill_sanlock(a);
+    s.wait_vm(
+        &id,
+        "up",
+        Some(&s.hosts[b_]),
+        Duration::from_secs(180),
+        || format!("{}\n{}", hlog(&s), bmc.log()),
+    )
+    .await;
+    let t = killed.elapsed();
+    eprintln!("host without a storage lease fenced and its HA VM up on the other host after {t:?}");
+    assert_eq!(
+        watch.max.load(Ordering::Relaxed),
+        1,
+        "two copies of the VM ran at once"
+    );
+    let log = bmc.log();
+    assert!(
+        log.contains("set power 0") && log.contains("set power 1"),
+        "{log}"
+    );
+    assert_eq!(bmc.power(), "on");
+    let ev = events(&s).await;
+    for want in [
+        format!("Host {} was stopped by the system", s.cluster.host_name(a)),
+        format!(
+            "Host {} was restarted by the system",
+            s.cluster.host_name(a)
+        ),
+        format!("Highly Available VM {name} failed. It will be restarted automatically."),
+    ] {
+        assert!(ev.contains(&want), "{want}\n{}", tail(&ev, 40));
+    }
+    let (_, h) =
+        s.m.api(&s.token, "GET", &format!("/hosts/{host_a}"), "")
+            .await;
+    assert_ne!(text(&h, &["status"]), "up", "{h}");
+    drop(watch);
+}

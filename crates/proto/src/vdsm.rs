@@ -858,6 +858,65 @@ pub struct PackageVersion {
     pub release: String,
 }
 
+/// `Host.fenceNode`: a power management action on another host, through its fence
+/// agent (`/usr/sbin/fence_<agent>`), run on this host (the engine's fence proxy).
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+pub struct FenceNodeParams {
+    /// The fence device's address (a BMC, a PDU).
+    pub addr: String,
+    /// Its port: VDSM's schema says int; the engine sends "" when there is none.
+    #[serde(default)]
+    pub port: Value,
+    /// The agent's name without `fence_` (`ipmilan`, `ilo`, `drac5`, ...).
+    pub agent: String,
+    pub username: String,
+    pub password: String,
+    /// `status`, `on`, `off` or `reboot`.
+    pub action: String,
+    #[serde(default)]
+    pub secure: Value,
+    /// More agent options as `key=value` pairs, separated by spaces, commas or lines.
+    #[serde(default)]
+    pub options: String,
+    #[serde(default)]
+    pub policy: Option<FencingPolicy>,
+}
+
+impl std::fmt::Debug for FenceNodeParams {
+    /// Without the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FenceNodeParams")
+            .field("addr", &self.addr)
+            .field("port", &self.port)
+            .field("agent", &self.agent)
+            .field("username", &self.username)
+            .field("action", &self.action)
+            .finish_non_exhaustive()
+    }
+}
+
+/// VDSM's `FencingPolicy`: skip `on`/`off`/`reboot` while the fenced host still renews
+/// its host id on one of these domains (domain uuid → its host id).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct FencingPolicy {
+    #[serde(rename = "storageDomainHostIdMap", default)]
+    pub storage_domain_host_id_map: Option<BTreeMap<String, u32>>,
+}
+
+/// `Host.fenceNode`'s result (VDSM's `FenceNodeResult`, with the status VDSM puts
+/// beside it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FenceNodeResult {
+    /// `on`, `off` or `unknown` (the `status` action).
+    pub power: String,
+    /// `initiated` or `skipped` (`on`, `off`, `reboot`).
+    #[serde(rename = "operationStatus", skip_serializing_if = "Option::is_none")]
+    pub operation_status: Option<String>,
+    /// The agent's exit code (0 well; for `status`, 2 means off) and its message.
+    pub code: i64,
+    pub message: String,
+}
+
 /// One typed verb per VDSM method.
 pub mod verbs {
     use super::*;
@@ -988,6 +1047,16 @@ pub mod verbs {
         Capabilities
     );
     verb!(HostGetStats, "Host.getStats", [], NoParams, HostStats);
+    verb!(
+        HostFenceNode,
+        "Host.fenceNode",
+        [
+            "addr", "port", "agent", "username", "password", "action", "secure", "options",
+            "policy"
+        ],
+        FenceNodeParams,
+        FenceNodeResult
+    );
     verb!(
         HostGetAvailableUpdates,
         "Host.getAvailableUpdates",

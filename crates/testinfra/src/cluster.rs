@@ -642,6 +642,11 @@ spm_watchdog_interval_secs = 1
         }
     }
 
+    /// The process holding host i's namespaces.
+    pub(crate) fn holder_pid(&self, i: usize) -> Option<u32> {
+        self.hosts[i].holder.as_ref().map(Child::id)
+    }
+
     /// The QEMU processes running in host i (its network namespace), with their
     /// command lines.
     pub fn qemu_on(&self, i: usize) -> Vec<(i32, String)> {

@@ -11,6 +11,7 @@
 //! Everything a test makes is removed when the [`TestHost`] is dropped, also when the
 //! test panics; domains left by a killed test process are removed by the next one.
 
+pub mod bmc;
 pub mod cluster;
 pub mod env;
 pub mod guest;

@@ -312,7 +312,14 @@ const VM_UPDATE: &[&str] = &[
     "id",
 ];
 const HOST_ADD: &[&str] = &["name", "address", "port", "root_password", "cluster"];
-const HOST_UPDATE: &[&str] = &["name", "spm/priority", "cluster", "id"];
+const HOST_UPDATE: &[&str] = &[
+    "name",
+    "spm/priority",
+    "cluster",
+    "power_management/enabled",
+    "power_management/automatic_pm_enabled",
+    "id",
+];
 const NIC_ADD: &[&str] = &[
     "name",
     "description",
@@ -606,6 +613,9 @@ async fn route(m: &Arc<Manager>, r: &Req) -> Out {
         return out;
     }
     if let Some(out) = super::consoles::route(m, r, &s).await {
+        return out;
+    }
+    if let Some(out) = super::fencing::route(m, r, &s).await {
         return out;
     }
     match s.as_slice() {
@@ -1061,6 +1071,8 @@ async fn add_cluster(m: &Arc<Manager>, r: &Req) -> Out {
             .to_string(),
         mac_pool,
         scheduling_policy,
+        fencing_enabled: true,
+        fencing_skip_if_sd_active: false,
     };
     m.insert(&c)
         .await
@@ -1179,6 +1191,9 @@ async fn update_host(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
         }
         None => None,
     };
+    let pm = n.get("power_management");
+    let pm_enabled = super::fencing::bool_at(pm, &["enabled"])?;
+    let pm_automatic = super::fencing::bool_at(pm, &["automatic_pm_enabled"])?;
     let _g = m.write_lock.lock().await;
     // Another cluster: in maintenance, within its data center (a move across data
     // centers would change its storage pool; not done yet).
@@ -1243,6 +1258,12 @@ async fn update_host(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
             }
             if let Some(p) = priority {
                 h.spm_priority = p;
+            }
+            if let Some(e) = pm_enabled {
+                h.pm_enabled = e;
+            }
+            if let Some(e) = pm_automatic {
+                h.pm_automatic = e;
             }
             if let Some(c) = &cluster {
                 h.cluster = c.clone();
@@ -1357,7 +1378,7 @@ async fn host_action(m: &Arc<Manager>, id: &str, action: &str, r: &Req) -> Out {
                 h.name
             ))
         }),
-        "forceselectspm" | "fence" => Err(ApiError::conflict(format!(
+        "forceselectspm" => Err(ApiError::conflict(format!(
             "{action} needs storage (not available on host {})",
             h.name
         ))),

@@ -19,6 +19,8 @@ const CLUSTER_UPDATE: &[&str] = &[
     "cpu/type",
     "mac_pool",
     "scheduling_policy",
+    "fencing_policy/enabled",
+    "fencing_policy/skip_if_sd_active/enabled",
     "id",
 ];
 const NETWORK_ADD: &[&str] = &[
@@ -317,6 +319,9 @@ async fn update_cluster(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
     check_id(id)?;
     let n = r.document("cluster", "Cluster", CLUSTER_UPDATE)?;
     let name = new_name(&n, "cluster")?;
+    let fp = n.get("fencing_policy");
+    let fencing = super::fencing::bool_at(fp, &["enabled"])?;
+    let skip_sd = super::fencing::bool_at(fp, &["skip_if_sd_active", "enabled"])?;
     let _g = m.write_lock.lock().await;
     let mac_pool = match n.get("mac_pool") {
         Some(p) => Some(super::records::find_ref(&m.read(), "MacPool", p)?),
@@ -353,6 +358,12 @@ async fn update_cluster(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
             }
             if let Some(p) = policy {
                 c.scheduling_policy = p;
+            }
+            if let Some(e) = fencing {
+                c.fencing_enabled = e;
+            }
+            if let Some(e) = skip_sd {
+                c.fencing_skip_if_sd_active = e;
             }
             c.clone()
         })

@@ -4,6 +4,7 @@ pub mod access;
 pub mod affinity;
 pub mod cdroms;
 pub mod consoles;
+pub mod fencing;
 pub mod handlers;
 pub mod initialization;
 pub mod inventory;

@@ -66,6 +66,14 @@ pub fn cluster(c: &Cluster) -> Node {
                 .with(Node::leaf("type", &c.cpu_type)),
         )
         .with(Node::leaf("ballooning_enabled", false))
+        .with(
+            Node::new("fencing_policy")
+                .with(Node::leaf("enabled", c.fencing_enabled))
+                .with(
+                    Node::new("skip_if_sd_active")
+                        .with(Node::leaf("enabled", c.fencing_skip_if_sd_active)),
+                ),
+        )
         .with(version(4, 7))
         .with(Node::reference(
             "mac_pool",
@@ -174,6 +182,12 @@ pub fn host(h: &Host, scheduling_memory: u64) -> Node {
                 .with(Node::new("version").with(Node::leaf("full_version", &h.kernel))),
         )
         .with(Node::leaf("port", h.port))
+        .with(
+            Node::new("power_management")
+                .with(Node::leaf("enabled", h.pm_enabled))
+                .with(Node::leaf("automatic_pm_enabled", h.pm_automatic))
+                .with(Node::leaf("kdump_detection", false)),
+        )
         .with(Node::leaf("protocol", "stomp"))
         .with(
             Node::new("spm")

@@ -76,15 +76,21 @@ impl Setup {
     /// Like [`Setup::start`]; host `hide` sees an empty tmpfs where the shared storage
     /// is (it cannot reach the domain) from before the domain is attached.
     pub async fn start_hiding(io_timeout: u32, hide: Option<usize>) -> Setup {
+        Setup::start_with(io_timeout, hide, "").await
+    }
+
+    /// Like [`Setup::start_hiding`], with more Manager configuration (TOML sections
+    /// after `[monitoring]`).
+    pub async fn start_with(io_timeout: u32, hide: Option<usize>, more: &str) -> Setup {
         let mut cluster = Cluster::prepare(
             2,
             workspace_bin("halyard-hostd", "halyard-hostd"),
             io_timeout,
         );
-        let extra = "auto_approve = [\"10.215.*\"]\n[monitoring]\npool_check_secs = 1\nspm_status_interval_secs = 2\n";
+        let extra = format!("auto_approve = [\"10.215.*\"]\n[monitoring]\npool_check_secs = 1\nspm_status_interval_secs = 2\n{more}");
         let m = ManagerProc::start_on(
             Database::Sqlite,
-            extra,
+            &extra,
             "info,halyard_manager=debug",
             "0.0.0.0",
             &[cluster.bridge_ip()],

@@ -139,10 +139,11 @@ NEEDS_FEATURE = {
         "</action> (?correlation_id=..., then GET /jobs?search=correlation_id=...) -> 501 [Halyard does "
         "not implement the action set_master of DataCenterService yet]",
     "set_vm_lease_storage_domain":
-        "VM high availability and leases: PUT /vms/{id} <vm><high_availability><enabled>true</enabled>"
-        "</high_availability><lease><storage_domain id=.../></lease></vm> -> 400 "
-        "[<high_availability> is in oVirt's model, but Halyard does not act on it yet; remove it "
-        "from the request]",
+        "a VM lease on a local domain: PUT /vms/{id} <vm><high_availability><enabled>true</enabled>"
+        "</high_availability><lease><storage_domain id=.../></lease></vm> with mydata, a LOCALFS "
+        "domain -> 409 [Cannot use storage domain mydata for the VM lease: a VM lease needs a shared "
+        "domain (NFS or POSIX), not local storage.] (the runner's single host does not run libvirt "
+        "with sanlock as its lock manager either; leases are tested in tests/ha.rs)",
     "list_vm_snapshots":
         "disks of a snapshot: GET /vms/{id}/snapshots/{id}/disks -> 501 [Halyard does not implement "
         "SnapshotDisksService.list yet]",
