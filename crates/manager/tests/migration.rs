@@ -253,33 +253,6 @@ fn mlog(s: &Setup) -> String {
     v[v.len().saturating_sub(80)..].join("\n")
 }
 
-/// A diskless test guest (no NIC), started; returns its id once it is up.
-async fn start_guest(s: &Setup, name: &str) -> String {
-    let img = halyard_testinfra::env::Env::get().guest_image().clone();
-    let body = format!(
-        "<vm><name>{name}</name><cluster><name>Default</name></cluster><template><name>Blank</name></template><memory>{}</memory><os><type>other_linux</type><kernel>{}</kernel><initrd>{}</initrd><cmdline>{}</cmdline></os></vm>",
-        128u64 << 20,
-        img.kernel.display(),
-        img.initrd.display(),
-        halyard_testguest::kernel_cmdline(None, None),
-    );
-    let (code, v) = s.m.api(&s.token, "POST", "/vms", &body).await;
-    assert_eq!(code, 201, "{v}");
-    let id = attr_id(&v);
-    let (code, b) =
-        s.m.api(&s.token, "POST", &format!("/vms/{id}/start"), "<action/>")
-            .await;
-    assert_eq!(code, 200, "{b}");
-    id
-}
-
-async fn host_status(s: &Setup, i: usize) -> String {
-    let (_, h) =
-        s.m.api(&s.token, "GET", &format!("/hosts/{}", s.hosts[i]), "")
-            .await;
-    text(&h, &["status"])
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maintenance_empties_the_spm_host_of_three_vms_then_activate() {
     let s = Setup::start(1).await;
@@ -287,7 +260,10 @@ async fn maintenance_empties_the_spm_host_of_three_vms_then_activate() {
     let other = 1 - spm;
     let mut ids = Vec::new();
     for i in 0..3 {
-        ids.push(start_guest(&s, &format!("hlyd-c{}-mnt{i}", s.cluster.k)).await);
+        ids.push(
+            s.start_test_guest(&format!("hlyd-c{}-mnt{i}", s.cluster.k))
+                .await,
+        );
     }
     // All three on the SPM host.
     for id in &ids {
@@ -353,7 +329,7 @@ async fn maintenance_empties_the_spm_host_of_three_vms_then_activate() {
         .await;
     assert_eq!(code, 200, "{b}");
     let deadline = Instant::now() + Duration::from_secs(120);
-    while host_status(&s, other).await != "maintenance" {
+    while s.host_status(other).await != "maintenance" {
         assert!(Instant::now() < deadline, "{}", mlog(&s));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -377,7 +353,7 @@ async fn maintenance_empties_the_spm_host_of_three_vms_then_activate() {
         .await;
     assert_eq!(code, 200, "{b}");
     let deadline = Instant::now() + Duration::from_secs(120);
-    while host_status(&s, other).await != "up" {
+    while s.host_status(other).await != "up" {
         assert!(Instant::now() < deadline, "{}", mlog(&s));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -407,7 +383,7 @@ async fn maintenance_empties_the_spm_host_of_three_vms_then_activate() {
     let mut saw_preparing = false;
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
-        let st = host_status(&s, spm).await;
+        let st = s.host_status(spm).await;
         if st == "maintenance" {
             break;
         }
@@ -453,7 +429,7 @@ async fn maintenance_empties_the_spm_host_of_three_vms_then_activate() {
         .await;
     assert_eq!(code, 200, "{b}");
     let deadline = Instant::now() + Duration::from_secs(120);
-    while host_status(&s, spm).await != "up" {
+    while s.host_status(spm).await != "up" {
         assert!(Instant::now() < deadline, "{}", mlog(&s));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -311,6 +311,42 @@ impl Setup {
         }
     }
 
+    /// A diskless test guest (no NIC: the hosts have no guest bridge) of 128 MiB,
+    /// added and started; its id.
+    pub async fn start_test_guest(&self, name: &str) -> String {
+        let img = halyard_testinfra::env::Env::get().guest_image().clone();
+        let body = format!(
+            "<vm><name>{name}</name><cluster><name>Default</name></cluster><template><name>Blank</name></template><memory>{}</memory><os><type>other_linux</type><kernel>{}</kernel><initrd>{}</initrd><cmdline>{}</cmdline></os></vm>",
+            128u64 << 20,
+            img.kernel.display(),
+            img.initrd.display(),
+            halyard_testguest::kernel_cmdline(None, None),
+        );
+        let (code, v) = self.m.api(&self.token, "POST", "/vms", &body).await;
+        assert_eq!(code, 201, "{v}");
+        let id = attr_id(&v);
+        let (code, b) = self
+            .m
+            .api(
+                &self.token,
+                "POST",
+                &format!("/vms/{id}/start"),
+                "<action/>",
+            )
+            .await;
+        assert_eq!(code, 200, "{b}");
+        id
+    }
+
+    /// Host i's status as the API shows it.
+    pub async fn host_status(&self, i: usize) -> String {
+        let (_, h) = self
+            .m
+            .api(&self.token, "GET", &format!("/hosts/{}", self.hosts[i]), "")
+            .await;
+        text(&h, &["status"])
+    }
+
     /// A VM's status and host (its id) as the API shows them.
     pub async fn vm_on(&self, id: &str) -> (String, String) {
         let (_, v) = self
