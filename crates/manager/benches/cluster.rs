@@ -127,17 +127,17 @@ fn main() {
         let bound = s.lease_bound().as_secs_f64();
         println!("Cluster, two namespaced hosts, TCG guests of 128 MiB, sanlock io_timeout {io} s");
         println!(
-            "{:<52} {:>10} {:>12}",
+            "{:<64} {:>10} {:>12}",
             "", "Halyard (s)", "reference (s)"
         );
         println!(
-            "{:<52} {:>10.2} {:>12}",
+            "{:<64} {:>10.2} {:>12}",
             format!("maintenance of a host with {n} VMs (deactivate -> maintenance)"),
             t_maint,
             "-"
         );
         println!(
-            "{:<52} {:>10.2} {:>12.0}  ({:.3}x sanlock's bound)",
+            "{:<64} {:>10.2} {:>12.0}  ({:.3}x sanlock's bound)",
             "HA restart of a leased VM after its host died",
             t_ha,
             bound,
