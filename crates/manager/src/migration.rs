@@ -136,7 +136,14 @@ impl Manager {
                 d.map(|h| h.port).unwrap_or(54321),
             )
         };
-        let params = json!({
+        // The cluster's custom bandwidth (Mbps) as VDSM's maxBandwidth (MiB/s).
+        let max_bandwidth = self
+            .read()
+            .clusters
+            .get(&vm.cluster)
+            .and_then(|c| c.migration_bandwidth_mbps)
+            .map(|mbps| (mbps / 8).max(1));
+        let mut params = json!({
             "dst": format!("{}:{dst_port}", bracket(&dst_addr)),
             "dstqemu": dst_addr,
             "src": src_name,
@@ -151,6 +158,9 @@ impl Manager {
             "incomingLimit": 2,
             "convergenceSchedule": minimal_downtime_schedule(),
         });
+        if let Some(b) = max_bandwidth {
+            params["maxBandwidth"] = json!(b);
+        }
         let r = match self.host_client(&src).await {
             None => Err("the VM's host is not connected".to_string()),
             Some(cl) => cl

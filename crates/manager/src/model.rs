@@ -102,6 +102,10 @@ pub struct Cluster {
     /// lease (it lost the Manager, not its storage).
     #[serde(default)]
     pub fencing_skip_if_sd_active: bool,
+    /// migration.bandwidth: `custom` in Mbps (None: `hypervisor_default`, the agent's
+    /// own limit).
+    #[serde(default)]
+    pub migration_bandwidth_mbps: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -421,6 +421,7 @@ impl Manager {
             scheduling_policy: String::new(),
             fencing_enabled: true,
             fencing_skip_if_sd_active: false,
+            migration_bandwidth_mbps: None,
         };
         let net = Network {
             id: uuid::Uuid::new_v4().to_string(),

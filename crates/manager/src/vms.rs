@@ -1118,6 +1118,7 @@ mod tests {
             scheduling_policy: policy.into(),
             fencing_enabled: true,
             fencing_skip_if_sd_active: false,
+            migration_bandwidth_mbps: None,
         };
         let id_of = |name: &str| {
             crate::scheduling::policies()

@@ -439,3 +439,143 @@ async fn maintenance_empties_the_spm_host_of_three_vms_then_activate() {
                 .await;
     }
 }
+
+/// Where the VM's QEMU runs: (on host i, on host 1 - i).
+fn qemu_where(s: &Setup, id: &str, i: usize) -> (bool, bool) {
+    let on = |h: usize| s.cluster.qemu_on(h).iter().any(|(_, c)| c.contains(id));
+    (on(i), on(1 - i))
+}
+
+/// The Manager SIGKILLed mid-migration: restarted while the migration still runs, it
+/// still follows it (the stored destination) and a cancel leaves the VM on the source;
+/// restarted after a migration ended while it was down, it finds the VM on the
+/// destination. Each time the API names the one host whose QEMU runs it. The cluster's
+/// custom migration bandwidth (8 Mbps = VDSM's maxBandwidth 1 MiB/s) makes the first
+/// migration long enough.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manager_restarted_mid_migration_knows_where_the_vm_runs() {
+    let mut s = Setup::start(1).await;
+    s.wait_spm(Duration::from_secs(60)).await;
+    let id = s
+        .start_test_guest(&format!("hlyd-c{}-mr", s.cluster.k))
+        .await;
+    s.wait_vm(&id, "up", None, Duration::from_secs(120), || mlog(&s))
+        .await;
+    let (_, cl) =
+        s.m.api(&s.token, "GET", "/clusters?search=name%3DDefault", "")
+            .await;
+    let cluster = halyard_manager::api::node::Node::parse_xml(cl.as_bytes())
+        .ok()
+        .and_then(|n| n.get("cluster").and_then(|c| c.id().map(str::to_string)))
+        .expect("the Default cluster");
+    let bandwidth = |m: &str, v: &str| {
+        format!("<cluster><migration><bandwidth><assignment_method>{m}</assignment_method>{v}</bandwidth></migration></cluster>")
+    };
+    let (code, f) =
+        s.m.api(
+            &s.token,
+            "PUT",
+            &format!("/clusters/{cluster}"),
+            &bandwidth("auto", ""),
+        )
+        .await;
+    assert_eq!(code, 400, "{f}");
+    let (code, c) =
+        s.m.api(
+            &s.token,
+            "PUT",
+            &format!("/clusters/{cluster}"),
+            &bandwidth("custom", "<custom_value>8</custom_value>"),
+        )
+        .await;
+    assert_eq!(code, 200, "{c}");
+    assert_eq!(
+        text(&c, &["migration", "bandwidth", "custom_value"]),
+        "8",
+        "{c}"
+    );
+    let on = s.vm_on(&id).await.1;
+    let src = s.hosts.iter().position(|h| *h == on).expect("our host");
+    let dst = 1 - src;
+
+    // 1. Restarted while it migrates.
+    let (code, b) =
+        s.m.api(&s.token, "POST", &format!("/vms/{id}/migrate"), "<action/>")
+            .await;
+    assert_eq!(code, 200, "{b}");
+    s.wait_vm(&id, "migrating", None, Duration::from_secs(30), || mlog(&s))
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    s.m.kill9();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    s.m.restart().await;
+    s.token = s.m.token().await;
+    assert_eq!(
+        s.vm_on(&id).await.0,
+        "migrating",
+        "after the restart: {}",
+        mlog(&s)
+    );
+    let (code, b) =
+        s.m.api(
+            &s.token,
+            "POST",
+            &format!("/vms/{id}/cancelmigration"),
+            "<action/>",
+        )
+        .await;
+    assert_eq!(code, 200, "{b}\n{}", mlog(&s));
+    s.wait_vm(
+        &id,
+        "up",
+        Some(&s.hosts[src]),
+        Duration::from_secs(60),
+        || mlog(&s),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while qemu_where(&s, &id, src) != (true, false) {
+        assert!(
+            Instant::now() < deadline,
+            "QEMU on the source / destination: {:?}",
+            qemu_where(&s, &id, src)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // 2. Down while a migration ends.
+    let (code, c) =
+        s.m.api(
+            &s.token,
+            "PUT",
+            &format!("/clusters/{cluster}"),
+            &bandwidth("hypervisor_default", ""),
+        )
+        .await;
+    assert_eq!(code, 200, "{c}");
+    let (code, b) =
+        s.m.api(&s.token, "POST", &format!("/vms/{id}/migrate"), "<action/>")
+            .await;
+    assert_eq!(code, 200, "{b}");
+    s.m.kill9();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while qemu_where(&s, &id, dst) != (true, false) {
+        assert!(
+            Instant::now() < deadline,
+            "the migration did not end: QEMU on the destination / source {:?}",
+            qemu_where(&s, &id, dst)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    s.m.restart().await;
+    s.token = s.m.token().await;
+    s.wait_vm(
+        &id,
+        "up",
+        Some(&s.hosts[dst]),
+        Duration::from_secs(60),
+        || mlog(&s),
+    )
+    .await;
+    assert_eq!(qemu_where(&s, &id, dst), (true, false));
+}

@@ -1073,6 +1073,7 @@ async fn add_cluster(m: &Arc<Manager>, r: &Req) -> Out {
         scheduling_policy,
         fencing_enabled: true,
         fencing_skip_if_sd_active: false,
+        migration_bandwidth_mbps: None,
     };
     m.insert(&c)
         .await

@@ -21,6 +21,7 @@ const CLUSTER_UPDATE: &[&str] = &[
     "scheduling_policy",
     "fencing_policy/enabled",
     "fencing_policy/skip_if_sd_active/enabled",
+    "migration/bandwidth",
     "id",
 ];
 const NETWORK_ADD: &[&str] = &[
@@ -322,6 +323,32 @@ async fn update_cluster(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
     let fp = n.get("fencing_policy");
     let fencing = super::fencing::bool_at(fp, &["enabled"])?;
     let skip_sd = super::fencing::bool_at(fp, &["skip_if_sd_active", "enabled"])?;
+    let bandwidth = match n.get("migration").and_then(|m| m.get("bandwidth")) {
+        None => None,
+        Some(b) => Some(match b.text_of("assignment_method") {
+            Some("hypervisor_default") => None,
+            Some("custom") => Some(
+                b.text_of("custom_value")
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .filter(|v| (1..=100_000).contains(v))
+                    .ok_or_else(|| {
+                        ApiError::bad(
+                            "migration/bandwidth/custom_value: the bandwidth in Mbps, 1 to 100000",
+                        )
+                    })?,
+            ),
+            Some("auto") => {
+                return Err(ApiError::bad(
+                    "migration/bandwidth: assignment_method auto (from the migration network's speed) is not done by Halyard; use custom or hypervisor_default",
+                ))
+            }
+            other => {
+                return Err(ApiError::bad(format!(
+                    "migration/bandwidth/assignment_method {other:?}: custom or hypervisor_default"
+                )))
+            }
+        }),
+    };
     let _g = m.write_lock.lock().await;
     let mac_pool = match n.get("mac_pool") {
         Some(p) => Some(super::records::find_ref(&m.read(), "MacPool", p)?),
@@ -364,6 +391,9 @@ async fn update_cluster(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
             }
             if let Some(e) = skip_sd {
                 c.fencing_skip_if_sd_active = e;
+            }
+            if let Some(b) = bandwidth {
+                c.migration_bandwidth_mbps = b;
             }
             c.clone()
         })

@@ -74,6 +74,15 @@ pub fn cluster(c: &Cluster) -> Node {
                         .with(Node::leaf("enabled", c.fencing_skip_if_sd_active)),
                 ),
         )
+        .with(
+            Node::new("migration").with(match c.migration_bandwidth_mbps {
+                Some(v) => Node::new("bandwidth")
+                    .with(Node::leaf("assignment_method", "custom"))
+                    .with(Node::leaf("custom_value", v)),
+                None => Node::new("bandwidth")
+                    .with(Node::leaf("assignment_method", "hypervisor_default")),
+            }),
+        )
         .with(version(4, 7))
         .with(Node::reference(
             "mac_pool",
