@@ -578,4 +578,77 @@ async fn manager_restarted_mid_migration_knows_where_the_vm_runs() {
     )
     .await;
     assert_eq!(qemu_where(&s, &id, dst), (true, false));
+
+    // 3. A host of another cluster is no destination: the empty host moves to one.
+    let cpu = halyard_manager::api::node::Node::parse_xml(cl.as_bytes())
+        .ok()
+        .and_then(|n| {
+            n.get("cluster")
+                .and_then(|c| c.get("cpu"))
+                .and_then(|c| c.text_of("type").map(str::to_string))
+        })
+        .unwrap_or_default();
+    let (code, o) =
+        s.m.api(
+            &s.token,
+            "POST",
+            "/clusters",
+            &format!(
+                "<cluster><name>other</name><data_center id=\"{}\"/><cpu><type>{cpu}</type></cpu></cluster>",
+                s.dc
+            ),
+        )
+        .await;
+    assert_eq!(code, 201, "{o}");
+    let other = attr_id(&o);
+    let host = s.hosts[src].clone();
+    let (code, b) =
+        s.m.api(
+            &s.token,
+            "POST",
+            &format!("/hosts/{host}/deactivate"),
+            "<action/>",
+        )
+        .await;
+    assert_eq!(code, 200, "{b}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.host_status(src).await != "maintenance" {
+        assert!(Instant::now() < deadline, "{}", mlog(&s));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (code, b) =
+        s.m.api(
+            &s.token,
+            "PUT",
+            &format!("/hosts/{host}"),
+            &format!("<host><cluster id=\"{other}\"/></host>"),
+        )
+        .await;
+    assert_eq!(code, 200, "{b}");
+    let (code, b) =
+        s.m.api(
+            &s.token,
+            "POST",
+            &format!("/hosts/{host}/activate"),
+            "<action/>",
+        )
+        .await;
+    assert_eq!(code, 200, "{b}");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while s.host_status(src).await != "up" {
+        assert!(Instant::now() < deadline, "{}", mlog(&s));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (code, f) =
+        s.m.api(
+            &s.token,
+            "POST",
+            &format!("/vms/{id}/migrate"),
+            &format!("<action><host id=\"{host}\"/></action>"),
+        )
+        .await;
+    assert_eq!(code, 409, "{f}");
+    assert!(f.contains("another cluster"), "{f}");
+    assert_eq!(s.vm_on(&id).await, ("up".to_string(), s.hosts[dst].clone()));
+    assert_eq!(qemu_where(&s, &id, dst), (true, false));
 }
