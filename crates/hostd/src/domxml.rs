@@ -687,11 +687,12 @@ pub struct DiskSource {
     pub format: String,
 }
 
-/// Points each `<disk>` whose `<target dev>` is a key of `disks` at its prepared
-/// volume: `type="file"`, `<source file=.../>` and the driver's format.
-pub fn set_disk_sources(
+/// Rewrites each device `<name>` (a child of `<devices>`) through `f`, which gets its
+/// events, start to end, and gives the ones to write; everything else is copied.
+fn rewrite_devices(
     xml: &str,
-    disks: &std::collections::HashMap<String, DiskSource>,
+    name: &[u8],
+    mut f: impl FnMut(Vec<Event<'static>>) -> Vec<Event<'static>>,
 ) -> Result<String, DomXmlError> {
     parse(xml)?;
     let mut r = Reader::from_str(xml);
@@ -704,22 +705,20 @@ pub fn set_disk_sources(
         if let Event::Eof = ev {
             break;
         }
-        let starts_disk =
-            depth == 2 && matches!(&ev, Event::Start(e) if e.name().as_ref() == b"disk");
+        let starts = depth == 2 && matches!(&ev, Event::Start(e) if e.name().as_ref() == name);
         match &ev {
             Event::Start(_) => depth += 1,
             Event::End(_) => depth = depth.saturating_sub(1),
             _ => {}
         }
-        if starts_disk {
+        if starts {
             buf = Some(vec![ev.into_owned()]);
             continue;
         }
         if let Some(b) = buf.as_mut() {
             b.push(ev.into_owned());
             if depth == 2 {
-                let events = buf.take().unwrap_or_default();
-                for e in rewrite_disk(events, disks) {
+                for e in f(buf.take().unwrap_or_default()) {
                     w.write_event(e)?;
                 }
             }
@@ -730,75 +729,49 @@ pub fn set_disk_sources(
     String::from_utf8(w.into_inner()).map_err(|e| DomXmlError::Syntax(e.to_string()))
 }
 
+/// Points each `<disk>` whose `<target dev>` is a key of `disks` at its prepared
+/// volume: `type="file"`, `<source file=.../>` and the driver's format.
+pub fn set_disk_sources(
+    xml: &str,
+    disks: &std::collections::HashMap<String, DiskSource>,
+) -> Result<String, DomXmlError> {
+    rewrite_devices(xml, b"disk", |events| rewrite_disk(events, disks))
+}
+
 /// Points each `<lease>` whose `<key>` is a key of `targets` at its resolved place:
 /// `<target path=... offset=...>`.
 pub fn set_lease_targets(
     xml: &str,
     targets: &std::collections::HashMap<String, (String, u64)>,
 ) -> Result<String, DomXmlError> {
-    parse(xml)?;
-    let mut r = Reader::from_str(xml);
-    r.config_mut().check_end_names = true;
-    let mut w = Writer::new(Vec::with_capacity(xml.len() + 256));
-    let mut depth = 0usize;
-    let mut buf: Option<Vec<Event<'static>>> = None;
-    loop {
-        let ev = r.read_event()?;
-        if let Event::Eof = ev {
-            break;
-        }
-        let starts_lease =
-            depth == 2 && matches!(&ev, Event::Start(e) if e.name().as_ref() == b"lease");
-        match &ev {
-            Event::Start(_) => depth += 1,
-            Event::End(_) => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-        if starts_lease {
-            buf = Some(vec![ev.into_owned()]);
-            continue;
-        }
-        if let Some(b) = buf.as_mut() {
-            b.push(ev.into_owned());
-            if depth == 2 {
-                let events = buf.take().unwrap_or_default();
-                let mut key = String::new();
-                let mut in_key = false;
-                for e in &events {
-                    match e {
-                        Event::Start(s) if s.name().as_ref() == b"key" => in_key = true,
-                        Event::End(x) if x.name().as_ref() == b"key" => in_key = false,
-                        Event::Text(t) if in_key => key.push_str(&text_of(t)),
-                        _ => {}
-                    }
-                }
-                let target = targets.get(key.trim());
-                for e in events {
-                    let e = match (e, target) {
-                        (Event::Empty(s), Some((path, off))) if s.name().as_ref() == b"target" => {
-                            Event::Empty(with_attrs(
-                                &s,
-                                &[b"path", b"offset"],
-                                &[("path", path), ("offset", &off.to_string())],
-                            ))
-                        }
-                        (Event::Start(s), Some((path, off))) if s.name().as_ref() == b"target" => {
-                            Event::Start(with_attrs(
-                                &s,
-                                &[b"path", b"offset"],
-                                &[("path", path), ("offset", &off.to_string())],
-                            ))
-                        }
-                        (e, _) => e,
-                    };
-                    w.write_event(e)?;
-                }
+    rewrite_devices(xml, b"lease", |events| {
+        let mut key = String::new();
+        let mut in_key = false;
+        for e in &events {
+            match e {
+                Event::Start(s) if s.name().as_ref() == b"key" => in_key = true,
+                Event::End(x) if x.name().as_ref() == b"key" => in_key = false,
+                Event::Text(t) if in_key => key.push_str(&text_of(t)),
+                _ => {}
             }
-            continue;
         }
-        w.write_event(ev)?;
-    }
-    String::from_utf8(w.into_inner()).map_err(|e| DomXmlError::Syntax(e.to_string()))
+        let Some((path, off)) = targets.get(key.trim()) else {
+            return events;
+        };
+        let attrs = [("path", path.as_str()), ("offset", &off.to_string())];
+        events
+            .into_iter()
+            .map(|e| match e {
+                Event::Empty(s) if s.name().as_ref() == b"target" => {
+                    Event::Empty(with_attrs(&s, &[b"path", b"offset"], &attrs))
+                }
+                Event::Start(s) if s.name().as_ref() == b"target" => {
+                    Event::Start(with_attrs(&s, &[b"path", b"offset"], &attrs))
+                }
+                e => e,
+            })
+            .collect()
+    })
 }
 
 fn rewrite_disk(
@@ -952,6 +925,44 @@ mod tests {
     <serial type="pty"><log file="/var/log/c.log"/><target port="0"/></serial>
   </devices>
 </domain>"#;
+
+    #[test]
+    fn leases_are_read_and_resolved() {
+        let id = "3c3a7e30-8d5f-4a43-9f43-2c5a8a1f0001";
+        let sd = "7b3c1d2e-0000-4000-8000-000000000002";
+        let xml = format!(
+            "<domain type='kvm'><name>v</name><uuid>{id}</uuid><memory>1024</memory><devices><lease><key>{id}</key><lockspace>{sd}</lockspace><target offset='LEASE-OFFSET:{id}:{sd}' path='LEASE-PATH:{id}:{sd}'/></lease><disk type='file' device='cdrom'><target dev='hdc'/></disk></devices></domain>"
+        );
+        let info = parse(&xml).expect("parsed");
+        assert_eq!(info.leases.len(), 1);
+        assert_eq!(
+            (
+                info.leases[0].key.as_str(),
+                info.leases[0].lockspace.as_str()
+            ),
+            (id, sd)
+        );
+        let mut t = std::collections::HashMap::new();
+        t.insert(
+            id.to_string(),
+            ("/rhev/x/dom_md/xleases".to_string(), 3u64 << 20),
+        );
+        let out = set_lease_targets(&xml, &t).expect("resolved");
+        let info = parse(&out).expect("parsed again");
+        assert_eq!(info.leases[0].path, "/rhev/x/dom_md/xleases");
+        assert_eq!(info.leases[0].offset, (3u64 << 20).to_string());
+        assert!(
+            !out.contains("LEASE-PATH") && out.contains("<disk"),
+            "{out}"
+        );
+        // More than four leases are refused.
+        let many = format!(
+            "<domain type='kvm'><name>v</name><uuid>{id}</uuid><devices>{}</devices></domain>",
+            "<lease><key>k</key><lockspace>l</lockspace><target path='/p' offset='0'/></lease>"
+                .repeat(5)
+        );
+        assert!(parse(&many).is_err());
+    }
 
     #[test]
     fn parses_engine_xml() {

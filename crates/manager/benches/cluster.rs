@@ -16,26 +16,14 @@ use std::time::{Duration, Instant};
 
 use failover::{attr_id, Setup};
 
-async fn wait_host(s: &Setup, i: usize, status: &str, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while s.host_status(i).await != status {
-        assert!(Instant::now() < deadline, "host {i} never {status}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn post(s: &Setup, path: &str, body: &str) -> String {
-    let (code, b) = s.m.api(&s.token, "POST", path, body).await;
-    assert!(code == 200 || code == 201, "{path}: {code} {b}");
-    b
-}
-
 /// Maintenance of host a with `n` VMs: seconds from deactivate to maintenance.
 async fn maintenance(s: &Setup, n: usize) -> f64 {
     let (a, b) = (0, 1);
     // Host b in maintenance while the VMs start: they all land on host a.
-    post(s, &format!("/hosts/{}/deactivate", s.hosts[b]), "<action/>").await;
-    wait_host(s, b, "maintenance", Duration::from_secs(120)).await;
+    s.post_ok(&format!("/hosts/{}/deactivate", s.hosts[b]), "<action/>")
+        .await;
+    s.wait_host(b, "maintenance", Duration::from_secs(120), String::new)
+        .await;
     let mut ids = Vec::new();
     for i in 0..n {
         ids.push(
@@ -53,39 +41,42 @@ async fn maintenance(s: &Setup, n: usize) -> f64 {
         )
         .await;
     }
-    post(s, &format!("/hosts/{}/activate", s.hosts[b]), "<action/>").await;
-    wait_host(s, b, "up", Duration::from_secs(120)).await;
+    s.post_ok(&format!("/hosts/{}/activate", s.hosts[b]), "<action/>")
+        .await;
+    s.wait_host(b, "up", Duration::from_secs(120), String::new)
+        .await;
     let t0 = Instant::now();
-    post(s, &format!("/hosts/{}/deactivate", s.hosts[a]), "<action/>").await;
-    wait_host(s, a, "maintenance", Duration::from_secs(600)).await;
+    s.post_ok(&format!("/hosts/{}/deactivate", s.hosts[a]), "<action/>")
+        .await;
+    s.wait_host(a, "maintenance", Duration::from_secs(600), String::new)
+        .await;
     let t = t0.elapsed().as_secs_f64();
     for id in &ids {
         assert_eq!(s.vm_on(id).await, ("up".to_string(), s.hosts[b].clone()));
-        post(s, &format!("/vms/{id}/stop"), "<action/>").await;
+        s.post_ok(&format!("/vms/{id}/stop"), "<action/>").await;
     }
     for id in &ids {
         s.wait_vm(id, "down", None, Duration::from_secs(60), String::new)
             .await;
     }
-    post(s, &format!("/hosts/{}/activate", s.hosts[a]), "<action/>").await;
-    wait_host(s, a, "up", Duration::from_secs(120)).await;
+    s.post_ok(&format!("/hosts/{}/activate", s.hosts[a]), "<action/>")
+        .await;
+    s.wait_host(a, "up", Duration::from_secs(120), String::new)
+        .await;
     t
 }
 
 /// A leased HA VM's host dies: seconds until its guest runs on the other host.
 async fn ha_restart(s: &mut Setup) -> f64 {
-    let img = halyard_testinfra::env::Env::get().guest_image().clone();
-    let body = format!(
-        "<vm><name>hlyd-c{}-bha</name><cluster><name>Default</name></cluster><template><name>Blank</name></template><memory>{}</memory><os><type>other_linux</type><kernel>{}</kernel><initrd>{}</initrd><cmdline>{}</cmdline></os><high_availability><enabled>true</enabled></high_availability><lease><storage_domain id=\"{}\"/></lease></vm>",
-        s.cluster.k,
-        128u64 << 20,
-        img.kernel.display(),
-        img.initrd.display(),
-        halyard_testguest::kernel_cmdline(None, None),
-        s.sd
+    let body = s.test_guest_xml(
+        &format!("hlyd-c{}-bha", s.cluster.k),
+        &format!(
+            "<high_availability><enabled>true</enabled></high_availability><lease><storage_domain id=\"{}\"/></lease>",
+            s.sd
+        ),
     );
-    let id = attr_id(&post(s, "/vms", &body).await);
-    post(s, &format!("/vms/{id}/start"), "<action/>").await;
+    let id = attr_id(&s.post_ok("/vms", &body).await);
+    s.post_ok(&format!("/vms/{id}/start"), "<action/>").await;
     s.wait_vm(&id, "up", None, Duration::from_secs(120), String::new)
         .await;
     let host = s.vm_on(&id).await.1;

@@ -82,17 +82,8 @@ async fn events(s: &Setup) -> String {
 async fn leased_ha_vm_restarts_after_a_crash_and_its_host_death_never_twice() {
     let mut s = Setup::start(1).await;
     s.wait_spm(Duration::from_secs(60)).await;
-    let img = halyard_testinfra::env::Env::get().guest_image().clone();
     let name = format!("hlyd-c{}-ha", s.cluster.k);
-    let vm_body = |extra: &str| {
-        format!(
-            "<vm><name>{name}</name><cluster><name>Default</name></cluster><template><name>Blank</name></template><memory>{}</memory><os><type>other_linux</type><kernel>{}</kernel><initrd>{}</initrd><cmdline>{}</cmdline></os>{extra}</vm>",
-            128u64 << 20,
-            img.kernel.display(),
-            img.initrd.display(),
-            halyard_testguest::kernel_cmdline(None, None),
-        )
-    };
+    let vm_body = |extra: &str| s.test_guest_xml(&name, extra);
     // Bad input: a lease on a domain that does not exist.
     let (code, f) =
         s.m.api(
@@ -331,22 +322,13 @@ async fn leased_ha_vm_restarts_after_a_crash_and_its_host_death_never_twice() {
 async fn lease_less_ha_vm_restarts_after_its_host_was_fenced() {
     let mut s = Setup::start_with(1, None, "[fencing]\ngrace_secs = 2\ncheck_secs = 1\n").await;
     s.wait_spm(Duration::from_secs(60)).await;
-    let img = halyard_testinfra::env::Env::get().guest_image().clone();
     let name = format!("hlyd-c{}-fha", s.cluster.k);
-    let body = format!(
-        "<vm><name>{name}</name><cluster><name>Default</name></cluster><template><name>Blank</name></template><memory>{}</memory><os><type>other_linux</type><kernel>{}</kernel><initrd>{}</initrd><cmdline>{}</cmdline></os><high_availability><enabled>true</enabled></high_availability></vm>",
-        128u64 << 20,
-        img.kernel.display(),
-        img.initrd.display(),
-        halyard_testguest::kernel_cmdline(None, None),
+    let body = s.test_guest_xml(
+        &name,
+        "<high_availability><enabled>true</enabled></high_availability>",
     );
-    let (code, v) = s.m.api(&s.token, "POST", "/vms", &body).await;
-    assert_eq!(code, 201, "{v}");
-    let id = attr_id(&v);
-    let (code, b) =
-        s.m.api(&s.token, "POST", &format!("/vms/{id}/start"), "<action/>")
-            .await;
-    assert_eq!(code, 200, "{b}");
+    let id = attr_id(&s.post_ok("/vms", &body).await);
+    s.post_ok(&format!("/vms/{id}/start"), "<action/>").await;
     s.wait_vm(&id, "up", None, Duration::from_secs(120), || hlog(&s))
         .await;
     let on = s.vm_on(&id).await.1;

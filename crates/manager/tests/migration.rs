@@ -65,19 +65,8 @@ async fn sdk_migrates_a_guest_both_ways_and_cancels() {
         assert!(Instant::now() < deadline, "disk not ok: {d}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The test guest, no NIC (the hosts have no guest bridge).
-    let img = halyard_testinfra::env::Env::get().guest_image().clone();
     let name = format!("hlyd-c{}-mig", s.cluster.k);
-    let body = format!(
-        "<vm><name>{name}</name><cluster><name>Default</name></cluster><template><name>Blank</name></template><memory>{}</memory><os><type>other_linux</type><kernel>{}</kernel><initrd>{}</initrd><cmdline>{}</cmdline></os></vm>",
-        128u64 << 20,
-        img.kernel.display(),
-        img.initrd.display(),
-        halyard_testguest::kernel_cmdline(None, None),
-    );
-    let (code, v) = s.m.api(&s.token, "POST", "/vms", &body).await;
-    assert_eq!(code, 201, "{v}");
-    let id = attr_id(&v);
+    let id = attr_id(&s.post_ok("/vms", &s.test_guest_xml(&name, "")).await);
     let (code, a) = s
         .m
         .api(
@@ -328,11 +317,8 @@ async fn maintenance_empties_the_spm_host_of_three_vms_then_activate() {
         )
         .await;
     assert_eq!(code, 200, "{b}");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while s.host_status(other).await != "maintenance" {
-        assert!(Instant::now() < deadline, "{}", mlog(&s));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    s.wait_host(other, "maintenance", Duration::from_secs(120), || mlog(&s))
+        .await;
     let (code, f) =
         s.m.api(
             &s.token,
@@ -352,11 +338,8 @@ async fn maintenance_empties_the_spm_host_of_three_vms_then_activate() {
         )
         .await;
     assert_eq!(code, 200, "{b}");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while s.host_status(other).await != "up" {
-        assert!(Instant::now() < deadline, "{}", mlog(&s));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    s.wait_host(other, "up", Duration::from_secs(120), || mlog(&s))
+        .await;
     eprintln!(
         "maintenance of a host with one VM, then activate: {:?}",
         t0.elapsed()
@@ -428,11 +411,8 @@ async fn maintenance_empties_the_spm_host_of_three_vms_then_activate() {
         )
         .await;
     assert_eq!(code, 200, "{b}");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while s.host_status(spm).await != "up" {
-        assert!(Instant::now() < deadline, "{}", mlog(&s));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    s.wait_host(spm, "up", Duration::from_secs(120), || mlog(&s))
+        .await;
     for id in &ids {
         let _ =
             s.m.api(&s.token, "POST", &format!("/vms/{id}/stop"), "<action/>")
@@ -611,11 +591,8 @@ async fn manager_restarted_mid_migration_knows_where_the_vm_runs() {
         )
         .await;
     assert_eq!(code, 200, "{b}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while s.host_status(src).await != "maintenance" {
-        assert!(Instant::now() < deadline, "{}", mlog(&s));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    s.wait_host(src, "maintenance", Duration::from_secs(60), || mlog(&s))
+        .await;
     let (code, b) =
         s.m.api(
             &s.token,
@@ -634,11 +611,8 @@ async fn manager_restarted_mid_migration_knows_where_the_vm_runs() {
         )
         .await;
     assert_eq!(code, 200, "{b}");
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while s.host_status(src).await != "up" {
-        assert!(Instant::now() < deadline, "{}", mlog(&s));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    s.wait_host(src, "up", Duration::from_secs(90), || mlog(&s))
+        .await;
     let (code, f) =
         s.m.api(
             &s.token,

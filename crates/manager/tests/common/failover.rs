@@ -311,31 +311,50 @@ impl Setup {
         }
     }
 
-    /// A diskless test guest (no NIC: the hosts have no guest bridge) of 128 MiB,
-    /// added and started; its id.
-    pub async fn start_test_guest(&self, name: &str) -> String {
+    /// The `<vm>` of a diskless test guest (no NIC: the hosts have no guest bridge)
+    /// of 128 MiB in Default, with `extra` elements.
+    pub fn test_guest_xml(&self, name: &str, extra: &str) -> String {
         let img = halyard_testinfra::env::Env::get().guest_image().clone();
-        let body = format!(
-            "<vm><name>{name}</name><cluster><name>Default</name></cluster><template><name>Blank</name></template><memory>{}</memory><os><type>other_linux</type><kernel>{}</kernel><initrd>{}</initrd><cmdline>{}</cmdline></os></vm>",
+        format!(
+            "<vm><name>{name}</name><cluster><name>Default</name></cluster><template><name>Blank</name></template><memory>{}</memory><os><type>other_linux</type><kernel>{}</kernel><initrd>{}</initrd><cmdline>{}</cmdline></os>{extra}</vm>",
             128u64 << 20,
             img.kernel.display(),
             img.initrd.display(),
             halyard_testguest::kernel_cmdline(None, None),
-        );
-        let (code, v) = self.m.api(&self.token, "POST", "/vms", &body).await;
-        assert_eq!(code, 201, "{v}");
-        let id = attr_id(&v);
-        let (code, b) = self
-            .m
-            .api(
-                &self.token,
-                "POST",
-                &format!("/vms/{id}/start"),
-                "<action/>",
-            )
-            .await;
-        assert_eq!(code, 200, "{b}");
+        )
+    }
+
+    /// POST that must succeed (200 or 201); the answer.
+    pub async fn post_ok(&self, path: &str, body: &str) -> String {
+        let (code, b) = self.m.api(&self.token, "POST", path, body).await;
+        assert!(code == 200 || code == 201, "POST {path}: {code} {b}");
+        b
+    }
+
+    /// A test guest ([`Setup::test_guest_xml`]) added and started; its id.
+    pub async fn start_test_guest(&self, name: &str) -> String {
+        let id = attr_id(&self.post_ok("/vms", &self.test_guest_xml(name, "")).await);
+        self.post_ok(&format!("/vms/{id}/start"), "<action/>").await;
         id
+    }
+
+    /// Waits for host i to be `status`; `log` says what went on.
+    pub async fn wait_host(
+        &self,
+        i: usize,
+        status: &str,
+        timeout: Duration,
+        log: impl Fn() -> String,
+    ) {
+        let deadline = Instant::now() + timeout;
+        while self.host_status(i).await != status {
+            assert!(
+                Instant::now() < deadline,
+                "host {i} never {status}\n{}",
+                log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Host i's status as the API shows it.
