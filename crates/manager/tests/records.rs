@@ -455,7 +455,7 @@ async fn vm_pools_make_their_vms() {
 async fn instance_types_size_new_vms() {
     let m = ManagerProc::start(Database::Sqlite, "").await;
     let t = m.token().await;
-    let (c, b) = m.api(&t, "POST", "/instancetypes", "<instance_type><name>small</name><memory>536870912</memory><cpu><topology><sockets>1</sockets><cores>2</cores><threads>1</threads></topology></cpu></instance_type>").await;
+    let (c, b) = m.api(&t, "POST", "/instancetypes", "<instance_type><name>small</name><memory>536870912</memory><cpu><topology><sockets>1</sockets><cores>2</cores><threads>1</threads></topology></cpu><high_availability><enabled>true</enabled><priority>50</priority></high_availability></instance_type>").await;
     assert_eq!(c, 201, "{b}");
     let it = doc(&b).id().expect("id").to_string();
     let (c, b) = m
@@ -478,6 +478,22 @@ async fn instance_types_size_new_vms() {
         Some("2")
     );
     assert_eq!(v.get("instance_type").and_then(Node::id), Some(it.as_str()));
+    // Its high availability too.
+    let ha = v.get("high_availability").expect("high_availability");
+    assert_eq!(
+        (ha.text_of("enabled"), ha.text_of("priority")),
+        (Some("true"), Some("50")),
+        "{b}"
+    );
+    let (c, b) = m
+        .api(
+            &t,
+            "POST",
+            "/instancetypes",
+            "<instance_type><name>odd</name><high_availability><priority>101</priority></high_availability></instance_type>",
+        )
+        .await;
+    assert_eq!(c, 400, "{b}");
     assert_eq!(
         m.api(&t, "DELETE", &format!("/instancetypes/{it}"), "")
             .await

@@ -1974,6 +1974,15 @@ pub(super) async fn new_vm(
         }
         node.text.as_deref()?.parse().ok()
     };
+    // Its high availability too, unless the document says.
+    let ha_enabled = ha_enabled.or_else(|| {
+        it.as_ref()?
+            .doc
+            .get("high_availability")?
+            .text_of("enabled")
+            .map(|e| e == "true")
+    });
+    let ha_priority = ha_priority.or(it_num(&["high_availability", "priority"]).map(|p| p as i32));
     let spec = VmSpec {
         memory: spec.memory.or(it_num(&["memory"])),
         sockets: spec

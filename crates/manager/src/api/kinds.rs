@@ -316,8 +316,18 @@ pub static KINDS: &[Kind] = &[
         ty: "InstanceType",
         home: Home::Top("instancetypes"),
         under: &[],
-        add: acts!["memory", "cpu/topology"],
-        update: acts!["memory", "cpu/topology"],
+        add: acts![
+            "memory",
+            "cpu/topology",
+            "high_availability/enabled",
+            "high_availability/priority"
+        ],
+        update: acts![
+            "memory",
+            "cpu/topology",
+            "high_availability/enabled",
+            "high_availability/priority"
+        ],
         required: &["name"],
         unique_in: "",
         search: &[],
@@ -482,6 +492,13 @@ fn instance_type(_: &Inventory, doc: &mut Node, _: Option<&Record>) -> Result<()
     if let Some(m) = num(&["memory"]) {
         if !(1 << 20..=4 << 40).contains(&m) {
             return Err(ApiError::bad("<memory>: from 1 MiB to 4 TiB, in bytes"));
+        }
+    }
+    if let Some(p) = num(&["high_availability", "priority"]) {
+        if !(0..=100).contains(&p) {
+            return Err(ApiError::bad(
+                "<high_availability><priority>: from 0 to 100",
+            ));
         }
     }
     for k in ["sockets", "cores", "threads"] {

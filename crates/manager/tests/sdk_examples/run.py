@@ -130,10 +130,6 @@ NEEDS_FEATURE = {
     "attach_nfs_iso_storage_domain":
         "ISO storage domains: POST /storagedomains <storage_domain><type>iso</type>... -> 400 [storage "
         "domain type \"iso\": only data domains are supported] (the fixture myiso cannot be made)",
-    "add_instance_type":
-        "instance type high availability: POST /instancetypes <instance_type>...<high_availability>"
-        "<enabled>true</enabled></high_availability>... -> 400 [<high_availability> is in oVirt's "
-        "model, but Halyard does not act on it yet; remove it from the request]",
     "change_master":
         "switching the master domain: POST /datacenters/{id}/setmaster <action><storage_domain ...>"
         "</action> (?correlation_id=..., then GET /jobs?search=correlation_id=...) -> 501 [Halyard does "
@@ -901,6 +897,16 @@ def check_detached_disk(out):
     expect(mine and not mine[0].active, "myvm's mydisk is still active")
 
 
+def check_instance_type(out):
+    its = [t for t in system().instance_types_service().list() if t.name == "myinstancetype"]
+    expect(len(its) == 1, "myinstancetype not added")
+    t = its[0]
+    expect(t.memory == 2 * 2**30 and t.cpu.topology.cores == 2 and t.cpu.topology.sockets == 2,
+           "myinstancetype's memory or CPUs")
+    expect(t.high_availability is not None and t.high_availability.enabled,
+           "myinstancetype is not highly available")
+
+
 def check_vm_field(name, fn, what):
     def check(out):
         v = system().vms_service().vm_service(vm(name).id).get()
@@ -1367,7 +1373,7 @@ STEPS = [
     E("add_affinity_label", check=check_exists("label", "my_affinity_label")),
     E("add_role", check=check_role),
     E("add_group", check=check_exists("group", "mygroup")),
-    E("add_instance_type", check=check_exists("instancetype", "myinstancetype")),
+    E("add_instance_type", check=check_instance_type),
     R("directory users myuser@mydomain-authz and user2@internal-authz added", add_directory_users),
     R("an SSH public key of myuser (the example's placeholder refused)", myuser_ssh_key),
     E("assign_permission",
