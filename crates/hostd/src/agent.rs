@@ -750,6 +750,13 @@ impl Agent {
         let xml = if info.leases.is_empty() {
             xml
         } else {
+            let conf = self.cfg.libvirt.qemu_conf.clone();
+            if !blocking(move || sanlock_lock_manager(&conf)).await? {
+                return Err(errors::CREATE_ERR.rpc(Some(&format!(
+                    "this host cannot hold VM leases: libvirt's lock manager is not sanlock ({} has no lock_manager = \"sanlock\")",
+                    self.cfg.libvirt.qemu_conf.display()
+                ))));
+            }
             let mut targets = HashMap::new();
             for l in &info.leases {
                 if !l.key.eq_ignore_ascii_case(&info.uuid) {
@@ -757,13 +764,6 @@ impl Agent {
                         "a VM may hold only its own lease (key {:?}, VM {})",
                         l.key.chars().take(40).collect::<String>(),
                         info.uuid
-                    ))));
-                }
-                let conf = self.cfg.libvirt.qemu_conf.clone();
-                if !blocking(move || sanlock_lock_manager(&conf)).await? {
-                    return Err(errors::CREATE_ERR.rpc(Some(&format!(
-                        "this host cannot hold VM leases: libvirt's lock manager is not sanlock ({} has no lock_manager = \"sanlock\")",
-                        self.cfg.libvirt.qemu_conf.display()
                     ))));
                 }
                 let li = self

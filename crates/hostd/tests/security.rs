@@ -140,6 +140,16 @@ async fn only_the_managers_certificate_commands_a_host() {
             ),
             ("VM.destroy", json!({"vmID": uuid})),
             ("Host.getCertificateRequest", json!({})),
+            // Power management and VM leases are the Manager's alone.
+            (
+                "Host.fenceNode",
+                json!({"addr": "10.0.0.9", "port": "", "agent": "ipmilan", "username": "u",
+                       "password": "p", "action": "off"}),
+            ),
+            (
+                "Lease.create",
+                json!({"lease": {"sd_id": uuid, "lease_id": uuid}}),
+            ),
         ] {
             let e = c
                 .call_value(verb, params)
@@ -226,6 +236,9 @@ async fn dangerous_vm_definitions_are_refused_and_nothing_appears() {
         ("devices/interface type=ethernet", String::new(), format!(r#"<interface type="ethernet"><script path="{v}/up.sh"/></interface>"#)),
         ("devices/interface/rom", String::new(), r#"<interface type="bridge"><source bridge="virbr9"/><rom file="/etc/shadow"/></interface>"#.into()),
         ("devices/rng/backend", String::new(), r#"<rng model="virtio"><backend model="random">/dev/vda</backend></rng>"#.into()),
+        // A VM lease where libvirt does not enforce leases (this host's qemu.conf has no
+        // sanlock lock manager): refused, not started without its guard.
+        ("lock manager is not sanlock", String::new(), r#"<lease><key>k</key><lockspace>l</lockspace><target path="/tmp/x" offset="0"/></lease>"#.into()),
     ];
     let mut n = 0;
     let try_create = |xml: String, uuid: String| {

@@ -134,6 +134,9 @@ impl Manager {
                 errors.push(format!("{proxy_name}: not connected"));
                 continue;
             };
+            // Whether a fence device answered through this proxy (then another proxy
+            // would get the same answer).
+            let mut answered = false;
             for a in &agents {
                 let mut options: Vec<String> = a
                     .options
@@ -171,10 +174,13 @@ impl Manager {
                             info!(host = %host.name, proxy = %proxy_name, agent = %a.agent_type, action, power = %r.power, "fence agent answered");
                             return Ok(r);
                         }
-                        Ok(r) => errors.push(format!(
-                            "{proxy_name}, agent {} at {}: exit code {}: {}",
-                            a.agent_type, a.address, r.code, r.message
-                        )),
+                        Ok(r) => {
+                            answered = true;
+                            errors.push(format!(
+                                "{proxy_name}, agent {} at {}: exit code {}: {}",
+                                a.agent_type, a.address, r.code, r.message
+                            ))
+                        }
                         Err(e) => errors.push(format!("{proxy_name}: a malformed answer: {e}")),
                     },
                     Err(e) => errors.push(format!(
@@ -183,8 +189,7 @@ impl Manager {
                     )),
                 }
             }
-            // One proxy that ran the agents is enough: the device answered it.
-            if errors.iter().all(|e| !e.contains("not connected")) {
+            if answered {
                 break;
             }
         }

@@ -146,10 +146,8 @@ async fn leased_ha_vm_restarts_after_a_crash_and_its_host_death_never_twice() {
     // (The test hosts mount the domain under their own run directories.)
     assert_eq!(where_[0], where_[1], "both hosts read the same slot");
 
-    let (code, b) =
-        s.m.api(&s.token, "POST", &format!("/vms/{id}/start"), "<action/>")
-            .await;
-    assert_eq!(code, 200, "{b}");
+    s.api_ok("POST", &format!("/vms/{id}/start"), "<action/>")
+        .await;
     s.wait_vm(&id, "up", None, Duration::from_secs(120), || hlog(&s))
         .await;
     let first = s.vm_on(&id).await.1;
@@ -401,41 +399,17 @@ async fn lease_less_ha_vm_restarts_after_its_host_was_fenced() {
         list.contains("<type>ipmilan</type>") && !list.contains(&bmc.password),
         "{list}"
     );
-    let (code, h) =
-        s.m.api(
-            &s.token,
-            "PUT",
-            &format!("/hosts/{host_a}"),
-            "<host><power_management><enabled>true</enabled><automatic_pm_enabled>true</automatic_pm_enabled></power_management></host>",
-        )
-        .await;
-    assert_eq!(code, 200, "{h}");
-    let (_, cl) =
-        s.m.api(&s.token, "GET", "/clusters?search=name%3DDefault", "")
-            .await;
-    let cluster = halyard_manager::api::node::Node::parse_xml(cl.as_bytes())
-        .ok()
-        .and_then(|n| n.get("cluster").and_then(|c| c.id().map(str::to_string)))
-        .expect("the Default cluster");
-    let (code, c) =
-        s.m.api(
-            &s.token,
-            "PUT",
-            &format!("/clusters/{cluster}"),
-            "<cluster><fencing_policy><enabled>true</enabled><skip_if_sd_active><enabled>true</enabled></skip_if_sd_active></fencing_policy></cluster>",
-        )
-        .await;
-    assert_eq!(code, 200, "{c}");
+    s.api_ok("PUT", &format!("/hosts/{host_a}"), "<host><power_management><enabled>true</enabled><automatic_pm_enabled>true</automatic_pm_enabled></power_management></host>").await;
+    let (cluster, _) = s.default_cluster().await;
+    s.api_ok("PUT", &format!("/clusters/{cluster}"), "<cluster><fencing_policy><enabled>true</enabled><skip_if_sd_active><enabled>true</enabled></skip_if_sd_active></fencing_policy></cluster>").await;
     // The power status through host b's fence_ipmilan.
-    let (code, st) =
-        s.m.api(
-            &s.token,
+    let st = s
+        .api_ok(
             "POST",
             &format!("/hosts/{host_a}/fence"),
             "<action><fence_type>status</fence_type></action>",
         )
         .await;
-    assert_eq!(code, 200, "{st}");
     assert_eq!(text(&st, &["power_management", "status"]), "on", "{st}");
 
     // Host a's agent dies: non-responsive, but its storage lease lives: not fenced.

@@ -441,13 +441,7 @@ async fn manager_restarted_mid_migration_knows_where_the_vm_runs() {
         .await;
     s.wait_vm(&id, "up", None, Duration::from_secs(120), || mlog(&s))
         .await;
-    let (_, cl) =
-        s.m.api(&s.token, "GET", "/clusters?search=name%3DDefault", "")
-            .await;
-    let cluster = halyard_manager::api::node::Node::parse_xml(cl.as_bytes())
-        .ok()
-        .and_then(|n| n.get("cluster").and_then(|c| c.id().map(str::to_string)))
-        .expect("the Default cluster");
+    let (cluster, cl) = s.default_cluster().await;
     let bandwidth = |m: &str, v: &str| {
         format!("<cluster><migration><bandwidth><assignment_method>{m}</assignment_method>{v}</bandwidth></migration></cluster>")
     };
@@ -460,15 +454,13 @@ async fn manager_restarted_mid_migration_knows_where_the_vm_runs() {
         )
         .await;
     assert_eq!(code, 400, "{f}");
-    let (code, c) =
-        s.m.api(
-            &s.token,
+    let c = s
+        .api_ok(
             "PUT",
             &format!("/clusters/{cluster}"),
             &bandwidth("custom", "<custom_value>8</custom_value>"),
         )
         .await;
-    assert_eq!(code, 200, "{c}");
     assert_eq!(
         text(&c, &["migration", "bandwidth", "custom_value"]),
         "8",
@@ -479,10 +471,8 @@ async fn manager_restarted_mid_migration_knows_where_the_vm_runs() {
     let dst = 1 - src;
 
     // 1. Restarted while it migrates.
-    let (code, b) =
-        s.m.api(&s.token, "POST", &format!("/vms/{id}/migrate"), "<action/>")
-            .await;
-    assert_eq!(code, 200, "{b}");
+    s.api_ok("POST", &format!("/vms/{id}/migrate"), "<action/>")
+        .await;
     s.wait_vm(&id, "migrating", None, Duration::from_secs(30), || mlog(&s))
         .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -524,19 +514,14 @@ async fn manager_restarted_mid_migration_knows_where_the_vm_runs() {
     }
 
     // 2. Down while a migration ends.
-    let (code, c) =
-        s.m.api(
-            &s.token,
-            "PUT",
-            &format!("/clusters/{cluster}"),
-            &bandwidth("hypervisor_default", ""),
-        )
+    s.api_ok(
+        "PUT",
+        &format!("/clusters/{cluster}"),
+        &bandwidth("hypervisor_default", ""),
+    )
+    .await;
+    s.api_ok("POST", &format!("/vms/{id}/migrate"), "<action/>")
         .await;
-    assert_eq!(code, 200, "{c}");
-    let (code, b) =
-        s.m.api(&s.token, "POST", &format!("/vms/{id}/migrate"), "<action/>")
-            .await;
-    assert_eq!(code, 200, "{b}");
     s.m.kill9();
     let deadline = Instant::now() + Duration::from_secs(60);
     while qemu_where(&s, &id, dst) != (true, false) {
@@ -560,14 +545,7 @@ async fn manager_restarted_mid_migration_knows_where_the_vm_runs() {
     assert_eq!(qemu_where(&s, &id, dst), (true, false));
 
     // 3. A host of another cluster is no destination: the empty host moves to one.
-    let cpu = halyard_manager::api::node::Node::parse_xml(cl.as_bytes())
-        .ok()
-        .and_then(|n| {
-            n.get("cluster")
-                .and_then(|c| c.get("cpu"))
-                .and_then(|c| c.text_of("type").map(str::to_string))
-        })
-        .unwrap_or_default();
+    let cpu = text(&cl, &["cpu", "type"]);
     let (code, o) =
         s.m.api(
             &s.token,
@@ -582,35 +560,18 @@ async fn manager_restarted_mid_migration_knows_where_the_vm_runs() {
     assert_eq!(code, 201, "{o}");
     let other = attr_id(&o);
     let host = s.hosts[src].clone();
-    let (code, b) =
-        s.m.api(
-            &s.token,
-            "POST",
-            &format!("/hosts/{host}/deactivate"),
-            "<action/>",
-        )
+    s.api_ok("POST", &format!("/hosts/{host}/deactivate"), "<action/>")
         .await;
-    assert_eq!(code, 200, "{b}");
     s.wait_host(src, "maintenance", Duration::from_secs(60), || mlog(&s))
         .await;
-    let (code, b) =
-        s.m.api(
-            &s.token,
-            "PUT",
-            &format!("/hosts/{host}"),
-            &format!("<host><cluster id=\"{other}\"/></host>"),
-        )
+    s.api_ok(
+        "PUT",
+        &format!("/hosts/{host}"),
+        &format!("<host><cluster id=\"{other}\"/></host>"),
+    )
+    .await;
+    s.api_ok("POST", &format!("/hosts/{host}/activate"), "<action/>")
         .await;
-    assert_eq!(code, 200, "{b}");
-    let (code, b) =
-        s.m.api(
-            &s.token,
-            "POST",
-            &format!("/hosts/{host}/activate"),
-            "<action/>",
-        )
-        .await;
-    assert_eq!(code, 200, "{b}");
     s.wait_host(src, "up", Duration::from_secs(90), || mlog(&s))
         .await;
     let (code, f) =

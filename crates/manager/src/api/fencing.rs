@@ -25,29 +25,6 @@ const AGENT_FIELDS: &[&str] = &[
     "id",
 ];
 
-/// A Boolean at `path` below `n` (`None` when absent).
-pub fn bool_at(n: Option<&Node>, path: &[&str]) -> Result<Option<bool>, ApiError> {
-    let Some(mut n) = n else {
-        return Ok(None);
-    };
-    for p in &path[..path.len().saturating_sub(1)] {
-        match n.get(p) {
-            Some(c) => n = c,
-            None => return Ok(None),
-        }
-    }
-    let last = path.last().copied().unwrap_or("");
-    match n.text_of(last) {
-        None => Ok(None),
-        Some("true") => Ok(Some(true)),
-        Some("false") => Ok(Some(false)),
-        Some(x) => Err(ApiError::bad(format!(
-            "{}: {x:?} is not a Boolean",
-            path.join("/")
-        ))),
-    }
-}
-
 pub async fn route(m: &Arc<Manager>, r: &Req, s: &[&str]) -> Option<Out> {
     let out = match s {
         ["hosts", h, "fenceagents"] if r.method == Method::GET => agents(m, h),
@@ -166,7 +143,7 @@ fn apply(n: &Node, a: &mut FenceAgent) -> Result<(), ApiError> {
             .filter(|o| (1..=1000).contains(o))
             .ok_or_else(|| ApiError::bad(format!("order {x:?}: 1 to 1000")))?;
     }
-    if let Some(e) = bool_at(Some(n), &["encrypt_options"])? {
+    if let Some(e) = super::handlers::bool_at(Some(n), &["encrypt_options"])? {
         a.encrypt_options = e;
     }
     if let Some(o) = n.get("options") {

@@ -1193,8 +1193,8 @@ async fn update_host(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
         None => None,
     };
     let pm = n.get("power_management");
-    let pm_enabled = super::fencing::bool_at(pm, &["enabled"])?;
-    let pm_automatic = super::fencing::bool_at(pm, &["automatic_pm_enabled"])?;
+    let pm_enabled = bool_at(pm, &["enabled"])?;
+    let pm_automatic = bool_at(pm, &["automatic_pm_enabled"])?;
     let _g = m.write_lock.lock().await;
     // Another cluster: in maintenance, within its data center (a move across data
     // centers would change its storage pool; not done yet).
@@ -1754,15 +1754,31 @@ fn placement_of(
 }
 
 /// `<console><enabled>`: the VM's serial console on or off.
-fn console_of(n: &Node) -> Result<Option<bool>, ApiError> {
-    match n.get("console").and_then(|c| c.text_of("enabled")) {
+/// A Boolean at `path` below `n` (`None` when absent).
+pub(super) fn bool_at(n: Option<&Node>, path: &[&str]) -> Result<Option<bool>, ApiError> {
+    let Some(mut n) = n else {
+        return Ok(None);
+    };
+    for p in &path[..path.len().saturating_sub(1)] {
+        match n.get(p) {
+            Some(c) => n = c,
+            None => return Ok(None),
+        }
+    }
+    let last = path.last().copied().unwrap_or("");
+    match n.text_of(last) {
         None => Ok(None),
         Some("true") => Ok(Some(true)),
         Some("false") => Ok(Some(false)),
         Some(x) => Err(ApiError::bad(format!(
-            "console/enabled: {x:?} is not a Boolean"
+            "{}: {x:?} is not a Boolean",
+            path.join("/")
         ))),
     }
+}
+
+fn console_of(n: &Node) -> Result<Option<bool>, ApiError> {
+    bool_at(Some(n), &["console", "enabled"])
 }
 
 /// `<high_availability>`: enabled and priority, each when the document gives it.
@@ -1770,16 +1786,7 @@ fn ha_of(n: &Node) -> Result<(Option<bool>, Option<i32>), ApiError> {
     let Some(h) = n.get("high_availability") else {
         return Ok((None, None));
     };
-    let enabled = match h.text_of("enabled") {
-        None => None,
-        Some("true") => Some(true),
-        Some("false") => Some(false),
-        Some(x) => {
-            return Err(ApiError::bad(format!(
-                "high_availability/enabled: {x:?} is not a Boolean"
-            )))
-        }
-    };
+    let enabled = bool_at(Some(n), &["high_availability", "enabled"])?;
     let priority = match h.text_of("priority") {
         None => None,
         Some(x) => Some(

@@ -321,8 +321,8 @@ async fn update_cluster(m: &Arc<Manager>, id: &str, r: &Req) -> Out {
     let n = r.document("cluster", "Cluster", CLUSTER_UPDATE)?;
     let name = new_name(&n, "cluster")?;
     let fp = n.get("fencing_policy");
-    let fencing = super::fencing::bool_at(fp, &["enabled"])?;
-    let skip_sd = super::fencing::bool_at(fp, &["skip_if_sd_active", "enabled"])?;
+    let fencing = super::handlers::bool_at(fp, &["enabled"])?;
+    let skip_sd = super::handlers::bool_at(fp, &["skip_if_sd_active", "enabled"])?;
     let bandwidth = match n.get("migration").and_then(|m| m.get("bandwidth")) {
         None => None,
         Some(b) => Some(match b.text_of("assignment_method") {

@@ -331,6 +331,24 @@ impl Setup {
         b
     }
 
+    /// A request that must answer 200; the answer.
+    pub async fn api_ok(&self, method: &str, path: &str, body: &str) -> String {
+        let (code, b) = self.m.api(&self.token, method, path, body).await;
+        assert_eq!(code, 200, "{method} {path}: {b}");
+        b
+    }
+
+    /// The Default cluster's id and its document.
+    pub async fn default_cluster(&self) -> (String, String) {
+        let (_, cl) = self
+            .m
+            .api(&self.token, "GET", "/clusters?search=name%3DDefault", "")
+            .await;
+        let n = Node::parse_xml(cl.as_bytes()).expect("clusters");
+        let c = n.get("cluster").expect("the Default cluster");
+        (c.id().unwrap_or_default().to_string(), c.to_xml())
+    }
+
     /// A test guest ([`Setup::test_guest_xml`]) added and started; its id.
     pub async fn start_test_guest(&self, name: &str) -> String {
         let id = attr_id(&self.post_ok("/vms", &self.test_guest_xml(name, "")).await);
