@@ -581,6 +581,7 @@ impl Manager {
                 if v.host.as_deref() != Some(host_id)
                     || v.status == new
                     || v.status == "down"
+                    || v.migration_seen.handing_over
                     || asked_at.is_some_and(|t| v.status_event_ms >= t)
                 {
                     return None;

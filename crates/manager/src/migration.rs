@@ -256,6 +256,7 @@ impl Manager {
             v.migration_start = None;
             if success {
                 v.host = Some(dst.to_string());
+                v.migration_seen.handing_over = true;
             }
             Some(v.clone())
         })
@@ -381,6 +382,7 @@ impl Manager {
     async fn set_status_after_migration(&self, id: &str, status: &str) {
         let _ = self
             .update(id, |v: &mut Vm| {
+                v.migration_seen.handing_over = false;
                 if v.status == "migrating" {
                     v.status = status.to_string();
                 }

@@ -857,6 +857,10 @@ pub struct MigrationSeen {
     pub local: bool,
     pub sent_ms: Option<i64>,
     pub source_said: bool,
+    /// The destination won, the hand-over (the source's copy destroyed) is under way:
+    /// the VM stays `migrating` until it ended, so that no new migration to the old
+    /// source starts while its copy is still being destroyed there.
+    pub handing_over: bool,
 }
 
 /// oVirt's serial_number: `policy` host (the host's hardware UUID), vm (the VM's id)
